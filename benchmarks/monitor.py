@@ -1,0 +1,108 @@
+"""Lepton's monitor flow vs a bare Evidently `Report.run` on the same data.
+
+A tabular champion with 20 features is trained (synthetic data), then batches of
+10,000 and 100,000 rows in the prediction-log format are checked by
+
+  * bare:   Report([DataDriftPreset, ValueDrift(prediction), DataSummaryPreset]).run(current, reference)
+  * lepton: the `monitor` flow (features, the same Evidently report plus the
+            classification preset when labelled, verdict, MLflow logging, Prefect artifact)
+
+Both see the same reference (the champion's test-split profile) and current frames.
+Run:  .venv/bin/python benchmarks/monitor.py   (numbers are printed, nothing asserted)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+N_FEATURES = 20
+
+
+def synthetic_table(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    x = rng.normal(size=(n, N_FEATURES)) + y[:, None] * 1.0 + shift
+    df = pd.DataFrame(x, columns=[f"c{i}" for i in range(N_FEATURES)])
+    df["label"] = y
+    return df
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="lepton-bench-monitor-"))
+    os.environ.update(LEPTON_PROJECT_DIR=str(ROOT), LEPTON_HOME=str(tmp / "home"),
+                      LEPTON_DVC_REMOTE=str(tmp / "remote"), PREFECT_LOGGING_LEVEL="WARNING")
+    for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+        os.environ.pop(k, None)
+    from tasks.settings import configure_environment
+
+    s = configure_environment(use_stack=False)
+    from flows.local_server import LocalPrefectServer
+
+    server = LocalPrefectServer(tmp / "server.log").start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset, DataSummaryPreset
+
+    from flows.monitor import monitor
+    from flows.retrain import retrain
+    from lepton_core.params import DataParams, MonitorParams, PromoteParams, RegistryParams, TrainParams
+    from tasks import tracking
+    from tasks.monitor import _reference
+
+    server.wait_healthy()
+    train_csv = tmp / "train.csv"
+    synthetic_table(3000, 0).to_csv(train_csv, index=False)
+    registry = RegistryParams(model_name="bench-tabular")
+    first = retrain(data=DataParams(format="csv", path=str(train_csv), include_monitored=False),
+            train=TrainParams(epochs=5, width=32), promote=PromoteParams(min_accuracy=0.5),
+            registry=registry, progress=False)
+    print("champion:", first["decision"]["reason"])
+    c = tracking.client(s)
+    champ = c.get_model_version_by_alias(registry.model_name, "champion")
+    reference = _reference(c, champ.run_id, s)
+    features = [col for col in reference.columns if col.startswith("f_")]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"reference: {len(reference)} rows x {len(features)} features (+ prediction, confidence, label)")
+
+    rng = np.random.default_rng(1)
+    for rows in (2_000, 10_000, 100_000):  # the first pair only warms up both paths
+        cur = reference.sample(n=rows, replace=True, random_state=rows).reset_index(drop=True)
+        cur[features] = cur[features] + rng.normal(0, 0.05, (rows, len(features)))
+        cur = cur.drop(columns=["label"])
+        cur["timestamp"] = pd.Timestamp.now(tz="UTC")
+        cur["model_version"] = str(champ.version)
+        batch = tmp / f"log-{rows}"
+        batch.mkdir()
+        cur.to_parquet(batch / "part-0.parquet", index=False)
+
+        dd = DataDefinition(numerical_columns=features + ["confidence"], categorical_columns=["prediction"])
+        ref_frame = reference.drop(columns=["label"])
+        t0 = time.perf_counter()
+        Report([DataDriftPreset(columns=features), ValueDrift(column="prediction"), DataSummaryPreset()]).run(
+            Dataset.from_pandas(cur[features + ["prediction", "confidence"]], data_definition=dd),
+            Dataset.from_pandas(ref_frame[features + ["prediction", "confidence"]], data_definition=dd))
+        bare = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        out = monitor(batch=str(batch), monitor=MonitorParams(min_rows=10), registry=registry)
+        flow = time.perf_counter() - t0
+        verdict = out["results"][0]["verdict"]
+        if rows == 2_000:
+            continue
+        print(f"{rows:>7} rows: bare Evidently {bare:6.2f} s | lepton monitor flow {flow:6.2f} s | "
+              f"overhead {flow - bare:5.2f} s ({flow / bare:.2f}x) | verdict: {verdict}")
+    server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

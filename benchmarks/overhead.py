@@ -1,0 +1,154 @@
+"""Lepton's own overhead: `lepton retrain` end to end vs the bare training loop.
+
+Both train the same model on the same prepared digits with the same params (the
+loop is deterministic, so both run the same epochs). Run:
+
+    .venv/bin/python benchmarks/overhead.py [--repeats 3]
+
+It uses a fresh temporary project (so the first `lepton retrain` is "cold": new
+MLflow database, new DVC repo, new Prefect database) and prints every timing and
+the differences. Nothing is asserted: the numbers are for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BARE = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+from lepton_core.data.formats import load_digits
+from lepton_core.data.prepare import prepare_dataset
+from lepton_core.models import model_config_for
+from lepton_core.params import load_params
+from lepton_core.train import to_model_input, train_model
+params = load_params(sys.argv[1])
+p, tp = prepare_dataset(load_digits(), val_fraction=params.data.val_fraction,
+                        test_fraction=params.data.test_fraction, seed=params.data.seed), params.train
+cfg = model_config_for(p.meta, tp.model, tp.width, tp.depth, tp.dropout)
+s = p.meta["x_scale"]
+t1 = time.perf_counter()
+r = train_model(cfg, tp, to_model_input(p.x["train"], s, cfg), torch.from_numpy(p.y["train"]),
+                to_model_input(p.x["val"], s, cfg), torch.from_numpy(p.y["val"]), progress=False)
+t2 = time.perf_counter()
+print(json.dumps({"setup_s": t1 - t0, "train_s": t2 - t1, "epochs": r.epochs_run}))
+"""
+
+
+def _env(base: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "LEPTON_HOME", "PREFECT_HOME"):
+        env.pop(k, None)
+    env.update(
+        LEPTON_PROJECT_DIR=str(ROOT),
+        LEPTON_HOME=str(base / "home"),
+        LEPTON_DVC_REMOTE=str(base / "remote"),
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DO_NOT_TRACK="1",
+    )
+    return env
+
+
+def bare_loop(env: dict[str, str]) -> dict:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", BARE, str(ROOT / "params.yaml")], env=env,
+                         capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["process_s"] = time.perf_counter() - t0
+    return res
+
+
+def lepton_retrain(env: dict[str, str]) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", "from flows.cli import main; main()", "retrain", "--no-progress", "--json"],
+        env=env, capture_output=True, text=True,
+    )
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"lepton retrain failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout[out.stdout.index("{"):])["result"]
+    home = Path(env["LEPTON_HOME"])
+    run = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(result["run_id"])
+    return {"wall_s": wall, "train_s": run.data.metrics["train_seconds"],
+            "epochs": int(run.data.metrics["epochs_run"])}
+
+
+def in_process_flow(env: dict[str, str], repeats: int) -> list[dict]:
+    """The retrain flow called in this process, imports and server already paid:
+    what the orchestration, tracking, DVC and registry steps themselves cost."""
+    os.environ.update(env)
+    from flows.local_server import LocalPrefectServer
+
+    server = LocalPrefectServer(Path(env["LEPTON_HOME"]) / "bench-server.log").start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from mlflow.tracking import MlflowClient
+
+    from flows.retrain import retrain
+    from lepton_core.params import load_params
+
+    server.wait_healthy()
+    p = load_params(ROOT / "params.yaml")
+    client = MlflowClient(f"sqlite:///{Path(env['LEPTON_HOME']) / 'mlflow.db'}")
+    out = []
+    try:
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            r = retrain(data=p.data, train=p.train, promote=p.promote, registry=p.registry, progress=False)
+            wall = time.perf_counter() - t0
+            if i:  # the first call warms torch.export and the clients
+                out.append({"wall_s": wall,
+                            "train_s": client.get_run(r["run_id"]).data.metrics["train_seconds"]})
+    finally:
+        server.stop()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3, help="warm runs of each (default 3)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lepton-bench-") as tmp:
+        env = _env(Path(tmp))
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        bare = [bare_loop(env) for _ in range(args.repeats)]
+        cold = lepton_retrain(env)
+        warm = [lepton_retrain(env) for _ in range(args.repeats)]
+        flows = in_process_flow(env, args.repeats)
+
+    med = statistics.median
+    bare_train = med(b["train_s"] for b in bare)
+    bare_proc = med(b["process_s"] for b in bare)
+    warm_wall = med(w["wall_s"] for w in warm)
+    warm_train = med(w["train_s"] for w in warm)
+    print(f"epochs trained (same in both): bare {bare[0]['epochs']}, lepton {warm[0]['epochs']}")
+    print(f"bare training loop                 {bare_train:6.2f} s  (median of {len(bare)})")
+    print(f"bare script, whole process         {bare_proc:6.2f} s  (imports + prepare + loop)")
+    print(f"lepton retrain, cold (new state)   {cold['wall_s']:6.2f} s  (training inside: {cold['train_s']:.2f} s)")
+    print(f"lepton retrain, warm               {warm_wall:6.2f} s  (training inside: {warm_train:.2f} s; median of {len(warm)})")
+    flow_wall = med(f["wall_s"] for f in flows)
+    flow_train = med(f["train_s"] for f in flows)
+    print(f"retrain flow in-process (no imports, server up) {flow_wall:6.2f} s  (training inside: {flow_train:.2f} s)")
+    print(f"overhead, flow only: flow - its own training {flow_wall - flow_train:6.2f} s")
+    print(f"overhead, warm: lepton - bare loop {warm_wall - bare_train:6.2f} s")
+    print(f"overhead, warm: lepton - bare script {warm_wall - bare_proc:6.2f} s")
+    print(f"overhead, cold: lepton - bare loop {cold['wall_s'] - bare_train:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()

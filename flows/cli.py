@@ -1,0 +1,410 @@
+"""The `lepton` command line.
+
+Heavy imports (Prefect, MLflow, torch) happen inside the commands, after the
+environment is configured, so `lepton --help` is instant and settings apply.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+
+from lepton_core.errors import LeptonError, ParamsError
+from lepton_core.params import FORMATS
+
+app = typer.Typer(
+    name="lepton",
+    help="Lepton: versioned data -> PyTorch training -> MLflow registry -> promotion gate, as Prefect flows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Work with DVC-versioned datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+_SERVER = None  # flows.local_server.LocalPrefectServer, when this command started one
+
+
+def _wait_for_server() -> None:
+    if _SERVER is not None:
+        _SERVER.wait_healthy()
+
+
+class _HideUserErrorTracebacks(logging.Filter):
+    """Prefect logs task failures with their traceback; for a user's mistake the
+    one-line message is enough (the CLI prints it again at the end)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], LeptonError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _setup(runs_flows: bool = True):
+    from tasks.settings import configure_environment
+
+    s = configure_environment()
+    global _SERVER
+    if runs_flows and _SERVER is None and not os.environ.get("PREFECT_API_URL"):
+        # No Prefect server configured: start a temporary one for this command, before
+        # Prefect is imported, so every flow below talks to it (see local_server.py).
+        from flows.local_server import LocalPrefectServer
+
+        _SERVER = LocalPrefectServer(s.home / "logs" / "prefect-temporary-server.log").start()
+        os.environ["PREFECT_API_URL"] = _SERVER.api_url
+    import prefect  # noqa: F401  (sets up Prefect's logging handlers)
+
+    quiet = _HideUserErrorTracebacks()
+    for name in ["prefect.flow_runs", "prefect.task_runs", "prefect", ""]:
+        logging.getLogger(name).addFilter(quiet)  # records made at these loggers
+    for name in ["", *logging.root.manager.loggerDict]:
+        for h in getattr(logging.getLogger(name), "handlers", []):
+            h.addFilter(quiet)  # records that reach these handlers
+    return s
+
+
+def _params(params_file: Optional[Path], overrides: List[str], settings=None):
+    from lepton_core.params import load_params
+
+    path = params_file
+    if path is None and settings is not None and settings.params_file.exists():
+        path = settings.params_file
+    if params_file is not None and not params_file.exists():
+        raise ParamsError(f"{params_file}: no such params file")
+    return load_params(path, overrides)
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+ParamsOpt = typer.Option(None, "--params", help="params file (default: params.yaml of the project)")
+SetOpt = typer.Option([], "--set", "-s", help="override a param: section.key=value (repeatable)")
+
+
+def _run_retrain(params, progress: bool) -> dict:
+    from flows.retrain import retrain
+
+    _wait_for_server()
+    return retrain(
+        data=params.data, train=params.train, promote=params.promote, registry=params.registry,
+        progress=progress,
+    )
+
+
+def _summary(result: dict, status: dict, settings) -> None:
+    d = result["decision"]
+    verdict = "promoted to @champion" if d["promoted"] else "registered, not promoted"
+    typer.echo("")
+    typer.echo(f"model version   {status['registered_model']} v{result['version']}: {verdict}")
+    typer.echo(f"gate            {d['reason']}")
+    champ = status["champion"]
+    if champ:
+        m = champ["metrics"]
+        typer.echo(f"champion        v{champ['version']}  test accuracy {m.get('accuracy', float('nan')):.4f}"
+                   f"  macro-F1 {m.get('f1_macro', float('nan')):.4f}")
+    typer.echo(f"this run        test accuracy {result['metrics']['test_accuracy']:.4f}"
+               f"  macro-F1 {result['metrics']['test_f1_macro']:.4f}")
+    typer.echo(f"data version    {result['data_version']}")
+    typer.echo(f"MLflow run      {result['run_id']}")
+    uri = status["tracking_uri"]
+    if uri.startswith("sqlite:"):
+        typer.echo(f"browse          mlflow ui --backend-store-uri {uri}")
+    else:
+        typer.echo(f"browse          {uri}")
+
+
+@app.command()
+def demo(
+    progress: bool = typer.Option(True, help="show a progress bar while training"),
+):
+    """Run the retraining loop on scikit-learn's bundled digits with default params."""
+    s = _setup()
+    params = _params(None, ["data.format=digits", "data.path=null"], s)
+    result = _run_retrain(params, progress)
+    from tasks.registry import registry_status
+
+    _summary(result, registry_status(params.registry.model_name, s), s)
+
+
+@app.command()
+def retrain(
+    data: Optional[Path] = typer.Option(None, "--data", help="raw data file or folder"),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", help=f"raw data format: {'|'.join(FORMATS)}", show_default=False
+    ),
+    set_: List[str] = SetOpt,
+    params_file: Optional[Path] = ParamsOpt,
+    progress: bool = typer.Option(True, help="show a progress bar while training"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+):
+    """Prepare, train, evaluate, register and (if it passes the gate) promote."""
+    overrides = list(set_)
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ParamsError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+        overrides.append(f"data.format={fmt}")
+    if data is not None:
+        if not data.exists():
+            raise LeptonError(f"{data}: no such file or folder")
+        overrides.append(f"data.path={data.resolve()}")
+    from tasks.settings import configure_environment
+
+    s = configure_environment()
+    params = _params(params_file, overrides, s)
+    if params.data.path and not (s.project_dir / params.data.path).exists() and not Path(params.data.path).exists():
+        raise LeptonError(f"{params.data.path}: no such file or folder")
+    _setup()
+    result = _run_retrain(params, progress)
+    from tasks.registry import registry_status
+
+    status = registry_status(params.registry.model_name, s)
+    if as_json:
+        _echo_json({"result": result, "status": status})
+    else:
+        _summary(result, status, s)
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="one JSON object (for scripts and CI)"),
+    model: Optional[str] = typer.Option(None, help="registered model (default: registry.model_name)"),
+    params_file: Optional[Path] = ParamsOpt,
+):
+    """Show the champion and previous versions of the registered model."""
+    from tasks import stack
+    from tasks.settings import configure_environment
+
+    s = configure_environment()
+    name = model or _params(params_file, [], s).registry.model_name
+    services = stack.health(s)
+    from tasks.registry import registry_status
+
+    st = registry_status(name, s)
+    if as_json:
+        _echo_json({**st, "services": services} if services else st)
+        return
+    for svc, h in services.items():
+        word = "healthy" if h["healthy"] else ("running, not healthy" if h["running"] else "down")
+        typer.echo(f"{svc:<17} {word:<22} {h['url']}")
+    typer.echo(f"registered model  {st['registered_model']}")
+    typer.echo(f"tracking          {st['tracking_uri']}")
+    for alias in ("champion", "previous"):
+        v = st[alias]
+        if v is None:
+            typer.echo(f"@{alias:<9}        none")
+            continue
+        m = ", ".join(f"{k} {val:.4f}" for k, val in sorted(v["metrics"].items()))
+        typer.echo(f"@{alias:<9}        v{v['version']}  {m}  data {str(v['data_version'])[:12]}  run {v['run_id']}")
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(..., help="model version number"),
+    force: bool = typer.Option(False, "--force", help="promote even if the gate says no (recorded in tags)"),
+    set_: List[str] = SetOpt,
+    params_file: Optional[Path] = ParamsOpt,
+):
+    """Run the promotion gate for VERSION against the current champion."""
+    if not version.isdigit():
+        raise LeptonError(f"{version!r} is not a model version number")
+    from tasks.settings import configure_environment
+
+    params = _params(params_file, list(set_), configure_environment())
+    _setup()
+    from flows.registry import promote_flow
+
+    _wait_for_server()
+    r = promote_flow(version=version, force=force, promote=params.promote, registry=params.registry)
+    word = "promoted" if r["promoted"] else "not promoted"
+    typer.echo(f"v{r['version']} {word}: {r['reason']}")
+    if not r["promoted"] and r["reason"] != "already the champion":
+        raise typer.Exit(3)
+
+
+@app.command()
+def rollback(params_file: Optional[Path] = ParamsOpt):
+    """Make @previous the champion again."""
+    from tasks.settings import configure_environment
+
+    params = _params(params_file, [], configure_environment())
+    _setup()
+    from flows.registry import rollback_flow
+
+    _wait_for_server()
+    r = rollback_flow(registry=params.registry)
+    typer.echo(f"@champion is v{r['champion']} again (v{r['demoted']} demoted)")
+
+
+PortOpt = lambda name, default: typer.Option(  # noqa: E731
+    None, f"--{name}-port", help=f"{name} port (default {default}, or LEPTON_{name.upper()}_PORT)", show_default=False)
+
+
+@app.command()
+def up(
+    db: Optional[str] = typer.Option(
+        None, "--db", help="postgresql://USER@HOST:PORT/NAME for both servers (default: SQLite; or LEPTON_DB_URL)"),
+    prefect_port: Optional[int] = PortOpt("prefect", 4200),
+    mlflow_port: Optional[int] = PortOpt("mlflow", 5000),
+    s3_port: Optional[int] = PortOpt("s3", 8333),
+):
+    """Start the live stack: S3 store, MLflow server, Prefect server and a worker."""
+    from tasks import stack
+    from tasks.settings import configure_environment
+
+    s = configure_environment(use_stack=False)
+    env_port = lambda k: int(os.environ[k]) if os.environ.get(k, "").isdigit() else None  # noqa: E731
+    state = stack.up(s, db, {
+        "prefect": prefect_port or env_port("LEPTON_PREFECT_PORT"),
+        "mlflow": mlflow_port or env_port("LEPTON_MLFLOW_PORT"),
+        "s3": s3_port or env_port("LEPTON_S3_PORT"),
+    }, echo=lambda m: typer.echo(m, err=True))
+    u = stack.urls(state)
+    typer.echo(f"Prefect dashboard  {u.prefect}")
+    typer.echo(f"MLflow UI          {u.mlflow}")
+    typer.echo(f"S3 (SeaweedFS)     {u.s3}  bucket {state['bucket']}")
+    typer.echo(f"work pool          {state['pool']}")
+    typer.echo(f"backend            {stack.redact(state['db_url']) if state['db_url'] else 'SQLite under ' + str(stack.stack_dir(s))}")
+    typer.echo("every lepton command now uses this stack; `lepton deploy` registers the deployments")
+
+
+@app.command()
+def down():
+    """Stop what `lepton up` started (by PID). Data, runs and models stay."""
+    from tasks import stack
+    from tasks.settings import configure_environment
+
+    stopped = stack.down(configure_environment(use_stack=False))
+    typer.echo("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+@app.command()
+def deploy(params_file: Optional[Path] = ParamsOpt, set_: List[str] = SetOpt):
+    """Register the retrain (scheduled), promote and rollback deployments on the Prefect server."""
+    from tasks.settings import configure_environment
+
+    s = configure_environment()
+    if not os.environ.get("PREFECT_API_URL"):
+        raise LeptonError("no Prefect server: run `lepton up` first (or set PREFECT_API_URL)")
+    params = _params(params_file, list(set_), s)
+    import prefect  # noqa: F401
+
+    from flows.deploy import deploy_all
+
+    ids = deploy_all(params, str(s.project_dir))
+    automation = ids.pop("automation")
+    for flow_name, dep_id in ids.items():
+        typer.echo(f"deployed {flow_name}/lepton  ({dep_id})")
+    typer.echo(f"retrain runs on cron '{params.deploy.retrain_cron}', monitor on '{params.monitor.cron}' "
+               f"({params.deploy.timezone})")
+    typer.echo(f"automation lepton-retrain-on-drift ({automation}): lepton.drift.detected -> retrain/lepton")
+
+
+@app.command("simulate-drift")
+def simulate_drift_cmd(
+    kind: str = typer.Option(..., "--kind", help="rotate | noise | brightness | class-prior"),
+    strength: str = typer.Option("high", "--strength", help="low | medium | high, or a number in [0, 1]"),
+    out: Path = typer.Option(..., "--out", help="new folder for the batch (e.g. .lepton/monitor/inbox/batch-1)"),
+    seed: int = typer.Option(0, help="seed of the random drift"),
+):
+    """Write a labelled batch of held-out digits with synthetic drift."""
+    from tasks.settings import configure_environment
+
+    configure_environment()
+    from tasks.monitor import write_drift_batch
+
+    r = write_drift_batch(kind, strength, out, seed)
+    typer.echo(f"wrote {r['samples']} images ({r['kind']}, strength {r['strength']}) to {r['path']}")
+
+
+@app.command()
+def monitor(
+    batch: Optional[str] = typer.Argument(
+        None, help="a batch folder or file, or s3://bucket/prefix (default: new batches in the inbox)"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="batch format (default: detected)"),
+    set_: List[str] = SetOpt,
+    params_file: Optional[Path] = ParamsOpt,
+    as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
+):
+    """Check new data for drift against the champion; print each verdict and report."""
+    from tasks.settings import configure_environment
+
+    if batch is not None and not batch.startswith("s3://"):
+        if not Path(batch).exists():
+            raise LeptonError(f"{batch}: no such file or folder")
+        batch = str(Path(batch).resolve())
+    s = configure_environment()
+    params = _params(params_file, list(set_), s)
+    _setup()
+    from flows.monitor import monitor as monitor_flow
+
+    _wait_for_server()
+    r = monitor_flow(batch=batch, batch_format=fmt,
+                     monitor=params.monitor, registry=params.registry)
+    if as_json:
+        _echo_json(r)
+        return
+    if not r["results"]:
+        typer.echo("no new batches")
+    for res in r["results"]:
+        typer.echo(f"{res['batch_id']}: {res['verdict']}")
+        if res["report_html"]:
+            typer.echo(f"  report  {res['report_html']}")
+        typer.echo(f"  MLflow monitoring run  {res['mlflow_run_id']}")
+    typer.echo("drift event emitted" if r["event_emitted"] else "no drift event")
+
+
+@data_app.command("restore")
+def data_restore(
+    version: str = typer.Argument(..., help="data version (DVC md5, from `lepton status`)"),
+    to: Path = typer.Option(..., "--to", help="folder to restore into (new or empty)"),
+):
+    """Restore a past data version from the DVC remote."""
+    from tasks.settings import configure_environment
+
+    s = configure_environment()
+    from tasks.data import restore_dataset
+
+    path = restore_dataset(version, to, s)
+    n = sum(1 for p in path.rglob("*") if p.is_file())
+    typer.echo(f"restored data version {version} to {path} ({n} files)")
+
+
+def main() -> None:
+    """Entry point: user errors end in one line on stderr and a non-zero exit."""
+    debug = os.environ.get("LEPTON_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except LeptonError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # an infrastructure failure, not the user's input
+        if debug:
+            raise
+        typer.echo(f"error: {e.__class__.__name__}: {e} (LEPTON_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

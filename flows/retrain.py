@@ -1,0 +1,44 @@
+"""The retraining flow: prepare -> train -> evaluate -> register -> promote."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from lepton_core.params import DataParams, Params, PromoteParams, RegistryParams, TrainParams
+from tasks.data import prepare_data
+from tasks.evaluate import evaluate
+from tasks.registry import promote as promote_task
+from tasks.registry import register
+from tasks.report import publish_retrain_summary
+from tasks.train import train as train_task
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    data: DataParams = DataParams(),
+    train: TrainParams = TrainParams(),
+    promote: PromoteParams = PromoteParams(),
+    registry: RegistryParams = RegistryParams(),
+    progress: bool = True,
+) -> dict:
+    """Retrain on the data described by `data` and promote the result if it passes the gate.
+
+    The parameters are the sections of params.yaml, so the Prefect UI shows them as forms.
+    """
+    params = Params(data=data, train=train, promote=promote, registry=registry)
+    dataset = prepare_data(data)
+    outcome = train_task(dataset, params, progress=progress)
+    metrics = evaluate(outcome.run_id, outcome.checkpoint, dataset)
+    version = register(outcome, dataset, params, metrics)
+    decision = promote_task(registry.model_name, version, promote)
+    result = {
+        "run_id": outcome.run_id,
+        "version": version,
+        "data_version": dataset.version,
+        "metrics": metrics,
+        "resumed_from_epoch": outcome.resumed_from_epoch,
+        "epochs_run": outcome.epochs_run,
+        "decision": decision,
+    }
+    publish_retrain_summary(result, registry.model_name)
+    return result

@@ -1,0 +1,58 @@
+"""The commands `dvc.yaml` runs: `python -m flows.stages prepare|train|evaluate`.
+
+Each calls the same plain stage function as the matching Prefect task, with the
+params of `params.yaml`, and writes to the paths dvc.yaml declares. No tracking
+server, no orchestrator: `dvc repro` works on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lepton_core.errors import LeptonError
+
+PREPARED = Path("data/prepared")
+MODEL = Path("models/model.pt")
+METRICS_DIR = Path("metrics")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.stages", description=__doc__.splitlines()[0])
+    ap.add_argument("stage", choices=["prepare", "train", "evaluate"])
+    ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = ap.parse_args(argv)
+    try:
+        from lepton_core.params import load_params
+
+        params = load_params(args.params)
+        if args.stage == "prepare":
+            from tasks.data import prepare_stage
+
+            report = prepare_stage(params.data, PREPARED, base_dir=Path.cwd())
+            print(f"prepared {report['kept']} samples ({report['quarantined']} quarantined, "
+                  f"{report['duplicates_dropped']} duplicates dropped) -> {PREPARED}")
+        elif args.stage == "train":
+            from lepton_core.data.prepare import read_prepared
+            from tasks.train import save_model_checkpoint, train_stage
+
+            prepared = read_prepared(PREPARED)
+            result = train_stage(prepared, params.train)
+            save_model_checkpoint(result, params.train, prepared.meta, MODEL)
+            print(f"trained {result.epochs_run} epochs, best val accuracy "
+                  f"{result.best_val_accuracy:.4f} -> {MODEL}")
+        else:
+            from lepton_core.data.prepare import read_prepared
+            from tasks.evaluate import evaluate_stage
+
+            m = evaluate_stage(read_prepared(PREPARED), MODEL, METRICS_DIR)
+            print(f"test accuracy {m['accuracy']:.4f}, macro-F1 {m['f1_macro']:.4f} -> {METRICS_DIR}/")
+    except LeptonError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

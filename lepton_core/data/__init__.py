@@ -1,0 +1,1 @@
+"""Data formats, validation, de-duplication, splitting and packing."""

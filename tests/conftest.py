@@ -1,0 +1,80 @@
+"""Shared fixtures: an isolated Lepton project per test module, and one real
+Prefect test server (Prefect's own harness) for the whole session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    # Before anything imports Prefect or MLflow: private state, no telemetry.
+    state = Path(tempfile.mkdtemp(prefix="lepton-tests-"))
+    os.environ["PREFECT_HOME"] = str(state / "prefect")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.pop("PREFECT_API_URL", None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real Prefect API server (subprocess, temporary SQLite) for the session."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+def make_project(root: Path) -> Path:
+    """A project folder that is a git repository with one commit (for provenance tags)."""
+    root.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    (root / "README.md").write_text("test project\n")
+    subprocess.run(["git", "init", "-q", str(root)], check=True, env=env)
+    subprocess.run(["git", "-C", str(root), "add", "README.md"], check=True, env=env)
+    subprocess.run(["git", "-C", str(root), "commit", "-qm", "init"], check=True, env=env)
+    return root
+
+
+def lepton_env_vars(base: Path) -> dict[str, str]:
+    return {
+        "LEPTON_PROJECT_DIR": str(base / "project"),
+        "LEPTON_HOME": str(base / "home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'home' / 'mlflow.db'}",
+        "LEPTON_DVC_REMOTE": str(base / "dvc-remote"),
+        "LEPTON_ARTIFACT_ROOT": str(base / "home" / "mlartifacts"),
+    }
+
+
+@pytest.fixture(scope="module")
+def lepton_env(tmp_path_factory):
+    """Env vars that point Lepton at a fresh project, state folder and DVC remote."""
+    base = tmp_path_factory.mktemp("lepton")
+    make_project(base / "project")
+    env = lepton_env_vars(base)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        yield base, env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run the installed `lepton` entry point in a subprocess."""
+    full = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-c", "from flows.cli import main; main()", *args],
+        env=full, capture_output=True, text=True, timeout=timeout, cwd=env.get("LEPTON_PROJECT_DIR"), **kw,
+    )

@@ -1,0 +1,1 @@
+"""Pure unit tests for lepton_core (no orchestrator, tracker or network)."""

@@ -1,0 +1,1 @@
+"""Static checks of infra/: compose file, Dockerfiles, work-pool templates (no Docker engine)."""

@@ -1,0 +1,150 @@
+"""A real live stack (`lepton up`) per backend: SQLite files, and PostgreSQL at
+127.0.0.1:5432 with fresh databases for this run. Free ports, a temporary home,
+stopped with `lepton down` at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Live:
+    def __init__(self, base: Path, backend: str):
+        self.base, self.backend = base, backend
+        self.home = base / "home"
+        self.ports = {"prefect": free_port(), "mlflow": free_port(), "s3": free_port()}
+        self.db = f"{PG_SERVER}/lepton_t{uuid.uuid4().hex[:10]}" if backend == "postgresql" else None
+        self.env = {
+            "LEPTON_HOME": str(self.home),
+            "LEPTON_PROJECT_DIR": str(ROOT),  # deployments pull the flows from this checkout
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        }
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://127.0.0.1:{self.ports['prefect']}/api"
+
+    @property
+    def mlflow(self) -> str:
+        return f"http://127.0.0.1:{self.ports['mlflow']}"
+
+    @property
+    def s3(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    def cli(self, *args: str, timeout: float = 600):
+        return run_cli(list(args), self.env, timeout=timeout)
+
+    def up(self):
+        args = ["up", "--prefect-port", str(self.ports["prefect"]), "--mlflow-port", str(self.ports["mlflow"]),
+                "--s3-port", str(self.ports["s3"])]
+        if self.db:
+            args += ["--db", self.db]
+        r = self.cli(*args)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+        return r
+
+    def down(self):
+        return self.cli("down", timeout=180)
+
+    def credentials(self) -> dict:
+        return json.loads((self.home / "stack" / "credentials.json").read_text())
+
+    def s3_client(self):
+        import boto3
+
+        c = self.credentials()
+        return boto3.client("s3", endpoint_url=self.s3, region_name="us-east-1",
+                            aws_access_key_id=c["aws_access_key_id"],
+                            aws_secret_access_key=c["aws_secret_access_key"])
+
+    # -- REST helpers (what the dashboards themselves call)
+    def get(self, url: str) -> dict:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, url: str, body: dict) -> dict | list:
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def wait_flow_run(self, flow_run_id: str, timeout: float = 600) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            fr = self.get(f"{self.prefect_api}/flow_runs/{flow_run_id}")
+            if fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                return fr
+            time.sleep(1)
+        raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout} s")
+
+
+def _drop_databases(db: str) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    base = db.rsplit("/", 1)[1]
+    conn = psycopg2.connect(f"{PG_SERVER}/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for suffix in ("mlflow", "prefect"):
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(f"{base}_{suffix}")))
+    conn.close()
+
+
+def _running_stack(tmp_path_factory, backend: str):
+    stack = Live(tmp_path_factory.mktemp(f"live-{backend}"), backend)
+    try:
+        stack.up()
+        yield stack
+    finally:
+        stack.down()
+        if stack.db:
+            _drop_databases(stack.db)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live(request, tmp_path_factory):
+    """The stack on each backend (for what must hold on both)."""
+    yield from _running_stack(tmp_path_factory, request.param)
+
+
+@pytest.fixture(scope="module")
+def live_sqlite(tmp_path_factory):
+    """The stack on SQLite only (browser and drift-loop tests: backend-independent)."""
+    yield from _running_stack(tmp_path_factory, "sqlite")
+
+
+FAST_TRAIN = {"epochs": 4, "width": 16}
+
+
+def deploy_and_run_retrain(live: Live) -> tuple[dict, dict]:
+    """`lepton deploy`, then a retrain started the way the dashboard's Run button does."""
+    r = live.cli("deploy")
+    assert r.returncode == 0, r.stderr[-3000:]
+    dep = live.get(f"{live.prefect_api}/deployments/name/retrain/lepton")
+    # The dashboard's "Run" button posts the form's parameters to this endpoint.
+    fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run",
+                   {"parameters": {"train": FAST_TRAIN}})
+    done = live.wait_flow_run(fr["id"])
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    return dep, done

@@ -1,0 +1,113 @@
+"""The live platform end to end: `lepton up`, `lepton deploy`, a retrain started
+the way the dashboard's Run button starts it, and what then shows up in MLflow,
+S3 and Prefect. Runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.live.conftest import deploy_and_run_retrain
+
+pytestmark = pytest.mark.slow
+
+def _deployment(live, name: str) -> dict:
+    return live.get(f"{live.prefect_api}/deployments/name/{name}")
+
+
+@pytest.fixture(scope="module")
+def deployed_run(live):
+    return deploy_and_run_retrain(live)
+
+
+def test_deployments_carry_schedule_and_typed_parameters(live, deployed_run):
+    dep, _ = deployed_run
+    crons = [s["schedule"].get("cron") for s in dep["schedules"]]
+    assert crons == ["0 3 * * 1"]
+    assert dep["work_pool_name"] == "lepton"
+    props = dep["parameter_openapi_schema"]["properties"]
+    assert {"data", "train", "promote", "registry"} <= set(props)
+    definitions = dep["parameter_openapi_schema"]["definitions"]
+    assert definitions["TrainParams"]["properties"]["epochs"]["type"] == "integer"
+    assert dep["parameters"]["train"]["epochs"] == 30  # params.yaml's value is the form default
+    for name in ("promote/lepton", "rollback/lepton"):
+        assert _deployment(live, name)["work_pool_name"] == "lepton"
+
+
+def test_dashboard_run_lands_in_mlflow_s3_and_prefect(live, deployed_run):
+    _, flow_run = deployed_run
+    model = live.get(f"{live.mlflow}/api/2.0/mlflow/registered-models/get?name=lepton-digits")["registered_model"]
+    aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+    assert "champion" in aliases
+    mv = live.get(f"{live.mlflow}/api/2.0/mlflow/model-versions/get?name=lepton-digits&version={aliases['champion']}")
+    mv = mv["model_version"]
+    tags = {t["key"]: t["value"] for t in mv["tags"]}
+    assert tags["lepton.prefect_flow_run_id"] == flow_run["id"]
+    run = live.get(f"{live.mlflow}/api/2.0/mlflow/runs/get?run_id={mv['run_id']}")["run"]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["train.epochs"] == "4"
+    assert not any("secret" in k.lower() or "aws" in k.lower() for k in params)
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert metrics["test_accuracy"] > 0.5
+
+    s3 = live.s3_client()
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lepton")
+            for o in page.get("Contents", [])]
+    run_keys = [k for k in keys if k.startswith("mlflow/") and mv["run_id"] in k]
+    assert any(k.endswith("evaluation/confusion_matrix.png") for k in run_keys), run_keys[:20]
+    assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in keys)  # the logged model
+    assert any(k.startswith("dvc/files/md5/") for k in keys)  # the dataset, in the DVC remote
+
+    arts = live.post(f"{live.prefect_api}/artifacts/filter",
+                     {"artifacts": {"key": {"any_": ["lepton-retrain-summary"]}}})
+    assert arts, "no summary artifact"
+    md = arts[0]["data"]
+    assert f"{live.mlflow}/#/experiments/" in md and mv["run_id"] in md
+    assert f"{live.mlflow}/#/models/lepton-digits/versions/{mv['version']}" in md
+
+
+def test_status_reports_services_and_champion(live, deployed_run):
+    r = live.cli("status", "--json", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    st = json.loads(r.stdout)
+    assert st["tracking_uri"] == live.mlflow
+    assert st["champion"] is not None
+    assert {n: h["healthy"] for n, h in st["services"].items()} == {
+        "seaweedfs": True, "mlflow": True, "prefect": True, "worker": True}
+
+
+def test_a_taken_port_is_a_clear_error(live, tmp_path):
+    other = dict(live.env, LEPTON_HOME=str(tmp_path / "other"))
+    from tests.conftest import run_cli
+
+    r = run_cli(["up", "--prefect-port", str(live.ports["prefect"])], other, timeout=60)
+    assert r.returncode == 2
+    assert "already in use" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stop_and_start_keep_runs_models_and_data(live, deployed_run, tmp_path):
+    before = live.get(f"{live.mlflow}/api/2.0/mlflow/registered-models/get?name=lepton-digits")["registered_model"]
+    champion = {a["alias"]: a["version"] for a in before["aliases"]}["champion"]
+    mv = live.get(f"{live.mlflow}/api/2.0/mlflow/model-versions/get?name=lepton-digits&version={champion}")
+    data_version = {t["key"]: t["value"] for t in mv["model_version"]["tags"]}["lepton.data_version"]
+    local_copy = live.home / "datasets" / data_version
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in local_copy.iterdir()}
+
+    r = live.down()
+    assert r.returncode == 0 and "stopped" in r.stdout
+    live.up()
+
+    after = live.get(f"{live.mlflow}/api/2.0/mlflow/registered-models/get?name=lepton-digits")["registered_model"]
+    assert {a["alias"]: a["version"] for a in after["aliases"]}["champion"] == champion
+    assert _deployment(live, "retrain/lepton")["schedules"]
+    # The dataset comes back from S3 alone: drop every local copy first.
+    shutil.rmtree(live.home / "datasets")
+    shutil.rmtree(live.home / "data" / ".dvc" / "cache", ignore_errors=True)
+    out = tmp_path / "restored"
+    r = live.cli("data", "restore", data_version, "--to", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(out).iterdir()} == digest

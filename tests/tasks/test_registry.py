@@ -1,0 +1,99 @@
+"""Registry and gate functions against a real MLflow registry (SQLite in tmp)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from lepton_core.params import DataParams, Params, PromoteParams, RegistryParams, TrainParams
+from tests.conftest import lepton_env_vars, make_project
+
+NAME = "race-model"
+
+
+@pytest.fixture(scope="module")
+def three_versions(tmp_path_factory):
+    """Register three versions of clearly different quality, none promoted:
+    weak (tiny slice, 1 epoch), strong (full data), medium (half-trained)."""
+    from tasks.data import version_dataset
+    from tasks.evaluate import evaluate
+    from tasks.registry import register
+    from tasks.train import train
+
+    base = tmp_path_factory.mktemp("reg")
+    make_project(base / "project")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in lepton_env_vars(base).items():
+            mp.setenv(k, v)
+        data = version_dataset(DataParams())
+        versions, accs = {}, {}
+        for label, tp in {
+            "weak": TrainParams(epochs=1, width=4, max_train_samples=40, lr=1e-3),
+            "strong": TrainParams(epochs=8, width=16, patience=3),
+            "medium": TrainParams(epochs=3, width=8, max_train_samples=200, batch_size=16, patience=0),
+        }.items():
+            params = Params(train=tp, registry=RegistryParams(model_name=NAME))
+            outcome = train.fn(data, params, progress=False)
+            metrics = evaluate.fn(outcome.run_id, outcome.checkpoint, data)
+            versions[label] = register.fn(outcome, data, params, metrics)
+            accs[label] = metrics["test_accuracy"]
+        assert accs["weak"] < accs["medium"] < accs["strong"] - 0.02, accs
+        yield versions, accs
+
+
+def test_concurrent_promotions_leave_the_right_champion(three_versions):
+    from tasks.registry import promote_version, registry_status
+
+    versions, _ = three_versions
+    gate = PromoteParams(min_accuracy=0.0, tolerance=0.0)
+    assert promote_version(NAME, versions["weak"], gate)["promoted"] is True
+
+    results, errors = {}, []
+    barrier = threading.Barrier(2)
+
+    def go(label):
+        try:
+            barrier.wait()
+            results[label] = promote_version(NAME, versions[label], gate)
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(label,)) for label in ("medium", "strong")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors
+    st = registry_status(NAME)
+    # Whichever ran first, the strong version must end as champion: if medium went
+    # first, strong beat it; if strong went first, medium was judged against strong.
+    assert st["champion"]["version"] == versions["strong"]
+    assert results["strong"]["promoted"] is True
+    if results["medium"]["promoted"]:
+        assert st["previous"]["version"] == versions["medium"]
+    else:
+        assert results["medium"]["champion_accuracy"] == pytest.approx(results["strong"]["challenger_accuracy"])
+        assert st["previous"]["version"] == versions["weak"]
+
+
+def test_gate_tags_on_the_version(three_versions):
+    from tasks.registry import promote_version
+    from tasks.tracking import client
+
+    versions, accs = three_versions
+    r = promote_version(NAME, versions["weak"], PromoteParams(min_accuracy=0.0))
+    assert r["promoted"] is False  # the weak one never beats the champion
+    tags = client().get_model_version(NAME, versions["weak"]).tags
+    assert tags["lepton.gate.promote"] == "False"
+    assert float(tags["lepton.gate.challenger_accuracy"]) == pytest.approx(accs["weak"])
+    assert float(tags["lepton.gate.p_value"]) < 0.05
+    assert tags["lepton.gate.forced"] == "false"
+    assert tags["lepton.gate.test_data_version"] == tags["lepton.data_version"]
+
+
+def test_redact_uri_hides_passwords():
+    from tasks.registry import redact_uri
+
+    assert redact_uri("postgresql://lepton:s3cret@db:5432/mlflow") == "postgresql://lepton:***@db:5432/mlflow"
+    assert redact_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
