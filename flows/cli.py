@@ -255,6 +255,9 @@ def up(
     prefect_port: Optional[int] = PortOpt("prefect", 4200),
     mlflow_port: Optional[int] = PortOpt("mlflow", 5000),
     s3_port: Optional[int] = PortOpt("s3", 8333),
+    sse: Optional[str] = typer.Option(
+        None, "--sse", metavar="AES256|aws:kms|none",
+        help="server-side encryption asked for on every S3 write (default: LEPTON_S3_SSE, else as at the last up)"),
 ):
     """Start the live stack: S3 store, MLflow server, Prefect server and a worker."""
     from tasks import stack
@@ -266,12 +269,13 @@ def up(
         "prefect": prefect_port or env_port("LEPTON_PREFECT_PORT"),
         "mlflow": mlflow_port or env_port("LEPTON_MLFLOW_PORT"),
         "s3": s3_port or env_port("LEPTON_S3_PORT"),
-    }, echo=lambda m: typer.echo(m, err=True))
+    }, echo=lambda m: typer.echo(m, err=True), sse=sse)
     u = stack.urls(state)
     typer.echo(f"Prefect dashboard  {u.prefect}")
     typer.echo(f"MLflow UI          {u.mlflow}")
     typer.echo(f"S3 (SeaweedFS)     {u.s3}  bucket {state['bucket']}")
     typer.echo(f"work pool          {state['pool']}")
+    typer.echo(f"S3 encryption      {state.get('sse') or 'none requested'}")
     typer.echo(f"backend            {stack.redact(state['db_url']) if state['db_url'] else 'SQLite under ' + str(stack.stack_dir(s))}")
     typer.echo("every lepton command now uses this stack; `lepton deploy` registers the deployments")
 

@@ -120,8 +120,9 @@ def _data_repo(settings: Settings):
         # Credentials stay in the environment (AWS_*), never in this config file.
         if endpoint := os.environ.get("LEPTON_S3_ENDPOINT_URL"):
             remote["endpointurl"] = endpoint
-        if sse := os.environ.get("LEPTON_S3_SSE"):
-            remote["sse"] = sse
+        sse = os.environ.get("LEPTON_S3_SSE", "")
+        if sse and sse.lower() != "none":
+            remote["sse"] = sse  # DVC passes it as ServerSideEncryption on every upload
     with repo.config.edit() as conf:
         conf["core"]["analytics"] = False
         conf["core"]["remote"] = "store"

@@ -163,6 +163,7 @@ def client_env(s: Settings, state: dict) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": creds["aws_access_key_id"],
         "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
         "AWS_DEFAULT_REGION": "us-east-1",
+        **({"LEPTON_S3_SSE": state["sse"]} if state.get("sse") else {}),
     }
 
 
@@ -281,10 +282,27 @@ def _base_env(s: Settings) -> dict[str, str]:
     return env
 
 
-def up(s: Settings, db_url: str | None, ports: dict[str, int | None], echo=print) -> dict:
+SSE_MODES = ("AES256", "aws:kms")
+
+
+def _choose_sse(asked: str | None, stale: dict | None) -> str | None:
+    """--sse, else LEPTON_S3_SSE, else what the last `up` used; "none" turns it off."""
+    value = asked or os.environ.get("LEPTON_S3_SSE") or (stale or {}).get("sse") or None
+    if value is None or value.lower() == "none":
+        return None
+    if value not in SSE_MODES:
+        raise LeptonError(f"server-side encryption must be one of {', '.join(SSE_MODES)} or none, not {value!r}")
+    return value
+
+
+def up(s: Settings, db_url: str | None, ports: dict[str, int | None], echo=print,
+       sse: str | None = None) -> dict:
     """Start (or find running) the stack; returns its state."""
     current = running(s)
     if current:
+        if sse is not None and _choose_sse(sse, None) != current.get("sse"):
+            raise LeptonError("the stack is already running with another encryption setting; "
+                              "`lepton down` first")
         return current
     stale = read_state(s)
     if stale:  # a half-started or crashed stack: clean what is left before starting again
@@ -306,6 +324,8 @@ def up(s: Settings, db_url: str | None, ports: dict[str, int | None], echo=print
         "up": False, "db_url": db_url, "ports": chosen,
         "bucket": os.environ.get("LEPTON_S3_BUCKET") or BUCKET_DEFAULT,
         "pool": os.environ.get("LEPTON_WORK_POOL") or POOL_DEFAULT,
+        # server-side encryption asked for on every write (MLflow's server and DVC)
+        "sse": _choose_sse(sse, stale),
         "pids": {},
     }
     creds = credentials(s)
@@ -343,8 +363,8 @@ def up(s: Settings, db_url: str | None, ports: dict[str, int | None], echo=print
                       "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
                       "AWS_DEFAULT_REGION": "us-east-1",
                       "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        if os.environ.get("LEPTON_S3_SSE"):
-            mlflow_env["MLFLOW_S3_UPLOAD_EXTRA_ARGS"] = json.dumps({"ServerSideEncryption": os.environ["LEPTON_S3_SSE"]})
+        if state["sse"]:
+            mlflow_env["MLFLOW_S3_UPLOAD_EXTRA_ARGS"] = json.dumps({"ServerSideEncryption": state["sse"]})
         state["pids"]["mlflow"] = _spawn(s, "mlflow", [
             _bin("mlflow"), "server", "--backend-store-uri", mlflow_db,
             "--artifacts-destination", f"s3://{state['bucket']}/mlflow", "--serve-artifacts",

@@ -28,8 +28,8 @@ def free_port() -> int:
 
 
 class Live:
-    def __init__(self, base: Path, backend: str):
-        self.base, self.backend = base, backend
+    def __init__(self, base: Path, backend: str, sse: str | None = None):
+        self.base, self.backend, self.sse = base, backend, sse
         self.home = base / "home"
         self.ports = {"prefect": free_port(), "mlflow": free_port(), "s3": free_port()}
         self.db = f"{PG_SERVER}/lepton_t{uuid.uuid4().hex[:10]}" if backend == "postgresql" else None
@@ -59,6 +59,8 @@ class Live:
                 "--s3-port", str(self.ports["s3"])]
         if self.db:
             args += ["--db", self.db]
+        if self.sse and not (self.home / "stack" / "stack.json").exists():
+            args += ["--sse", self.sse]  # a restart keeps it without being told again
         r = self.cli(*args)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
         return r
@@ -78,15 +80,30 @@ class Live:
                             aws_secret_access_key=c["aws_secret_access_key"])
 
     # -- REST helpers (what the dashboards themselves call)
+    # Prefect answers 503 for errors it documents as retryable (on SQLite, a
+    # "database is locked" while its scheduler writes runs); its own client retries
+    # those, so these helpers do as well, a few times with backoff. Anything else
+    # fails the test at once.
+    RETRYABLE = (429, 502, 503)
+
+    def _request(self, req: urllib.request.Request | str):
+        import urllib.error
+
+        for attempt in range(6):
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                if e.code not in self.RETRYABLE or attempt == 5:
+                    raise
+                time.sleep(0.5 * 2 ** attempt)
+
     def get(self, url: str) -> dict:
-        with urllib.request.urlopen(url, timeout=30) as r:
-            return json.loads(r.read())
+        return self._request(url)
 
     def post(self, url: str, body: dict) -> dict | list:
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
+        return self._request(urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                                    headers={"Content-Type": "application/json"}))
 
     def wait_flow_run(self, flow_run_id: str, timeout: float = 600) -> dict:
         deadline = time.monotonic() + timeout
@@ -111,8 +128,8 @@ def _drop_databases(db: str) -> None:
     conn.close()
 
 
-def _running_stack(tmp_path_factory, backend: str):
-    stack = Live(tmp_path_factory.mktemp(f"live-{backend}"), backend)
+def _running_stack(tmp_path_factory, backend: str, sse: str | None = None):
+    stack = Live(tmp_path_factory.mktemp(f"live-{backend}"), backend, sse)
     try:
         stack.up()
         yield stack
@@ -124,8 +141,10 @@ def _running_stack(tmp_path_factory, backend: str):
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def live(request, tmp_path_factory):
-    """The stack on each backend (for what must hold on both)."""
-    yield from _running_stack(tmp_path_factory, request.param)
+    """The stack on each backend (for what must hold on both). The SQLite one asks
+    for server-side encryption on every write, the PostgreSQL one does not."""
+    yield from _running_stack(tmp_path_factory, request.param,
+                              sse="AES256" if request.param == "sqlite" else None)
 
 
 @pytest.fixture(scope="module")
