@@ -362,6 +362,8 @@ def monitor(
         typer.echo(f"{res['batch_id']}: {res['verdict']}")
         if res["report_html"]:
             typer.echo(f"  report  {res['report_html']}")
+        if res.get("report_url"):
+            typer.echo(f"  in MLflow  {res['report_url']}")
         typer.echo(f"  MLflow monitoring run  {res['mlflow_run_id']}")
     typer.echo("drift event emitted" if r["event_emitted"] else "no drift event")
 

@@ -186,6 +186,7 @@ class MonitorResult:
     report_html: str | None = None
     report_json: str | None = None
     mlflow_run_id: str | None = None
+    report_url: str | None = None  # the report, rendered in the MLflow UI (a tracking server only)
     rows: int = 0
     accepted_for_training: bool = False
     event_emitted: bool = False
@@ -262,6 +263,28 @@ def check_batch(
     return result
 
 
+REPORT_ARTIFACT = "monitoring/report.html"
+_REPORT_LINE = "Latest drift report:"
+
+
+def report_ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI page that opens the monitoring run with its HTML report shown
+    (the UI renders HTML artifacts inline); None when there is no server to link to."""
+    base = tracking_uri.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        return None
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{REPORT_ARTIFACT}"
+
+
+def _with_report_line(description: str | None, line: str) -> str:
+    """The version's description with its one "Latest drift report" line replaced;
+    whatever else a person wrote there stays."""
+    kept = [ln for ln in (description or "").splitlines() if not ln.startswith(_REPORT_LINE)]
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return "\n".join([*kept, "", line] if kept else [line])
+
+
 def _log_monitoring_run(c, s: Settings, experiment: str, champ, r: MonitorResult) -> str:
     exp = tracking.ensure_experiment(c, f"{experiment}-monitoring", s)
     run = c.create_run(exp, run_name=f"monitor-{r.batch_id}", tags={
@@ -279,10 +302,20 @@ def _log_monitoring_run(c, s: Settings, experiment: str, champ, r: MonitorResult
     if r.report_html:
         c.log_artifact(rid, r.report_html, "monitoring")
         c.log_artifact(rid, r.report_json, "monitoring")
+        r.report_url = report_ui_url(s.tracking_uri, exp, rid)
+    # The run's description (markdown, shown on its page) leads to the report in one
+    # click; so does the champion version's description, on the model's page.
+    target = r.report_url or (f"artifact {REPORT_ARTIFACT}" if r.report_html else None)
+    link = f"[{REPORT_ARTIFACT}]({r.report_url})" if r.report_url else target
+    c.set_tag(rid, "mlflow.note.content",
+              f"**{r.verdict}**\n\nEvidently report: {link}" if link else f"**{r.verdict}**")
     c.set_terminated(rid, "FINISHED")
-    # The champion's version points at its latest report.
     c.set_model_version_tag(champ.name, str(champ.version), "lepton.monitor.last_run_id", rid)
     c.set_model_version_tag(champ.name, str(champ.version), "lepton.monitor.last_verdict", r.status)
+    if link:
+        line = f"{_REPORT_LINE} {link} ({r.status}, batch {r.batch_id})"
+        c.update_model_version(champ.name, str(champ.version),
+                               description=_with_report_line(champ.description, line))
     return rid
 
 
@@ -393,16 +426,16 @@ def publish_monitor_summary(results: list[dict], model_name: str, event: bool) -
     from prefect.artifacts import create_markdown_artifact
 
     uri = get_settings().tracking_uri.rstrip("/")
-    http = uri.startswith(("http://", "https://"))
     lines = [f"# Drift monitor: {model_name}", ""]
     if not results:
         lines.append("No new batches.")
     for r in results:
         lines += [f"## {r['batch_id']}: {r['verdict']}", ""]
-        if r["report_html"]:
-            link = (f"{uri}/get-artifact?path=monitoring/report.html&run_uuid={r['mlflow_run_id']}"
-                    if http else r["report_html"])
-            lines += [f"Evidently report: [{'report.html' if http else link}]({link})", ""]
+        if r.get("report_url"):
+            download = f"{uri}/get-artifact?path={REPORT_ARTIFACT}&run_uuid={r['mlflow_run_id']}"
+            lines += [f"Evidently report: [open in MLflow]({r['report_url']}) ([download]({download}))", ""]
+        elif r["report_html"]:
+            lines += [f"Evidently report: [{r['report_html']}]({r['report_html']})", ""]
         if r["drifted_features"]:
             lines += ["| drifted feature | score | method | threshold |", "|---|---|---|---|"]
             lines += [f"| {d['feature']} | {d['score']:.4g} | {d['method']} | {d['threshold']} |"

@@ -72,6 +72,11 @@ def test_mild_batch_no_alarm_strong_batch_drift_event_then_cooldown(champion, le
     assert Path(r["report_html"]).stat().st_size > 10_000
     mv = c.get_model_version("lepton-digits", champion["version"])
     assert mv.tags["lepton.monitor.last_verdict"] == "drift"
+    # Both the run's and the champion version's descriptions lead to the report;
+    # the version keeps one such line however many batches were checked.
+    assert "monitoring/report.html" in run.data.tags["mlflow.note.content"]
+    assert mv.description.count("Latest drift report:") == 1
+    assert again["results"][0]["batch_id"] in mv.description
 
 
 def test_bad_batches_get_a_clear_verdict_and_no_event(champion, lepton_env):

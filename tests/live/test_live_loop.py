@@ -103,16 +103,38 @@ def test_drifted_batch_starts_a_retrain_mild_batch_does_not(live, deployed_run):
     versions = live.get(f"{live.mlflow}/api/2.0/mlflow/model-versions/search?filter=name%3D%27lepton-digits%27")
     assert len(versions["model_versions"]) == n_versions + 1
 
-    # The report is one click away: the Prefect artifact links straight to it in MLflow.
+
+
+def test_the_report_is_one_click_away_in_both_uis(live, deployed_run, tmp_path):
+    """The Prefect artifact and the champion's page in MLflow each link to the MLflow
+    page that shows the Evidently report; a browser following the link sees it."""
+    from tests.live.browser import frame_texts
+
+    r = live.cli("simulate-drift", "--kind", "rotate", "--strength", "low", "--out", str(tmp_path / "b"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = live.cli("monitor", str(tmp_path / "b"), "--set", "monitor.cooldown_minutes=600", "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (res,) = json.loads(r.stdout[r.stdout.index("{"):])["results"]
+    url = res["report_url"]
+    assert url.startswith(f"{live.mlflow}/#/experiments/") and url.endswith("/artifactPath/monitoring/report.html")
+
+    # Prefect: the monitor's artifact carries the link, and the dashboard renders it.
     arts = live.post(f"{live.prefect_api}/artifacts/filter",
                      {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]}}, "sort": "CREATED_DESC"})
-    md = arts[0]["data"]
-    assert "drift" in md and f"{live.mlflow}/get-artifact?path=monitoring/report.html" in md
-    link = md.split(f"({live.mlflow}/get-artifact", 1)[1].split(")", 1)[0]
-    import urllib.request
+    assert f"[open in MLflow]({url})" in arts[0]["data"]
+    prefect_ui = live.prefect_api.removesuffix("/api")
+    page = _render(f"{prefect_ui}/artifacts/artifact/{arts[0]['id']}", tmp_path)
+    assert f'href="{url}"' in page
 
-    with urllib.request.urlopen(f"{live.mlflow}/get-artifact{link}", timeout=30) as resp:
-        assert b"<html" in resp.read(4096).lower()
+    # MLflow: the champion version's description links to the same page.
+    aliases = live.get(f"{live.mlflow}/api/2.0/mlflow/registered-models/get?name=lepton-digits")
+    champion = {a["alias"]: a["version"] for a in aliases["registered_model"]["aliases"]}["champion"]
+    page = _render(f"{live.mlflow}/#/models/lepton-digits/versions/{champion}", tmp_path)
+    assert f'href="{url}"' in page
+
+    # Following the link shows the Evidently report itself, inside MLflow's artifact view.
+    texts = frame_texts(url, tmp_path / "cdp-profile", until="Dataset Drift")
+    assert any("Dataset Drift" in t and "Drifted Columns" in t for t in texts[1:]), [t[:200] for t in texts]
 
 
 def test_a_batch_under_an_s3_prefix(live, deployed_run, tmp_path):
@@ -129,3 +151,47 @@ def test_a_batch_under_an_s3_prefix(live, deployed_run, tmp_path):
     (res,) = out["results"]
     assert res["batch_id"].startswith("batch-7-") and res["rows"] == len(list(batch.rglob("*.png")))
     assert res["status"] == "drift", res["verdict"]
+
+
+def test_the_scheduled_monitor_reads_an_s3_inbox(live, deployed_run, tmp_path):
+    """The monitor deployment pointed at an S3 inbox (the dashboard's form, edited):
+    each sub-prefix is one batch, checked once; a second run finds nothing new."""
+    s3 = live.s3_client()
+    names = []
+    for i in range(2):
+        out = tmp_path / f"inbox-{i}"
+        r = live.cli("simulate-drift", "--kind", "rotate", "--strength", "low", "--seed", str(i), "--out", str(out))
+        assert r.returncode == 0, r.stderr[-2000:]
+        names.append(f"s3in-{i}")
+        for f in out.rglob("*.png"):
+            s3.upload_file(str(f), "lepton", f"inbox/{names[-1]}/{f.relative_to(out)}")
+
+    dep = _deployment(live, "monitor/lepton")
+    params = {"monitor": {**dep["parameters"]["monitor"], "inbox": "s3://lepton/inbox"}}
+
+    def run_once() -> str:
+        fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run", {"parameters": params})
+        done = live.wait_flow_run(fr["id"])
+        assert done["state"]["type"] == "COMPLETED", done["state"]
+        arts = live.post(f"{live.prefect_api}/artifacts/filter",
+                         {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]},
+                                        "flow_run_id": {"any_": [fr["id"]]}}})
+        assert len(arts) == 1
+        return arts[0]["data"]
+
+    first = run_once()
+    headings = [ln for ln in first.splitlines() if ln.startswith("## ")]
+    assert sorted(h.split("-", 2)[0] + "-" + h.split("-", 2)[1] for h in headings) == [f"## {n}" for n in names], first
+    assert all(": no drift" in h for h in headings), headings  # mild batches: no retrain
+    second = run_once()
+    assert "No new batches." in second and "## s3in-" not in second
+    runs = live.post(f"{live.mlflow}/api/2.0/mlflow/runs/search",
+                     {"experiment_ids": [_monitoring_experiment(live)], "max_results": 200})["runs"]
+    batch_ids = [t["value"] for run in runs for t in run["data"]["tags"] if t["key"] == "lepton.batch_id"]
+    for name in names:
+        assert sum(b.startswith(f"{name}-") for b in batch_ids) == 1
+
+
+def _monitoring_experiment(live) -> str:
+    exp = live.get(f"{live.mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lepton-monitoring")
+    return exp["experiment"]["experiment_id"]
