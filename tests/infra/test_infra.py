@@ -10,7 +10,9 @@ Only pyyaml, json, re and pathlib.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,7 @@ CONTAINER_ONLY_ENV = {
     "TORCH_INDEX_URL": "build ARG of both Dockerfiles (extra index for torch), never set at runtime",
     "CUDA_IMAGE": "build ARG of Dockerfile.cuda: the CUDA runtime base image",
     "PYTHON_IMAGE": "build ARG of Dockerfile.cuda: the image CPython 3.11 is copied from",
+    "LEPTON_S3_SSE_KEK": "handed to SeaweedFS as WEED_S3_SSE_KEK by its container's command",
 }
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -219,6 +222,36 @@ def test_mlflow_matches_the_live_stack():
     # psycopg2 (postgresql://) and boto3 (s3://) come from the lock
     lock = (ROOT / "requirements.lock").read_text()
     assert re.search(r"^psycopg2-binary==", lock, re.M) and re.search(r"^boto3==", lock, re.M)
+
+
+def _sh(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", "-ec", script], env={"PATH": os.environ["PATH"], **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("sse", ["AES256", "aws:kms"])
+def test_encryption_reaches_mlflow_the_worker_and_seaweedfs(sse):
+    """LEPTON_S3_SSE/LEPTON_S3_SSE_KEK do in compose what `lepton up --sse` does: the
+    MLflow server gets MLFLOW_S3_UPLOAD_EXTRA_ARGS, the worker LEPTON_S3_SSE, SeaweedFS
+    WEED_S3_SSE_KEK. The container commands' own shell lines run here to show it."""
+    services = _compose()["services"]
+    assert _env_map(services["prefect-worker"])["LEPTON_S3_SSE"] == "${LEPTON_S3_SSE:-none}"
+    assert _env_map(services["mlflow"])["LEPTON_S3_SSE"] == "${LEPTON_S3_SSE:-none}"
+    ml = _command(services["mlflow"]).replace("$$", "$")
+    case = ml[ml.index("case "):ml.index("esac") + 4]
+    r = _sh(case + '\nprintf %s "${MLFLOW_S3_UPLOAD_EXTRA_ARGS:-unset}"', {"LEPTON_S3_SSE": sse})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"ServerSideEncryption": sse}
+    r = _sh(case + '\nprintf %s "${MLFLOW_S3_UPLOAD_EXTRA_ARGS:-unset}"', {"LEPTON_S3_SSE": "none"})
+    assert r.stdout == "unset"
+    sw = _command(services["seaweedfs"]).replace("$$", "$")
+    line = next(ln for ln in sw.splitlines() if "WEED_S3_SSE_KEK" in ln)
+    r = _sh(line + '\nprintf %s "${WEED_S3_SSE_KEK:-unset}"', {"LEPTON_S3_SSE_KEK": "ab" * 32})
+    assert r.stdout == "ab" * 32
+    r = _sh(line + '\nprintf %s "${WEED_S3_SSE_KEK:-unset}"', {})
+    assert r.stdout == "unset"
+    # the same name `lepton up` hands its SeaweedFS
+    assert '"WEED_S3_SSE_KEK": creds["sse_kek"]' in (ROOT / "tasks" / "stack.py").read_text()
 
 
 def test_prefect_server_matches_the_live_stack():
