@@ -291,10 +291,26 @@ def down():
 
 
 @app.command()
-def deploy(params_file: Optional[Path] = ParamsOpt, set_: List[str] = SetOpt):
-    """Register the retrain (scheduled), promote and rollback deployments on the Prefect server."""
+def deploy(
+    params_file: Optional[Path] = ParamsOpt,
+    set_: List[str] = SetOpt,
+    write_prefect_yaml: Optional[Path] = typer.Option(
+        None, "--write-prefect-yaml", metavar="FILE",
+        help="write the same deployments as a prefect.yaml (for `prefect deploy --all`) and stop"),
+):
+    """Register the retrain (scheduled), promote, rollback and monitor deployments and the drift trigger."""
     from tasks.settings import configure_environment
 
+    if write_prefect_yaml is not None:
+        from flows.deploy import render_prefect_yaml
+
+        s = configure_environment(use_stack=False)
+        text = render_prefect_yaml(_params(params_file, list(set_), s))
+        tmp = write_prefect_yaml.with_name(f".{write_prefect_yaml.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, write_prefect_yaml)
+        typer.echo(f"wrote {write_prefect_yaml}")
+        return
     s = configure_environment()
     if not os.environ.get("PREFECT_API_URL"):
         raise LeptonError("no Prefect server: run `lepton up` first (or set PREFECT_API_URL)")
@@ -309,7 +325,7 @@ def deploy(params_file: Optional[Path] = ParamsOpt, set_: List[str] = SetOpt):
         typer.echo(f"deployed {flow_name}/lepton  ({dep_id})")
     typer.echo(f"retrain runs on cron '{params.deploy.retrain_cron}', monitor on '{params.monitor.cron}' "
                f"({params.deploy.timezone})")
-    typer.echo(f"automation lepton-retrain-on-drift ({automation}): lepton.drift.detected -> retrain/lepton")
+    typer.echo(f"trigger lepton-retrain-on-drift ({automation}): lepton.drift.detected -> retrain/lepton")
 
 
 @app.command("simulate-drift")

@@ -100,6 +100,52 @@ def test_writes_ask_for_server_side_encryption_when_configured(live, deployed_ru
         assert markers["sse"] not in on_disk
 
 
+_COMPARED = ("entrypoint", "path", "pull_steps", "parameters", "parameter_openapi_schema", "work_pool_name",
+             "work_queue_name", "concurrency_limit", "enforce_parameter_schema", "tags", "description",
+             "job_variables", "paused")
+
+
+def _registered(live) -> dict:
+    out = {}
+    for f in ("retrain", "promote", "rollback", "monitor"):
+        d = _deployment(live, f"{f}/lepton")
+        out[f] = {k: d.get(k) for k in _COMPARED}
+        out[f]["schedules"] = [{**{k: s["schedule"].get(k) for k in ("cron", "timezone")}, "active": s["active"]}
+                               for s in d["schedules"]]
+        out[f]["id"], out[f]["updated"] = d["id"], d["updated"]
+    return out
+
+
+def _drift_automations(live) -> list[dict]:
+    return [a for a in live.post(f"{live.prefect_api}/automations/filter", {})
+            if a["name"] == "lepton-retrain-on-drift"]
+
+
+def test_prefect_yaml_deploys_what_lepton_deploy_does(live, deployed_run):
+    """`prefect --no-prompt deploy --all` from the project root, with the project's
+    prefect.yaml, leaves every deployment exactly as `lepton deploy` registered it,
+    and still one drift trigger (Prefect replaces the one it owns)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    before = _registered(live)
+    assert before["retrain"]["pull_steps"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+    env = {**os.environ, **live.env, "PREFECT_API_URL": live.prefect_api}
+    r = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    after = _registered(live)
+    for f in before:  # each one was written again, by prefect.yaml ...
+        assert after[f].pop("updated") > before[f].pop("updated"), f
+    assert after == before  # ... and came out the same
+    (auto,) = _drift_automations(live)
+    assert [a["deployment_id"] for a in auto["actions"]] == [before["retrain"]["id"]]
+    assert auto["trigger"]["expect"] == ["lepton.drift.detected"] and auto["trigger"]["posture"] == "Reactive"
+
+
 def test_status_reports_services_and_champion(live, deployed_run):
     r = live.cli("status", "--json", timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
