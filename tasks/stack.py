@@ -435,6 +435,16 @@ def _worker_online(api: str, pool: str) -> bool:
         return False
 
 
+# How long each service gets between SIGTERM and SIGKILL. SeaweedFS's own graceful
+# stop takes over 25 s: its filer waits 15 s for the S3 gateway's metadata stream (in
+# the same process) to end, then its volume server waits 10 s more for a master that
+# is stopping too. Every write it acknowledged is already in its files (volume .dat
+# files, the filer's LevelDB log), which a SIGKILL leaves intact, and a single-node
+# store has no peer to hand over to; so it gets 3 s. The stop/start test checks that
+# runs, models and datasets all come back.
+STOP_GRACE = {"worker": 15.0, "prefect": 15.0, "mlflow": 15.0, "seaweedfs": 3.0}
+
+
 def down(s: Settings) -> list[str]:
     st = read_state(s)
     if not st:
@@ -443,7 +453,7 @@ def down(s: Settings) -> list[str]:
     for name in reversed(SERVICES):
         pid = int(st.get("pids", {}).get(name) or 0)
         if pid_alive(pid):
-            _stop_pid(pid)
+            _stop_pid(pid, STOP_GRACE[name])
             stopped.append(name)
     st["up"] = False
     _write_private(_state_path(s), st)
