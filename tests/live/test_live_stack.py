@@ -138,8 +138,11 @@ def test_prefect_yaml_deploys_what_lepton_deploy_does(live, deployed_run):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     after = _registered(live)
+    from datetime import datetime
+
     for f in before:  # each one was written again, by prefect.yaml ...
-        assert after[f].pop("updated") > before[f].pop("updated"), f
+        stamps = [datetime.fromisoformat(x[f].pop("updated")) for x in (before, after)]
+        assert stamps[1] > stamps[0], (f, stamps)
     assert after == before  # ... and came out the same
     (auto,) = _drift_automations(live)
     assert [a["deployment_id"] for a in auto["actions"]] == [before["retrain"]["id"]]
