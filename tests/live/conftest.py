@@ -37,6 +37,9 @@ class Live:
             "LEPTON_HOME": str(self.home),
             "LEPTON_PROJECT_DIR": str(ROOT),  # deployments pull the flows from this checkout
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            # Prefect's scheduler looks for deployments to schedule every 60 s; every 5 s
+            # here, so the test of the schedules does not wait a minute.
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
         }
 
     @property

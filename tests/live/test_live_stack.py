@@ -39,6 +39,34 @@ def test_deployments_carry_schedule_and_typed_parameters(live, deployed_run):
         assert _deployment(live, name)["work_pool_name"] == "lepton"
 
 
+def test_the_schedules_create_runs(live, deployed_run):
+    """Prefect's scheduler turns the cron schedules into scheduled runs: retrain on
+    Mondays at 03:00 UTC, monitor at the top of every hour."""
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    def scheduled(name: str) -> list[datetime]:
+        dep = _deployment(live, name)
+        runs = live.post(f"{live.prefect_api}/flow_runs/filter",
+                         {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"})
+        return [datetime.fromisoformat(r["expected_start_time"]) for r in runs
+                if r["auto_scheduled"] and r["state"]["type"] == "SCHEDULED"]
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (scheduled("retrain/lepton") and scheduled("monitor/lepton")):
+        time.sleep(2)
+    retrain, monitor = scheduled("retrain/lepton"), scheduled("monitor/lepton")
+    assert len(retrain) >= 3 and len(monitor) >= 3, (retrain, monitor)
+    now = datetime.now(timezone.utc)
+    for t in retrain:
+        t = t.astimezone(timezone.utc)
+        assert (t.weekday(), t.hour, t.minute) == (0, 3, 0) and t > now, t
+    assert [b - a for a, b in zip(retrain, retrain[1:])] == [timedelta(days=7)] * (len(retrain) - 1)
+    for t in monitor:
+        assert t.minute == 0 and t > now, t
+    assert [b - a for a, b in zip(monitor, monitor[1:])] == [timedelta(hours=1)] * (len(monitor) - 1)
+
+
 def test_dashboard_run_lands_in_mlflow_s3_and_prefect(live, deployed_run):
     _, flow_run = deployed_run
     model = live.get(f"{live.mlflow}/api/2.0/mlflow/registered-models/get?name=lepton-digits")["registered_model"]
