@@ -67,6 +67,15 @@ def test_the_schedules_create_runs(live, deployed_run):
     assert [b - a for a, b in zip(monitor, monitor[1:])] == [timedelta(hours=1)] * (len(monitor) - 1)
 
 
+def test_prefect_server_background_services_raised_nothing(live, deployed_run):
+    """The server's background services (scheduler, triggers, ...) fail only in its
+    log: a scheduler that cannot insert runs looks healthy from the API. After the
+    deploy, a dashboard run and a round of scheduling, the log holds no traceback."""
+    log = (live.home / "stack" / "logs" / "prefect.log").read_text(errors="replace")
+    tracebacks = [chunk[:1500] for chunk in log.split("Traceback (most recent call last):")[1:]]
+    assert not tracebacks, tracebacks[:2]
+
+
 def test_dashboard_run_lands_in_mlflow_s3_and_prefect(live, deployed_run):
     _, flow_run = deployed_run
     model = live.get(f"{live.mlflow}/api/2.0/mlflow/registered-models/get?name=lepton-digits")["registered_model"]
