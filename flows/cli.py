@@ -303,12 +303,10 @@ def deploy(
 
     if write_prefect_yaml is not None:
         from flows.deploy import render_prefect_yaml
+        from tasks.drift_report import _atomic_write
 
         s = configure_environment(use_stack=False)
-        text = render_prefect_yaml(_params(params_file, list(set_), s))
-        tmp = write_prefect_yaml.with_name(f".{write_prefect_yaml.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, write_prefect_yaml)
+        _atomic_write(write_prefect_yaml, render_prefect_yaml(_params(params_file, list(set_), s)))
         typer.echo(f"wrote {write_prefect_yaml}")
         return
     s = configure_environment()

@@ -49,7 +49,7 @@ def deployment_specs(params: Params) -> list[dict]:
     """Every deployment, in prefect.yaml's own terms."""
     sections = {k: getattr(params, k).model_dump(mode="json") for k in ("promote", "registry")}
     tz = params.deploy.timezone
-    common = {"tags": ["lepton"], "enforce_parameter_schema": True, "version": None}
+    common = {"tags": ["lepton"], "enforce_parameter_schema": True}
     return [
         {"name": DEPLOYMENT_NAME, "entrypoint": "flows/retrain.py:retrain",
          "description": "Prepare -> train -> evaluate -> register -> promote (scheduled).",
@@ -77,7 +77,7 @@ def prefect_yaml(params: Params, work_pool: str = "lepton") -> dict:
     `prefect deploy` pulls from the folder it runs in, as `lepton deploy` does."""
     deployments = []
     for spec in deployment_specs(params):
-        d = {k: v for k, v in spec.items() if k not in ("version",) and v not in (None, [])}
+        d = {k: v for k, v in spec.items() if v not in (None, [])}
         d["work_pool"] = {"name": work_pool, "work_queue_name": None, "job_variables": {}}
         deployments.append(d)
     return {"name": "lepton", "prefect-version": ">=3", "build": None, "push": None,

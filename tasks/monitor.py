@@ -305,8 +305,8 @@ def _log_monitoring_run(c, s: Settings, experiment: str, champ, r: MonitorResult
         r.report_url = report_ui_url(s.tracking_uri, exp, rid)
     # The run's description (markdown, shown on its page) leads to the report in one
     # click; so does the champion version's description, on the model's page.
-    target = r.report_url or (f"artifact {REPORT_ARTIFACT}" if r.report_html else None)
-    link = f"[{REPORT_ARTIFACT}]({r.report_url})" if r.report_url else target
+    link = (f"[{REPORT_ARTIFACT}]({r.report_url})" if r.report_url
+            else f"artifact {REPORT_ARTIFACT}" if r.report_html else None)
     c.set_tag(rid, "mlflow.note.content",
               f"**{r.verdict}**\n\nEvidently report: {link}" if link else f"**{r.verdict}**")
     c.set_terminated(rid, "FINISHED")
