@@ -26,7 +26,10 @@ def env(tmp_path, prefect_server):
 def _registered_versions(env) -> int:
     from mlflow.tracking import MlflowClient
 
-    c = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    # The registry named explicitly: MlflowClient would otherwise take the process-wide
+    # registry URI that an earlier in-process test may have set (tasks.registry does).
+    uri = env["MLFLOW_TRACKING_URI"]
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
     return len(c.search_model_versions())
 
 

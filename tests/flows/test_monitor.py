@@ -63,7 +63,7 @@ def test_mild_batch_no_alarm_strong_batch_drift_event_then_cooldown(champion, le
     assert again["event_emitted"] is False
 
     # The report is logged to a monitoring run that names the champion.
-    c = MlflowClient(s.tracking_uri)
+    c = MlflowClient(s.tracking_uri, registry_uri=s.tracking_uri)
     run = c.get_run(r["mlflow_run_id"])
     assert run.data.tags["lepton.monitored_model_version"] == champion["version"]
     assert run.data.tags["lepton.monitor.status"] == "drift"
