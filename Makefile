@@ -46,9 +46,11 @@ browser:
 	  || { echo "error: the dashboard tests need Debian's chromium (apt-get install chromium)" >&2; exit 1; }
 
 test: $(STAMP) browser
+	$(BIN)/lint-imports --no-cache
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 repro: $(STAMP)

@@ -42,10 +42,10 @@ def main() -> None:
                       LEPTON_DVC_REMOTE=str(tmp / "remote"), PREFECT_LOGGING_LEVEL="WARNING")
     for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
         os.environ.pop(k, None)
-    from tasks.settings import configure_environment
+    from effects.settings import configure_environment
 
     s = configure_environment(use_stack=False)
-    from flows.local_server import LocalPrefectServer
+    from lepton.local_server import LocalPrefectServer
 
     server = LocalPrefectServer(tmp / "server.log").start()
     os.environ["PREFECT_API_URL"] = server.api_url
@@ -56,8 +56,8 @@ def main() -> None:
     from flows.monitor import monitor
     from flows.retrain import retrain
     from lepton_core.params import DataParams, MonitorParams, PromoteParams, RegistryParams, TrainParams
-    from tasks import tracking
-    from tasks.monitor import _reference
+    from effects import tracking
+    from effects.monitor import _reference
 
     server.wait_healthy()
     train_csv = tmp / "train.csv"

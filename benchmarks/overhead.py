@@ -33,15 +33,16 @@ from lepton_core.data.formats import load_digits
 from lepton_core.data.prepare import prepare_dataset
 from lepton_core.models import model_config_for
 from lepton_core.params import load_params
-from lepton_core.train import to_model_input, train_model
+from lepton_core.predictor import Preprocessing, model_input
+from lepton_core.train import train_model
 params = load_params(sys.argv[1])
 p, tp = prepare_dataset(load_digits(), val_fraction=params.data.val_fraction,
                         test_fraction=params.data.test_fraction, seed=params.data.seed), params.train
 cfg = model_config_for(p.meta, tp.model, tp.width, tp.depth, tp.dropout)
-s = p.meta["x_scale"]
+pre = Preprocessing.from_meta(p.meta)
 t1 = time.perf_counter()
-r = train_model(cfg, tp, to_model_input(p.x["train"], s, cfg), torch.from_numpy(p.y["train"]),
-                to_model_input(p.x["val"], s, cfg), torch.from_numpy(p.y["val"]), progress=False)
+r = train_model(cfg, tp, model_input(p.x["train"], pre, cfg), torch.from_numpy(p.y["train"]),
+                model_input(p.x["val"], pre, cfg), torch.from_numpy(p.y["val"]), progress=False)
 t2 = time.perf_counter()
 print(json.dumps({"setup_s": t1 - t0, "train_s": t2 - t1, "epochs": r.epochs_run}))
 """
@@ -75,7 +76,7 @@ def lepton_retrain(env: dict[str, str]) -> dict:
 
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", "from flows.cli import main; main()", "retrain", "--no-progress", "--json"],
+        [sys.executable, "-c", "from lepton.cli import main; main()", "retrain", "--no-progress", "--json"],
         env=env, capture_output=True, text=True,
     )
     wall = time.perf_counter() - t0
@@ -92,7 +93,7 @@ def in_process_flow(env: dict[str, str], repeats: int) -> list[dict]:
     """The retrain flow called in this process, imports and server already paid:
     what the orchestration, tracking, DVC and registry steps themselves cost."""
     os.environ.update(env)
-    from flows.local_server import LocalPrefectServer
+    from lepton.local_server import LocalPrefectServer
 
     server = LocalPrefectServer(Path(env["LEPTON_HOME"]) / "bench-server.log").start()
     os.environ["PREFECT_API_URL"] = server.api_url

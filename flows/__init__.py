@@ -1,1 +1,1 @@
-"""Prefect flows (wiring only) and the `lepton` command line."""
+"""Prefect flows only: wiring of tasks, no maths and no file I/O."""

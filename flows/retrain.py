@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from prefect import flow
 
-from lepton_core.params import DataParams, Params, PromoteParams, RegistryParams, TrainParams
+from lepton_core.params import (
+    DataParams, DeployParams, MonitorParams, Params, PromoteParams, RegistryParams, TrainParams,
+)
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
 from tasks.registry import promote as promote_task
@@ -19,13 +21,16 @@ def retrain(
     train: TrainParams = TrainParams(),
     promote: PromoteParams = PromoteParams(),
     registry: RegistryParams = RegistryParams(),
+    deploy: DeployParams = DeployParams(),
+    monitor: MonitorParams = MonitorParams(),
     progress: bool = True,
 ) -> dict:
     """Retrain on the data described by `data` and promote the result if it passes the gate.
 
-    The parameters are the sections of params.yaml, so the Prefect UI shows them as forms.
+    The parameters are the sections of params.yaml (every one, so the MLflow run
+    records exactly what was given), and the Prefect UI shows them as forms.
     """
-    params = Params(data=data, train=train, promote=promote, registry=registry)
+    params = Params(data=data, train=train, promote=promote, registry=registry, deploy=deploy, monitor=monitor)
     dataset = prepare_data(data)
     outcome = train_task(dataset, params, progress=progress)
     metrics = evaluate(outcome.run_id, outcome.checkpoint, dataset)

@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lepton_core.predictor import Predictor
 
 IMAGE_FEATURES = (
     "mean_intensity", "contrast", "ink_fraction", "edge_energy",
@@ -62,6 +68,38 @@ def output_features(logits: np.ndarray) -> dict[str, np.ndarray]:
     p = np.exp(z)
     p /= p.sum(1, keepdims=True)
     return {"prediction": p.argmax(1).astype(np.int64), "confidence": p.max(1).astype(np.float64)}
+
+
+# ---------------------------------------------------------------- feature frames
+DRIFT_EVENT = "lepton.drift.detected"  # the Prefect event the monitor emits and retrain reacts to
+
+
+def feature_frame(x: np.ndarray, logits: np.ndarray, kind: str, feature_names: list[str],
+                  labels: np.ndarray | None) -> "pd.DataFrame":
+    """One row per sample: f_<feature> columns, prediction, confidence (and label).
+
+    x: model input, images (N, C, H, W) in [0, 1] or tables (N, F) raw; logits (N, K)."""
+    import pandas as pd
+
+    if kind == "image":
+        cols = {f"f_{k}": v for k, v in image_features(x).items()}
+    else:
+        names = feature_names or [str(i) for i in range(x.shape[1])]
+        cols = {f"f_{n}": x[:, i].astype(np.float64) for i, n in enumerate(names)}
+    df = pd.DataFrame(cols)
+    for k, v in output_features(logits).items():
+        df[k] = v
+    if labels is not None:
+        df["label"] = labels.astype(np.int64)
+    return df
+
+
+def predictor_frame(predictor: "Predictor", samples, labels: np.ndarray | None) -> "pd.DataFrame":
+    """The feature frame of raw samples as the predictor reads them (InputError if it cannot)."""
+    raw = predictor.check(samples)
+    pre = predictor.preprocessing
+    x = predictor.to_input(raw).numpy() if pre.kind == "image" else raw.astype(np.float32)
+    return feature_frame(x, predictor.logits(raw), pre.kind, list(pre.feature_names), labels)
 
 
 # ---------------------------------------------------------------- verdicts

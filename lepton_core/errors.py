@@ -11,3 +11,7 @@ class DataError(LeptonError):
 
 class ParamsError(LeptonError):
     """A parameter is missing, unknown or of the wrong type."""
+
+
+class InputError(LeptonError):
+    """Samples given to a model do not fit it (shape, dtype, range, columns)."""

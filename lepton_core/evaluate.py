@@ -6,6 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from lepton_core.predictor import Predictor
+
+SUMMARY_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
@@ -57,3 +61,13 @@ def classification_metrics(
         },
         "confusion_matrix": cm.tolist(),
     }
+
+
+def correct_mask(predictor: Predictor, x_raw: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """(N,) bool: which raw samples the predictor labels right (what the gate compares)."""
+    return predictor.logits(x_raw).argmax(1) == y
+
+
+def evaluate_predictor(predictor: Predictor, x_raw: np.ndarray, y: np.ndarray) -> dict:
+    """classification_metrics of a predictor on raw samples, through its own preprocessing."""
+    return classification_metrics(y, predictor.logits(x_raw).argmax(1), predictor.classes)

@@ -62,6 +62,8 @@ class TrainParams(_Section):
     )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    compile: bool = Field(False, description="torch.compile the model (compile time is reported apart)")
 
 
 class PromoteParams(_Section):

@@ -2,14 +2,20 @@
 early stopping on validation accuracy, per-epoch atomic checkpoints and resume.
 
 Tracking arrives through `log(step, metrics)`, which does nothing by default.
-Deterministic on CPU for a given seed; on CUDA it uses bf16 autocast and
-channels_last. The whole dataset is moved to the device once when it fits, and
-batches are index slices of it (no per-sample DataLoader).
+Deterministic on CPU for a given seed; on CUDA it uses bf16 autocast (`amp`),
+channels_last, cuDNN autotuning and fused AdamW. The whole dataset is moved to the
+device once, and batches are index slices of it (no per-sample DataLoader);
+per-step metrics stay on the device and are read once per epoch (no sync per step).
+With `compile`, the model goes through `torch.compile`; every input shape the run
+will see is compiled before the first epoch, timed apart (`compile_seconds`).
+Checkpoints hold CPU tensors only, so one written on a GPU loads anywhere.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +24,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
 from lepton_core.checkpoint import load_checkpoint, save_checkpoint
-from lepton_core.models import MLP, ModelConfig, build_model
+from lepton_core.data.prepare import Prepared
+from lepton_core.models import MLP, ModelConfig, build_model, model_config_for
 from lepton_core.params import TrainParams
+from lepton_core.predictor import Preprocessing, check_samples, model_input
 from lepton_core.progress import Progress
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -43,6 +52,7 @@ class TrainResult:
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)
     device: str = "cpu"
+    compile_seconds: float = 0.0  # torch.compile warm-up (all shapes), not in the epochs' time
 
 
 def choose_device(pref: str = "auto") -> torch.device:
@@ -53,14 +63,6 @@ def choose_device(pref: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def to_model_input(x: np.ndarray, scale: float, model_config: ModelConfig) -> torch.Tensor:
-    """uint8/float arrays -> float32 model input (images scaled to [0, 1])."""
-    t = torch.from_numpy(np.ascontiguousarray(x)).float()
-    if scale != 1.0:
-        t = t * scale
-    if model_config.kind == "mlp":
-        t = t.reshape(len(t), -1)
-    return t
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -89,17 +91,92 @@ def _deterministic(enabled: bool):
         torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
 
 
+@contextmanager
+def _cudnn_autotune(enabled: bool):
+    prev = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = prev
+
+
+def _to_cpu(obj: Any) -> Any:
+    """The same (nested) state with every tensor on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _same_run(state: dict[str, Any], model_config: ModelConfig, params: TrainParams) -> bool:
+    """Whether a checkpoint was written for this model and these params. Keys added
+    to TrainParams later take their defaults; `compile` changes how the model runs,
+    not what it computes, so a run may resume with it either way."""
+    if state.get("model_config") != model_config.model_dump(mode="json"):
+        return False
+    saved = state.get("params")
+    if not isinstance(saved, dict):
+        return False
+    try:
+        saved_params = TrainParams.model_validate(saved)
+    except ValidationError:
+        return False
+    return saved_params.model_copy(update={"compile": params.compile}) == params
+
+
 @torch.no_grad()
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, amp) -> tuple[float, float]:
     model.eval()
-    loss_sum, correct = 0.0, 0
+    # summed on the device, read once (float64: the same sums as Python floats)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
     for i in range(0, len(x), batch):
         with amp():
             logits = model(x[i : i + batch]).float()
-        loss_sum += F.cross_entropy(logits, y[i : i + batch], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i : i + batch]).sum().item()
+        loss_sum += F.cross_entropy(logits, y[i : i + batch], reduction="sum").double()
+        correct += (logits.argmax(1) == y[i : i + batch]).sum()
     n = max(len(x), 1)
-    return loss_sum / n, correct / n
+    return loss_sum.item() / n, correct.item() / n
+
+
+def _batch_sizes(n: int, batch: int) -> list[int]:
+    """The distinct batch sizes that slicing `n` samples by `batch` gives."""
+    return sorted({min(batch, n), n % batch} - {0}) if n else []
+
+
+def _compile_warm_up(fwd: nn.Module, model: nn.Module, xt: torch.Tensor, yt: torch.Tensor,
+                     xv: torch.Tensor, params: TrainParams, amp) -> float:
+    """Run the compiled model once on every shape and mode training will use
+    (train-mode forward + backward, eval-mode forward), then put the weights,
+    buffers, gradients and RNG states back: compilation leaves no trace in the
+    run. Returns the seconds it took."""
+    cuda = xt.is_cuda
+    start = time.perf_counter()
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    rng_cpu = torch.get_rng_state()
+    rng_cuda = torch.cuda.get_rng_state(xt.device) if cuda else None
+    fwd.train()
+    for n in _batch_sizes(len(xt), params.batch_size):
+        idx = torch.arange(n, device=xt.device)  # indexed like the training batches
+        with amp():
+            loss = F.cross_entropy(fwd(xt[idx]).float(), yt[idx], label_smoothing=params.label_smoothing)
+        loss.backward()
+    fwd.eval()
+    with torch.no_grad():
+        for n in _batch_sizes(len(xv), 1024):
+            with amp():
+                fwd(xv[:n])
+    model.zero_grad(set_to_none=True)
+    model.load_state_dict(saved)
+    torch.set_rng_state(rng_cpu)
+    if cuda:
+        torch.cuda.set_rng_state(rng_cuda, xt.device)
+        torch.cuda.synchronize(xt.device)
+    return time.perf_counter() - start
 
 
 def train_model(
@@ -139,9 +216,13 @@ def train_model(
         return t.contiguous(memory_format=memory_format) if t.ndim == 4 else t
 
     xt, yt, xv, yv = _put(x_train), y_train.to(device), _put(x_val), y_val.to(device)
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
+    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and params.amp else nullcontext
+    # the module that runs batches; `model` keeps the weights (and plain state_dict keys)
+    fwd: nn.Module = torch.compile(model, dynamic=False) if params.compile else model
 
-    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, **({"fused": True} if cuda else {})
+    )
     steps_per_epoch = math.ceil(len(xt) / params.batch_size)
     total_steps = steps_per_epoch * params.epochs
     warmup = int(params.warmup_epochs * steps_per_epoch)
@@ -156,16 +237,17 @@ def train_model(
     stopped_early = False
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     if ckpt is not None and resume and ckpt.exists():
-        state = load_checkpoint(ckpt, map_location=device)
-        if state.get("model_config") != model_config.model_dump(mode="json") or state.get(
-            "params"
-        ) != params.model_dump(mode="json"):
+        # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
+        state = load_checkpoint(ckpt, map_location="cpu")
+        if not _same_run(state, model_config, params):
             raise ValueError(f"{ckpt} was written for another model or params; not resuming")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         gen.set_state(state["rng_batches"])
         torch.set_rng_state(state["rng_torch"])
+        if cuda and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], device)
         start_epoch = resumed_from = int(state["epoch"])
         best_acc, best_epoch = float(state["best_val_accuracy"]), int(state["best_epoch"])
         bad_epochs = int(state["bad_epochs"])
@@ -175,30 +257,36 @@ def train_model(
             start_epoch = params.epochs  # nothing left to do
             stopped_early = bool(state.get("stopped_early", False))
 
+    compile_seconds = 0.0
     bar = Progress(params.epochs, "train", enabled=progress)
     bar.update(start_epoch)
     epoch = start_epoch
-    with _deterministic(not cuda):
+    with _deterministic(not cuda), _cudnn_autotune(cuda):
+        if params.compile and start_epoch < params.epochs:
+            compile_seconds = _compile_warm_up(fwd, model, xt, yt, xv, params, amp)
         for epoch in range(start_epoch + 1, params.epochs + 1):
-            model.train()
+            fwd.train()
             perm = torch.randperm(len(xt), generator=gen).to(device)
-            loss_sum, correct = 0.0, 0
+            # summed on the device and read once per epoch: no host sync per step
+            # (float64: the same sums as adding Python floats)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
             for i in range(0, len(xt), params.batch_size):
                 idx = perm[i : i + params.batch_size]
                 xb, yb = xt[idx], yt[idx]
                 with amp():
-                    logits = model(xb)
+                    logits = fwd(xb)
                     loss = F.cross_entropy(logits.float(), yb, label_smoothing=params.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                loss_sum += loss.detach().float().item() * len(idx)
-                correct += (logits.detach().argmax(1) == yb).sum().item()
-            val_loss, val_acc = _evaluate(model, xv, yv, 1024, amp)
+                loss_sum += loss.detach().double() * len(idx)
+                correct += (logits.detach().argmax(1) == yb).sum()
+            val_loss, val_acc = _evaluate(fwd, xv, yv, 1024, amp)
             metrics = {
-                "train_loss": loss_sum / len(xt),
-                "train_accuracy": correct / len(xt),
+                "train_loss": loss_sum.item() / len(xt),
+                "train_accuracy": correct.item() / len(xt),
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
                 "lr": opt.param_groups[0]["lr"],
@@ -212,7 +300,7 @@ def train_model(
             stop = params.patience > 0 and bad_epochs >= params.patience
             if ckpt is not None:
                 save_checkpoint(
-                    {
+                    _to_cpu({
                         "model_config": model_config.model_dump(mode="json"),
                         "params": params.model_dump(mode="json"),
                         "model": model.state_dict(),
@@ -227,9 +315,10 @@ def train_model(
                         "stopped_early": stop,
                         "rng_batches": gen.get_state(),
                         "rng_torch": torch.get_rng_state(),
+                        **({"rng_cuda": torch.cuda.get_rng_state(device)} if cuda else {}),
                         "history": history,
                         **(extra_state or {}),
-                    },
+                    }),
                     ckpt,
                 )
             bar.update(1, f"val_acc {val_acc:.3f}")
@@ -251,4 +340,64 @@ def train_model(
         stopped_early=stopped_early,
         history=history,
         device=str(device),
+        compile_seconds=compile_seconds,
+    )
+
+
+# ---------------------------------------------------------------- a prepared dataset
+def stratified_slice(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of a class-proportional subset of `n` samples (sorted)."""
+    if n >= len(y):
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = max(1, int(round(n * len(idx) / len(y))))
+        picks.append(rng.permutation(idx)[:k])
+    return np.sort(np.concatenate(picks))
+
+
+def train_on_prepared(
+    prepared: Prepared,
+    params: TrainParams,
+    preprocessing: Preprocessing,
+    checkpoint_path: str | Path | None = None,
+    *,
+    log: LogFn = _no_log,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on a prepared dataset's train/val splits, read through the same
+    preprocessing the predictor applies later (what dvc repro and Prefect both call)."""
+    cfg = model_config_for(prepared.meta, params.model, params.width, params.depth, params.dropout)
+    x_tr, y_tr = prepared.x["train"], prepared.y["train"]
+    if params.max_train_samples:
+        keep = stratified_slice(y_tr, params.max_train_samples, params.seed)
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+
+    def inputs(x: np.ndarray) -> torch.Tensor:
+        return model_input(check_samples(x, preprocessing), preprocessing, cfg)
+
+    return train_model(
+        cfg, params, inputs(x_tr), torch.from_numpy(y_tr), inputs(prepared.x["val"]),
+        torch.from_numpy(prepared.y["val"]),
+        log=log, checkpoint_path=checkpoint_path, progress=progress,
+    )
+
+
+def save_trained_model(result: TrainResult, params: TrainParams, preprocessing: Preprocessing,
+                       meta: dict, path: str | Path) -> Path:
+    """The final, self-describing checkpoint of the best weights: the model config,
+    weights, params and the preprocessing the predictor needs (plus the dataset meta)."""
+    return save_checkpoint(
+        {
+            "model_config": result.model_config.model_dump(mode="json"),
+            "model": result.model.state_dict(),
+            "params": params.model_dump(mode="json"),
+            "epoch": result.best_epoch,
+            "best_val_accuracy": result.best_val_accuracy,
+            "preprocessing": preprocessing.model_dump_json(),
+            "meta_json": json.dumps(meta, sort_keys=True),
+        },
+        path,
     )

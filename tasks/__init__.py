@@ -1,3 +1,3 @@
-"""Prefect tasks: one module per stage. Each loads inputs, calls one lepton_core
-function, and saves/logs the outputs (MLflow, DVC). The plain stage functions here
-are also what `dvc.yaml` runs."""
+"""Prefect tasks only: one module per stage, each `@task` loads its inputs, makes one
+core call and saves/logs the outputs through the effects layer (retries, timeouts
+and caching on the decorator)."""

@@ -1,77 +1,22 @@
-"""The train stage: prepared dataset -> lepton_core.train_model -> checkpoint,
-tracked as an MLflow run."""
+"""The train task: a data version -> effects.stages.train_stage -> checkpoint,
+tracked as an MLflow run that records exactly the params it was given."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 from prefect import task
+from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from lepton_core.checkpoint import save_checkpoint
-from lepton_core.data.prepare import Prepared, read_prepared
-from lepton_core.models import model_config_for
+from effects import monitor_state, tracking
+from effects.dvc_store import DataVersion, dataset_path
+from effects.settings import get_settings
+from effects.stages import train_stage
+from lepton_core.data.prepare import read_prepared
 from lepton_core.params import Params, TrainParams, flatten_params
-from lepton_core.train import TrainResult, to_model_input, train_model
-from tasks import tracking
-from tasks.data import DataVersion, dataset_path
-from tasks.settings import get_settings
-
-
-def stratified_slice(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of a class-proportional subset of `n` samples (sorted)."""
-    if n >= len(y):
-        return np.arange(len(y))
-    rng = np.random.default_rng(seed)
-    picks = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        k = max(1, int(round(n * len(idx) / len(y))))
-        picks.append(rng.permutation(idx)[:k])
-    return np.sort(np.concatenate(picks))
-
-
-def train_stage(
-    prepared: Prepared,
-    params: TrainParams,
-    checkpoint_path: str | Path | None = None,
-    log=None,
-    progress: bool = True,
-) -> TrainResult:
-    """What `dvc repro`'s train stage and the Prefect task both call."""
-    cfg = model_config_for(prepared.meta, params.model, params.width, params.depth, params.dropout)
-    scale = float(prepared.meta["x_scale"])
-    x_tr, y_tr = prepared.x["train"], prepared.y["train"]
-    if params.max_train_samples:
-        keep = stratified_slice(y_tr, params.max_train_samples, params.seed)
-        x_tr, y_tr = x_tr[keep], y_tr[keep]
-    kwargs = {"log": log} if log is not None else {}
-    return train_model(
-        cfg, params,
-        to_model_input(x_tr, scale, cfg), torch.from_numpy(y_tr),
-        to_model_input(prepared.x["val"], scale, cfg), torch.from_numpy(prepared.y["val"]),
-        checkpoint_path=checkpoint_path, progress=progress, **kwargs,
-    )
-
-
-def save_model_checkpoint(result: TrainResult, params: TrainParams, meta: dict, path: str | Path) -> Path:
-    """The final, self-describing checkpoint of the best weights."""
-    return save_checkpoint(
-        {
-            "model_config": result.model_config.model_dump(mode="json"),
-            "model": result.model.state_dict(),
-            "params": params.model_dump(mode="json"),
-            "epoch": result.best_epoch,
-            "best_val_accuracy": result.best_val_accuracy,
-            "meta_json": json.dumps(meta, sort_keys=True),
-        },
-        path,
-    )
 
 
 class TrainOutcome(BaseModel):
@@ -84,10 +29,10 @@ class TrainOutcome(BaseModel):
     device: str
 
 
-def work_checkpoint(version: str, params: TrainParams) -> Path:
+def work_checkpoint(home: Path, version: str, params: TrainParams) -> Path:
     """Where an unfinished training of (data version, params) keeps its checkpoint."""
     key = hashlib.sha256((version + params.model_dump_json()).encode()).hexdigest()[:16]
-    return get_settings().checkpoints_dir / f"train-{key}.pt"
+    return home / "checkpoints" / f"train-{key}.pt"
 
 
 @task(name="train", retries=1, retry_delay_seconds=2, timeout_seconds=6 * 3600)
@@ -97,25 +42,31 @@ def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutc
     s = get_settings()
     c = tracking.client(s)
     exp = tracking.ensure_experiment(c, params.registry.experiment, s)
-    tags = {
+    run_flow = str(flow_run.id or "")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run = c.create_run(exp, run_name=f"retrain-{stamp}-data-{data.version[:8]}", tags={
         tracking.TAG_DATA_VERSION: data.version,
         tracking.TAG_GIT_COMMIT: tracking.git_commit(s.project_dir),
-        tracking.TAG_FLOW_RUN: tracking.flow_run_id(),
         "lepton.data_format": data.meta.get("kind", ""),
-    }
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    run = c.create_run(exp, run_name=f"retrain-{stamp}-data-{data.version[:8]}", tags=tags)
+    })
     run_id = run.info.run_id
     try:
         tracking.log_params_and_tags(c, run_id, flatten_params(params), {})
+        batches = set(data.meta.get("monitored_batches", []))
+        tracking.log_lineage(
+            c, run_id, data_version=data.version, meta=data.meta, dvc_remote=s.dvc_remote,
+            git_commit=tracking.git_commit(s.project_dir), source_name="flows/retrain.py",
+            flow_run_id=run_flow, flow_run_url=tracking.flow_run_url(s.prefect_ui_api_url, run_flow),
+            monitored=[b for b in monitor_state.accepted_batches(s) if b["id"] in batches],
+        )
         prepared = read_prepared(dataset_path(data.version, s))
-        ckpt = work_checkpoint(data.version, params.train)
+        ckpt = work_checkpoint(s.home, data.version, params.train)
+        final = s.home / "runs" / run_id / "model.pt"
         logger = tracking.BatchedMetricLogger(c, run_id)
         t0 = time.perf_counter()
-        result = train_stage(prepared, params.train, ckpt, log=logger, progress=progress)
+        result = train_stage(prepared, params.train, final, ckpt, log=logger, progress=progress)
         train_seconds = time.perf_counter() - t0
         logger.flush()
-        final = save_model_checkpoint(result, params.train, prepared.meta, s.home / "runs" / run_id / "model.pt")
         c.log_artifact(run_id, str(final), "checkpoint")
         c.log_batch(
             run_id,

@@ -75,6 +75,6 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300, **kw) ->
     """Run the installed `lepton` entry point in a subprocess."""
     full = {**os.environ, **env}
     return subprocess.run(
-        [sys.executable, "-c", "from flows.cli import main; main()", *args],
+        [sys.executable, "-c", "from lepton.cli import main; main()", *args],
         env=full, capture_output=True, text=True, timeout=timeout, cwd=env.get("LEPTON_PROJECT_DIR"), **kw,
     )

@@ -39,7 +39,7 @@ def _quarantine(ds_list: list[dict], item: str, reason: str) -> None:
 
 
 # ---------------------------------------------------------------- digits
-def _digits_csv() -> Path:
+def digits_file() -> Path:
     # scikit-learn ships the 1,797 UCI digits as a gzipped CSV; read it directly
     # (find_spec does not import sklearn, which keeps this module light).
     spec = importlib.util.find_spec("sklearn")
@@ -52,7 +52,7 @@ def _digits_csv() -> Path:
 
 
 def load_digits() -> RawDataset:
-    table = np.loadtxt(_digits_csv(), delimiter=",", dtype=np.float64)  # (1797, 65)
+    table = np.loadtxt(digits_file(), delimiter=",", dtype=np.float64)  # (1797, 65)
     pixels, labels = table[:, :-1], table[:, -1].astype(np.int64)
     # 0..16 ink counts -> 0..255 so every image format shares one scale.
     x = np.rint(pixels * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)

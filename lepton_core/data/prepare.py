@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lepton_core.data.formats import RawDataset
+from lepton_core.data.fingerprint import resolve_path
+from lepton_core.data.formats import RawDataset, combine_datasets, load_raw
 from lepton_core.errors import DataError
+from lepton_core.fileio import publish_dir
+from lepton_core.params import DataParams
 
 SPLITS = ("train", "val", "test")
 
@@ -187,28 +187,15 @@ def _dump_json(obj: dict, path: Path) -> None:
 def write_prepared(prep: Prepared, out_dir: str | Path) -> Path:
     """Write the packed arrays into a sibling temp folder, then swap it into place,
     so a crash never leaves a half-written dataset at `out_dir`."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a dataset is meant to be shared
-    try:
+
+    def build(tmp: Path) -> None:
         for s in SPLITS:
             np.save(tmp / f"x_{s}.npy", np.ascontiguousarray(prep.x[s]), allow_pickle=False)
             np.save(tmp / f"y_{s}.npy", prep.y[s].astype(np.int64), allow_pickle=False)
         _dump_json(prep.meta, tmp / "meta.json")
         _dump_json(prep.report, tmp / "report.json")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return publish_dir(out_dir, build)
 
 
 def read_prepared(path: str | Path) -> Prepared:
@@ -220,3 +207,28 @@ def read_prepared(path: str | Path) -> Prepared:
     meta = json.loads((p / "meta.json").read_text())
     report = json.loads((p / "report.json").read_text()) if (p / "report.json").exists() else {}
     return Prepared(x=x, y=y, meta=meta, report=report)
+
+
+def prepare_from_params(params: DataParams, out_dir: str | Path, base_dir: Path | None = None,
+                        extra: list[dict] | None = None) -> dict:
+    """Load the raw data the params name, fold in `extra` labelled batches
+    ({"format", "path", "id"}: those the monitor accepted), validate, dedup, split
+    and write the packed dataset. The batch ids and the label column are written
+    into meta.json, so the data version itself records its inputs.
+
+    What `dvc repro`'s prepare stage and the Prefect task both call. Returns the
+    validation report."""
+    raw = load_raw(params.format, resolve_path(params.path, base_dir), params.label_column)
+    extra = sorted(extra or [], key=lambda b: b["id"])
+    if extra:
+        raw = combine_datasets(
+            raw, [load_raw(b["format"], b["path"], params.label_column) for b in extra],
+            [b["id"] for b in extra],
+        )
+    prep = prepare_dataset(
+        raw, val_fraction=params.val_fraction, test_fraction=params.test_fraction, seed=params.seed
+    )
+    prep.meta["label_column"] = params.label_column
+    prep.meta["monitored_batches"] = [b["id"] for b in extra]
+    write_prepared(prep, out_dir)
+    return prep.report

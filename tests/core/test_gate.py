@@ -102,6 +102,11 @@ def test_drop_exactly_at_tolerance_is_accepted():
     d = decide_promotion(chall, champ, strict)
     assert d.p_value == pytest.approx(0.0625)
     assert d.promote is True
+    # the same drop in float: 0.9 - 0.895 is not exactly 0.005, the epsilon decides
+    assert 0.9 - 0.895 != 0.005
+    # one more wrong answer is beyond the tolerance
+    champ2, chall2 = paired(6, 0, both_right=894, both_wrong=100)
+    assert decide_promotion(chall2, champ2, strict).promote is False
 
 
 def test_decision_tags():

@@ -176,8 +176,9 @@ def test_unknown_key_in_yaml_and_bad_yaml(tmp_path):
         load_params(f)
 
 
-def test_params_error_is_a_lepton_error():
-    assert issubclass(ParamsError, LeptonError)
+def test_params_error_is_caught_as_a_user_error():
+    with pytest.raises(LeptonError, match="unknown section"):  # what the CLI shows in one line
+        load_params(None, ["nosuch.key=1"])
 
 
 def test_params_are_frozen():

@@ -11,7 +11,8 @@ import torch
 from lepton_core.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from lepton_core.models import ModelConfig
 from lepton_core.params import TrainParams
-from lepton_core.train import choose_device, lr_factor, to_model_input, train_model
+from lepton_core.predictor import Preprocessing, model_input
+from lepton_core.train import choose_device, lr_factor, train_model
 
 METRIC_KEYS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}
 
@@ -262,16 +263,18 @@ def test_onecycle_training_logs_schedule(tab):
 
 
 # ----------------------------------------------------------------------------- helpers
-def test_to_model_input():
+def test_model_input():
     x = np.arange(2 * 1 * 4 * 4, dtype=np.uint8).reshape(2, 1, 4, 4)
+    img = Preprocessing(kind="image", input_shape=(1, 4, 4), dtype="uint8", scale=1 / 255, classes=("a", "b"))
     cnn = ModelConfig(kind="cnn", input_shape=(1, 4, 4), n_classes=2)
-    t = to_model_input(x, 1 / 255, cnn)
+    t = model_input(x, img, cnn)
     assert t.dtype == torch.float32 and t.shape == (2, 1, 4, 4)
     assert t.max().item() == pytest.approx(31 / 255)
     mlp = ModelConfig(kind="mlp", input_shape=(16,), n_classes=2)
-    t2 = to_model_input(x, 1 / 255, mlp)
+    t2 = model_input(x, img, mlp)
     assert t2.shape == (2, 16)
-    t3 = to_model_input(np.ones((3, 5), np.float32) * 7, 1.0, ModelConfig(kind="mlp", input_shape=(5,), n_classes=2))
+    tab = Preprocessing(kind="tabular", input_shape=(5,), dtype="float32", scale=1.0, classes=("a", "b"))
+    t3 = model_input(np.ones((3, 5), np.float32) * 7, tab, ModelConfig(kind="mlp", input_shape=(5,), n_classes=2))
     assert torch.equal(t3, torch.full((3, 5), 7.0))
 
 

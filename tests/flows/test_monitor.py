@@ -26,7 +26,7 @@ def champion(lepton_env, prefect_server):
 
 
 def _batch(tmp: Path, name: str, kind: str, strength: str) -> Path:
-    from tasks.monitor import write_drift_batch
+    from effects.monitor import write_drift_batch
 
     return Path(write_drift_batch(kind, strength, tmp / name)["path"])
 
@@ -40,7 +40,7 @@ def _run(batch: Path, **params):
 def test_mild_batch_no_alarm_strong_batch_drift_event_then_cooldown(champion, lepton_env):
     from mlflow.tracking import MlflowClient
 
-    from tasks.settings import get_settings
+    from effects.settings import get_settings
 
     base = lepton_env[0]
     mild = _run(_batch(base, "mild", "rotate", "low"))
@@ -117,7 +117,7 @@ def test_bad_batches_get_a_clear_verdict_and_no_event(champion, lepton_env):
 
 def test_retrain_folds_accepted_batches_into_the_next_data_version(champion, lepton_env):
     from flows.retrain import retrain
-    from tasks.settings import get_settings
+    from effects.settings import get_settings
 
     accepted = json.loads((get_settings().home / "monitor" / "accepted.json").read_text())
     assert {b["id"].split("-")[0] for b in accepted} >= {"mild", "strong"}
@@ -125,7 +125,7 @@ def test_retrain_folds_accepted_batches_into_the_next_data_version(champion, lep
     second = retrain(data=DataParams(), train=FAST, progress=False)
     assert second["data_version"] != champion["data_version"]
     from lepton_core.data.prepare import read_prepared
-    from tasks.data import dataset_path
+    from effects.dvc_store import dataset_path
 
     old = read_prepared(dataset_path(champion["data_version"]))
     new = read_prepared(dataset_path(second["data_version"]))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lepton_core.params import DataParams, PromoteParams, RegistryParams, TrainParams
+from lepton_core.params import DataParams, MonitorParams, PromoteParams, RegistryParams, TrainParams
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,8 @@ def _sha(path: Path) -> dict[str, str]:
 def runs(lepton_env, prefect_server):
     from flows.retrain import retrain
 
-    first = retrain(data=DataParams(), train=FAST, progress=False)
+    # a non-default monitor section: the run must record what it was given, not defaults
+    first = retrain(data=DataParams(), train=FAST, monitor=MonitorParams(drift_share=0.3), progress=False)
     second = retrain(
         data=DataParams(), train=WORSE, promote=PromoteParams(min_accuracy=0.0), progress=False
     )
@@ -34,7 +35,7 @@ def runs(lepton_env, prefect_server):
 
 
 def test_first_run_promotes_and_second_worse_run_is_rejected(runs):
-    from tasks.registry import registry_status
+    from effects.registry import registry_status
 
     first, second = runs
     assert first["decision"]["promoted"] is True
@@ -51,7 +52,7 @@ def test_first_run_promotes_and_second_worse_run_is_rejected(runs):
 
 
 def test_run_and_version_carry_params_metrics_artifacts_and_provenance(runs, lepton_env):
-    from tasks.tracking import client
+    from effects.tracking import client
 
     first, second = runs
     c = client()
@@ -59,6 +60,17 @@ def test_run_and_version_carry_params_metrics_artifacts_and_provenance(runs, lep
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "8"
     assert run.data.params["registry.model_name"] == "lepton-digits"
+    assert run.data.params["monitor.drift_share"] == "0.3"  # the section it was given
+    assert run.data.params["deploy.retrain_cron"] == "0 3 * * 1"
+    assert second.get("run_id") and c.get_run(second["run_id"]).data.params["monitor.drift_share"] == "0.5"
+    # lineage in MLflow's own fields: dataset input, source version, experiment kind
+    (inp,) = [d for d in run.inputs.dataset_inputs
+              if {t.key: t.value for t in d.tags}.get("mlflow.data.context") == "training"]
+    assert inp.dataset.digest == first["data_version"][:36]
+    assert first["data_version"][2:] in inp.dataset.source
+    assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["lepton.git_commit"].removesuffix("-dirty")
+    assert run.data.tags["mlflow.source.name"] == "flows/retrain.py"
+    assert c.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags["lepton.data_version"] == first["data_version"]
     commit = run.data.tags["lepton.git_commit"]
     assert len(commit) >= 40 and commit != "unknown"
@@ -86,7 +98,7 @@ def test_prepare_is_cached_when_raw_data_unchanged(runs, prefect_server):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tasks.tracking import client
+    from effects.tracking import client
 
     first, second = runs
     flow_run_id = client().get_run(second["run_id"]).data.tags["lepton.prefect_flow_run_id"]
@@ -101,23 +113,33 @@ def test_champion_loads_with_stock_mlflow_and_predicts(runs, lepton_env):
     import mlflow
 
     from lepton_core.data.prepare import read_prepared
-    from tasks.data import dataset_path
+    from effects.dvc_store import dataset_path
 
     first, _ = runs
     mlflow.set_tracking_uri(lepton_env[1]["MLFLOW_TRACKING_URI"])
     model = mlflow.pyfunc.load_model("models:/lepton-digits@champion")
     prepared = read_prepared(dataset_path(first["data_version"]))
-    x = prepared.x["test"].astype(np.float32) / 255.0  # the documented input: (N, 1, 8, 8) in [0, 1]
-    logits = np.asarray(model.predict(x))
-    assert logits.shape == (len(x), 10)
-    acc = float((logits.argmax(1) == prepared.y["test"]).mean())
+    x = prepared.x["test"]  # raw uint8 digits (N, 1, 8, 8), as the user has them
+    assert x.dtype == np.uint8
+    out = model.predict(x)
+    assert list(out.columns) == ["label", "class_name", "probabilities"]
+    probs = np.stack(out["probabilities"].to_numpy())
+    assert probs.shape == (len(x), 10) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert (out["label"].to_numpy() == probs.argmax(1)).all()
+    assert list(out["class_name"]) == [str(k) for k in out["label"]]
+    acc = float((out["label"].to_numpy() == prepared.y["test"]).mean())
     assert acc == pytest.approx(first["metrics"]["test_accuracy"], abs=1e-9)
+    # the signature says what it reads; pre-scaled floats are refused, not mis-scored
+    sig = model.metadata.get_input_schema().inputs[0]
+    assert sig.type == np.dtype(np.uint8) and tuple(sig.shape) == (-1, 1, 8, 8)
+    with pytest.raises(Exception, match="dtype"):
+        model.predict(x.astype(np.float32) / 255.0)
 
 
 def test_force_promote_then_rollback(runs):
     from flows.registry import promote_flow, rollback_flow
-    from tasks.registry import registry_status
-    from tasks.tracking import client
+    from effects.registry import registry_status
+    from effects.tracking import client
 
     first, second = runs
     refused = promote_flow(version=second["version"])
@@ -141,8 +163,8 @@ def test_force_promote_then_rollback(runs):
 def test_restored_data_version_is_byte_identical(runs, lepton_env, tmp_path):
     import shutil
 
-    from tasks.data import restore_dataset
-    from tasks.settings import get_settings
+    from effects.dvc_store import restore_dataset
+    from effects.settings import get_settings
 
     first, _ = runs
     s = get_settings()

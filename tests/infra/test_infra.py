@@ -2,7 +2,7 @@
 
 No Docker engine runs on the development and CI machines, so nothing here builds an
 image or starts a container. These tests check what can be checked from the files:
-structure, ports, commands, the variable names (against tasks.settings.KNOWN_ENV),
+structure, ports, commands, the variable names (against effects.settings.KNOWN_ENV),
 GPU wiring of the templates, and that no secret or machine path is written down.
 Only pyyaml, json, re and pathlib.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.settings import KNOWN_ENV
+from effects.settings import KNOWN_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -251,7 +251,7 @@ def test_encryption_reaches_mlflow_the_worker_and_seaweedfs(sse):
     r = _sh(line + '\nprintf %s "${WEED_S3_SSE_KEK:-unset}"', {})
     assert r.stdout == "unset"
     # the same name `lepton up` hands its SeaweedFS
-    assert '"WEED_S3_SSE_KEK": creds["sse_kek"]' in (ROOT / "tasks" / "stack.py").read_text()
+    assert '"WEED_S3_SSE_KEK": creds["sse_kek"]' in (ROOT / "lepton" / "stack.py").read_text()
 
 
 def test_prefect_server_matches_the_live_stack():
@@ -373,7 +373,7 @@ def _all_names() -> dict[str, str]:
 def test_every_variable_is_known_to_lepton_or_listed_with_a_reason():
     unknown = {n: where for n, where in _all_names().items()
                if n not in KNOWN_ENV and n not in CONTAINER_ONLY_ENV}
-    assert not unknown, f"add to tasks.settings.KNOWN_ENV or CONTAINER_ONLY_ENV: {unknown}"
+    assert not unknown, f"add to effects.settings.KNOWN_ENV or CONTAINER_ONLY_ENV: {unknown}"
 
 
 def test_the_allow_list_is_small_honest_and_used():

@@ -7,19 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
+from effects.procs import free_port
+
 _TEXT = "document.readyState === 'complete' && document.body ? document.body.innerText : ''"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def frame_texts(url: str, profile: Path, until: str, timeout: float = 90) -> list[str]:
@@ -29,7 +25,7 @@ def frame_texts(url: str, profile: Path, until: str, timeout: float = 90) -> lis
 
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed (make test installs it: apt-get install chromium)"
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

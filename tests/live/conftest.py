@@ -14,17 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from effects.procs import free_port
 from tests.conftest import ROOT, run_cli
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Live:
@@ -113,6 +106,10 @@ class Live:
         while time.monotonic() < deadline:
             fr = self.get(f"{self.prefect_api}/flow_runs/{flow_run_id}")
             if fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                if fr["state"]["type"] != "COMPLETED":  # say why, in the assertion that follows
+                    logs = self.post(f"{self.prefect_api}/logs/filter",
+                                     {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+                    fr["state"]["logs"] = "\n".join(entry["message"] for entry in logs)[-6000:]
                 return fr
             time.sleep(1)
         raise AssertionError(f"flow run {flow_run_id} did not finish in {timeout} s")
@@ -168,5 +165,5 @@ def deploy_and_run_retrain(live: Live) -> tuple[dict, dict]:
     fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run",
                    {"parameters": {"train": FAST_TRAIN}})
     done = live.wait_flow_run(fr["id"])
-    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["state"]["type"] == "COMPLETED", done["state"].get("logs") or done["state"]
     return dep, done

@@ -4,6 +4,7 @@ drift -> event -> automatic retrain, and batches under an S3 prefix."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -69,8 +70,28 @@ def _run_monitor_deployment(live) -> dict:
     dep = _deployment(live, "monitor/lepton")
     fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run", {})
     done = live.wait_flow_run(fr["id"])
-    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["state"]["type"] == "COMPLETED", done["state"].get("logs") or done["state"]
     return done
+
+
+def _events_of_run(live, flow_run: dict, timeout: float = 60) -> list[str]:
+    """The names of the events Prefect stored from `flow_run`'s start on, read once its
+    own `prefect.flow-run.Completed` event is stored (events are persisted in order, so
+    anything the run emitted before completing is there by then)."""
+    import time
+
+    body = {"filter": {"occurred": {"since": flow_run["start_time"]},
+                       "event": {"name": ["prefect.flow-run.Completed", "lepton.drift.detected"]}},
+            "limit": 50}
+    deadline = time.monotonic() + timeout
+    while True:
+        events = live.post(f"{live.prefect_api}/events/filter", body)["events"]
+        done = [e for e in events if e["event"] == "prefect.flow-run.Completed"
+                and e["resource"]["prefect.resource.id"] == f"prefect.flow-run.{flow_run['id']}"]
+        if done:
+            return [e["event"] for e in events]
+        assert time.monotonic() < deadline, "the monitor run's Completed event never arrived"
+        time.sleep(1)
 
 
 def test_drifted_batch_starts_a_retrain_mild_batch_does_not(live, deployed_run):
@@ -84,15 +105,17 @@ def test_drifted_batch_starts_a_retrain_mild_batch_does_not(live, deployed_run):
     r = live.cli("simulate-drift", "--kind", "rotate", "--strength", "low", "--out", str(inbox / "b1-mild"))
     assert r.returncode == 0, r.stderr[-2000:]
     before = len(_flow_runs(live, retrain["id"]))
-    _run_monitor_deployment(live)
-    time.sleep(10)  # time enough for an automation to react, if it (wrongly) would
+    mild = _run_monitor_deployment(live)
+    # no drift event means nothing for the trigger to react to
+    assert "lepton.drift.detected" not in _events_of_run(live, mild)
     assert len(_flow_runs(live, retrain["id"])) == before
 
     versions_before = live.get(f"{live.mlflow}/api/2.0/mlflow/model-versions/search?filter=name%3D%27lepton-digits%27")
     n_versions = len(versions_before["model_versions"])
     r = live.cli("simulate-drift", "--kind", "rotate", "--strength", "high", "--out", str(inbox / "b2-high"))
     assert r.returncode == 0, r.stderr[-2000:]
-    _run_monitor_deployment(live)
+    strong = _run_monitor_deployment(live)
+    assert "lepton.drift.detected" in _events_of_run(live, strong)
 
     # Nobody touches anything: the automation turns the drift event into a retrain.
     deadline = time.monotonic() + 180
@@ -102,7 +125,7 @@ def test_drifted_batch_starts_a_retrain_mild_batch_does_not(live, deployed_run):
         time.sleep(2)
     assert new_runs, "no retrain flow run followed the drift event"
     done = live.wait_flow_run(new_runs[0]["id"])
-    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["state"]["type"] == "COMPLETED", done["state"].get("logs") or done["state"]
     versions = live.get(f"{live.mlflow}/api/2.0/mlflow/model-versions/search?filter=name%3D%27lepton-digits%27")
     assert len(versions["model_versions"]) == n_versions + 1
 
@@ -175,7 +198,7 @@ def test_the_scheduled_monitor_reads_an_s3_inbox(live, deployed_run, tmp_path):
     def run_once() -> str:
         fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run", {"parameters": params})
         done = live.wait_flow_run(fr["id"])
-        assert done["state"]["type"] == "COMPLETED", done["state"]
+        assert done["state"]["type"] == "COMPLETED", done["state"].get("logs") or done["state"]
         arts = live.post(f"{live.prefect_api}/artifacts/filter",
                          {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]},
                                         "flow_run_id": {"any_": [fr["id"]]}}})
@@ -198,3 +221,39 @@ def test_the_scheduled_monitor_reads_an_s3_inbox(live, deployed_run, tmp_path):
 def _monitoring_experiment(live) -> str:
     exp = live.get(f"{live.mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lepton-monitoring")
     return exp["experiment"]["experiment_id"]
+
+
+def test_mlflow_ui_shows_lineage_and_opens_on_training_runs(live, deployed_run, tmp_path):
+    """In Chromium: the retrain run's page shows its dataset input and its source; the
+    `lepton` experiment opens on its training runs, not on MLflow 3's GenAI overview."""
+    from tests.live.browser import frame_texts
+
+    exp = live.get(f"{live.mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lepton")["experiment"]
+    assert {t["key"]: t["value"] for t in exp.get("tags", [])}["mlflow.experimentKind"] == "custom_model_development"
+    runs = live.post(f"{live.mlflow}/api/2.0/mlflow/runs/search", {
+        "experiment_ids": [exp["experiment_id"]],
+        "filter": f"tags.lepton.prefect_flow_run_id = '{deployed_run[1]['id']}'"})["runs"]
+    (run,) = runs
+    run_id, name = run["info"]["run_id"], run["info"]["run_name"]
+    (dataset,) = [d["dataset"] for d in run["inputs"]["dataset_inputs"]]
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["mlflow.source.git.commit"] and tags["mlflow.source.name"] == "flows/retrain.py"
+    assert tags["lepton.prefect_flow_run_url"] == f"{live.prefect_api.removesuffix('/api')}/runs/flow-run/{deployed_run[1]['id']}"
+
+    page = "\n".join(frame_texts(f"{live.mlflow}/#/experiments/{exp['experiment_id']}/runs/{run_id}",
+                                  tmp_path / "p1", until=dataset["name"]))
+    assert dataset["name"] in page, page[:3000]
+    assert "flows/retrain.py" in page, page[:3000]
+    assert tags["mlflow.source.git.commit"][:6] in page, page[:3000]
+
+    # The experiment link Lepton gives (the retrain summary in the Prefect UI) opens on
+    # the training runs table: MLflow 3.17 decides GenAI vs model training by URL.
+    arts = live.post(f"{live.prefect_api}/artifacts/filter",
+                     {"artifacts": {"key": {"any_": ["lepton-retrain-summary"]},
+                                    "flow_run_id": {"any_": [deployed_run[1]["id"]]}}})
+    (art,) = arts
+    link = re.search(r"experiment \[lepton\]\((http[^)]+)\)", art["data"]).group(1)
+    assert link == f"{live.mlflow}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
+    page = "\n".join(frame_texts(link, tmp_path / "p2", until=name))
+    assert name in page, page[:3000]
+    assert "Detect Issues" not in page and "No data available" not in page, page[:3000]

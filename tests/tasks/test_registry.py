@@ -16,7 +16,7 @@ NAME = "race-model"
 def three_versions(tmp_path_factory):
     """Register three versions of clearly different quality, none promoted:
     weak (tiny slice, 1 epoch), strong (full data), medium (half-trained)."""
-    from tasks.data import version_dataset
+    from effects.dvc_store import version_dataset
     from tasks.evaluate import evaluate
     from tasks.registry import register
     from tasks.train import train
@@ -43,7 +43,7 @@ def three_versions(tmp_path_factory):
 
 
 def test_concurrent_promotions_leave_the_right_champion(three_versions):
-    from tasks.registry import promote_version, registry_status
+    from effects.registry import promote_version, registry_status
 
     versions, _ = three_versions
     gate = PromoteParams(min_accuracy=0.0, tolerance=0.0)
@@ -78,22 +78,28 @@ def test_concurrent_promotions_leave_the_right_champion(three_versions):
 
 
 def test_gate_tags_on_the_version(three_versions):
-    from tasks.registry import promote_version
-    from tasks.tracking import client
+    from effects.registry import gate_record, promote_version
+    from effects.tracking import client
 
     versions, accs = three_versions
     r = promote_version(NAME, versions["weak"], PromoteParams(min_accuracy=0.0))
     assert r["promoted"] is False  # the weak one never beats the champion
-    tags = client().get_model_version(NAME, versions["weak"]).tags
+    mv = client().get_model_version(NAME, versions["weak"])
+    tags = mv.tags
     assert tags["lepton.gate.promote"] == "False"
-    assert float(tags["lepton.gate.challenger_accuracy"]) == pytest.approx(accs["weak"])
     assert float(tags["lepton.gate.p_value"]) < 0.05
     assert tags["lepton.gate.forced"] == "false"
-    assert tags["lepton.gate.test_data_version"] == tags["lepton.data_version"]
+    # the whole decision is in the description, as JSON; the tags stay few
+    gate = gate_record(mv)
+    assert float(gate["challenger_accuracy"]) == pytest.approx(accs["weak"])
+    assert gate["test_data_version"] == tags["lepton.data_version"]
+    assert gate["promote"] == "False" and gate["p_value"] == tags["lepton.gate.p_value"]
+    assert len(tags) <= 10, sorted(tags)
+    assert "Provenance:" in mv.description  # the register step's block is kept
 
 
 def test_redact_uri_hides_passwords():
-    from tasks.registry import redact_uri
+    from effects.settings import redact_uri
 
     assert redact_uri("postgresql://lepton:s3cret@db:5432/mlflow") == "postgresql://lepton:***@db:5432/mlflow"
     assert redact_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"

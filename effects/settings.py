@@ -27,8 +27,11 @@ Nothing here runs at import time: call `get_settings()` / `configure_environment
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from effects import stack_state
 
 # Every variable Lepton itself reads or sets for its services; infra/ files may use
 # no others (tests/infra checks this).
@@ -36,7 +39,7 @@ KNOWN_ENV: frozenset[str] = frozenset({
     "LEPTON_PROJECT_DIR", "LEPTON_HOME", "LEPTON_ARTIFACT_ROOT", "LEPTON_DVC_REMOTE",
     "LEPTON_DB_URL", "LEPTON_PREFECT_PORT", "LEPTON_MLFLOW_PORT", "LEPTON_S3_PORT",
     "LEPTON_S3_ENDPOINT_URL", "LEPTON_S3_BUCKET", "LEPTON_S3_SSE", "LEPTON_WORK_POOL",
-    "LEPTON_DEBUG",
+    "LEPTON_DEBUG", "LEPTON_PREFECT_TEMPORARY",
     "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_UPLOAD_EXTRA_ARGS",
     "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
     "PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_HOME", "PREFECT_SERVER_DATABASE_CONNECTION_URL",
@@ -69,10 +72,29 @@ class Settings:
     artifact_root: str
     dvc_remote: str
     prefect_home: Path
+    s3_endpoint_url: str | None = None  # None = AWS itself
+    s3_bucket: str = "lepton"
+    s3_sse: str | None = None  # LEPTON_S3_SSE as given: AES256, aws:kms, "none" or unset
+    work_pool: str = "lepton"
+    db_url: str | None = None  # the live stack's PostgreSQL backend; None = SQLite files
+    prefect_api_url: str | None = None  # None = a temporary local server per command
+    prefect_temporary: bool = False  # PREFECT_API_URL is this command's own temporary server
+    debug: bool = False
+    ports: dict = field(default_factory=dict)  # LEPTON_{PREFECT,MLFLOW,S3}_PORT for `lepton up`
 
     @property
     def params_file(self) -> Path:
         return self.project_dir / "params.yaml"
+
+    @property
+    def prefect_ui_api_url(self) -> str | None:
+        """A Prefect server whose dashboard outlives this command (links point there)."""
+        return None if self.prefect_temporary else self.prefect_api_url
+
+    @property
+    def sse(self) -> str | None:
+        """The server-side encryption to ask for on S3 writes (None: none)."""
+        return None if not self.s3_sse or self.s3_sse.lower() == "none" else self.s3_sse
 
     @property
     def data_repo(self) -> Path:
@@ -112,7 +134,26 @@ def get_settings() -> Settings:
         artifact_root=env.get("LEPTON_ARTIFACT_ROOT") or str(home / "mlartifacts"),
         dvc_remote=env.get("LEPTON_DVC_REMOTE") or str(home / "dvc-remote"),
         prefect_home=Path(env.get("PREFECT_HOME") or home / "prefect").resolve(),
+        s3_endpoint_url=env.get("LEPTON_S3_ENDPOINT_URL") or None,
+        s3_bucket=env.get("LEPTON_S3_BUCKET") or "lepton",
+        s3_sse=env.get("LEPTON_S3_SSE") or None,
+        work_pool=env.get("LEPTON_WORK_POOL") or "lepton",
+        db_url=env.get("LEPTON_DB_URL") or None,
+        prefect_api_url=env.get("PREFECT_API_URL") or None,
+        prefect_temporary=env.get("LEPTON_PREFECT_TEMPORARY") == "1",
+        debug=env.get("LEPTON_DEBUG") == "1",
+        ports={k: int(env[f"LEPTON_{k.upper()}_PORT"]) for k in ("prefect", "mlflow", "s3")
+               if env.get(f"LEPTON_{k.upper()}_PORT", "").isdigit()},
     )
+
+
+def redact_uri(uri: str) -> str:
+    """Hide a password in a URI (postgresql://user:secret@host -> user:***@host)."""
+    parts = urlsplit(uri)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return uri
 
 
 def configure_environment(settings: Settings | None = None, use_stack: bool = True) -> Settings:
@@ -127,11 +168,9 @@ def configure_environment(settings: Settings | None = None, use_stack: bool = Tr
     for k, v in _QUIET_ENV.items():
         os.environ.setdefault(k, v)
     if use_stack:
-        from tasks import stack
-
-        state = stack.running(s)
+        state = stack_state.running(s.home)
         if state is not None:
-            for k, v in stack.client_env(s, state).items():
+            for k, v in stack_state.client_env(s.home, state).items():
                 os.environ.setdefault(k, v)
             s = get_settings()
     os.environ.setdefault("MLFLOW_TRACKING_URI", s.tracking_uri)

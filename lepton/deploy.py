@@ -22,13 +22,11 @@ through Prefect's Python API; `prefect_yaml` writes the same thing as the projec
 
 from __future__ import annotations
 
-import os
-
-from lepton_core.params import Params
+from lepton_core.drift import DRIFT_EVENT
+from lepton_core.params import SECTIONS, Params
 
 DEPLOYMENT_NAME = "lepton"
 AUTOMATION_NAME = "lepton-retrain-on-drift"
-DRIFT_EVENT = "lepton.drift.detected"  # tasks.monitor.EVENT (not imported: keeps this light)
 
 
 def drift_trigger() -> dict:
@@ -54,8 +52,9 @@ def deployment_specs(params: Params) -> list[dict]:
         {"name": DEPLOYMENT_NAME, "entrypoint": "flows/retrain.py:retrain",
          "description": "Prepare -> train -> evaluate -> register -> promote (scheduled).",
          "schedules": [{"cron": params.deploy.retrain_cron, "timezone": tz}],
-         "parameters": {"data": params.data.model_dump(mode="json"),
-                        "train": params.train.model_dump(mode="json"), **sections, "progress": True},
+         # every section, so the run records (and the dashboard form shows) all of params.yaml
+         "parameters": {**{k: getattr(params, k).model_dump(mode="json") for k in SECTIONS},
+                        "progress": True},
          "concurrency_limit": 1, "triggers": [drift_trigger()], **common},
         {"name": DEPLOYMENT_NAME, "entrypoint": "flows/registry.py:promote_flow",
          "description": "Run the promotion gate for one model version (force overrides it).",
@@ -98,14 +97,14 @@ def render_prefect_yaml(params: Params, work_pool: str = "lepton") -> str:
     return head + yaml.safe_dump(data, sort_keys=False, width=100)
 
 
-def deploy_all(params: Params, project_dir: str, work_pool: str | None = None) -> dict[str, str]:
+def deploy_all(params: Params, project_dir: str, work_pool: str = "lepton") -> dict[str, str]:
     from prefect import flow
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
     from tasks.registry import REGISTRY_LIMIT
 
-    pool = work_pool or os.environ.get("LEPTON_WORK_POOL") or "lepton"
+    pool = work_pool
     _ensure_pool_and_limit(pool, REGISTRY_LIMIT)
     _drop_named_automations()
     ids = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from flows.deploy import DRIFT_EVENT, deployment_specs, render_prefect_yaml
+from lepton.deploy import DRIFT_EVENT, deployment_specs, render_prefect_yaml
 from lepton_core.params import load_params
 from tests.conftest import ROOT
 
@@ -32,10 +32,28 @@ def test_prefect_yaml_names_every_flow_once_with_its_schedule():
     assert all(d["work_pool"]["name"] == "lepton" for d in doc["deployments"])
 
 
-def test_the_trigger_listens_for_the_event_the_monitor_emits():
-    from tasks.monitor import EVENT
+def test_the_trigger_listens_for_the_event_the_monitor_emits(tmp_path, monkeypatch):
+    """Run the monitor's emit task on a drifted result and catch what it sends: the
+    event name must be the one the retrain deployment's trigger expects; within the
+    cool-down a second drift sends nothing."""
+    import tasks.monitor as monitor_tasks
+    from lepton_core.params import MonitorParams
 
-    assert DRIFT_EVENT == EVENT
+    monkeypatch.setenv("LEPTON_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LEPTON_PROJECT_DIR", str(tmp_path))
+    sent = []
+    monkeypatch.setattr(monitor_tasks, "emit_event", lambda **kw: sent.append(kw))
+    drifted = [{"status": "drift", "champion_version": "3", "batch_id": "b-1", "scores": {"share_drifted": 0.9},
+                "mlflow_run_id": "r1"}]
+    params = MonitorParams(cooldown_minutes=60)
+    assert monitor_tasks.emit_drift_event.fn(drifted, params, "m") is True
+    assert monitor_tasks.emit_drift_event.fn(drifted, params, "m") is False  # cool-down
+    assert monitor_tasks.emit_drift_event.fn([{**drifted[0], "status": "no drift"}], params, "m") is False
+    (event,) = sent
+    (spec,) = [s for s in deployment_specs(load_params(ROOT / "params.yaml"))
+               if s["entrypoint"] == "flows/retrain.py:retrain"]
+    assert spec["triggers"][0]["expect"] == [event["event"]]
+    assert event["payload"]["batch_ids"] == ["b-1"] and event["payload"]["model_version"] == "3"
 
 
 def test_specs_follow_params_overrides():

@@ -85,10 +85,10 @@ def test_resume_after_a_crash_continues_from_the_checkpoint(env):
     from mlflow.tracking import MlflowClient
 
     args = ["retrain", "--no-progress", "--json", "--set", "train.epochs=60", "--set", "train.patience=0",
-            "--set", "train.width=8"]
+            "--set", "train.width=8", "--set", "monitor.drift_share=0.3"]
     ckpt_dir = Path(env["LEPTON_HOME"]) / "checkpoints"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from flows.cli import main; main()", *args],
+        [sys.executable, "-c", "from lepton.cli import main; main()", *args],
         env={**os.environ, **env}, cwd=env["LEPTON_PROJECT_DIR"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -126,5 +126,7 @@ def test_resume_after_a_crash_continues_from_the_checkpoint(env):
     assert result["epochs_run"] == 60  # history carries over: all 60 epochs accounted for
     run = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(result["run_id"])
     assert int(run.data.tags["lepton.resumed_from_epoch"]) >= saved_epoch
+    assert run.data.params["monitor.drift_share"] == "0.3"  # recorded as given, not the default
+    assert run.data.params["train.epochs"] == "60"
     assert not list(ckpt_dir.glob("train-*.pt"))  # finished: the work checkpoint is gone
     assert out["status"]["champion"]["version"] == result["version"]

@@ -44,13 +44,13 @@ import html as _html
 import json
 import logging
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lepton_core.fileio import atomic_write
 
 if TYPE_CHECKING:  # pandas is imported lazily as well; only for annotations here
     import pandas as pd
@@ -179,7 +179,7 @@ def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, feature_col
         html_path=out / HTML_NAME, json_path=out / JSON_NAME)
 
     head = f"<head>\n    <title>{_html.escape(title)}</title>"
-    _atomic_write(result.html_path, page.replace("<head>", head, 1))
+    atomic_write(result.html_path, page.replace("<head>", head, 1))
     payload = {
         "title": title,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -187,7 +187,7 @@ def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, feature_col
         "summary": result.to_dict(),
         **raw,  # Evidently's Snapshot.dict(): "metrics" and "tests"
     }
-    _atomic_write(result.json_path, json.dumps(payload, indent=1, default=str))
+    atomic_write(result.json_path, json.dumps(payload, indent=1, default=str))
     return result
 
 
@@ -343,18 +343,3 @@ def _missing_shares(raw: dict, cur: pd.DataFrame, columns: list[str]) -> dict[st
     return {c: found[c] if c in found else float(cur[c].isna().mean()) for c in columns}
 
 
-# --- output -------------------------------------------------------------------------------
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write `text` to a temporary file beside `path`, then os.replace it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

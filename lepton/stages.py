@@ -1,4 +1,4 @@
-"""The commands `dvc.yaml` runs: `python -m flows.stages prepare|train|evaluate`.
+"""The commands `dvc.yaml` runs: `python -m lepton.stages prepare|train|evaluate`.
 
 Each calls the same plain stage function as the matching Prefect task, with the
 params of `params.yaml`, and writes to the paths dvc.yaml declares. No tracking
@@ -19,7 +19,7 @@ METRICS_DIR = Path("metrics")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.stages", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m lepton.stages", description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=["prepare", "train", "evaluate"])
     ap.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = ap.parse_args(argv)
@@ -28,23 +28,26 @@ def main(argv: list[str] | None = None) -> int:
 
         params = load_params(args.params)
         if args.stage == "prepare":
-            from tasks.data import prepare_stage
+            from effects import monitor_state
+            from effects.settings import get_settings
+            from lepton_core.data.prepare import prepare_from_params
 
-            report = prepare_stage(params.data, PREPARED, base_dir=Path.cwd())
+            # the same accepted monitor batches the Prefect path folds in
+            extra = monitor_state.accepted_batches(get_settings()) if params.data.include_monitored else []
+            report = prepare_from_params(params.data, PREPARED, base_dir=Path.cwd(), extra=extra)
             print(f"prepared {report['kept']} samples ({report['quarantined']} quarantined, "
-                  f"{report['duplicates_dropped']} duplicates dropped) -> {PREPARED}")
+                  f"{report['duplicates_dropped']} duplicates dropped, {len(extra)} monitor batches "
+                  f"folded in) -> {PREPARED}")
         elif args.stage == "train":
+            from effects.stages import train_stage
             from lepton_core.data.prepare import read_prepared
-            from tasks.train import save_model_checkpoint, train_stage
 
-            prepared = read_prepared(PREPARED)
-            result = train_stage(prepared, params.train)
-            save_model_checkpoint(result, params.train, prepared.meta, MODEL)
+            result = train_stage(read_prepared(PREPARED), params.train, MODEL)
             print(f"trained {result.epochs_run} epochs, best val accuracy "
                   f"{result.best_val_accuracy:.4f} -> {MODEL}")
         else:
+            from effects.stages import evaluate_stage
             from lepton_core.data.prepare import read_prepared
-            from tasks.evaluate import evaluate_stage
 
             m = evaluate_stage(read_prepared(PREPARED), MODEL, METRICS_DIR)
             print(f"test accuracy {m['accuracy']:.4f}, macro-F1 {m['f1_macro']:.4f} -> {METRICS_DIR}/")

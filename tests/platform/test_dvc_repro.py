@@ -23,12 +23,21 @@ def test_dvc_repro_on_default_params_then_restore(tmp_path):
     for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, project / name)
     shutil.copytree(ROOT / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "config.local"))
-    for pkg in ("lepton_core", "tasks", "flows"):
+    for pkg in ("lepton_core", "effects", "tasks", "flows", "lepton"):
         shutil.copytree(ROOT / pkg, project / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     dvc = [sys.executable, "-m", "dvc"]
 
-    r = subprocess.run([*dvc, "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    # Prefect and MLflow made unimportable: shadow packages that raise on import.
+    blocker = tmp_path / "blocker"
+    for name in ("prefect", "mlflow"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked for dvc repro')\n")
+    blocked = {**env, "PYTHONPATH": str(blocker)}
+    probe = subprocess.run([sys.executable, "-c", "import mlflow"], env=blocked, capture_output=True, text=True)
+    assert probe.returncode != 0 and "blocked" in probe.stderr  # the block works
+
+    r = subprocess.run([*dvc, "repro"], cwd=project, env=blocked, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     metrics = json.loads((project / "metrics" / "metrics.json").read_text())
     assert metrics["accuracy"] >= 0.95
@@ -37,9 +46,17 @@ def test_dvc_repro_on_default_params_then_restore(tmp_path):
     prepared_md5 = next(o["md5"] for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared")
     assert lock["stages"]["prepare"]["params"]["params.yaml"]["data"]["format"] == "digits"
 
-    # Nothing changed: a second repro is a no-op.
+    # Nothing changed: a second repro reruns only prepare (always_changed: the
+    # monitor's accepted batches live in LEPTON_HOME), which lands on the same bytes,
+    # so train and evaluate are skipped and dvc.lock stays byte-identical.
+    lock_before = (project / "dvc.lock").read_bytes()
+    r = subprocess.run([*dvc, "repro"], cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Stage 'train' didn't change, skipping" in r.stdout, r.stdout
+    assert "Stage 'evaluate' didn't change, skipping" in r.stdout, r.stdout
+    assert (project / "dvc.lock").read_bytes() == lock_before
     r = subprocess.run([*dvc, "status"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "up to date" in r.stdout.lower(), r.stdout
+    assert r.returncode == 0 and "train" not in r.stdout and "evaluate" not in r.stdout, r.stdout
 
     # Push to the project's default remote (<project>/.lepton/dvc-remote), the same
     # remote `lepton` uses, and restore that version by its id with `lepton data restore`.
@@ -55,7 +72,7 @@ def test_dvc_repro_on_default_params_then_restore(tmp_path):
 
     # The Prefect path versions the same bytes under the same id.
     from lepton_core.params import DataParams
-    from tasks.data import version_dataset
+    from effects.dvc_store import version_dataset
 
     old = dict(os.environ)
     try:

@@ -17,7 +17,7 @@ from tests.conftest import lepton_env_vars, make_project
 
 @pytest.fixture()
 def settings(tmp_path, monkeypatch):
-    from tasks.settings import get_settings
+    from effects.settings import get_settings
 
     make_project(tmp_path / "project")
     for k, v in lepton_env_vars(tmp_path).items():
@@ -39,7 +39,7 @@ def _write_csv(path: Path, n: int = 120, seed: int = 0) -> Path:
 
 
 def test_version_is_the_dvc_hash_and_is_reproducible(settings):
-    from tasks.data import version_dataset
+    from effects.dvc_store import version_dataset
 
     a = version_dataset(DataParams(), settings)
     assert len(a.version) == 32 and f"md5: {a.version}.dir" in a.dvc_file
@@ -55,7 +55,7 @@ def test_version_is_the_dvc_hash_and_is_reproducible(settings):
 
 
 def test_restore_from_remote_only_is_byte_identical(settings, tmp_path):
-    from tasks.data import restore_dataset, version_dataset
+    from effects.dvc_store import restore_dataset, version_dataset
 
     csv = _write_csv(tmp_path / "table.csv")
     v = version_dataset(DataParams(format="csv", path=str(csv)), settings)
@@ -70,7 +70,7 @@ def test_restore_from_remote_only_is_byte_identical(settings, tmp_path):
 
 
 def test_restore_rejects_bad_and_unknown_versions(settings, tmp_path):
-    from tasks.data import restore_dataset, version_dataset
+    from effects.dvc_store import restore_dataset, version_dataset
 
     version_dataset(DataParams(), settings)
     with pytest.raises(DataError, match="not a data version"):
@@ -81,7 +81,7 @@ def test_restore_rejects_bad_and_unknown_versions(settings, tmp_path):
 
 
 def test_dataset_path_restores_a_missing_copy(settings):
-    from tasks.data import dataset_path, version_dataset
+    from effects.dvc_store import dataset_path, version_dataset
 
     v = version_dataset(DataParams(), settings)
     original = _digest(settings.datasets_dir / v.version)
@@ -89,22 +89,23 @@ def test_dataset_path_restores_a_missing_copy(settings):
     assert _digest(dataset_path(v.version, settings)) == original
 
 
-def test_raw_fingerprint_follows_the_bytes(settings, tmp_path):
-    from tasks.data import raw_fingerprint
+def test_prepare_fingerprint_follows_the_bytes(settings, tmp_path):
+    from lepton_core.data.fingerprint import prepare_fingerprint
 
     csv = _write_csv(tmp_path / "t.csv")
     p = DataParams(format="csv", path=str(csv))
-    a = raw_fingerprint(p)
-    assert raw_fingerprint(p) == a
+    a = prepare_fingerprint(p)
+    assert prepare_fingerprint(p) == a
     _write_csv(csv, seed=1)
-    assert raw_fingerprint(p) != a
-    assert raw_fingerprint(DataParams(format="csv", path=str(csv), seed=3)) != raw_fingerprint(p)
+    assert prepare_fingerprint(p) != a
+    assert prepare_fingerprint(DataParams(format="csv", path=str(csv), seed=3)) != prepare_fingerprint(p)
+    assert prepare_fingerprint(p, extra_ids=["batch-1"]) != prepare_fingerprint(p)
     with pytest.raises(DataError):
-        raw_fingerprint(DataParams(format="csv", path=str(tmp_path / "missing.csv")))
+        prepare_fingerprint(DataParams(format="csv", path=str(tmp_path / "missing.csv")))
 
 
 def test_prepare_stage_quarantines_instead_of_crashing(settings, tmp_path):
-    from tasks.data import prepare_stage
+    from lepton_core.data.prepare import prepare_from_params as prepare_stage
 
     csv = _write_csv(tmp_path / "t.csv")
     text = csv.read_text().splitlines()

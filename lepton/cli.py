@@ -30,7 +30,7 @@ data_app = typer.Typer(help="Work with DVC-versioned datasets.", no_args_is_help
 app.add_typer(data_app, name="data")
 
 
-_SERVER = None  # flows.local_server.LocalPrefectServer, when this command started one
+_SERVER = None  # lepton.local_server.LocalPrefectServer, when this command started one
 
 
 def _wait_for_server() -> None:
@@ -49,17 +49,18 @@ class _HideUserErrorTracebacks(logging.Filter):
 
 
 def _setup(runs_flows: bool = True):
-    from tasks.settings import configure_environment
+    from effects.settings import configure_environment
 
     s = configure_environment()
     global _SERVER
-    if runs_flows and _SERVER is None and not os.environ.get("PREFECT_API_URL"):
+    if runs_flows and _SERVER is None and not s.prefect_api_url:
         # No Prefect server configured: start a temporary one for this command, before
         # Prefect is imported, so every flow below talks to it (see local_server.py).
-        from flows.local_server import LocalPrefectServer
+        from lepton.local_server import LocalPrefectServer
 
         _SERVER = LocalPrefectServer(s.home / "logs" / "prefect-temporary-server.log").start()
         os.environ["PREFECT_API_URL"] = _SERVER.api_url
+        os.environ["LEPTON_PREFECT_TEMPORARY"] = "1"  # no dashboard outlives it: no links to it
     import prefect  # noqa: F401  (sets up Prefect's logging handlers)
 
     quiet = _HideUserErrorTracebacks()
@@ -96,7 +97,7 @@ def _run_retrain(params, progress: bool) -> dict:
     _wait_for_server()
     return retrain(
         data=params.data, train=params.train, promote=params.promote, registry=params.registry,
-        progress=progress,
+        deploy=params.deploy, monitor=params.monitor, progress=progress,
     )
 
 
@@ -116,10 +117,14 @@ def _summary(result: dict, status: dict, settings) -> None:
     typer.echo(f"data version    {result['data_version']}")
     typer.echo(f"MLflow run      {result['run_id']}")
     uri = status["tracking_uri"]
+    from effects import tracking
+
+    exp = tracking.client(settings).get_run(result["run_id"]).info.experiment_id
     if uri.startswith("sqlite:"):
         typer.echo(f"browse          mlflow ui --backend-store-uri {uri}")
+        typer.echo(f"                then {tracking.run_url('http://127.0.0.1:5000', exp, result['run_id'])}")
     else:
-        typer.echo(f"browse          {uri}")
+        typer.echo(f"browse          {tracking.run_url(uri, exp, result['run_id']) or uri}")
 
 
 @app.command()
@@ -130,7 +135,7 @@ def demo(
     s = _setup()
     params = _params(None, ["data.format=digits", "data.path=null"], s)
     result = _run_retrain(params, progress)
-    from tasks.registry import registry_status
+    from effects.registry import registry_status
 
     _summary(result, registry_status(params.registry.model_name, s), s)
 
@@ -156,7 +161,7 @@ def retrain(
         if not data.exists():
             raise LeptonError(f"{data}: no such file or folder")
         overrides.append(f"data.path={data.resolve()}")
-    from tasks.settings import configure_environment
+    from effects.settings import configure_environment
 
     s = configure_environment()
     params = _params(params_file, overrides, s)
@@ -164,7 +169,7 @@ def retrain(
         raise LeptonError(f"{params.data.path}: no such file or folder")
     _setup()
     result = _run_retrain(params, progress)
-    from tasks.registry import registry_status
+    from effects.registry import registry_status
 
     status = registry_status(params.registry.model_name, s)
     if as_json:
@@ -180,13 +185,13 @@ def status(
     params_file: Optional[Path] = ParamsOpt,
 ):
     """Show the champion and previous versions of the registered model."""
-    from tasks import stack
-    from tasks.settings import configure_environment
+    from lepton import stack
+    from effects.settings import configure_environment
 
     s = configure_environment()
     name = model or _params(params_file, [], s).registry.model_name
     services = stack.health(s)
-    from tasks.registry import registry_status
+    from effects.registry import registry_status
 
     st = registry_status(name, s)
     if as_json:
@@ -216,7 +221,7 @@ def promote(
     """Run the promotion gate for VERSION against the current champion."""
     if not version.isdigit():
         raise LeptonError(f"{version!r} is not a model version number")
-    from tasks.settings import configure_environment
+    from effects.settings import configure_environment
 
     params = _params(params_file, list(set_), configure_environment())
     _setup()
@@ -233,7 +238,7 @@ def promote(
 @app.command()
 def rollback(params_file: Optional[Path] = ParamsOpt):
     """Make @previous the champion again."""
-    from tasks.settings import configure_environment
+    from effects.settings import configure_environment
 
     params = _params(params_file, [], configure_environment())
     _setup()
@@ -260,15 +265,14 @@ def up(
         help="server-side encryption asked for on every S3 write (default: LEPTON_S3_SSE, else as at the last up)"),
 ):
     """Start the live stack: S3 store, MLflow server, Prefect server and a worker."""
-    from tasks import stack
-    from tasks.settings import configure_environment
+    from effects.settings import configure_environment, redact_uri
+    from lepton import stack
 
     s = configure_environment(use_stack=False)
-    env_port = lambda k: int(os.environ[k]) if os.environ.get(k, "").isdigit() else None  # noqa: E731
     state = stack.up(s, db, {
-        "prefect": prefect_port or env_port("LEPTON_PREFECT_PORT"),
-        "mlflow": mlflow_port or env_port("LEPTON_MLFLOW_PORT"),
-        "s3": s3_port or env_port("LEPTON_S3_PORT"),
+        "prefect": prefect_port or s.ports.get("prefect"),
+        "mlflow": mlflow_port or s.ports.get("mlflow"),
+        "s3": s3_port or s.ports.get("s3"),
     }, echo=lambda m: typer.echo(m, err=True), sse=sse)
     u = stack.urls(state)
     typer.echo(f"Prefect dashboard  {u.prefect}")
@@ -276,15 +280,15 @@ def up(
     typer.echo(f"S3 (SeaweedFS)     {u.s3}  bucket {state['bucket']}")
     typer.echo(f"work pool          {state['pool']}")
     typer.echo(f"S3 encryption      {state.get('sse') or 'none requested'}")
-    typer.echo(f"backend            {stack.redact(state['db_url']) if state['db_url'] else 'SQLite under ' + str(stack.stack_dir(s))}")
+    typer.echo(f"backend            {redact_uri(state['db_url']) if state['db_url'] else 'SQLite under ' + str(stack.stack_dir(s.home))}")
     typer.echo("every lepton command now uses this stack; `lepton deploy` registers the deployments")
 
 
 @app.command()
 def down():
     """Stop what `lepton up` started (by PID). Data, runs and models stay."""
-    from tasks import stack
-    from tasks.settings import configure_environment
+    from lepton import stack
+    from effects.settings import configure_environment
 
     stopped = stack.down(configure_environment(use_stack=False))
     typer.echo("stopped " + ", ".join(stopped) if stopped else "nothing was running")
@@ -299,25 +303,25 @@ def deploy(
         help="write the same deployments as a prefect.yaml (for `prefect deploy --all`) and stop"),
 ):
     """Register the retrain (scheduled), promote, rollback and monitor deployments and the drift trigger."""
-    from tasks.settings import configure_environment
+    from effects.settings import configure_environment
 
     if write_prefect_yaml is not None:
-        from flows.deploy import render_prefect_yaml
-        from tasks.drift_report import _atomic_write
+        from lepton.deploy import render_prefect_yaml
+        from lepton_core.fileio import atomic_write
 
         s = configure_environment(use_stack=False)
-        _atomic_write(write_prefect_yaml, render_prefect_yaml(_params(params_file, list(set_), s)))
+        atomic_write(write_prefect_yaml, render_prefect_yaml(_params(params_file, list(set_), s)))
         typer.echo(f"wrote {write_prefect_yaml}")
         return
     s = configure_environment()
-    if not os.environ.get("PREFECT_API_URL"):
+    if not s.prefect_api_url:
         raise LeptonError("no Prefect server: run `lepton up` first (or set PREFECT_API_URL)")
     params = _params(params_file, list(set_), s)
     import prefect  # noqa: F401
 
-    from flows.deploy import deploy_all
+    from lepton.deploy import deploy_all
 
-    ids = deploy_all(params, str(s.project_dir))
+    ids = deploy_all(params, str(s.project_dir), s.work_pool)
     automation = ids.pop("automation")
     for flow_name, dep_id in ids.items():
         typer.echo(f"deployed {flow_name}/lepton  ({dep_id})")
@@ -334,10 +338,10 @@ def simulate_drift_cmd(
     seed: int = typer.Option(0, help="seed of the random drift"),
 ):
     """Write a labelled batch of held-out digits with synthetic drift."""
-    from tasks.settings import configure_environment
+    from effects.settings import configure_environment
 
     configure_environment()
-    from tasks.monitor import write_drift_batch
+    from effects.monitor import write_drift_batch
 
     r = write_drift_batch(kind, strength, out, seed)
     typer.echo(f"wrote {r['samples']} images ({r['kind']}, strength {r['strength']}) to {r['path']}")
@@ -353,7 +357,7 @@ def monitor(
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ):
     """Check new data for drift against the champion; print each verdict and report."""
-    from tasks.settings import configure_environment
+    from effects.settings import configure_environment
 
     if batch is not None and not batch.startswith("s3://"):
         if not Path(batch).exists():
@@ -388,10 +392,10 @@ def data_restore(
     to: Path = typer.Option(..., "--to", help="folder to restore into (new or empty)"),
 ):
     """Restore a past data version from the DVC remote."""
-    from tasks.settings import configure_environment
+    from effects.settings import configure_environment
 
     s = configure_environment()
-    from tasks.data import restore_dataset
+    from effects.dvc_store import restore_dataset
 
     path = restore_dataset(version, to, s)
     n = sum(1 for p in path.rglob("*") if p.is_file())
@@ -434,7 +438,9 @@ def main() -> None:
 
 
 def _dispatch() -> None:
-    debug = os.environ.get("LEPTON_DEBUG") == "1"
+    from effects.settings import get_settings
+
+    debug = get_settings().debug
     try:
         app(standalone_mode=False)
     except click.exceptions.Exit as e:

@@ -1,0 +1,326 @@
+"""Drift monitoring: reference profiles, current batches, the Evidently report,
+the verdict, the drift event.
+
+A batch is a local folder or file, or an S3 prefix (s3://bucket/prefix, fetched with
+boto3 through LEPTON_S3_ENDPOINT_URL and the AWS_* credentials); the inbox may be
+either too. Batch formats: any raw format the loaders read (a folder of labelled images, IDX,
+CIFAR, CSV/Parquet), or the prediction log the serving endpoint writes:
+
+    prediction log = parquet files with columns
+        timestamp      UTC timestamp of the request
+        model_version  registry version that answered
+        prediction     predicted class index (int)
+        confidence     softmax probability of that class (float)
+        f_<name>       one column per monitored input feature (see lepton_core.drift)
+        label          true class index, optional (when feedback arrives)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from effects import monitor_state, tracking
+from effects.registry import champion, checkpoint_of
+from effects.settings import Settings, get_settings
+from lepton_core.data.formats import load_raw
+from lepton_core.data.prepare import Prepared
+from lepton_core.drift import DriftThresholds, Verdict, decide_drift, predictor_frame
+from lepton_core.errors import DataError, InputError, LeptonError
+from lepton_core.fileio import publish_dir
+from lepton_core.params import MonitorParams
+from lepton_core.predictor import Predictor
+
+REFERENCE_ARTIFACT = "monitoring/reference.parquet"
+LOG_COLUMNS = ("timestamp", "model_version", "prediction", "confidence")
+
+
+def reference_profile(prepared: Prepared, checkpoint: str | Path) -> pd.DataFrame:
+    """Features and outputs on the frozen test split: what the monitor compares to."""
+    return predictor_frame(Predictor.from_checkpoint(checkpoint), prepared.x["test"], prepared.y["test"])
+
+
+# ---------------------------------------------------------------- batches
+def fetch_s3_batch(uri: str, s: Settings) -> Path:
+    """Download an S3 prefix (s3://bucket/prefix) into <home>/monitor/s3/ and return
+    the local folder. The endpoint and credentials come from the environment."""
+    import boto3
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    if not bucket:
+        raise LeptonError(f"{uri}: not an s3://bucket/prefix address")
+    dst = s.home / "monitor" / "s3" / bucket / prefix
+    c = boto3.client("s3", endpoint_url=s.s3_endpoint_url)
+    n = 0
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else ""):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix) + 1 if prefix else 0:]
+            if not rel or rel.endswith("/"):
+                continue
+            target = dst / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists() or target.stat().st_size != obj["Size"]:
+                c.download_file(bucket, obj["Key"], str(target))
+            n += 1
+    if n == 0:
+        dst.mkdir(parents=True, exist_ok=True)  # an empty prefix is an empty batch
+    return dst
+
+
+def s3_batches(inbox: str, s: Settings) -> list[str]:
+    """The "sub-folders" of an S3 inbox prefix, each one batch."""
+    import boto3
+
+    bucket, _, prefix = inbox.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    c = boto3.client("s3", endpoint_url=s.s3_endpoint_url)
+    out = []
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        out += [f"s3://{bucket}/{p['Prefix'].rstrip('/')}" for p in page.get("CommonPrefixes", [])]
+    return sorted(out)
+
+
+def batch_id(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+        h.update(f.read_bytes())
+    return f"{path.name}-{h.hexdigest()[:12]}"
+
+
+def detect_format(path: Path, fmt: str | None) -> str:
+    if fmt:
+        return fmt
+    parquet = [path] if path.suffix == ".parquet" else sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if parquet:
+        cols = pd.read_parquet(parquet[0]).columns
+        if "prediction" in cols and any(c.startswith("f_") for c in cols):
+            return "predlog"
+        return "csv"
+    if path.is_dir() and any(path.glob("*-idx3-ubyte*")):
+        return "mnist"
+    if path.is_dir() and any(path.glob("data_batch_*")):
+        return "cifar10"
+    return "imagefolder" if path.is_dir() else "csv"
+
+
+def current_frame(path: Path, fmt: str, predictor: Predictor) -> pd.DataFrame:
+    """The batch as a feature frame; DataError with a verdict-ready message if unusable.
+    Labelled raw batches are read with the model's own label column and class names."""
+    if fmt == "predlog":
+        files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
+        if not files:
+            raise DataError("insufficient data: no parquet files in the prediction log")
+        df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        missing = [c for c in ("prediction", "confidence") if c not in df.columns]
+        if missing:
+            raise DataError(f"schema mismatch: the prediction log lacks {', '.join(missing)}")
+        return df
+    pre = predictor.preprocessing
+    try:
+        raw = load_raw(fmt, path, pre.label_column)
+    except DataError as e:
+        msg = str(e)
+        if "no readable" in msg or "no class sub-folders" in msg or "no usable" in msg:
+            raise DataError(f"insufficient data: {msg}") from None
+        raise DataError(f"schema mismatch: {msg}") from None
+    # labels by class name, so a batch with fewer classes maps correctly
+    index = {c: i for i, c in enumerate(pre.classes)}
+    labels = np.array([index.get(raw.classes[int(c)], -1) for c in raw.y], dtype=np.int64)
+    x = raw.x
+    if np.issubdtype(x.dtype, np.floating):
+        ok = np.isfinite(x.reshape(len(x), -1)).all(1)
+        x, labels = x[ok], labels[ok]
+    samples = pd.DataFrame(x, columns=raw.feature_names) if raw.kind == "tabular" else x
+    try:
+        return predictor_frame(predictor, samples, labels if len(labels) and (labels >= 0).all() else None)
+    except InputError as e:
+        raise DataError(f"schema mismatch: {e}") from None
+
+
+@dataclass
+class MonitorResult:
+    batch: str
+    batch_id: str
+    champion_version: str | None
+    verdict: str
+    status: str
+    reasons: list[str] = field(default_factory=list)
+    scores: dict = field(default_factory=dict)
+    drifted_features: list[dict] = field(default_factory=list)
+    report_html: str | None = None
+    report_json: str | None = None
+    mlflow_run_id: str | None = None
+    report_url: str | None = None  # the report, rendered in the MLflow UI (a tracking server only)
+    rows: int = 0
+    accepted_for_training: bool = False
+    event_emitted: bool = False
+
+
+def _reference(c, run_id: str, s: Settings) -> pd.DataFrame:
+    return pd.read_parquet(tracking.run_artifact(c, run_id, REFERENCE_ARTIFACT, s.home))
+
+
+def check_batch(
+    batch: str | Path, fmt: str | None, params: MonitorParams, model_name: str, experiment: str,
+    flow_run_id: str = "", settings: Settings | None = None,
+) -> MonitorResult:
+    """Compare one batch with the champion's reference profile; log the report."""
+    from effects.drift_report import run_drift_report
+
+    s = settings or get_settings()
+    path = fetch_s3_batch(str(batch), s) if str(batch).startswith("s3://") else Path(batch).expanduser().resolve()
+    if not path.exists():
+        raise LeptonError(f"{batch}: no such file or folder")
+    bid = batch_id(path)
+    c = tracking.client(s)
+    champ = champion(c, model_name)
+    if champ is None:
+        raise LeptonError(f"model {model_name!r} has no @champion to monitor; run `lepton retrain` first")
+    result = MonitorResult(batch=str(path), batch_id=bid, champion_version=str(champ.version),
+                           verdict="", status="")
+    reference = _reference(c, champ.run_id, s)
+    out = s.home / "monitor" / "reports" / bid
+    thresholds = DriftThresholds(params.drift_share, params.max_accuracy_drop, params.min_rows, params.prediction_drift)
+    verdict: Verdict
+    try:
+        fmt = detect_format(path, fmt)
+        predictor = Predictor.from_checkpoint(checkpoint_of(c, champ.run_id, s))
+        current = current_frame(path, fmt, predictor)
+        features = [col for col in reference.columns if col.startswith("f_")]
+        missing = [col for col in features if col not in current.columns]
+        if missing:
+            raise DataError(f"schema mismatch: the batch lacks {', '.join(missing[:5])}")
+        usable = current.dropna(subset=features + ["prediction"])
+        result.rows = int(len(usable))
+        if len(usable) < params.min_rows:
+            raise DataError(f"insufficient data: {len(usable)} usable rows (< {params.min_rows})")
+        drift = run_drift_report(reference, usable, features, out, title=f"{model_name} v{champ.version}: {bid}",
+                                 label_column="label" if "label" in usable.columns else None)
+        acc_drop = drift.quality["accuracy_drop"] if drift.quality else None
+        verdict = decide_drift(drift.share_drifted, bool(drift.prediction["drifted"]), acc_drop, thresholds)
+        result.drifted_features = [
+            {"feature": k.removeprefix("f_"), **v} for k, v in sorted(drift.columns.items()) if v["drifted"]
+        ]
+        result.report_html, result.report_json = str(drift.html_path), str(drift.json_path)
+        result.accepted_for_training = "label" in usable.columns and fmt != "predlog"
+    except DataError as e:
+        status, _, why = str(e).partition(": ")
+        if status not in ("insufficient data", "schema mismatch"):
+            status, why = "schema mismatch", str(e)
+        verdict = Verdict(status, [why])
+    result.verdict, result.status = verdict.line(), verdict.status
+    result.reasons, result.scores = verdict.reasons, verdict.scores
+    result.mlflow_run_id = _log_monitoring_run(c, s, experiment, champ, result, flow_run_id)
+    if result.accepted_for_training:
+        monitor_state.accept_batch(s, path, fmt, bid)
+    return result
+
+
+REPORT_ARTIFACT = "monitoring/report.html"
+_REPORT_LINE = "Latest drift report:"
+
+
+def report_ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI page that opens the monitoring run with its HTML report shown
+    (the UI renders HTML artifacts inline); None when there is no server to link to."""
+    base = tracking_uri.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        return None
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{REPORT_ARTIFACT}"
+
+
+def _with_report_line(description: str | None, line: str) -> str:
+    """The version's description with its one "Latest drift report" line replaced;
+    whatever else a person wrote there stays."""
+    kept = [ln for ln in (description or "").splitlines() if not ln.startswith(_REPORT_LINE)]
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return "\n".join([*kept, "", line] if kept else [line])
+
+
+def _log_monitoring_run(c, s: Settings, experiment: str, champ, r: MonitorResult, flow_run_id: str) -> str:
+    exp = tracking.ensure_experiment(c, f"{experiment}-monitoring", s)
+    run = c.create_run(exp, run_name=f"monitor-{r.batch_id}", tags={
+        "lepton.monitored_model_version": str(champ.version),
+        "lepton.monitored_run_id": champ.run_id,
+        "lepton.batch_id": r.batch_id,
+        "lepton.monitor.verdict": r.verdict[:4000],
+        "lepton.monitor.status": r.status,
+        tracking.TAG_FLOW_RUN: flow_run_id,
+    })
+    rid = run.info.run_id
+    ts = int(time.time() * 1000)
+    c.log_batch(rid, metrics=[tracking.Metric(k, float(v), ts, 0) for k, v in r.scores.items()]
+                + [tracking.Metric("rows", float(r.rows), ts, 0)])
+    if r.report_html:
+        c.log_artifact(rid, r.report_html, "monitoring")
+        c.log_artifact(rid, r.report_json, "monitoring")
+        r.report_url = report_ui_url(s.tracking_uri, exp, rid)
+    # The run's description (markdown, shown on its page) leads to the report in one
+    # click; so does the champion version's description, on the model's page.
+    link = (f"[{REPORT_ARTIFACT}]({r.report_url})" if r.report_url
+            else f"artifact {REPORT_ARTIFACT}" if r.report_html else None)
+    c.set_tag(rid, "mlflow.note.content",
+              f"**{r.verdict}**\n\nEvidently report: {link}" if link else f"**{r.verdict}**")
+    c.set_terminated(rid, "FINISHED")
+    c.set_model_version_tag(champ.name, str(champ.version), "lepton.monitor.last_run_id", rid)
+    c.set_model_version_tag(champ.name, str(champ.version), "lepton.monitor.last_verdict", r.status)
+    if link:
+        line = f"{_REPORT_LINE} {link} ({r.status}, batch {r.batch_id})"
+        c.update_model_version(champ.name, str(champ.version),
+                               description=_with_report_line(champ.description, line))
+    return rid
+
+
+def new_batches(inbox: Path, s: Settings) -> list[Path]:
+    """Batches in the inbox that no monitor run has processed yet, oldest first."""
+    if not inbox.exists():
+        return []
+    done = monitor_state.processed(s)
+    items = [p for p in inbox.iterdir() if not p.name.startswith(".")]
+    return sorted((p for p in items if p.name not in done), key=lambda p: p.stat().st_mtime)
+
+
+# ---------------------------------------------------------------- demonstrations
+def write_drift_batch(kind: str, strength: str, out_dir: str | Path, seed: int = 0) -> dict:
+    """Write a labelled image-folder batch derived from held-out digits (the test
+    split of the default digits preparation), drifted by `kind` at `strength`."""
+    from PIL import Image
+
+    from lepton_core.data.formats import load_digits
+    from lepton_core.data.prepare import prepare_dataset
+    from lepton_core.drift import KINDS, parse_strength, simulate_drift
+    from lepton_core.params import DataParams
+
+    if kind not in KINDS:
+        raise LeptonError(f"unknown drift kind {kind!r} ({', '.join(KINDS)})")
+    try:
+        level = parse_strength(strength)
+    except ValueError as e:
+        raise LeptonError(str(e)) from None
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and any(out.iterdir()):
+        raise LeptonError(f"{out}: exists and is not empty")
+    d = DataParams()
+    digits = load_digits()
+    held_out = prepare_dataset(digits, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=d.seed)
+    x, y = simulate_drift(held_out.x["test"], held_out.y["test"], kind, level, seed=seed)
+
+    def write_images(tmp: Path) -> None:
+        for name in digits.classes:
+            (tmp / name).mkdir()
+        for i, (img, label) in enumerate(zip(x, y)):
+            Image.fromarray(img[0], mode="L").save(tmp / digits.classes[int(label)] / f"{i:05d}.png")
+
+    if out.exists():
+        out.rmdir()  # empty (checked above): the new batch takes its place
+    publish_dir(out, write_images)
+    return {"path": str(out), "samples": int(len(y)), "kind": kind, "strength": level}

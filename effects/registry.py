@@ -1,0 +1,269 @@
+"""Register a trained model in the MLflow registry and run the promotion gate.
+
+Aliases: `@champion` is what serves; `@previous` is the champion it replaced.
+Every read-decide-write on the aliases of one registered model happens under one
+lock, so two promotions at once are serialised and the second is judged against
+the first's result.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from effects import tracking
+from effects.dvc_store import dataset_path
+from effects.locks import file_lock
+from effects.settings import Settings, get_settings, redact_uri
+from lepton_core.data.prepare import Prepared, read_prepared
+from lepton_core.errors import InputError, LeptonError
+from lepton_core.evaluate import SUMMARY_KEYS, correct_mask
+from lepton_core.gate import Decision, decide_promotion
+from lepton_core.params import PromoteParams
+from lepton_core.predictor import Predictor
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+LEPTON_CORE = Path(__import__("lepton_core").__file__).parent
+
+CHAMPION, PREVIOUS = "champion", "previous"
+
+
+def _pip_requirements() -> list[str]:
+    import mlflow
+    import pandas
+    import pydantic
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"mlflow=={mlflow.__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pandas.__version__}",
+        f"pydantic=={pydantic.__version__}",
+    ]
+
+
+def _signature_and_example(predictor: Predictor, prepared: Prepared):
+    """The pyfunc's contract: raw samples in (as the prepared dataset stores them),
+    label, class name and probabilities out; the example is real raw samples."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import Array
+
+    pre = predictor.preprocessing
+    raw = prepared.x["test"][:4]
+    if pre.kind == "image":
+        inputs = Schema([TensorSpec(np.dtype(pre.dtype), (-1, *pre.input_shape))])
+        example = np.ascontiguousarray(raw)
+    else:
+        import pandas as pd
+
+        names = list(pre.feature_names) or [str(i) for i in range(pre.n_features)]
+        inputs = Schema([ColSpec("double", n) for n in names])
+        example = pd.DataFrame(raw.astype(np.float64), columns=names)
+    outputs = Schema([ColSpec("long", "label"), ColSpec("string", "class_name"),
+                      ColSpec(Array("float"), "probabilities")])
+    return ModelSignature(inputs=inputs, outputs=outputs), example
+
+
+def log_and_register(
+    run_id: str, checkpoint: str | Path, prepared: Prepared, model_name: str, tags: dict[str, str],
+    description: str = "", settings: Settings | None = None,
+) -> str:
+    """Log the checkpoint as a pyfunc model that reads raw samples (Lepton's
+    predictor, see effects/pyfunc_model.py) and register it. Returns the version."""
+    import mlflow
+
+    s = settings or get_settings()
+    mlflow.set_tracking_uri(s.tracking_uri)
+    mlflow.set_registry_uri(s.tracking_uri)
+    predictor = Predictor.from_checkpoint(checkpoint)
+    signature, example = _signature_and_example(predictor, prepared)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_CODE), artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(LEPTON_CORE)], signature=signature, input_example=example,
+            pip_requirements=_pip_requirements(),
+        )
+    mv = mlflow.register_model(info.model_uri, model_name, tags=tags)
+    if description:
+        tracking.client(s).update_model_version(model_name, str(mv.version), description=description)
+    return str(mv.version)
+
+
+# ---------------------------------------------------------------- the gate
+def alias_version(c, name: str, alias: str):
+    """The model version behind `@alias`, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def champion(c, name: str):
+    return alias_version(c, name, CHAMPION)
+
+
+def _ver(mv) -> str | None:
+    """Version as a string (MLflow's stores disagree on int vs str)."""
+    return None if mv is None else str(mv.version)
+
+
+def checkpoint_of(c, run_id: str, s: Settings) -> Path:
+    """The final checkpoint of a training run (local copy, else downloaded)."""
+    local = s.home / "runs" / run_id / "model.pt"
+    if local.exists():
+        return local
+    return tracking.run_artifact(c, run_id, "checkpoint/model.pt", s.home)
+
+
+GATE_TAGS = ("lepton.gate.promote", "lepton.gate.forced", "lepton.gate.reason", "lepton.gate.p_value",
+             "lepton.gate.champion_accuracy")
+
+
+def _with_block(description: str | None, heading: str, block: str) -> str:
+    """The description with its fenced block under `heading` replaced by `block` (a
+    later gate run replaces the earlier one; whatever else is there stays)."""
+    text = description or ""
+    if heading in text:
+        before, _, after = text.partition(heading)
+        _, _, rest = after.partition("```")  # the opening fence
+        _, _, rest = rest.partition("```")  # the closing fence
+        text = (before.rstrip() + "\n\n" + rest.strip()).strip()
+    return f"{text}\n\n{block}" if text else block
+
+
+def gate_record(mv) -> dict:
+    """The last gate decision of a model version, from its description."""
+    _, found, after = (mv.description or "").partition("Promotion gate:")
+    if not found:
+        return {}
+    body = after.split("```", 2)[1].removeprefix("json")
+    return json.loads(body)
+
+
+def _registry_lock(s: Settings, name: str):
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return file_lock(s.locks_dir / f"registry-{safe}.lock")
+
+
+def promote_version(
+    model_name: str, version: str, params: PromoteParams, force: bool = False,
+    settings: Settings | None = None,
+) -> dict:
+    """Run the gate for `version` against the current champion on the challenger's
+    test split; move the aliases if it passes (or if `force`)."""
+    from mlflow.exceptions import MlflowException
+
+    s = settings or get_settings()
+    c = tracking.client(s)
+    with _registry_lock(s, model_name):
+        try:
+            mv = c.get_model_version(model_name, str(version))
+        except MlflowException:
+            raise LeptonError(f"model {model_name!r} has no version {version!r}") from None
+        champ = alias_version(c, model_name, CHAMPION)
+        if champ is not None and str(champ.version) == str(mv.version):
+            return {"version": str(mv.version), "promoted": False, "reason": "already the champion",
+                    "champion": str(mv.version), "previous": _ver(alias_version(c, model_name, PREVIOUS))}
+        data_version = mv.tags.get(tracking.TAG_DATA_VERSION)
+        if not data_version:
+            raise LeptonError(f"version {mv.version} has no data version tag; cannot evaluate it")
+        prepared = read_prepared(dataset_path(data_version, s))
+        y = prepared.y["test"]
+        # each model reads the samples through its own preprocessing (its own scale)
+        chal_correct = correct_mask(Predictor.from_checkpoint(checkpoint_of(c, mv.run_id, s)),
+                                    prepared.x["test"], y)
+        champ_correct, note = None, ""
+        if champ is not None:
+            try:
+                champ_correct = correct_mask(
+                    Predictor.from_checkpoint(checkpoint_of(c, champ.run_id, s)), prepared.x["test"], y)
+            except InputError as e:  # the champion cannot read this data (other input shape)
+                note = f"; champion v{champ.version} not comparable: {e}"
+        decision: Decision = decide_promotion(chal_correct, champ_correct, params)
+        decision = replace(decision, reason=decision.reason + note)
+        forced = force and not decision.promote
+        if forced:
+            decision = replace(decision, promote=True, reason=f"forced over the gate: {decision.reason}")
+        gate = decision.as_tags()
+        gate["lepton.gate.forced"] = str(forced).lower()
+        gate["lepton.gate.champion_version"] = str(champ.version) if champ is not None else ""
+        gate["lepton.gate.test_data_version"] = data_version
+        # a few tags keep the versions table readable; the whole decision goes into
+        # the version's description, as JSON
+        for k in GATE_TAGS:
+            c.set_model_version_tag(model_name, str(mv.version), k, gate[k])
+        block = "Promotion gate:\n\n```json\n" + json.dumps(
+            {k.removeprefix("lepton.gate."): v for k, v in gate.items()}, indent=1, sort_keys=True) + "\n```"
+        c.update_model_version(model_name, str(mv.version),
+                               description=_with_block(mv.description, "Promotion gate:", block))
+        if decision.promote:
+            if champ is not None:
+                c.set_registered_model_alias(model_name, PREVIOUS, str(champ.version))
+            c.set_registered_model_alias(model_name, CHAMPION, str(mv.version))
+        return {
+            "version": str(mv.version),
+            "promoted": decision.promote,
+            "forced": forced,
+            "reason": decision.reason,
+            "challenger_accuracy": decision.challenger_accuracy,
+            "champion_accuracy": decision.champion_accuracy,
+            "p_value": decision.p_value,
+            "champion": str(mv.version) if decision.promote else _ver(champ),
+            "previous": str(champ.version) if (decision.promote and champ is not None) else None,
+        }
+
+
+def rollback_champion(model_name: str, settings: Settings | None = None) -> dict:
+    """Make `@previous` the champion again; the demoted version loses its alias."""
+    s = settings or get_settings()
+    c = tracking.client(s)
+    with _registry_lock(s, model_name):
+        prev = alias_version(c, model_name, PREVIOUS)
+        if prev is None:
+            raise LeptonError(f"model {model_name!r} has no @previous version to roll back to")
+        champ = alias_version(c, model_name, CHAMPION)
+        c.set_registered_model_alias(model_name, CHAMPION, str(prev.version))
+        c.delete_registered_model_alias(model_name, PREVIOUS)
+        if champ is not None:
+            c.set_model_version_tag(model_name, str(champ.version), "lepton.rolled_back", "true")
+        c.set_model_version_tag(model_name, str(prev.version), "lepton.restored_by_rollback", "true")
+        return {"champion": str(prev.version), "demoted": _ver(champ)}
+
+
+def _describe(c, mv) -> dict | None:
+    if mv is None:
+        return None
+    metrics: dict[str, float] = {}
+    try:
+        run = c.get_run(mv.run_id)
+        metrics = {k.removeprefix("test_"): v for k, v in run.data.metrics.items()
+                   if k.startswith("test_") and k.removeprefix("test_") in SUMMARY_KEYS}
+    except Exception:  # the run may have been deleted; the version still stands
+        acc = mv.tags.get("lepton.test_accuracy")
+        metrics = {"accuracy": float(acc)} if acc else {}
+    return {
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "metrics": metrics,
+        "data_version": mv.tags.get(tracking.TAG_DATA_VERSION),
+        "git_commit": mv.tags.get(tracking.TAG_GIT_COMMIT),
+    }
+
+
+def registry_status(model_name: str, settings: Settings | None = None) -> dict:
+    s = settings or get_settings()
+    c = tracking.client(s)
+    return {
+        "registered_model": model_name,
+        "tracking_uri": redact_uri(s.tracking_uri),
+        "champion": _describe(c, alias_version(c, model_name, CHAMPION)),
+        "previous": _describe(c, alias_version(c, model_name, PREVIOUS)),
+    }

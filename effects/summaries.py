@@ -1,0 +1,81 @@
+"""Markdown summaries of flow runs (published as Prefect artifacts by tasks/report.py),
+with links to the MLflow run and model version (clickable when MLflow is a server)."""
+
+from __future__ import annotations
+
+from effects import tracking
+from effects.settings import get_settings
+
+
+def _links(run_id: str | None, model_name: str, version: str | None) -> tuple[str, str]:
+    """(run link, version link); the run link leads with its experiment's training runs."""
+    uri = get_settings().tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return (f"`{run_id}` (browse with `mlflow ui --backend-store-uri {uri}`)" if run_id else "",
+                f"`{model_name}` v{version}" if version else "")
+    base = uri.rstrip("/")
+    run_link = ""
+    if run_id:
+        c = tracking.client()
+        exp = c.get_run(run_id).info.experiment_id
+        name = c.get_experiment(exp).name
+        run_link = (f"[{run_id}]({tracking.run_url(uri, exp, run_id)}) "
+                    f"(experiment [{name}]({tracking.experiment_url(uri, exp)}))")
+    version_link = f"[{model_name} v{version}]({base}/#/models/{model_name}/versions/{version})" if version else ""
+    return run_link, version_link
+
+
+def retrain_markdown(result: dict, model_name: str) -> str:
+    d = result["decision"]
+    run_link, version_link = _links(result["run_id"], model_name, result["version"])
+    rows = "\n".join(f"| {k.removeprefix('test_')} | {v:.4f} |" for k, v in result["metrics"].items())
+    verdict = "**promoted to @champion**" if d["promoted"] else "**not promoted**"
+    champ = d.get("champion_accuracy")
+    return f"""# Retrain: {model_name} v{result['version']} {verdict}
+
+Gate: {d['reason']}
+
+| test metric | value |
+|---|---|
+{rows}
+
+- challenger accuracy: {d['challenger_accuracy']:.4f}; champion accuracy: {'' if champ is None else f'{champ:.4f}'}; McNemar p: {d.get('p_value')}
+- data version: `{result['data_version']}`
+- MLflow run: {run_link}
+- model version: {version_link}
+"""
+
+
+def registry_markdown(action: str, result: dict, model_name: str) -> str:
+    champion = result.get("champion")
+    _, version_link = _links(None, model_name, champion)
+    lines = [f"# {action.capitalize()}: {model_name}", ""]
+    lines += [f"- {k}: {v}" for k, v in sorted(result.items())]
+    if version_link:
+        lines.append(f"- @champion: {version_link}")
+    return "\n".join(lines) + "\n"
+
+
+def monitor_markdown(results: list[dict], model_name: str, event: bool, tracking_uri: str,
+                     report_artifact: str) -> str:
+    uri = tracking_uri.rstrip("/")
+    lines = [f"# Drift monitor: {model_name}", ""]
+    if not results:
+        lines.append("No new batches.")
+    for r in results:
+        lines += [f"## {r['batch_id']}: {r['verdict']}", ""]
+        if r.get("report_url"):
+            download = f"{uri}/get-artifact?path={report_artifact}&run_uuid={r['mlflow_run_id']}"
+            lines += [f"Evidently report: [open in MLflow]({r['report_url']}) ([download]({download}))", ""]
+        elif r["report_html"]:
+            lines += [f"Evidently report: [{r['report_html']}]({r['report_html']})", ""]
+        if r["drifted_features"]:
+            lines += ["| drifted feature | score | method | threshold |", "|---|---|---|---|"]
+            lines += [f"| {d['feature']} | {d['score']:.4g} | {d['method']} | {d['threshold']} |"
+                      for d in r["drifted_features"]]
+            lines.append("")
+        if r["scores"]:
+            lines.append("scores: " + ", ".join(f"{k} {v:.3g}" for k, v in r["scores"].items()))
+            lines.append("")
+    lines.append(f"drift event emitted: {'yes' if event else 'no'}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,188 @@
+"""MLflow plumbing shared by the tasks: the client, the experiment, the batched
+metric logger that training's `log(step, metrics)` calls, and provenance tags."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag  # noqa: F401 (re-exported)
+from mlflow.tracking import MlflowClient
+
+from effects.settings import Settings, get_settings
+
+TAG_DATA_VERSION = "lepton.data_version"
+TAG_GIT_COMMIT = "lepton.git_commit"
+TAG_FLOW_RUN = "lepton.prefect_flow_run_id"
+TAG_RUN_ID = "lepton.run_id"
+
+
+def client(settings: Settings | None = None) -> MlflowClient:
+    s = settings or get_settings()
+    return MlflowClient(tracking_uri=s.tracking_uri, registry_uri=s.tracking_uri)
+
+
+EXPERIMENT_KIND = "mlflow.experimentKind"
+# MLflow 3 opens an experiment of unknown kind on its GenAI overview; Lepton's are
+# model training, so they open on the runs table and training charts.
+TRAINING_KIND = "custom_model_development"
+
+
+# MLflow 3.17's UI picks GenAI or model-training views from a `workflowType` URL
+# parameter (else the browser's last choice, GenAI by default), not from the kind
+# tag; every link Lepton gives carries the parameter, so it opens on training runs.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str | None:
+    """The experiment's training-runs table in the MLflow UI (None without a server)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs{TRAINING_VIEW}"
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{TRAINING_VIEW}"
+
+
+def ensure_experiment(c: MlflowClient, name: str, settings: Settings | None = None) -> str:
+    s = settings or get_settings()
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            exp_id = c.create_experiment(name, artifact_location=_artifact_location(s, name),
+                                         tags={EXPERIMENT_KIND: TRAINING_KIND})
+            return exp_id
+        except Exception:
+            exp = c.get_experiment_by_name(name)  # another process created it meanwhile
+            if exp is None:
+                raise
+    if exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:
+        c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
+    return exp.experiment_id
+
+
+def _artifact_location(s: Settings, name: str) -> str | None:
+    if s.tracking_uri.startswith(("http://", "https://")):
+        return None  # the server decides (e.g. --serve-artifacts to S3)
+    root = s.artifact_root
+    if "://" not in root:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        return Path(root).resolve().as_uri() + "/" + name
+    return root.rstrip("/") + "/" + name
+
+
+class BatchedMetricLogger:
+    """`log(step, metrics)` for the training loop: buffers metrics and sends them
+    with `log_batch` at most every `interval` seconds (one call, many numbers)."""
+
+    def __init__(self, c: MlflowClient, run_id: str, interval: float = 2.0, prefix: str = ""):
+        self.c, self.run_id, self.interval, self.prefix = c, run_id, interval, prefix
+        self.buffer: list[Metric] = []
+        self.last = time.monotonic()
+        self.calls = 0
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        ts = int(time.time() * 1000)
+        self.buffer += [Metric(self.prefix + k, float(v), ts, step) for k, v in metrics.items()]
+        if time.monotonic() - self.last >= self.interval or len(self.buffer) >= 900:
+            self.flush()
+
+    def flush(self) -> None:
+        while self.buffer:
+            chunk, self.buffer = self.buffer[:1000], self.buffer[1000:]
+            self.c.log_batch(self.run_id, metrics=chunk)
+            self.calls += 1
+        self.last = time.monotonic()
+
+
+def log_params_and_tags(c: MlflowClient, run_id: str, params: dict[str, str], tags: dict[str, str]) -> None:
+    items = list(params.items())
+    for i in range(0, max(len(items), 1), 100):
+        c.log_batch(
+            run_id,
+            params=[Param(k, v[:6000]) for k, v in items[i : i + 100]],
+            tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [],
+        )
+
+
+def git_commit(project_dir: Path) -> str:
+    """HEAD of the project's git checkout (suffix '-dirty' with local changes)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(project_dir), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(project_dir), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_artifact(c: MlflowClient, run_id: str, path: str, home: Path) -> Path:
+    """A run's artifact as a local file (downloaded under <home>/runs/<run_id>/download)."""
+    dst = home / "runs" / run_id / "download"
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(c.download_artifacts(run_id, path, str(dst)))
+
+
+
+
+# ---------------------------------------------------------------- lineage
+def dvc_object_uri(dvc_remote: str, version: str) -> str:
+    """Where a data version's directory listing lives in the DVC remote (DVC 3 layout)."""
+    root = dvc_remote.rstrip("/")
+    if "://" not in root:
+        root = Path(root).resolve().as_uri()
+    return f"{root}/files/md5/{version[:2]}/{version[2:]}.dir"
+
+
+def log_lineage(c: MlflowClient, run_id: str, *, data_version: str, meta: dict, dvc_remote: str,
+                git_commit: str, source_name: str, flow_run_id: str = "",
+                flow_run_url: str | None = None, monitored: list[dict] | None = None) -> None:
+    """Lineage in MLflow's own fields: the dataset as a run input (its source the data
+    version in the DVC remote), each folded-in monitor batch as a second input, the
+    git commit as the run's source version, and a link to the Prefect flow run."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    def dataset_input(uri: str, name: str, digest: str, context: str) -> DatasetInput:
+        with warnings.catch_warnings():  # file: URIs match two equal "local" sources
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(uri)
+        ds = MetaDataset(source=source, name=name, digest=digest[:36])
+        return DatasetInput(dataset=ds._to_mlflow_entity(),
+                            tags=[InputTag(key="mlflow.data.context", value=context)])
+
+    inputs = [dataset_input(dvc_object_uri(dvc_remote, data_version), f"{meta.get('kind', 'data')}-{data_version[:8]}",
+                            data_version, "training")]
+    for b in monitored or []:
+        inputs.append(dataset_input(Path(b["path"]).resolve().as_uri(), f"monitor-batch-{b['id']}",
+                                    b["id"].rsplit("-", 1)[-1], "monitored-batch"))
+    c.log_inputs(run_id, datasets=inputs)
+    tags = [
+        RunTag("mlflow.source.type", "JOB"),
+        RunTag("mlflow.source.name", source_name),
+        RunTag("mlflow.source.git.commit", git_commit.removesuffix("-dirty")),
+    ]
+    if flow_run_id:
+        tags.append(RunTag(TAG_FLOW_RUN, flow_run_id))
+    if flow_run_url:
+        tags.append(RunTag("lepton.prefect_flow_run_url", flow_run_url))
+        tags.append(RunTag("mlflow.note.content", f"Prefect flow run: [{flow_run_id}]({flow_run_url})"))
+    c.log_batch(run_id, tags=tags)
+
+
+def flow_run_url(prefect_api_url: str | None, flow_run_id: str) -> str | None:
+    """The dashboard page of a flow run, when there is a Prefect server with a UI."""
+    if not prefect_api_url or not flow_run_id:
+        return None
+    return prefect_api_url.rstrip("/").removesuffix("/api") + f"/runs/flow-run/{flow_run_id}"

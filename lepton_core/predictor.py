@@ -1,0 +1,190 @@
+"""The one predictor: a trained model plus the preprocessing its training used.
+
+Everything that turns samples as users have them into model input, and logits
+into answers, lives here; evaluation, the promotion gate, the drift monitor, the
+MLflow pyfunc (and the server and variants built on it) all go through it, so no
+path can score a model with another model's scale.
+
+Raw samples, as the prepared dataset stores them:
+    images  (N, C, H, W) or, for one channel, (N, H, W); uint8 0..255 when the
+            data was uint8 (scaled to [0, 1] here), float32 otherwise
+    tables  (N, F) numbers in the training feature order, or a pandas DataFrame
+            with the training feature columns (others, such as the label, ignored)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from lepton_core.checkpoint import load_checkpoint, model_from_checkpoint
+from lepton_core.errors import InputError
+from lepton_core.models import ModelConfig
+
+
+class Preprocessing(BaseModel):
+    """What a model needs to read raw samples; stored in every checkpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["image", "tabular"]
+    input_shape: tuple[int, ...]  # one raw sample: (C, H, W) or (F,)
+    dtype: Literal["uint8", "float32"]  # of raw samples
+    scale: float  # raw * scale = model input (1/255 for uint8 images)
+    classes: tuple[str, ...]
+    feature_names: tuple[str, ...] = ()
+    label_column: str = "label"
+
+    @classmethod
+    def from_meta(cls, meta: dict, label_column: str | None = None) -> "Preprocessing":
+        """From a prepared dataset's meta.json."""
+        kind = meta["kind"]
+        return cls(
+            kind=kind,
+            input_shape=tuple(int(s) for s in meta["input_shape"]),
+            dtype="uint8" if meta.get("dtype") == "uint8" else "float32",
+            scale=float(meta["x_scale"]),
+            classes=tuple(str(c) for c in meta["classes"]),
+            feature_names=tuple(str(f) for f in meta.get("feature_names") or ())
+            if kind == "tabular" else (),
+            label_column=label_column or meta.get("label_column") or "label",
+        )
+
+    @property
+    def n_features(self) -> int:
+        return int(np.prod(self.input_shape))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    labels: np.ndarray  # (N,) int64 class indices
+    names: list[str]  # (N,) class names
+    probabilities: np.ndarray  # (N, K) float32 softmax
+
+
+def _raw_array(x: Any, pre: Preprocessing) -> np.ndarray:
+    """Samples as users have them -> a numpy array of raw samples, or InputError."""
+    if pre.kind == "tabular" and hasattr(x, "columns"):  # a pandas DataFrame
+        names = list(pre.feature_names) or [str(i) for i in range(pre.n_features)]
+        cols = [str(c) for c in x.columns]
+        missing = [n for n in names if n not in cols]
+        if missing:
+            raise InputError(f"the table lacks feature columns: {', '.join(missing[:5])}")
+        x = x.rename(columns=str)[names]
+        try:
+            return x.to_numpy(dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError("feature columns must be numeric") from None
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise InputError("samples must be numbers (got ragged or mixed values)")
+    return arr
+
+
+def check_samples(x: Any, pre: Preprocessing) -> np.ndarray:
+    """Validate raw samples against the preprocessing; returns (N, *input_shape)
+    in the raw dtype. Every refusal is one line naming what is wrong."""
+    arr = _raw_array(x, pre)
+    want = tuple(pre.input_shape)
+    if pre.kind == "image" and arr.ndim == len(want) and want[0] == 1 and tuple(arr.shape[1:]) == want[1:]:
+        arr = arr[:, None]  # (N, H, W) grey images -> (N, 1, H, W)
+    if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
+        shown = "(N, " + ", ".join(map(str, want)) + ")"
+        raise InputError(f"samples of shape {tuple(arr.shape)}; the model reads {shown}")
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"samples of dtype {arr.dtype}; the model reads {pre.dtype}")
+    if pre.dtype == "uint8":
+        if not np.issubdtype(arr.dtype, np.integer):
+            # Floats here are almost always already-scaled or differently scaled
+            # pixels (scikit-learn's digits are 0..16): refuse rather than guess.
+            raise InputError(f"images of dtype {arr.dtype}; the model reads uint8 pixels 0..255")
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise InputError("pixel values outside 0..255")
+        return arr.astype(np.uint8, copy=False)
+    out = arr.astype(np.float32, copy=False)
+    if out.size and not np.isfinite(out).all():
+        raise InputError("samples hold NaN or infinite values")
+    return out
+
+
+def model_input(x_raw: np.ndarray, pre: Preprocessing, model_config: ModelConfig) -> torch.Tensor:
+    """Checked raw samples -> float32 model input: images scaled, tables flattened
+    for the MLP (which standardises them itself)."""
+    t = torch.from_numpy(np.ascontiguousarray(x_raw)).float()
+    if pre.scale != 1.0:
+        t = t * pre.scale
+    if model_config.kind == "mlp":
+        t = t.reshape(len(t), -1)
+    return t
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    p = np.exp(z)
+    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+
+class Predictor:
+    """A model with its preprocessing. `predict(raw)` answers labels, names and
+    probabilities; `logits(raw)` gives the raw scores (for the gate and monitor)."""
+
+    def __init__(self, model: nn.Module, model_config: ModelConfig, preprocessing: Preprocessing,
+                 device: str | torch.device = "cpu", batch_size: int = 1024):
+        if len(preprocessing.classes) != model_config.n_classes:
+            raise InputError(
+                f"{len(preprocessing.classes)} class names for a model of {model_config.n_classes} classes")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.model_config = model_config
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path | dict, device: str | torch.device = "cpu",
+                        which: str = "model") -> "Predictor":
+        """From a checkpoint file or its loaded dict (loaded with weights_only)."""
+        state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        model, cfg = model_from_checkpoint(state, which)
+        return cls(model, cfg, preprocessing_of(state), device)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.preprocessing.classes)
+
+    def check(self, x: Any) -> np.ndarray:
+        return check_samples(x, self.preprocessing)
+
+    def to_input(self, x: Any) -> torch.Tensor:
+        """Raw samples -> float32 model input on the CPU (checked)."""
+        return model_input(self.check(x), self.preprocessing, self.model_config)
+
+    @torch.no_grad()
+    def logits(self, x: Any) -> np.ndarray:
+        """(N, K) float32 logits for raw samples."""
+        t = self.to_input(x)
+        out = [self.model(t[i : i + self.batch_size].to(self.device)).float().cpu()
+               for i in range(0, len(t), self.batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.model_config.n_classes), np.float32)
+
+    def predict(self, x: Any) -> Prediction:
+        p = softmax(self.logits(x))
+        labels = p.argmax(1).astype(np.int64)
+        return Prediction(labels, [self.preprocessing.classes[i] for i in labels], p)
+
+
+def preprocessing_of(state: dict) -> Preprocessing:
+    """The checkpoint's preprocessing (older checkpoints: derived from their meta)."""
+    if "preprocessing" in state:
+        return Preprocessing.model_validate_json(state["preprocessing"])
+    if "meta_json" in state:
+        return Preprocessing.from_meta(json.loads(state["meta_json"]))
+    raise InputError("the checkpoint carries no preprocessing (not a Lepton model checkpoint)")

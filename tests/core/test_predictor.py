@@ -1,0 +1,80 @@
+"""The one predictor: raw samples in (checked), labels, names and probabilities out,
+the same preprocessing whatever calls it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lepton_core.errors import InputError
+from lepton_core.models import ModelConfig, build_model
+from lepton_core.predictor import Predictor, Preprocessing, check_samples
+from lepton_core.train import TrainResult, save_trained_model
+from lepton_core.params import TrainParams
+
+IMG = Preprocessing(kind="image", input_shape=(1, 4, 4), dtype="uint8", scale=1 / 255, classes=("a", "b", "c"))
+TAB = Preprocessing(kind="tabular", input_shape=(3,), dtype="float32", scale=1.0, classes=("x", "y"),
+                    feature_names=("f1", "f2", "f3"), label_column="species")
+
+
+def _cnn_predictor() -> Predictor:
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="cnn", input_shape=(1, 4, 4), n_classes=3, width=4, depth=1)
+    return Predictor(build_model(cfg).eval(), cfg, IMG)
+
+
+def test_images_are_checked_scaled_and_answered():
+    p = _cnn_predictor()
+    x = np.random.default_rng(0).integers(0, 256, (5, 1, 4, 4), dtype=np.uint8)
+    pred = p.predict(x)
+    assert pred.labels.shape == (5,) and pred.probabilities.shape == (5, 3)
+    assert np.allclose(pred.probabilities.sum(1), 1.0, atol=1e-6)
+    assert (pred.labels == pred.probabilities.argmax(1)).all()
+    assert pred.names == [IMG.classes[i] for i in pred.labels]
+    # (N, H, W) one-channel images and int arrays within 0..255 read the same
+    assert np.array_equal(p.logits(x[:, 0]), p.logits(x))
+    assert np.array_equal(p.logits(x.astype(np.int64)), p.logits(x))
+    # the input really is scaled by the stored scale
+    expected = p.model(torch.from_numpy(x).float() / 255).detach().numpy()
+    assert np.allclose(p.logits(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, why", [
+    (np.zeros((2, 1, 5, 4), np.uint8), "shape"),
+    (np.zeros((2, 16), np.uint8), "shape"),
+    (np.zeros((2, 1, 4, 4), np.float32), "dtype"),  # already-scaled or 0..16 floats: refused
+    (np.full((2, 1, 4, 4), 300, np.int64), "0..255"),
+    (np.array(["a", "b"]), "dtype|shape"),
+])
+def test_bad_image_input_is_one_clear_error(bad, why):
+    with pytest.raises(InputError, match=why):
+        check_samples(bad, IMG)
+
+
+def test_tables_by_column_name_and_non_finite_refused():
+    x = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32)
+    df = pd.DataFrame({"species": ["x", "y"], "f3": x[:, 2], "f1": x[:, 0], "f2": x[:, 1]})
+    assert np.array_equal(check_samples(df, TAB), x)  # reordered by name, label ignored
+    with pytest.raises(InputError, match="lacks feature columns: f2"):
+        check_samples(df.drop(columns="f2"), TAB)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        check_samples(np.array([[1.0, np.nan, 3.0]]), TAB)
+
+
+def test_checkpoint_round_trip_carries_the_preprocessing(tmp_path):
+    p = _cnn_predictor()
+    result = TrainResult(model=p.model, model_config=p.model_config, epochs_run=1, best_epoch=1,
+                         best_val_accuracy=0.5, resumed_from_epoch=0, stopped_early=False)
+    meta = {"kind": "image", "input_shape": [1, 4, 4], "dtype": "uint8", "x_scale": 1 / 255,
+            "classes": ["a", "b", "c"], "feature_names": []}
+    path = save_trained_model(result, TrainParams(), IMG, meta, tmp_path / "m.pt")
+    q = Predictor.from_checkpoint(path)
+    assert q.preprocessing == IMG
+    x = np.random.default_rng(1).integers(0, 256, (3, 1, 4, 4), dtype=np.uint8)
+    assert np.allclose(q.logits(x), p.logits(x), atol=1e-6)
+    # an older checkpoint without the preprocessing entry derives it from its meta
+    state = torch.load(path, weights_only=True)
+    del state["preprocessing"]
+    assert Predictor.from_checkpoint(state).preprocessing == IMG
