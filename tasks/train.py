@@ -29,10 +29,10 @@ class TrainOutcome(BaseModel):
     device: str
 
 
-def work_checkpoint(home: Path, version: str, params: TrainParams) -> Path:
+def work_checkpoint(checkpoints_dir: Path, version: str, params: TrainParams) -> Path:
     """Where an unfinished training of (data version, params) keeps its checkpoint."""
     key = hashlib.sha256((version + params.model_dump_json()).encode()).hexdigest()[:16]
-    return home / "checkpoints" / f"train-{key}.pt"
+    return checkpoints_dir / f"train-{key}.pt"
 
 
 @task(name="train", retries=1, retry_delay_seconds=2, timeout_seconds=6 * 3600)
@@ -60,7 +60,7 @@ def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutc
             monitored=[b for b in monitor_state.accepted_batches(s) if b["id"] in batches],
         )
         prepared = read_prepared(dataset_path(data.version, s))
-        ckpt = work_checkpoint(s.home, data.version, params.train)
+        ckpt = work_checkpoint(s.checkpoints_dir, data.version, params.train)
         final = s.home / "runs" / run_id / "model.pt"
         logger = tracking.BatchedMetricLogger(c, run_id)
         t0 = time.perf_counter()
