@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
 from lepton_core.predictor import Predictor
 
 SUMMARY_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
-
-
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-    """Logits (N, K) as float32 numpy, on the CPU."""
-    model.eval()
-    out = [model(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:

@@ -123,7 +123,7 @@ def model_input(x_raw: np.ndarray, pre: Preprocessing, model_config: ModelConfig
     if pre.scale != 1.0:
         t = t * pre.scale
     if model_config.kind == "mlp":
-        t = t.reshape(len(t), -1)
+        t = t.flatten(1)  # (N, C, H, W) -> (N, C*H*W); also for N = 0
     return t
 
 

@@ -7,7 +7,9 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from lepton_core.evaluate import classification_metrics, confusion_matrix, predict
+from lepton_core.evaluate import classification_metrics, confusion_matrix, evaluate_predictor
+from lepton_core.models import ModelConfig, build_model
+from lepton_core.predictor import Predictor, Preprocessing
 
 
 def test_hand_made_predictions():
@@ -78,12 +80,17 @@ def test_confusion_matrix_counts():
     assert cm[0, 0] == 2 and cm[0, 2] == 1 and cm[2, 1] == 1
 
 
-def test_predict_batches_and_empty():
+def test_predictor_logits_in_batches_and_empty():
     torch.manual_seed(0)
-    model = torch.nn.Linear(4, 3)
-    x = torch.randn(10, 4)
-    out = predict(model, x, batch_size=3)
+    cfg = ModelConfig(kind="mlp", input_shape=(4,), n_classes=3, width=8, depth=1)
+    model = build_model(cfg).eval()
+    pre = Preprocessing(kind="tabular", input_shape=(4,), dtype="float32", scale=1.0, classes=("a", "b", "c"))
+    p = Predictor(model, cfg, pre, batch_size=3)
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    out = p.logits(x)
     assert isinstance(out, np.ndarray) and out.shape == (10, 3) and out.dtype == np.float32
     with torch.no_grad():
-        np.testing.assert_allclose(out, model(x).numpy(), rtol=1e-6, atol=1e-6)
-    assert predict(model, x[:0]).shape[0] == 0
+        np.testing.assert_allclose(out, model(torch.from_numpy(x)).numpy(), rtol=1e-6, atol=1e-6)
+    assert p.logits(x[:0]).shape == (0, 3)
+    metrics = evaluate_predictor(p, x, out.argmax(1))
+    assert metrics["accuracy"] == 1.0 and metrics["n"] == 10
