@@ -148,6 +148,16 @@ def gate_record(mv) -> dict:
     return json.loads(body)
 
 
+def load_alias(model_name: str, alias: str, settings: Settings | None = None) -> tuple[object, Predictor]:
+    """(model version, its predictor) behind `@alias`; LeptonError if there is none."""
+    s = settings or get_settings()
+    c = tracking.client(s)
+    mv = alias_version(c, model_name, alias)
+    if mv is None:
+        raise LeptonError(f"model {model_name!r} has no @{alias}; run `lepton retrain` first")
+    return mv, Predictor.from_checkpoint(checkpoint_of(c, mv.run_id, s))
+
+
 def _registry_lock(s: Settings, name: str):
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     return file_lock(s.locks_dir / f"registry-{safe}.lock")

@@ -39,7 +39,7 @@ KNOWN_ENV: frozenset[str] = frozenset({
     "LEPTON_PROJECT_DIR", "LEPTON_HOME", "LEPTON_ARTIFACT_ROOT", "LEPTON_DVC_REMOTE",
     "LEPTON_DB_URL", "LEPTON_PREFECT_PORT", "LEPTON_MLFLOW_PORT", "LEPTON_S3_PORT",
     "LEPTON_S3_ENDPOINT_URL", "LEPTON_S3_BUCKET", "LEPTON_S3_SSE", "LEPTON_WORK_POOL",
-    "LEPTON_DEBUG", "LEPTON_PREFECT_TEMPORARY",
+    "LEPTON_DEBUG", "LEPTON_PREFECT_TEMPORARY", "LEPTON_SERVE_TOKEN",
     "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_UPLOAD_EXTRA_ARGS",
     "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
     "PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_HOME", "PREFECT_SERVER_DATABASE_CONNECTION_URL",
@@ -81,6 +81,7 @@ class Settings:
     prefect_temporary: bool = False  # PREFECT_API_URL is this command's own temporary server
     debug: bool = False
     ports: dict = field(default_factory=dict)  # LEPTON_{PREFECT,MLFLOW,S3}_PORT for `lepton up`
+    serve_token: str | None = field(default=None, repr=False)  # LEPTON_SERVE_TOKEN: bearer token of `lepton serve`
 
     @property
     def params_file(self) -> Path:
@@ -142,6 +143,7 @@ def get_settings() -> Settings:
         prefect_api_url=env.get("PREFECT_API_URL") or None,
         prefect_temporary=env.get("LEPTON_PREFECT_TEMPORARY") == "1",
         debug=env.get("LEPTON_DEBUG") == "1",
+        serve_token=env.get("LEPTON_SERVE_TOKEN") or None,
         ports={k: int(env[f"LEPTON_{k.upper()}_PORT"]) for k in ("prefect", "mlflow", "s3")
                if env.get(f"LEPTON_{k.upper()}_PORT", "").isdigit()},
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prefect import flow
 
 from lepton_core.params import (
-    DataParams, DeployParams, MonitorParams, Params, PromoteParams, RegistryParams, TrainParams,
+    DataParams, DeployParams, MonitorParams, Params, PromoteParams, RegistryParams, ServeParams,
+    TrainParams,
 )
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
@@ -23,6 +24,7 @@ def retrain(
     registry: RegistryParams = RegistryParams(),
     deploy: DeployParams = DeployParams(),
     monitor: MonitorParams = MonitorParams(),
+    serve: ServeParams = ServeParams(),
     progress: bool = True,
 ) -> dict:
     """Retrain on the data described by `data` and promote the result if it passes the gate.
@@ -30,7 +32,8 @@ def retrain(
     The parameters are the sections of params.yaml (every one, so the MLflow run
     records exactly what was given), and the Prefect UI shows them as forms.
     """
-    params = Params(data=data, train=train, promote=promote, registry=registry, deploy=deploy, monitor=monitor)
+    params = Params(data=data, train=train, promote=promote, registry=registry, deploy=deploy, monitor=monitor,
+                    serve=serve)
     dataset = prepare_data(data)
     outcome = train_task(dataset, params, progress=progress)
     metrics = evaluate(outcome.run_id, outcome.checkpoint, dataset)

@@ -97,7 +97,7 @@ def _run_retrain(params, progress: bool) -> dict:
     _wait_for_server()
     return retrain(
         data=params.data, train=params.train, promote=params.promote, registry=params.registry,
-        deploy=params.deploy, monitor=params.monitor, progress=progress,
+        deploy=params.deploy, monitor=params.monitor, serve=params.serve, progress=progress,
     )
 
 
@@ -384,6 +384,36 @@ def monitor(
             typer.echo(f"  in MLflow  {res['report_url']}")
         typer.echo(f"  MLflow monitoring run  {res['mlflow_run_id']}")
     typer.echo("drift event emitted" if r["event_emitted"] else "no drift event")
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", help="registered model (default: registry.model_name)"),
+    alias: str = typer.Option("champion", "--alias", help="the alias to serve; the server follows it as it moves"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+    port: int = typer.Option(8000, "--port", help="port to listen on"),
+    token: Optional[str] = typer.Option(
+        None, "--token", help="require this bearer token on /v1/* (default: LEPTON_SERVE_TOKEN; none = open)",
+        show_default=False),
+    set_: List[str] = SetOpt,
+    params_file: Optional[Path] = ParamsOpt,
+):
+    """Serve the model version behind an alias over HTTP (batched; hot-swaps when the alias moves)."""
+    from effects.settings import configure_environment
+    from effects.procs import port_free
+
+    s = configure_environment()
+    params = _params(params_file, list(set_), s)
+    if not port_free(port) and host in ("127.0.0.1", "localhost"):
+        raise LeptonError(f"port {port} is already in use; choose another with --port")
+    import uvicorn
+
+    from lepton.serve import ModelServer, create_app
+
+    server = ModelServer(model or params.registry.model_name, alias, params.serve, s, token or s.serve_token)
+    typer.echo(f"serving {server.model_name}@{alias} on http://{host}:{port}  (POST /v1/predict; "
+               f"auth {'on' if server.token else 'off'}; prediction log {server.log.folder})", err=True)
+    uvicorn.run(create_app(server), host=host, port=port, log_level="warning", workers=1)
 
 
 @data_app.command("restore")

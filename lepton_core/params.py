@@ -102,6 +102,19 @@ class DeployParams(_Section):
     timezone: str = "UTC"
 
 
+class ServeParams(_Section):
+    """`lepton serve`: batching, request limits, hot swap, the prediction log."""
+
+    max_batch: int = Field(64, ge=1, le=4096, description="most instances the server scores in one forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill up")
+    max_instances: int = Field(1024, ge=1, description="most instances in one request")
+    max_body_mb: float = Field(16.0, gt=0, description="largest request body")
+    poll_seconds: float = Field(5.0, gt=0, description="how often the server checks where the alias points")
+    log_flush_seconds: float = Field(5.0, gt=0, description="prediction log: write a part file this often")
+    log_flush_rows: int = Field(2048, ge=1, description="prediction log: or when this many rows wait")
+    prediction_log: str | None = Field(None, description="prediction log folder (default <home>/serve/predictions)")
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     train: TrainParams = TrainParams()
@@ -109,6 +122,7 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     deploy: DeployParams = DeployParams()
     monitor: MonitorParams = MonitorParams()
+    serve: ServeParams = ServeParams()
 
 
 SECTIONS: tuple[str, ...] = tuple(Params.model_fields)

@@ -27,7 +27,7 @@ def test_defaults():
     assert p.promote.min_accuracy == 0.9 and p.promote.tolerance == 0.005 and p.promote.alpha == 0.05
     assert p.registry.model_name == "lepton-digits"
     assert p.deploy.retrain_cron == "0 3 * * 1" and p.deploy.timezone == "UTC"
-    assert SECTIONS == ("data", "train", "promote", "registry", "deploy", "monitor")
+    assert SECTIONS == ("data", "train", "promote", "registry", "deploy", "monitor", "serve")
 
 
 def test_repository_params_yaml_matches_the_defaults():

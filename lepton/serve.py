@@ -1,0 +1,315 @@
+"""`lepton serve`: the champion behind a batched HTTP endpoint.
+
+FastAPI under uvicorn (one process). Requests are checked on arrival (one-line 4xx
+reasons, never a stack trace) and queued; one batcher coroutine gathers up to
+`serve.max_batch` instances or waits `serve.max_wait_ms`, scores them in one
+forward pass on a worker thread, and answers each request from that pass. A batch
+reads the loaded model once, so every answer names the one version that made it.
+
+Hot swap: a thread polls where the alias points every `serve.poll_seconds`
+(polling works with any MLflow registry and needs no Prefect; a promotion event
+would be faster but is missed while the server restarts). A new version is loaded
+beside the old one and swapped in with one reference assignment: requests in
+flight finish on the old model, the next batch uses the new one.
+
+    POST /v1/predict   {"instances": [...]} (JSON) or a .npy array (application/x-npy)
+    GET  /v1/model     name, version, alias, data version, run id
+    GET  /healthz      the process answers
+    GET  /readyz       a model is loaded (503 before)
+    GET  /metrics      Prometheus text format
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from effects.prediction_log import PredictionLog
+from effects.registry import load_alias
+from effects.settings import Settings
+from lepton_core.errors import InputError, LeptonError
+from lepton_core.params import ServeParams
+from lepton_core.predictor import Predictor, softmax
+
+JSON_TYPES = ("application/json",)
+NPY_TYPES = ("application/x-npy", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: str
+    run_id: str
+    data_version: str
+    predictor: Predictor
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("lepton_requests", "requests answered, by HTTP status", ["code"], registry=r)
+        self.latency = Histogram("lepton_request_seconds", "predict request latency", registry=r,
+                                 buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5))
+        self.batch = Histogram("lepton_batch_size", "instances per forward pass", registry=r,
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
+        self.instances = Counter("lepton_instances", "instances scored", registry=r)
+        self.version = Gauge("lepton_model_version", "the loaded registry version", ["model", "alias"], registry=r)
+        self.swaps = Counter("lepton_model_swaps", "model versions swapped in", registry=r)
+        self.log_dropped = Gauge("lepton_prediction_log_dropped_rows", "rows the prediction log dropped", registry=r)
+        self.log_written = Gauge("lepton_prediction_log_written_rows", "rows the prediction log wrote", registry=r)
+
+
+class ModelServer:
+    def __init__(self, model_name: str, alias: str, params: ServeParams, settings: Settings,
+                 token: str | None = None, log_folder: Path | None = None):
+        self.model_name, self.alias, self.params, self.settings = model_name, alias, params, settings
+        self.token = token or None
+        self.current: Loaded | None = None
+        self.metrics = _Metrics()
+        folder = log_folder or Path(params.prediction_log or settings.home / "serve" / "predictions")
+        self.log = PredictionLog(folder, params.log_flush_seconds, params.log_flush_rows)
+        self._queue: asyncio.Queue | None = None
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self.load_error: str | None = None
+
+    # ------------------------------------------------------------ the model
+    def refresh(self) -> bool:
+        """Load the alias's version if it moved; True when a new one was swapped in."""
+        c_version = self.current.version if self.current else None
+        from effects import tracking
+        from effects.registry import alias_version
+
+        seen = alias_version(tracking.client(self.settings), self.model_name, self.alias)
+        if seen is None:
+            raise LeptonError(f"model {self.model_name!r} has no @{self.alias}; run `lepton retrain` first")
+        if str(seen.version) == c_version:
+            return False
+        mv, predictor = load_alias(self.model_name, self.alias, self.settings)
+        # loaded beside the old one; one assignment swaps it in
+        self.current = Loaded(str(mv.version), mv.run_id, mv.tags.get("lepton.data_version", ""), predictor)
+        self.metrics.version.labels(self.model_name, self.alias).set(int(mv.version))
+        if c_version is not None:
+            self.metrics.swaps.inc()
+        return True
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.params.poll_seconds):
+            try:
+                self.refresh()
+                self.load_error = None
+            except Exception as e:  # noqa: BLE001 - keep serving the loaded version
+                self.load_error = f"{e.__class__.__name__}: {e}"
+
+    def start(self) -> None:
+        try:
+            self.refresh()
+        except Exception as e:  # noqa: BLE001 - /readyz says 503 until a model loads
+            self.load_error = f"{e.__class__.__name__}: {e}"
+        self._poller = threading.Thread(target=self._poll, name="alias-poller", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.log.close()
+
+    # ------------------------------------------------------------ requests
+    def parse(self, content_type: str, body: bytes) -> np.ndarray:
+        p = self.params
+        if len(body) > p.max_body_mb * 1024 * 1024:
+            raise BadRequest(413, f"body of {len(body)} bytes is over the {p.max_body_mb:g} MB cap")
+        kind = content_type.split(";")[0].strip().lower()
+        if kind in JSON_TYPES:
+            try:
+                doc = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise BadRequest(400, f"malformed JSON: {str(e).splitlines()[0]}") from None
+            if not isinstance(doc, dict) or "instances" not in doc or not isinstance(doc["instances"], list):
+                raise BadRequest(400, 'expected a JSON object {"instances": [...]}')
+            try:
+                x = np.asarray(doc["instances"])
+            except ValueError:
+                raise BadRequest(400, "instances are ragged (samples of different shapes)") from None
+        elif kind in NPY_TYPES:
+            try:
+                x = np.load(io.BytesIO(body), allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise BadRequest(400, f"not a .npy array ({str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+        else:
+            raise BadRequest(415, f"content type {kind or 'missing'!r}: send application/json or application/x-npy")
+        if x.ndim == 0 or len(x) == 0:
+            raise BadRequest(400, "no instances")
+        if len(x) > p.max_instances:
+            raise BadRequest(413, f"{len(x)} instances is over the limit of {p.max_instances}")
+        return x
+
+    async def predict(self, x: np.ndarray) -> dict:
+        loaded = self.current
+        if loaded is None:
+            raise BadRequest(503, "no model loaded yet")
+        try:
+            raw = loaded.predictor.check(x)
+        except InputError as e:
+            raise BadRequest(400, str(e)) from None
+        fut = asyncio.get_running_loop().create_future()
+        request_id = uuid.uuid4().hex
+        await self._queue.put((raw, fut, request_id))
+        answered, logits = await fut  # the version whose batch this request was in
+        p = softmax(logits)
+        labels = p.argmax(1)
+        classes = answered.predictor.classes
+        return {"model": self.model_name, "version": answered.version, "request_id": request_id,
+                "labels": labels.tolist(), "class_names": [classes[i] for i in labels],
+                "probabilities": p.round(6).tolist()}
+
+    async def batcher(self) -> None:
+        """Gather queued requests into one forward pass."""
+        loop = asyncio.get_running_loop()
+        p = self.params
+        while True:
+            items = [await self._queue.get()]
+            n = len(items[0][0])
+            deadline = loop.time() + p.max_wait_ms / 1000
+            while n < p.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                items.append(item)
+                n += len(item[0])
+            loaded = self.current  # one version for the whole batch
+            try:
+                groups = _by_shape(items)
+                for group in groups:
+                    x = np.concatenate([raw for raw, _, _ in group])
+                    t = loaded.predictor.to_input(x)
+                    logits = await loop.run_in_executor(None, _forward, loaded.predictor, t)
+                    self.metrics.batch.observe(len(x))
+                    self.metrics.instances.inc(len(x))
+                    x_log = t.numpy()  # images in [0, 1], tables raw: what the monitor's features read
+                    pre = loaded.predictor.preprocessing
+                    start = 0
+                    for raw, fut, request_id in group:
+                        end = start + len(raw)
+                        if not fut.done():
+                            fut.set_result((loaded, logits[start:end]))
+                        self.log.add(loaded.version, request_id, x_log[start:end], logits[start:end], pre.kind,
+                                     list(pre.feature_names))
+                        start = end
+            except Exception as e:  # noqa: BLE001 - answer every waiting request
+                for _, fut, _ in items:
+                    if not fut.done():
+                        fut.set_exception(e)
+
+
+def _by_shape(items: list) -> list[list]:
+    """Requests whose samples share a shape score together ((N,H,W) and (N,1,H,W)
+    are both checked to (N,1,H,W), so in practice this is one group)."""
+    groups: dict[tuple, list] = {}
+    for item in items:
+        groups.setdefault(item[0].shape[1:], []).append(item)
+    return list(groups.values())
+
+
+def _forward(predictor: Predictor, t) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        out = [predictor.model(t[i:i + predictor.batch_size].to(predictor.device)).float().cpu()
+               for i in range(0, len(t), predictor.batch_size)]
+    return torch.cat(out).numpy()
+
+
+def create_app(server: ModelServer) -> FastAPI:
+    app = FastAPI(title="Lepton model server", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.on_event("startup")
+    async def _startup() -> None:
+        server._queue = asyncio.Queue()
+        app.state.batcher = asyncio.create_task(server.batcher())
+        await asyncio.get_running_loop().run_in_executor(None, server.start)
+
+    @app.on_event("shutdown")
+    async def _shutdown() -> None:
+        app.state.batcher.cancel()
+        server.stop()
+
+    def _error(status: int, reason: str) -> JSONResponse:
+        server.metrics.requests.labels(str(status)).inc()
+        return JSONResponse({"error": reason}, status_code=status)
+
+    def _authorised(request: Request) -> bool:
+        if not server.token:
+            return True
+        given = request.headers.get("authorization", "")
+        return secrets.compare_digest(given.encode(), f"Bearer {server.token}".encode())
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"internal error ({exc.__class__.__name__})")
+
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> Response:
+        t0 = time.perf_counter()
+        if not _authorised(request):
+            return _error(401, "missing or wrong bearer token")
+        try:
+            x = server.parse(request.headers.get("content-type", ""), await request.body())
+            out = await server.predict(x)
+        except BadRequest as e:
+            return _error(e.status, e.reason)
+        server.metrics.latency.observe(time.perf_counter() - t0)
+        server.metrics.requests.labels("200").inc()
+        return JSONResponse(out)
+
+    @app.get("/v1/model")
+    async def model(request: Request) -> Response:
+        if not _authorised(request):
+            return _error(401, "missing or wrong bearer token")
+        cur = server.current
+        if cur is None:
+            return _error(503, server.load_error or "no model loaded yet")
+        pre = cur.predictor.preprocessing
+        return JSONResponse({"name": server.model_name, "alias": server.alias, "version": cur.version,
+                             "run_id": cur.run_id, "data_version": cur.data_version,
+                             "input_shape": list(pre.input_shape), "dtype": pre.dtype,
+                             "classes": list(pre.classes)})
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if server.current is None:
+            return JSONResponse({"ready": False, "reason": server.load_error or "loading"}, status_code=503)
+        return JSONResponse({"ready": True, "version": server.current.version})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        server.metrics.log_dropped.set(server.log.dropped)
+        server.metrics.log_written.set(server.log.written)
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

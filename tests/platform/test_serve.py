@@ -1,0 +1,251 @@
+"""`lepton serve` on a real registry (MLflow on SQLite, Prefect test server): raw
+digits in, the champion's labels out; every bad request a one-line 4xx; bearer
+auth; Prometheus metrics; batching under concurrency; a hot swap under load with
+zero errors; the prediction log in the monitor's format, surviving a failing disk."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from lepton_core.params import DataParams, ServeParams, TrainParams
+
+pytestmark = pytest.mark.slow
+
+FAST = TrainParams(epochs=8, width=16, patience=3)
+
+
+class Running:
+    """A ModelServer under uvicorn in a thread, on a free port of 127.0.0.1."""
+
+    def __init__(self, tmp_path, params: ServeParams, token: str | None = None, log_folder=None):
+        import uvicorn
+
+        from effects.procs import free_port
+        from effects.settings import get_settings
+        from lepton.serve import ModelServer, create_app
+
+        self.model = ModelServer("lepton-digits", "champion", params, get_settings(), token,
+                                 log_folder or tmp_path / "predictions")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.uv = uvicorn.Server(uvicorn.Config(create_app(self.model), host="127.0.0.1", port=self.port,
+                                                log_level="warning"))
+        self.thread = threading.Thread(target=self.uv.run, daemon=True)
+
+    def __enter__(self) -> "Running":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if self.request("GET", "/readyz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the server did not get ready")
+
+    def __exit__(self, *exc) -> None:
+        self.uv.should_exit = True
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+    def request(self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json",
+                headers: dict | None = None) -> tuple[int, dict | str]:
+        req = urllib.request.Request(self.url + path, data=body, method=method,
+                                     headers={"Content-Type": ctype, **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                status, text = r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read().decode()
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    def predict(self, x, **kw) -> tuple[int, dict]:
+        return self.request("POST", "/v1/predict", json.dumps({"instances": np.asarray(x).tolist()}).encode(), **kw)
+
+
+@pytest.fixture(scope="module")
+def champion(lepton_env, prefect_server):
+    from effects.dvc_store import dataset_path
+    from flows.retrain import retrain
+    from lepton_core.data.prepare import read_prepared
+
+    first = retrain(data=DataParams(), train=FAST, progress=False)
+    assert first["decision"]["promoted"]
+    return first, read_prepared(dataset_path(first["data_version"]))
+
+
+def test_raw_digits_get_the_champions_labels(champion, tmp_path):
+    first, prepared = champion
+    x, y = prepared.x["test"], prepared.y["test"]
+    with Running(tmp_path, ServeParams()) as srv:
+        status, out = srv.predict(x[:, 0])  # (N, 8, 8) uint8 as JSON, as a user has them
+        assert status == 200, out
+        assert out["version"] == first["version"] and out["model"] == "lepton-digits"
+        acc = float((np.array(out["labels"]) == y).mean())
+        assert acc == pytest.approx(first["metrics"]["test_accuracy"], abs=1e-9)
+        assert out["class_names"] == [str(k) for k in out["labels"]]
+        assert np.allclose(np.array(out["probabilities"]).sum(1), 1.0, atol=1e-4)
+        buf = io.BytesIO()
+        np.save(buf, x[:7])
+        status, npy = srv.request("POST", "/v1/predict", buf.getvalue(), "application/x-npy")
+        assert status == 200 and npy["labels"] == out["labels"][:7]
+        status, model = srv.request("GET", "/v1/model")
+        assert model["version"] == first["version"] and model["data_version"] == first["data_version"]
+        assert model["run_id"] == first["run_id"] and srv.request("GET", "/healthz")[0] == 200
+
+
+BAD = [
+    ("wrong shape", json.dumps({"instances": np.zeros((2, 1, 5, 8), int).tolist()}).encode(), "application/json",
+     400, "shape"),
+    ("wrong dtype", json.dumps({"instances": (np.ones((2, 1, 8, 8)) / 255).tolist()}).encode(), "application/json",
+     400, "dtype"),
+    ("non-finite", b'{"instances": [[[NaN, 1, 2, 3, 4, 5, 6, 7]]]}', "application/json", 400, ""),
+    ("out of range", json.dumps({"instances": np.full((1, 8, 8), 300).tolist()}).encode(), "application/json",
+     400, "0..255"),
+    ("too many", json.dumps({"instances": np.zeros((60, 8, 8), int).tolist()}).encode(), "application/json",
+     413, "over the limit of 50"),
+    ("body too big", b'{"instances": [' + b"0, " * 40000 + b"0]}", "application/json", 413, "cap"),
+    ("malformed JSON", b'{"instances": [1, 2', "application/json", 400, "malformed JSON"),
+    ("not an object", b"[1, 2, 3]", "application/json", 400, "instances"),
+    ("wrong content type", b"1,2,3", "text/csv", 415, "content type"),
+    ("bad npy", b"\x93NUMPY garbage", "application/x-npy", 400, ".npy"),
+    ("no instances", b'{"instances": []}', "application/json", 400, "no instances"),
+]
+
+
+def test_every_bad_request_is_a_one_line_4xx(champion, tmp_path):
+    with Running(tmp_path, ServeParams(max_instances=50, max_body_mb=0.05)) as srv:
+        for name, body, ctype, code, words in BAD:
+            status, out = srv.request("POST", "/v1/predict", body, ctype)
+            assert status == code, (name, status, out)
+            assert isinstance(out, dict) and set(out) == {"error"}, (name, out)
+            assert words in out["error"] and "\n" not in out["error"] and "Traceback" not in out["error"], name
+        assert srv.predict(np.zeros((1, 8, 8), int))[0] == 200  # the server is still fine
+
+
+def test_bearer_token(champion, tmp_path):
+    x = champion[1].x["test"][:2]
+    with Running(tmp_path, ServeParams(), token="s3cret-token") as srv:
+        assert srv.predict(x)[0] == 401
+        assert srv.predict(x, headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert srv.request("GET", "/v1/model")[0] == 401
+        status, out = srv.predict(x, headers={"Authorization": "Bearer s3cret-token"})
+        assert status == 200 and len(out["labels"]) == 2
+        assert srv.request("GET", "/healthz")[0] == 200 and srv.request("GET", "/readyz")[0] == 200
+
+
+def _metrics(srv) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = srv.request("GET", "/metrics")
+    assert status == 200
+    return {s.name + json.dumps(s.labels, sort_keys=True): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_metrics_and_batching_under_concurrency(champion, tmp_path):
+    x = champion[1].x["test"]
+    with Running(tmp_path, ServeParams(max_wait_ms=20, max_batch=64)) as srv:
+        errors = []
+
+        def client(k: int) -> None:
+            for i in range(10):
+                status, _ = srv.predict(x[(k * 10 + i) % len(x)][None])
+                if status != 200:
+                    errors.append(status)
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors
+        srv.request("POST", "/v1/predict", b"{", "application/json")
+        m = _metrics(srv)
+    assert m['lepton_requests_total{"code": "200"}'] == 160
+    assert m['lepton_requests_total{"code": "400"}'] == 1
+    assert m["lepton_instances_total{}"] == 160
+    batches = m["lepton_batch_size_count{}"]
+    assert m["lepton_batch_size_sum{}"] == 160 and batches < 160  # some passes held more than one request
+    assert m['lepton_model_version{"alias": "champion", "model": "lepton-digits"}'] == int(champion[0]["version"])
+    assert m["lepton_request_seconds_count{}"] == 160
+
+
+def test_hot_swap_under_load_has_no_failed_or_mixed_request(champion, tmp_path):
+    from flows.registry import promote_flow
+    from flows.retrain import retrain
+
+    first, prepared = champion
+    x = prepared.x["test"]
+    with Running(tmp_path, ServeParams(poll_seconds=0.3)) as srv:
+        seen, errors, stop = [], [], threading.Event()
+
+        def load() -> None:
+            i = 0
+            while not stop.is_set():
+                status, out = srv.predict(x[i % len(x)][None])
+                (seen.append(out["version"]) if status == 200 else errors.append((status, out)))
+                i += 1
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            second = retrain(data=DataParams(), train=TrainParams(epochs=2, width=8), progress=False)
+            if not second["decision"]["promoted"]:
+                assert promote_flow(version=second["version"], force=True)["promoted"]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and srv.request("GET", "/v1/model")[1]["version"] != second["version"]:
+                time.sleep(0.1)
+            time.sleep(1.0)  # more traffic on the new version
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        assert not errors, errors[:3]
+        assert srv.request("GET", "/v1/model")[1]["version"] == second["version"]
+        assert set(seen) == {first["version"], second["version"]}
+        # every answer names one version; once the new one answered, the old never did again
+        switch = seen.index(second["version"])
+        assert first["version"] not in seen[switch + 4:]  # 4 clients may each hold one older answer
+        assert _metrics(srv)["lepton_model_swaps_total{}"] == 1
+
+
+def test_prediction_log_feeds_the_monitor_and_a_failing_disk_fails_no_prediction(champion, tmp_path):
+    from effects.monitor import detect_format
+
+    x = champion[1].x["test"]
+    folder = tmp_path / "log"
+    with Running(tmp_path, ServeParams(log_flush_seconds=0.2), log_folder=folder) as srv:
+        assert srv.predict(x[:30])[0] == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not list(folder.glob("*.parquet")):
+            time.sleep(0.1)
+    import pandas as pd
+
+    df = pd.concat([pd.read_parquet(f) for f in folder.glob("*.parquet")])
+    assert len(df) == 30 and detect_format(folder, None) == "predlog"
+    assert {"timestamp", "model_version", "request_id", "prediction", "confidence", "f_mean_intensity"} <= set(df)
+    assert not list(folder.glob(".*"))  # no half-written part files
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the log folder should be: every write fails")
+    with Running(tmp_path, ServeParams(log_flush_seconds=0.2), log_folder=blocked) as srv:
+        for _ in range(5):
+            assert srv.predict(x[:10])[0] == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and srv.model.log.dropped < 50:
+            time.sleep(0.1)
+        assert _metrics(srv)["lepton_prediction_log_dropped_rows{}"] == 50
