@@ -87,6 +87,7 @@ class ModelServer:
         folder = log_folder or Path(params.prediction_log or settings.home / "serve" / "predictions")
         self.log = PredictionLog(folder, params.log_flush_seconds, params.log_flush_rows)
         self._queue: asyncio.Queue | None = None
+        self._inflight = 0  # predict requests checked and not yet answered (event loop only)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.load_error: str | None = None
@@ -163,6 +164,13 @@ class ModelServer:
 
     async def predict(self, x: np.ndarray) -> dict:
         loaded = self.current
+        self._inflight += 1  # counted from here until answered (see batcher)
+        try:
+            return await self._predict(loaded, x)
+        finally:
+            self._inflight -= 1
+
+    async def _predict(self, loaded: "Loaded | None", x: np.ndarray) -> dict:
         if loaded is None:
             raise BadRequest(503, "no model loaded yet")
         try:
@@ -189,13 +197,18 @@ class ModelServer:
             n = len(items[0][0])
             deadline = loop.time() + p.max_wait_ms / 1000
             while n < p.max_batch:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    break
+                if not self._queue.empty():
+                    item = self._queue.get_nowait()
+                else:
+                    # wait (up to max_wait_ms) only for requests already on their way
+                    # in; a lone request is scored at once
+                    timeout = deadline - loop.time()
+                    if timeout <= 0 or self._inflight <= len(items):
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), timeout)
+                    except asyncio.TimeoutError:
+                        break
                 items.append(item)
                 n += len(item[0])
             loaded = self.current  # one version for the whole batch

@@ -1,0 +1,169 @@
+"""Lepton's server vs stock `mlflow models serve`, side by side in one run.
+
+The same champion (trained here on the digits into a temporary home), the same
+1-instance payload (one raw 8x8 uint8 digit), the same machine. Each server runs in
+its own process with one worker; the load generator runs in a third process
+(threads with keep-alive connections), at concurrency 1, 8, 32 and 64, for
+`--seconds` per cell after a warm-up. Prints req/s, p50 and p99 latency and errors.
+
+    .venv/bin/python benchmarks/serve.py [--seconds 8] [--concurrency 1 8 32 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _load(port: int, path: str, body: bytes, headers: dict, concurrency: int, seconds: float) -> dict:
+    """Closed-loop load: `concurrency` clients, each sending the next request when the
+    last one is answered, for `seconds`. Runs in its own process."""
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    stop = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", path, body, headers)
+                r = conn.getresponse()
+                r.read()
+                ok = r.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            if ok:
+                lat[k].append(time.perf_counter() - t0)
+            else:
+                errors[k] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    all_lat = np.array([x for l in lat for x in l]) * 1000
+    return {"rps": len(all_lat) / wall, "p50": float(np.percentile(all_lat, 50)) if len(all_lat) else float("nan"),
+            "p99": float(np.percentile(all_lat, 99)) if len(all_lat) else float("nan"), "errors": sum(errors),
+            "n": len(all_lat)}
+
+
+def _wait(port: int, path: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server on port {port} exited; see its log")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", path)
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"server on port {port} did not answer {path} in {timeout:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell (default 8)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from effects.procs import free_port
+
+    tmp = Path(tempfile.mkdtemp(prefix="lepton-bench-serve-"))
+    env = {**os.environ, "LEPTON_HOME": str(tmp / "home"), "LEPTON_PROJECT_DIR": str(ROOT),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'home' / 'mlflow.db'}",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "1"}
+    for k in ("PREFECT_API_URL", "LEPTON_SERVE_TOKEN"):
+        env.pop(k, None)
+    print("training the champion ...", flush=True)
+    r = subprocess.run([str(BIN / "lepton"), "retrain", "--no-progress", "--set", "train.epochs=8"], env=env,
+                       cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-3000:])
+    x = np.load(next((tmp / "home" / "datasets").iterdir()) / "x_test.npy")[:1]  # (1, 1, 8, 8) uint8
+
+    lp, mp = free_port(), free_port()
+    procs = {
+        "lepton serve": (subprocess.Popen([str(BIN / "lepton"), "serve", "--port", str(lp)], env=env, cwd=ROOT,
+                                          stdout=open(tmp / "lepton.log", "wb"), stderr=subprocess.STDOUT,
+                                          start_new_session=True), lp, "/readyz", "/v1/predict",
+                         json.dumps({"instances": x.tolist()}).encode()),
+        "mlflow models serve": (subprocess.Popen(
+            [str(BIN / "mlflow"), "models", "serve", "-m", "models:/lepton-digits@champion", "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(mp)], env=env, cwd=tmp, stdout=open(tmp / "mlflow.log", "wb"),
+            stderr=subprocess.STDOUT, start_new_session=True), mp, "/ping", "/invocations",
+            json.dumps({"inputs": x.tolist()}).encode()),
+    }
+    headers = {"Content-Type": "application/json"}
+    results: dict[str, dict[int, dict]] = {}
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        for name, (proc, port, ready, path, body) in procs.items():
+            _wait(port, ready, proc)
+        with ctx.Pool(1) as pool:
+            for name, (proc, port, ready, path, body) in procs.items():
+                pool.apply(_load, (port, path, body, headers, 4, 2.0))  # warm-up
+                results[name] = {}
+                for c in args.concurrency:
+                    results[name][c] = pool.apply(_load, (port, path, body, headers, c, args.seconds))
+                    res = results[name][c]
+                    print(f"{name:<20} c={c:<3} {res['rps']:8.1f} req/s  p50 {res['p50']:7.2f} ms  "
+                          f"p99 {res['p99']:8.2f} ms  errors {res['errors']}", flush=True)
+    finally:
+        for proc, *_ in procs.values():
+            _stop(proc)
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"{args.seconds:g} s per cell; 1-instance JSON requests\n")
+    print("| concurrency | server | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---:|---:|---:|---:|")
+    for c in args.concurrency:
+        for name in procs:
+            res = results[name][c]
+            print(f"| {c} | {name} | {res['rps']:.0f} | {res['p50']:.1f} | {res['p99']:.1f} | {res['errors']} |")
+    print()
+    for c in args.concurrency:
+        a, b = results["lepton serve"][c], results["mlflow models serve"][c]
+        print(f"c={c}: throughput {a['rps'] / b['rps']:.2f}x, p99 {a['p99'] / b['p99']:.2f}x of mlflow models serve")
+
+
+if __name__ == "__main__":
+    main()
