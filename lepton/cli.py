@@ -416,6 +416,32 @@ def serve(
     uvicorn.run(create_app(server), host=host, port=port, log_level="warning", workers=1)
 
 
+@app.command()
+def predict(
+    data: Path = typer.Argument(..., help="a file or folder of raw samples (any format the loaders read)"),
+    out: Path = typer.Option(..., "--out", help="parquet file for the predictions"),
+    fmt: Optional[str] = typer.Option(None, "--format", help=f"{'|'.join(FORMATS)} (default: detected)"),
+    model: Optional[str] = typer.Option(None, "--model", help="registered model (default: registry.model_name)"),
+    alias: str = typer.Option("champion", "--alias", help="the alias whose version scores"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+    params_file: Optional[Path] = ParamsOpt,
+):
+    """Score a file or folder offline with the champion (labels, class names, probabilities)."""
+    if fmt is not None and fmt not in FORMATS:
+        raise ParamsError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    from effects.settings import configure_environment
+
+    s = configure_environment()
+    params = _params(params_file, [], s)
+    from effects.batch_scoring import score_data
+
+    r = score_data(data.resolve(), fmt, out.resolve(), model or params.registry.model_name, alias,
+                   progress=progress, settings=s)
+    acc = f", accuracy {r['accuracy']:.4f} against the labels in the data" if "accuracy" in r else ""
+    typer.echo(f"scored {r['rows']} samples with {r['model']} v{r['version']} ({r['quarantined']} quarantined)"
+               f"{acc} -> {r['out']}")
+
+
 @data_app.command("restore")
 def data_restore(
     version: str = typer.Argument(..., help="data version (DVC md5, from `lepton status`)"),

@@ -186,7 +186,7 @@ class ModelServer:
         classes = answered.predictor.classes
         return {"model": self.model_name, "version": answered.version, "request_id": request_id,
                 "labels": labels.tolist(), "class_names": [classes[i] for i in labels],
-                "probabilities": p.round(6).tolist()}
+                "probabilities": p.astype(np.float64).round(6).tolist()}
 
     async def batcher(self) -> None:
         """Gather queued requests into one forward pass."""

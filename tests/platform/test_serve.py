@@ -249,3 +249,21 @@ def test_prediction_log_feeds_the_monitor_and_a_failing_disk_fails_no_prediction
         while time.monotonic() < deadline and srv.model.log.dropped < 50:
             time.sleep(0.1)
         assert _metrics(srv)["lepton_prediction_log_dropped_rows{}"] == 50
+
+
+def test_lepton_predict_scores_a_folder_offline(champion, lepton_env, tmp_path):
+    import pandas as pd
+
+    from effects.monitor import write_drift_batch
+    from tests.conftest import run_cli
+
+    batch = write_drift_batch("rotate", "none", tmp_path / "batch")["path"]
+    out = tmp_path / "preds.parquet"
+    r = run_cli(["predict", batch, "--out", str(out), "--no-progress"], lepton_env[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_parquet(out)
+    assert len(df) == 359 and {"label", "class_name", "confidence", "probabilities", "true_label"} <= set(df)
+    acc = float((df["label"] == df["true_label"]).mean())
+    assert f"accuracy {acc:.4f}" in r.stdout and acc >= 0.9
+    r = run_cli(["predict", str(tmp_path / "missing"), "--out", str(out)], lepton_env[1])
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
