@@ -18,6 +18,7 @@ CIFAR, CSV/Parquet), or the prediction log the serving endpoint writes:
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,6 +279,29 @@ def _log_monitoring_run(c, s: Settings, experiment: str, champ, r: MonitorResult
         c.update_model_version(champ.name, str(champ.version),
                                description=_with_report_line(champ.description, line))
     return rid
+
+
+def prediction_log_window(s: Settings, min_rows: int) -> Path | None:
+    """Gather the prediction log's part files that no run has checked into one window
+    folder (hard links) under <home>/monitor/windows/, and mark the parts taken; None
+    while they hold fewer than `min_rows` rows. A window left unchecked by a crash is
+    found by `new_batches` on the windows folder next time."""
+    import pyarrow.parquet as pq
+
+    folder = s.prediction_log_dir
+    done = monitor_state.processed(s)
+    parts = sorted(p for p in folder.glob("*.parquet") if f"predlog:{p.name}" not in done) if folder.exists() else []
+    if not parts or sum(pq.ParquetFile(p).metadata.num_rows for p in parts) < min_rows:
+        return None
+    window = s.home / "monitor" / "windows" / f"predlog-{parts[0].stem}--{parts[-1].stem}"
+
+    def link(tmp: Path) -> None:
+        for p in parts:
+            os.link(p, tmp / p.name)
+
+    publish_dir(window, link, replace=False)
+    monitor_state.mark_processed(s, [f"predlog:{p.name}" for p in parts])
+    return window
 
 
 def new_batches(inbox: Path, s: Settings) -> list[Path]:

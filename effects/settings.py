@@ -39,7 +39,7 @@ KNOWN_ENV: frozenset[str] = frozenset({
     "LEPTON_PROJECT_DIR", "LEPTON_HOME", "LEPTON_ARTIFACT_ROOT", "LEPTON_DVC_REMOTE",
     "LEPTON_DB_URL", "LEPTON_PREFECT_PORT", "LEPTON_MLFLOW_PORT", "LEPTON_S3_PORT",
     "LEPTON_S3_ENDPOINT_URL", "LEPTON_S3_BUCKET", "LEPTON_S3_SSE", "LEPTON_WORK_POOL",
-    "LEPTON_DEBUG", "LEPTON_PREFECT_TEMPORARY", "LEPTON_SERVE_TOKEN",
+    "LEPTON_DEBUG", "LEPTON_PREFECT_TEMPORARY", "LEPTON_SERVE_TOKEN", "LEPTON_SERVE_PORT",
     "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_UPLOAD_EXTRA_ARGS",
     "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
     "PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_HOME", "PREFECT_SERVER_DATABASE_CONNECTION_URL",
@@ -108,6 +108,11 @@ class Settings:
         return self.home / "datasets"
 
     @property
+    def prediction_log_dir(self) -> Path:
+        """Where `lepton serve` writes its prediction log and the monitor reads it."""
+        return self.home / "serve" / "predictions"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.home / "checkpoints"
 
@@ -144,7 +149,7 @@ def get_settings() -> Settings:
         prefect_temporary=env.get("LEPTON_PREFECT_TEMPORARY") == "1",
         debug=env.get("LEPTON_DEBUG") == "1",
         serve_token=env.get("LEPTON_SERVE_TOKEN") or None,
-        ports={k: int(env[f"LEPTON_{k.upper()}_PORT"]) for k in ("prefect", "mlflow", "s3")
+        ports={k: int(env[f"LEPTON_{k.upper()}_PORT"]) for k in ("prefect", "mlflow", "s3", "serve")
                if env.get(f"LEPTON_{k.upper()}_PORT", "").isdigit()},
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from effects.procs import pid_alive
 from lepton_core.fileio import atomic_write
 
-SERVICES = ("seaweedfs", "mlflow", "prefect", "worker")
+SERVICES = ("seaweedfs", "mlflow", "prefect", "worker", "serve")
 
 
 def stack_dir(home: Path) -> Path:
@@ -44,8 +44,10 @@ def credentials(home: Path) -> dict:
     p = stack_dir(home) / "credentials.json"
     if p.exists():
         creds = json.loads(p.read_text())
-        if "sse_kek" not in creds:  # states written before SSE keys were kept
-            creds["sse_kek"] = secrets.token_hex(32)
+        missing = {"sse_kek": secrets.token_hex(32), "serve_token": secrets.token_urlsafe(32)}
+        missing = {k: v for k, v in missing.items() if k not in creds}  # states from before they were kept
+        if missing:
+            creds.update(missing)
             write_private(p, creds)
         return creds
     creds = {
@@ -53,6 +55,7 @@ def credentials(home: Path) -> dict:
         "aws_secret_access_key": secrets.token_urlsafe(30),
         "sse_kek_passphrase": secrets.token_urlsafe(24),
         "sse_kek": secrets.token_hex(32),  # SeaweedFS's SSE-S3 key-encryption key
+        "serve_token": secrets.token_urlsafe(32),  # bearer token of the model server
     }
     write_private(p, creds)
     return creds
@@ -64,6 +67,7 @@ class Urls:
     prefect_api: str
     mlflow: str
     s3: str
+    serve: str
 
 
 def urls(state: dict) -> Urls:
@@ -73,6 +77,7 @@ def urls(state: dict) -> Urls:
         prefect_api=f"http://127.0.0.1:{p['prefect']}/api",
         mlflow=f"http://127.0.0.1:{p['mlflow']}",
         s3=f"http://127.0.0.1:{p['s3']}",
+        serve=f"http://127.0.0.1:{p.get('serve', 8000)}",
     )
 
 
@@ -89,6 +94,7 @@ def client_env(home: Path, state: dict) -> dict[str, str]:
         "AWS_ACCESS_KEY_ID": creds["aws_access_key_id"],
         "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
         "AWS_DEFAULT_REGION": "us-east-1",
+        "LEPTON_SERVE_TOKEN": creds["serve_token"],
         **({"LEPTON_S3_SSE": state["sse"]} if state.get("sse") else {}),
     }
 

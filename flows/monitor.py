@@ -17,7 +17,7 @@ def monitor(
 ) -> dict:
     """Check one batch (`batch`), or every unprocessed batch in the inbox, for drift
     against the champion; emit `lepton.drift.detected` when the thresholds say so."""
-    batches = [batch] if batch else find_new_batches(monitor.inbox)
+    batches = [batch] if batch else find_new_batches(monitor.inbox, monitor.prediction_log, monitor.min_rows)
     results = [check_batch_task(b, batch_format, monitor, registry.model_name, registry.experiment)
                for b in batches]
     event = emit_drift_event(results, monitor, registry.model_name)

@@ -260,6 +260,7 @@ def up(
     prefect_port: Optional[int] = PortOpt("prefect", 4200),
     mlflow_port: Optional[int] = PortOpt("mlflow", 5000),
     s3_port: Optional[int] = PortOpt("s3", 8333),
+    serve_port: Optional[int] = PortOpt("serve", 8000),
     sse: Optional[str] = typer.Option(
         None, "--sse", metavar="AES256|aws:kms|none",
         help="server-side encryption asked for on every S3 write (default: LEPTON_S3_SSE, else as at the last up)"),
@@ -273,11 +274,13 @@ def up(
         "prefect": prefect_port or s.ports.get("prefect"),
         "mlflow": mlflow_port or s.ports.get("mlflow"),
         "s3": s3_port or s.ports.get("s3"),
+        "serve": serve_port or s.ports.get("serve"),
     }, echo=lambda m: typer.echo(m, err=True), sse=sse)
     u = stack.urls(state)
     typer.echo(f"Prefect dashboard  {u.prefect}")
     typer.echo(f"MLflow UI          {u.mlflow}")
     typer.echo(f"S3 (SeaweedFS)     {u.s3}  bucket {state['bucket']}")
+    typer.echo(f"model server       {u.serve}  (@champion; bearer token in {stack.stack_dir(s.home)}/credentials.json)")
     typer.echo(f"work pool          {state['pool']}")
     typer.echo(f"S3 encryption      {state.get('sse') or 'none requested'}")
     typer.echo(f"backend            {redact_uri(state['db_url']) if state['db_url'] else 'SQLite under ' + str(stack.stack_dir(s.home))}")

@@ -84,7 +84,7 @@ class ModelServer:
         self.token = token or None
         self.current: Loaded | None = None
         self.metrics = _Metrics()
-        folder = log_folder or Path(params.prediction_log or settings.home / "serve" / "predictions")
+        folder = log_folder or settings.prediction_log_dir
         self.log = PredictionLog(folder, params.log_flush_seconds, params.log_flush_rows)
         self._queue: asyncio.Queue | None = None
         self._inflight = 0  # predict requests checked and not yet answered (event loop only)

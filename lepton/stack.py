@@ -34,7 +34,7 @@ from effects.stack_state import (
 from effects.stack_state import client_env as _client_env
 from lepton_core.errors import LeptonError
 
-DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "s3": 8333}
+DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "s3": 8333, "serve": 8000}
 
 
 def client_env(s: Settings, state: dict) -> dict[str, str]:
@@ -216,6 +216,14 @@ def up(s: Settings, db_url: str | None, ports: dict[str, int | None], echo=print
         echo("starting the worker ...")
         wait_healthy("prefect worker", lambda: _worker_online(u.prefect_api, state["pool"]),
               state["pids"]["worker"], 120, logs / "worker.log")
+
+        # 4. the model server: follows @champion of the default model, token required
+        state["pids"]["serve"] = _spawn(s, "serve", [
+            _bin("lepton"), "serve", "--host", "127.0.0.1", "--port", str(chosen["serve"]),
+        ], worker_env)
+        echo(f"starting the model server ({u.serve}) ...")
+        wait_healthy("model server", lambda: http_ok(u.serve + "/healthz"), state["pids"]["serve"], 120,
+                     logs / "serve.log")
     except BaseException:
         write_state(s.home, state)
         for name in reversed(SERVICES):
@@ -267,7 +275,7 @@ def _worker_online(api: str, pool: str) -> bool:
 # files, the filer's LevelDB log), which a SIGKILL leaves intact, and a single-node
 # store has no peer to hand over to; so it gets 3 s. The stop/start test checks that
 # runs, models and datasets all come back.
-STOP_GRACE = {"worker": 15.0, "prefect": 15.0, "mlflow": 15.0, "seaweedfs": 3.0}
+STOP_GRACE = {"serve": 10.0, "worker": 15.0, "prefect": 15.0, "mlflow": 15.0, "seaweedfs": 3.0}
 
 
 def down(s: Settings) -> list[str]:
@@ -295,6 +303,7 @@ def health(s: Settings) -> dict[str, dict]:
         "mlflow": (u.mlflow, lambda: http_ok(u.mlflow + "/health")),
         "prefect": (u.prefect, lambda: http_ok(u.prefect_api + "/health")),
         "worker": (f"pool {st['pool']}", lambda: _worker_online(u.prefect_api, st["pool"])),
+        "serve": (u.serve, lambda: http_ok(u.serve + "/healthz")),
     }
     out = {}
     for name, (where, check) in checks.items():

@@ -92,6 +92,9 @@ class MonitorParams(_Section):
     min_rows: int = Field(50, ge=1, description="fewer usable rows: insufficient data")
     cooldown_minutes: float = Field(60, ge=0, description="no second drift event within this time")
     inbox: str | None = Field(None, description="folder of new batches (default <home>/monitor/inbox)")
+    prediction_log: bool = Field(
+        True, description="with the default inbox, also check the model server's prediction log: "
+        "the part files no run has checked, as one window")
     cron: str = Field("0 * * * *", description="schedule of the monitor deployment (hourly)")
 
 
@@ -112,7 +115,6 @@ class ServeParams(_Section):
     poll_seconds: float = Field(5.0, gt=0, description="how often the server checks where the alias points")
     log_flush_seconds: float = Field(5.0, gt=0, description="prediction log: write a part file this often")
     log_flush_rows: int = Field(2048, ge=1, description="prediction log: or when this many rows wait")
-    prediction_log: str | None = Field(None, description="prediction log folder (default <home>/serve/predictions)")
 
 
 class Params(_Section):

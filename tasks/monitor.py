@@ -12,7 +12,7 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from effects import monitor_state
-from effects.monitor import REPORT_ARTIFACT, check_batch, new_batches, s3_batches
+from effects.monitor import REPORT_ARTIFACT, check_batch, new_batches, prediction_log_window, s3_batches
 from effects.settings import get_settings
 from effects.summaries import monitor_markdown
 from lepton_core.drift import DRIFT_EVENT
@@ -20,13 +20,19 @@ from lepton_core.params import MonitorParams
 
 
 @task(name="find-new-batches")
-def find_new_batches(inbox: str | None) -> list[str]:
+def find_new_batches(inbox: str | None, prediction_log: bool = True, min_rows: int = 50) -> list[str]:
+    """New batches in the inbox; with the default inbox also the model server's
+    prediction log, in a window of the part files no run has checked yet."""
     s = get_settings()
     if inbox and inbox.startswith("s3://"):
         done = monitor_state.processed(s)
         return [b for b in s3_batches(inbox, s) if b.rsplit("/", 1)[-1] not in done]
     root = Path(inbox).expanduser() if inbox else s.home / "monitor" / "inbox"
-    return [str(p) for p in new_batches(root, s)]
+    found = [str(p) for p in new_batches(root, s)]
+    if not inbox and prediction_log:
+        prediction_log_window(s, min_rows)
+        found += [str(p) for p in new_batches(s.home / "monitor" / "windows", s)]
+    return found
 
 
 @task(name="check-batch", retries=1, retry_delay_seconds=5, timeout_seconds=1800)

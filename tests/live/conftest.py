@@ -24,7 +24,7 @@ class Live:
     def __init__(self, base: Path, backend: str, sse: str | None = None):
         self.base, self.backend, self.sse = base, backend, sse
         self.home = base / "home"
-        self.ports = {"prefect": free_port(), "mlflow": free_port(), "s3": free_port()}
+        self.ports = {"prefect": free_port(), "mlflow": free_port(), "s3": free_port(), "serve": free_port()}
         self.db = f"{PG_SERVER}/lepton_t{uuid.uuid4().hex[:10]}" if backend == "postgresql" else None
         self.env = {
             "LEPTON_HOME": str(self.home),
@@ -44,6 +44,16 @@ class Live:
         return f"http://127.0.0.1:{self.ports['mlflow']}"
 
     @property
+    def serve(self) -> str:
+        return f"http://127.0.0.1:{self.ports['serve']}"
+
+    @property
+    def serve_token(self) -> str:
+        import json
+
+        return json.loads((self.home / "stack" / "credentials.json").read_text())["serve_token"]
+
+    @property
     def s3(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
@@ -52,7 +62,7 @@ class Live:
 
     def up(self):
         args = ["up", "--prefect-port", str(self.ports["prefect"]), "--mlflow-port", str(self.ports["mlflow"]),
-                "--s3-port", str(self.ports["s3"])]
+                "--s3-port", str(self.ports["s3"]), "--serve-port", str(self.ports["serve"])]
         if self.db:
             args += ["--db", self.db]
         if self.sse and not (self.home / "stack" / "stack.json").exists():

@@ -193,7 +193,7 @@ def test_status_reports_services_and_champion(live, deployed_run):
     assert st["tracking_uri"] == live.mlflow
     assert st["champion"] is not None
     assert {n: h["healthy"] for n, h in st["services"].items()} == {
-        "seaweedfs": True, "mlflow": True, "prefect": True, "worker": True}
+        "seaweedfs": True, "mlflow": True, "prefect": True, "worker": True, "serve": True}
 
 
 def test_a_taken_port_is_a_clear_error(live, tmp_path):

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+from pathlib import Path
 import pytest
 
 from lepton_core.params import DataParams, ServeParams, TrainParams
@@ -264,6 +265,37 @@ def test_lepton_predict_scores_a_folder_offline(champion, lepton_env, tmp_path):
     df = pd.read_parquet(out)
     assert len(df) == 359 and {"label", "class_name", "confidence", "probabilities", "true_label"} <= set(df)
     acc = float((df["label"] == df["true_label"]).mean())
-    assert f"accuracy {acc:.4f}" in r.stdout and acc >= 0.9
+    assert f"accuracy {acc:.4f}" in r.stdout
+    from effects.registry import load_alias
+    from lepton_core.data.formats import load_raw
+
+    mv, predictor = load_alias("lepton-digits", "champion")  # whichever version is champion now
+    assert f"v{mv.version}" in r.stdout
+    assert df["label"].tolist() == predictor.predict(load_raw("imagefolder", batch).x).labels.tolist()
     r = run_cli(["predict", str(tmp_path / "missing"), "--out", str(out)], lepton_env[1])
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such file" in r.stderr
+
+
+def test_the_monitor_reads_the_servers_prediction_log_in_windows(champion, tmp_path):
+    """Drifted traffic through the server lands in the default prediction log; the
+    monitor flow with its default inbox checks it as one window and finds drift; a
+    second run has nothing new to check."""
+    from effects.settings import get_settings
+    from flows.monitor import monitor
+    from lepton_core.drift import simulate_drift
+    from lepton_core.params import MonitorParams
+
+    prepared = champion[1]
+    x, _ = simulate_drift(prepared.x["test"], prepared.y["test"], "rotate", 1.0, seed=0)
+    folder = get_settings().prediction_log_dir
+    with Running(tmp_path, ServeParams(log_flush_seconds=0.2), log_folder=folder) as srv:
+        for i in range(0, len(x), 40):
+            assert srv.predict(x[i:i + 40])[0] == 200
+    params = MonitorParams(cooldown_minutes=600)
+    r = monitor(monitor=params)
+    windows = [res for res in r["results"] if Path(res["batch"]).name.startswith("predlog-")]
+    assert len(windows) == 1, r["results"]
+    assert windows[0]["status"] == "drift" and windows[0]["rows"] == len(x), windows[0]["verdict"]
+    assert windows[0]["accepted_for_training"] is False  # no labels: not folded into training data
+    again = monitor(monitor=params)
+    assert not [res for res in again["results"] if Path(res["batch"]).name.startswith("predlog-")]
