@@ -257,3 +257,93 @@ def test_mlflow_ui_shows_lineage_and_opens_on_training_runs(live, deployed_run, 
     page = "\n".join(frame_texts(link, tmp_path / "p2", until=name))
     assert name in page, page[:3000]
     assert "Detect Issues" not in page and "No data available" not in page, page[:3000]
+
+
+def test_the_loop_closes_through_the_model_server(live, deployed_run):
+    """Drifted traffic goes through the stack's model server; the monitor deployment
+    finds drift in its prediction log; the trigger retrains; the gate promotes; the
+    server swaps to the new champion while a client sending the whole time sees no
+    error."""
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    import numpy as np
+
+    from lepton_core.data.formats import load_digits
+    from lepton_core.data.prepare import prepare_dataset
+    from lepton_core.drift import simulate_drift
+
+    held_out = prepare_dataset(load_digits(), val_fraction=0.15, test_fraction=0.2, seed=0)
+    x, _ = simulate_drift(held_out.x["test"], held_out.y["test"], "rotate", 1.0, seed=0)
+    auth = {"Authorization": f"Bearer {live.serve_token}", "Content-Type": "application/json"}
+
+    def call(path: str, body: dict | None = None) -> tuple[int, dict]:
+        req = urllib.request.Request(live.serve + path, headers=auth, method="POST" if body else "GET",
+                                     data=json.dumps(body).encode() if body else None)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    assert urllib.request.urlopen(live.serve + "/healthz", timeout=10).status == 200
+    noauth = urllib.request.Request(live.serve + "/v1/model")
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(noauth, timeout=10)
+    assert denied.value.code == 401  # the stack's server requires its token
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and call("/v1/model")[0] != 200:
+        time.sleep(1)
+    old = call("/v1/model")[1]["version"]
+
+    seen, errors, stop = [], [], threading.Event()
+
+    def client() -> None:  # the drifted traffic, a few instances at a time, all along
+        i = 0
+        while not stop.is_set():
+            status, out = call("/v1/predict", {"instances": x[i % len(x):i % len(x) + 4].tolist()})
+            (seen.append(out["version"]) if status == 200 else errors.append((status, out)))
+            i += 4
+            time.sleep(0.02)
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        log = live.home / "serve" / "predictions"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sum(1 for _ in log.glob("*.parquet")) < 2:
+            time.sleep(1)
+        assert list(log.glob("*.parquet")), "the server wrote no prediction log"
+        retrain = _deployment(live, "retrain/lepton")
+        before = {fr["id"] for fr in _flow_runs(live, retrain["id"])}
+        dep = _deployment(live, "monitor/lepton")
+        fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run",
+                       {"parameters": {"monitor": {"cooldown_minutes": 0}}})
+        done = live.wait_flow_run(fr["id"])
+        assert done["state"]["type"] == "COMPLETED", done["state"].get("logs") or done["state"]
+        assert "lepton.drift.detected" in _events_of_run(live, done)
+
+        deadline = time.monotonic() + 180
+        new = []
+        while time.monotonic() < deadline and not new:
+            new = [r for r in _flow_runs(live, retrain["id"]) if r["id"] not in before]
+            time.sleep(2)
+        assert new, "no retrain followed the drift found in the prediction log"
+        finished = live.wait_flow_run(new[0]["id"])
+        assert finished["state"]["type"] == "COMPLETED", finished["state"].get("logs") or finished["state"]
+        model = live.get(f"{live.mlflow}/api/2.0/mlflow/registered-models/get?name=lepton-digits")
+        champion = {a["alias"]: a["version"] for a in model["registered_model"]["aliases"]}["champion"]
+        assert champion != old, "the retrain's version was not promoted"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and call("/v1/model")[1]["version"] != champion:
+            time.sleep(0.5)
+        time.sleep(2)  # traffic on the new version
+    finally:
+        stop.set()
+        t.join(60)
+    assert not errors, errors[:3]
+    assert call("/v1/model")[1]["version"] == champion
+    assert seen[0] == old and seen[-1] == champion and set(seen) <= {old, champion}
+    assert len(seen) > 50
