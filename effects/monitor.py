@@ -112,7 +112,18 @@ def detect_format(path: Path, fmt: str | None) -> str:
     return "imagefolder" if path.is_dir() else "csv"
 
 
-def current_frame(path: Path, fmt: str, predictor: Predictor) -> pd.DataFrame:
+def _with_feedback(df: pd.DataFrame, feedback_dir: Path | None) -> pd.DataFrame:
+    """Join the true labels clients posted (`POST /v1/feedback`) onto logged rows."""
+    files = sorted(feedback_dir.glob("*.parquet")) if feedback_dir and feedback_dir.is_dir() else []
+    if not files or "request_id" not in df.columns or "label" in df.columns:
+        return df
+    fb = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    fb = fb.drop_duplicates(["request_id", "instance"], keep="last")
+    out = df.merge(fb, on=["request_id", "instance"], how="left")
+    return out if out["label"].notna().any() else df
+
+
+def current_frame(path: Path, fmt: str, predictor: Predictor, feedback_dir: Path | None = None) -> pd.DataFrame:
     """The batch as a feature frame; DataError with a verdict-ready message if unusable.
     Labelled raw batches are read with the model's own label column and class names."""
     if fmt == "predlog":
@@ -123,7 +134,7 @@ def current_frame(path: Path, fmt: str, predictor: Predictor) -> pd.DataFrame:
         missing = [c for c in ("prediction", "confidence") if c not in df.columns]
         if missing:
             raise DataError(f"schema mismatch: the prediction log lacks {', '.join(missing)}")
-        return df
+        return _with_feedback(df, feedback_dir)
     pre = predictor.preprocessing
     try:
         raw = load_raw(fmt, path, pre.label_column)
@@ -194,7 +205,7 @@ def check_batch(
     try:
         fmt = detect_format(path, fmt)
         predictor = Predictor.from_checkpoint(checkpoint_of(c, champ.run_id, s))
-        current = current_frame(path, fmt, predictor)
+        current = current_frame(path, fmt, predictor, s.prediction_log_dir / "feedback")
         features = [col for col in reference.columns if col.startswith("f_")]
         missing = [col for col in features if col not in current.columns]
         if missing:

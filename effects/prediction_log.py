@@ -1,7 +1,9 @@
 """The server's prediction log: every answered instance, written off the request
 path in batches, in the monitor's prediction-log format (see effects/monitor.py):
 
-    timestamp, model_version, request_id, prediction, confidence, f_<feature>...
+    timestamp, model_version, request_id, instance, prediction, confidence, f_<feature>...
+
+and, in `feedback/`, the true labels clients post later: request_id, instance, label.
 
 Rows wait in a bounded queue; a background thread turns them into feature rows and
 writes one parquet part file (atomically) every `flush_seconds` or `flush_rows`.
@@ -57,6 +59,18 @@ class PredictionLog:
         except queue.Full:
             self._drop(len(x))
 
+    def add_feedback(self, request_id: str, labels: list[int]) -> None:
+        """True labels for the instances of an answered request, written at once
+        (small, and a client waits for the confirmation) into `feedback/`."""
+        import pandas as pd
+
+        table = pd.DataFrame({"request_id": request_id, "instance": np.arange(len(labels)),
+                              "label": np.asarray(labels, dtype=np.int64)})
+        buf = io.BytesIO()
+        table.to_parquet(buf, index=False)
+        name = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{uuid.uuid4().hex[:8]}.parquet"
+        atomic_write(self.folder / "feedback" / name, buf.getvalue(), fsync=False)
+
     def _drop(self, n: int) -> None:
         with self._lock:
             self.dropped += n
@@ -103,6 +117,7 @@ class PredictionLog:
                 logits = np.concatenate([e.logits for e in group])
                 df = feature_frame(x, logits, kind, group[0].feature_names, None)
                 counts = [len(e.x) for e in group]
+                df.insert(0, "instance", np.concatenate([np.arange(c) for c in counts]))
                 df.insert(0, "request_id", np.repeat([e.request_id for e in group], counts))
                 df.insert(0, "model_version", version)
                 df.insert(0, "timestamp", pd.to_datetime(np.repeat([e.timestamp for e in group], counts), unit="s",

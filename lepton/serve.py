@@ -296,6 +296,40 @@ def create_app(server: ModelServer) -> FastAPI:
         server.metrics.requests.labels("200").inc()
         return JSONResponse(out)
 
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        """True labels for an answered request: {"request_id": ..., "labels": [...]}, one per
+        instance in the request's order, as class indices or class names."""
+        if not _authorised(request):
+            return _error(401, "missing or wrong bearer token")
+        try:
+            doc = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "malformed JSON")
+        cur = server.current
+        if cur is None:
+            return _error(503, "no model loaded yet")
+        classes = cur.predictor.classes
+        if (not isinstance(doc, dict) or not isinstance(doc.get("request_id"), str) or len(doc["request_id"]) > 64
+                or not isinstance(doc.get("labels"), list) or not doc["labels"]):
+            return _error(400, 'expected {"request_id": "...", "labels": [...]}')
+        if len(doc["labels"]) > server.params.max_instances:
+            return _error(413, f"{len(doc['labels'])} labels is over the limit of {server.params.max_instances}")
+        labels = []
+        for v in doc["labels"]:
+            if isinstance(v, str) and v in classes:
+                labels.append(classes.index(v))
+            elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(classes):
+                labels.append(v)
+            else:
+                return _error(400, f"label {v!r} is neither a class index nor a class name")
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, server.log.add_feedback, doc["request_id"], labels)
+        except OSError as e:
+            return _error(503, f"feedback not stored ({e.__class__.__name__})")
+        server.metrics.requests.labels("200").inc()
+        return JSONResponse({"accepted": len(labels)})
+
     @app.get("/v1/model")
     async def model(request: Request) -> Response:
         if not _authorised(request):

@@ -286,16 +286,25 @@ def test_the_monitor_reads_the_servers_prediction_log_in_windows(champion, tmp_p
     from lepton_core.params import MonitorParams
 
     prepared = champion[1]
-    x, _ = simulate_drift(prepared.x["test"], prepared.y["test"], "rotate", 1.0, seed=0)
+    x, y = simulate_drift(prepared.x["test"], prepared.y["test"], "rotate", 1.0, seed=0)
     folder = get_settings().prediction_log_dir
     with Running(tmp_path, ServeParams(log_flush_seconds=0.2), log_folder=folder) as srv:
         for i in range(0, len(x), 40):
-            assert srv.predict(x[i:i + 40])[0] == 200
+            status, out = srv.predict(x[i:i + 40])
+            assert status == 200
+            # the true labels arrive later, by request id (class names or indices)
+            labels = [str(v) for v in y[i:i + 40]] if i % 80 else [int(v) for v in y[i:i + 40]]
+            st, ok = srv.request("POST", "/v1/feedback",
+                                 json.dumps({"request_id": out["request_id"], "labels": labels}).encode())
+            assert st == 200 and ok == {"accepted": len(labels)}
+        bad = srv.request("POST", "/v1/feedback", json.dumps({"request_id": "x", "labels": ["cat"]}).encode())
+        assert bad[0] == 400 and "class" in bad[1]["error"]
     params = MonitorParams(cooldown_minutes=600)
     r = monitor(monitor=params)
     windows = [res for res in r["results"] if Path(res["batch"]).name.startswith("predlog-")]
     assert len(windows) == 1, r["results"]
     assert windows[0]["status"] == "drift" and windows[0]["rows"] == len(x), windows[0]["verdict"]
-    assert windows[0]["accepted_for_training"] is False  # no labels: not folded into training data
+    assert windows[0]["accepted_for_training"] is False  # the log is never folded into training data
+    assert windows[0]["scores"]["accuracy_drop"] > 0.1  # from the feedback labels: rotated digits score worse
     again = monitor(monitor=params)
     assert not [res for res in again["results"] if Path(res["batch"]).name.startswith("predlog-")]
