@@ -27,12 +27,13 @@ DOCKERFILES = {"cpu": INFRA / "Dockerfile", "cuda": INFRA / "Dockerfile.cuda"}
 ENV_EXAMPLE = INFRA / "env.example"
 POOLS = INFRA / "work-pools"
 
-SERVICES = {"postgres", "seaweedfs", "mlflow", "prefect-server", "prefect-worker"}
+SERVICES = {"postgres", "seaweedfs", "mlflow", "prefect-server", "prefect-worker", "model-server"}
 # service -> (port variable, default = container port), as in `lepton up`
 PUBLISHED = {
     "mlflow": ("LEPTON_MLFLOW_PORT", 5000),
     "prefect-server": ("LEPTON_PREFECT_PORT", 4200),
     "seaweedfs": ("LEPTON_S3_PORT", 8333),
+    "model-server": ("LEPTON_SERVE_PORT", 8000),
 }
 
 # Variables infra/ may use that Lepton itself never reads: each with its reason.
@@ -291,7 +292,7 @@ def test_urls_in_the_environment_point_at_services_and_their_ports():
         for net in (s.get("networks") or {}).values() if isinstance(s.get("networks"), dict) else []:
             for alias in (net or {}).get("aliases", []):
                 names[alias] = name
-    listens = {"mlflow": 5000, "prefect-server": 4200, "seaweedfs": 8333, "postgres": 5432}
+    listens = {"mlflow": 5000, "prefect-server": 4200, "seaweedfs": 8333, "postgres": 5432, "model-server": 8000}
     for name, s in services.items():
         for key, value in _env_map(s).items():
             for host, port in re.findall(r"://(?:[^@/\s]*@)?([A-Za-z0-9.-]+):(\d+)", _resolve(value)):
@@ -609,3 +610,19 @@ def test_readme_documents_compose_local_use_and_ports():
     ):
         assert needle in text, needle
     assert "planned" not in text.lower()
+
+
+def test_model_server_matches_the_live_stack():
+    """The compose model server runs `lepton serve` as `lepton up` does: the token
+    required, the registry from the MLflow service, the state volume shared with the
+    worker (the monitor reads the prediction log there), health on /healthz."""
+    svc = _compose()["services"]["model-server"]
+    assert svc["command"][:2] == ["lepton", "serve"] and svc["command"][svc["command"].index("--port") + 1] == "8000"
+    env = _env_map(svc)
+    assert "LEPTON_SERVE_TOKEN:?" in env["LEPTON_SERVE_TOKEN"]
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    worker = _compose()["services"]["prefect-worker"]
+    assert env["LEPTON_HOME"] == _env_map(worker)["LEPTON_HOME"]
+    assert "lepton-home:/var/lib/lepton" in svc["volumes"] and "lepton-home:/var/lib/lepton" in worker["volumes"]
+    assert "/healthz" in " ".join(svc["healthcheck"]["test"])
+    assert svc["depends_on"]["mlflow"]["condition"] == "service_healthy"
