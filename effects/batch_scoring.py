@@ -33,9 +33,9 @@ def score_data(data: Path, fmt: str | None, out: Path, model_name: str, alias: s
     mv, predictor = load_alias(model_name, alias, s)
     pre = predictor.preprocessing
     try:
-        raw = load_raw(fmt, data, pre.label_column)
+        raw = load_raw(fmt, data, pre.label_column, labelled=False)
     except DataError as e:
-        raise DataError(f"{data}: {e}") from None
+        raise DataError(str(e)) from None
     samples = raw.x
     if raw.kind == "tabular":
         samples = pd.DataFrame(raw.x, columns=raw.feature_names)
@@ -58,7 +58,7 @@ def score_data(data: Path, fmt: str | None, out: Path, model_name: str, alias: s
     known = raw.y is not None and len(raw.y) == n and len(raw.classes) > 0
     if known:  # the file carried labels: keep them by name, in the model's class indices
         index = {c: i for i, c in enumerate(pre.classes)}
-        table["true_label"] = [index.get(raw.classes[int(c)], -1) for c in raw.y]
+        table["true_label"] = [index.get(raw.classes[int(c)], -1) if c >= 0 else -1 for c in raw.y]
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     atomic_write(out, buf.getvalue())

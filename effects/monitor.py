@@ -137,7 +137,7 @@ def current_frame(path: Path, fmt: str, predictor: Predictor, feedback_dir: Path
         return _with_feedback(df, feedback_dir)
     pre = predictor.preprocessing
     try:
-        raw = load_raw(fmt, path, pre.label_column)
+        raw = load_raw(fmt, path, pre.label_column, labelled=False)
     except DataError as e:
         msg = str(e)
         if "no readable" in msg or "no class sub-folders" in msg or "no usable" in msg:
@@ -145,7 +145,7 @@ def current_frame(path: Path, fmt: str, predictor: Predictor, feedback_dir: Path
         raise DataError(f"schema mismatch: {msg}") from None
     # labels by class name, so a batch with fewer classes maps correctly
     index = {c: i for i, c in enumerate(pre.classes)}
-    labels = np.array([index.get(raw.classes[int(c)], -1) for c in raw.y], dtype=np.int64)
+    labels = np.array([index.get(raw.classes[int(c)], -1) if c >= 0 else -1 for c in raw.y], dtype=np.int64)
     x = raw.x
     if np.issubdtype(x.dtype, np.floating):
         ok = np.isfinite(x.reshape(len(x), -1)).all(1)
@@ -321,7 +321,10 @@ def new_batches(inbox: Path, s: Settings) -> list[Path]:
         return []
     done = monitor_state.processed(s)
     items = [p for p in inbox.iterdir() if not p.name.startswith(".")]
-    return sorted((p for p in items if p.name not in done), key=lambda p: p.stat().st_mtime)
+    # by content id (name + hash): a new batch under an old name is new; bare names
+    # are what earlier versions recorded
+    fresh = [p for p in items if p.name not in done and batch_id(p) not in done]
+    return sorted(fresh, key=lambda p: p.stat().st_mtime)
 
 
 # ---------------------------------------------------------------- demonstrations
@@ -342,8 +345,8 @@ def write_drift_batch(kind: str, strength: str, out_dir: str | Path, seed: int =
     except ValueError as e:
         raise LeptonError(str(e)) from None
     out = Path(out_dir).expanduser().resolve()
-    if out.exists() and any(out.iterdir()):
-        raise LeptonError(f"{out}: exists and is not empty")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LeptonError(f"{out}: exists and is not an empty folder")
     d = DataParams()
     digits = load_digits()
     held_out = prepare_dataset(digits, val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=d.seed)

@@ -250,7 +250,8 @@ def rollback(params_file: Optional[Path] = ParamsOpt):
 
 
 PortOpt = lambda name, default: typer.Option(  # noqa: E731
-    None, f"--{name}-port", help=f"{name} port (default {default}, or LEPTON_{name.upper()}_PORT)", show_default=False)
+    None, f"--{name}-port", help=f"{name} port (default {default}, or LEPTON_{name.upper()}_PORT)", show_default=False,
+    min=1, max=65535)
 
 
 @app.command()
@@ -265,7 +266,7 @@ def up(
         None, "--sse", metavar="AES256|aws:kms|none",
         help="server-side encryption asked for on every S3 write (default: LEPTON_S3_SSE, else as at the last up)"),
 ):
-    """Start the live stack: S3 store, MLflow server, Prefect server and a worker."""
+    """Start the live stack: S3 store, MLflow server, Prefect server, a worker and the model server."""
     from effects.settings import configure_environment, redact_uri
     from lepton import stack
 
@@ -394,7 +395,7 @@ def serve(
     model: Optional[str] = typer.Option(None, "--model", help="registered model (default: registry.model_name)"),
     alias: str = typer.Option("champion", "--alias", help="the alias to serve; the server follows it as it moves"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
-    port: int = typer.Option(8000, "--port", help="port to listen on"),
+    port: int = typer.Option(8000, "--port", help="port to listen on", min=1, max=65535),
     token: Optional[str] = typer.Option(
         None, "--token", help="require this bearer token on /v1/* (default: LEPTON_SERVE_TOKEN; none = open)",
         show_default=False),
@@ -519,6 +520,9 @@ def _dispatch() -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # an infrastructure failure, not the user's input
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
+            e.show()  # a usage error from typer's own copy of click (e.g. a port out of range)
+            sys.exit(e.exit_code)
         if debug:
             raise
         typer.echo(f"error: {e.__class__.__name__}: {e} (LEPTON_DEBUG=1 shows the traceback)", err=True)

@@ -36,9 +36,12 @@ def find_new_batches(inbox: str | None, prediction_log: bool = True, min_rows: i
 
 
 @task(name="check-batch", retries=1, retry_delay_seconds=5, timeout_seconds=1800)
-def check_batch_task(batch: str, fmt: str | None, params: MonitorParams, model_name: str, experiment: str) -> dict:
+def check_batch_task(batch: str, fmt: str | None, params: MonitorParams, model_name: str, experiment: str,
+                     from_inbox: bool = True) -> dict:
     r = check_batch(batch, fmt, params, model_name, experiment, flow_run_id=str(flow_run.id or ""))
-    monitor_state.mark_processed(get_settings(), [Path(batch).name])
+    if from_inbox:  # a batch named on the command line leaves the inbox's record alone
+        s3 = batch.startswith("s3://")
+        monitor_state.mark_processed(get_settings(), [batch.rsplit("/", 1)[-1] if s3 else r.batch_id])
     return asdict(r)
 
 

@@ -255,7 +255,9 @@ def load_imagefolder(root: Path) -> RawDataset:
 
 
 # ---------------------------------------------------------------- tables
-def load_table(path: Path, label_column: str) -> RawDataset:
+def load_table(path: Path, label_column: str, labelled: bool = True) -> RawDataset:
+    """A CSV/Parquet table; `labelled=False` also reads one without the label column
+    (samples to score), with no classes and every label -1."""
     import pandas as pd
 
     path = Path(path)
@@ -269,7 +271,13 @@ def load_table(path: Path, label_column: str) -> RawDataset:
     except Exception as e:
         raise DataError(f"{path.name}: unreadable table ({e.__class__.__name__})") from None
     if label_column not in df.columns:
-        raise DataError(f"{path.name}: no label column {label_column!r} (set data.label_column)")
+        if labelled:
+            raise DataError(f"{path.name}: no label column {label_column!r} (set data.label_column)")
+        bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+        if bad:
+            raise DataError(f"{path.name}: non-numeric feature columns: {', '.join(map(str, bad[:5]))}")
+        return RawDataset(x=df.to_numpy(dtype=np.float32), y=np.full(len(df), -1, np.int64), classes=[],
+                          kind="tabular", feature_names=[str(c) for c in df.columns])
     features = [c for c in df.columns if c != label_column]
     if not features:
         raise DataError(f"{path.name}: no feature columns besides {label_column!r}")
@@ -292,7 +300,7 @@ def load_table(path: Path, label_column: str) -> RawDataset:
     )
 
 
-def load_raw(fmt: str, path: str | Path | None, label_column: str = "label") -> RawDataset:
+def load_raw(fmt: str, path: str | Path | None, label_column: str = "label", labelled: bool = True) -> RawDataset:
     """Load any supported format; the one entry point the prepare stage uses."""
     if fmt == "digits":
         return load_digits()
@@ -308,7 +316,7 @@ def load_raw(fmt: str, path: str | Path | None, label_column: str = "label") -> 
     if fmt == "imagefolder":
         return load_imagefolder(p)
     if fmt == "csv":
-        return load_table(p, label_column)
+        return load_table(p, label_column, labelled)
     raise DataError(f"unknown format {fmt!r} (digits, mnist, cifar10, imagefolder, csv)")
 
 
@@ -322,6 +330,15 @@ def combine_datasets(base: RawDataset, others: list[RawDataset], names: list[str
     index = {c: i for i, c in enumerate(base.classes)}
     for ds, name in zip(others, names):
         quarantined += [{"item": f"{name}:{q['item']}", "reason": q["reason"]} for q in ds.quarantined]
+        if ds.kind == base.kind == "tabular" and list(ds.feature_names) != list(base.feature_names):
+            # tables join by column name, never by position
+            missing = [f for f in base.feature_names if f not in ds.feature_names]
+            if missing:
+                quarantined.append({"item": name, "reason": f"lacks feature columns {', '.join(missing[:5])}"})
+                continue
+            order = [list(ds.feature_names).index(f) for f in base.feature_names]
+            ds = RawDataset(x=ds.x[:, order], y=ds.y, classes=ds.classes, kind=ds.kind,
+                            feature_names=list(base.feature_names), quarantined=[])
         if ds.kind != base.kind or ds.x.shape[1:] != base.x.shape[1:]:
             quarantined.append({"item": name, "reason": f"shape {ds.x.shape[1:]} != {base.x.shape[1:]}"})
             continue

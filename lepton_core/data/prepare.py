@@ -220,15 +220,20 @@ def prepare_from_params(params: DataParams, out_dir: str | Path, base_dir: Path 
     validation report."""
     raw = load_raw(params.format, resolve_path(params.path, base_dir), params.label_column)
     extra = sorted(extra or [], key=lambda b: b["id"])
+    loaded, names, unreadable = [], [], []
     if extra:
-        raw = combine_datasets(
-            raw, [load_raw(b["format"], b["path"], params.label_column) for b in extra],
-            [b["id"] for b in extra],
-        )
+        for b in extra:
+            try:  # a batch accepted for another model (other label column, format) is set aside
+                loaded.append(load_raw(b["format"], b["path"], params.label_column))
+                names.append(b["id"])
+            except DataError as e:
+                unreadable.append({"item": b["id"], "reason": f"monitor batch not readable with these params: {e}"})
+        raw = combine_datasets(raw, loaded, names)
+        raw.quarantined.extend(unreadable)
     prep = prepare_dataset(
         raw, val_fraction=params.val_fraction, test_fraction=params.test_fraction, seed=params.seed
     )
     prep.meta["label_column"] = params.label_column
-    prep.meta["monitored_batches"] = [b["id"] for b in extra]
+    prep.meta["monitored_batches"] = names  # the batches read; those set aside are in the report
     write_prepared(prep, out_dir)
     return prep.report

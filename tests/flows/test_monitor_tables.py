@@ -80,3 +80,17 @@ def test_the_accepted_batch_is_a_listed_input_of_the_next_data_version(table_cha
                 for d in run.inputs.dataset_inputs}
     assert contexts[f"monitor-batch-{accepted[0]['id']}"] == "monitored-batch"
     assert sorted(contexts.values()) == ["monitored-batch", "training"]
+
+
+def test_an_unlabelled_table_is_monitored_and_scored(table_champion, lepton_env, tmp_path):
+    from effects.batch_scoring import score_data
+    from flows.monitor import monitor
+
+    batch = tmp_path / "unlabelled.csv"
+    _table(150, 3, ["sepal_length", "petal_width", "petal_length"]).to_csv(batch, index=False)
+    (res,) = monitor(batch=str(batch), monitor=MonitorParams(min_rows=50, cooldown_minutes=600), registry=REG)["results"]
+    assert res["status"] in ("no drift", "drift"), res["verdict"]
+    assert "accuracy_drop" not in res["scores"] and res["accepted_for_training"] is False
+    out = score_data(batch, None, tmp_path / "p.parquet", NAME, progress=False)
+    assert out["rows"] == 150 and "accuracy" not in out
+    assert (tmp_path / "p.parquet").exists()

@@ -159,3 +159,20 @@ def test_summaries_link_the_run_and_version(monkeypatch):
          "report_html": "/r.html", "drifted_features": [], "scores": {"share_drifted": 0.9}}
     md = monitor_markdown([r], "m", True, "http://127.0.0.1:5999", "monitoring/report.html")
     assert "[open in MLflow](http://u/r)" in md and "drift event emitted: yes" in md
+
+
+def test_a_new_batch_under_an_old_name_is_still_new(tmp_path, monkeypatch):
+    from effects import monitor_state
+    from effects.monitor import batch_id, new_batches
+    from effects.settings import get_settings
+
+    monkeypatch.setenv("LEPTON_HOME", str(tmp_path / "home"))
+    s = get_settings()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    first = inbox / "batch.csv"
+    first.write_text("a,label\n1,x\n")
+    monitor_state.mark_processed(s, [batch_id(first)])
+    assert new_batches(inbox, s) == []
+    first.write_text("a,label\n2,y\n")  # other content, same name
+    assert new_batches(inbox, s) == [first]
