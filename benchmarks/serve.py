@@ -6,7 +6,7 @@ its own process with one worker; the load generator runs in a third process
 (threads with keep-alive connections), at concurrency 1, 8, 32 and 64, for
 `--seconds` per cell after a warm-up. Prints req/s, p50 and p99 latency and errors.
 
-    .venv/bin/python benchmarks/serve.py [--seconds 8] [--concurrency 1 8 32 64]
+    .venv/bin/python benchmarks/serve.py [--seconds 8] [--concurrency 1 8 32 64] [--litserve]
 """
 
 from __future__ import annotations
@@ -102,6 +102,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell (default 8)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--litserve", action="store_true",
+                    help="also serve it with LitServe (benchmarks/litserve_app.py): the library comparison")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from effects.procs import free_port
@@ -120,7 +122,7 @@ def main() -> None:
         raise SystemExit(r.stderr[-3000:])
     x = np.load(next((tmp / "home" / "datasets").iterdir()) / "x_test.npy")[:1]  # (1, 1, 8, 8) uint8
 
-    lp, mp = free_port(), free_port()
+    lp, mp, sp = free_port(), free_port(), free_port()
     procs = {
         "lepton serve": (subprocess.Popen([str(BIN / "lepton"), "serve", "--port", str(lp)], env=env, cwd=ROOT,
                                           stdout=open(tmp / "lepton.log", "wb"), stderr=subprocess.STDOUT,
@@ -132,6 +134,11 @@ def main() -> None:
             stderr=subprocess.STDOUT, start_new_session=True), mp, "/ping", "/invocations",
             json.dumps({"inputs": x.tolist()}).encode()),
     }
+    if args.litserve:
+        procs["litserve"] = (subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / "litserve_app.py"), str(sp)], env=env, cwd=tmp,
+            stdout=open(tmp / "litserve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True),
+            sp, "/health", "/predict", json.dumps({"instances": x.tolist()}).encode())
     headers = {"Content-Type": "application/json"}
     results: dict[str, dict[int, dict]] = {}
     ctx = multiprocessing.get_context("spawn")
