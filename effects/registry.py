@@ -155,7 +155,13 @@ def load_alias(model_name: str, alias: str, settings: Settings | None = None) ->
     mv = alias_version(c, model_name, alias)
     if mv is None:
         raise LeptonError(f"model {model_name!r} has no @{alias}; run `lepton retrain` first")
-    return mv, Predictor.from_checkpoint(checkpoint_of(c, mv.run_id, s))
+    return mv, predictor_of(mv, s)
+
+
+def predictor_of(mv, settings: Settings | None = None) -> Predictor:
+    """The predictor of a model version (its run's final checkpoint)."""
+    s = settings or get_settings()
+    return Predictor.from_checkpoint(checkpoint_of(tracking.client(s), mv.run_id, s))
 
 
 def _registry_lock(s: Settings, name: str):

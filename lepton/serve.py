@@ -37,7 +37,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from effects.prediction_log import PredictionLog
-from effects.registry import load_alias
+from effects import tracking
+from effects.registry import alias_version, predictor_of
 from effects.settings import Settings
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.params import ServeParams
@@ -96,15 +97,12 @@ class ModelServer:
     def refresh(self) -> bool:
         """Load the alias's version if it moved; True when a new one was swapped in."""
         c_version = self.current.version if self.current else None
-        from effects import tracking
-        from effects.registry import alias_version
-
-        seen = alias_version(tracking.client(self.settings), self.model_name, self.alias)
-        if seen is None:
+        mv = alias_version(tracking.client(self.settings), self.model_name, self.alias)
+        if mv is None:
             raise LeptonError(f"model {self.model_name!r} has no @{self.alias}; run `lepton retrain` first")
-        if str(seen.version) == c_version:
+        if str(mv.version) == c_version:
             return False
-        mv, predictor = load_alias(self.model_name, self.alias, self.settings)
+        predictor = predictor_of(mv, self.settings)
         # loaded beside the old one; one assignment swaps it in
         self.current = Loaded(str(mv.version), mv.run_id, mv.tags.get("lepton.data_version", ""), predictor)
         self.metrics.version.labels(self.model_name, self.alias).set(int(mv.version))
@@ -217,7 +215,7 @@ class ModelServer:
                 for group in groups:
                     x = np.concatenate([raw for raw, _, _ in group])
                     t = loaded.predictor.to_input(x)
-                    logits = await loop.run_in_executor(None, _forward, loaded.predictor, t)
+                    logits = await loop.run_in_executor(None, loaded.predictor.forward, t)
                     self.metrics.batch.observe(len(x))
                     self.metrics.instances.inc(len(x))
                     x_log = t.numpy()  # images in [0, 1], tables raw: what the monitor's features read
@@ -243,15 +241,6 @@ def _by_shape(items: list) -> list[list]:
     for item in items:
         groups.setdefault(item[0].shape[1:], []).append(item)
     return list(groups.values())
-
-
-def _forward(predictor: Predictor, t) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        out = [predictor.model(t[i:i + predictor.batch_size].to(predictor.device)).float().cpu()
-               for i in range(0, len(t), predictor.batch_size)]
-    return torch.cat(out).numpy()
 
 
 def create_app(server: ModelServer) -> FastAPI:

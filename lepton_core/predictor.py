@@ -167,10 +167,13 @@ class Predictor:
         """Raw samples -> float32 model input on the CPU (checked)."""
         return model_input(self.check(x), self.preprocessing, self.model_config)
 
-    @torch.no_grad()
     def logits(self, x: Any) -> np.ndarray:
         """(N, K) float32 logits for raw samples."""
-        t = self.to_input(x)
+        return self.forward(self.to_input(x))
+
+    @torch.no_grad()
+    def forward(self, t: torch.Tensor) -> np.ndarray:
+        """(N, K) float32 logits for model input already made by `to_input`."""
         out = [self.model(t[i : i + self.batch_size].to(self.device)).float().cpu()
                for i in range(0, len(t), self.batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.model_config.n_classes), np.float32)

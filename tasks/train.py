@@ -43,10 +43,11 @@ def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutc
     c = tracking.client(s)
     exp = tracking.ensure_experiment(c, params.registry.experiment, s)
     run_flow = str(flow_run.id or "")
+    commit = tracking.git_commit(s.project_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run = c.create_run(exp, run_name=f"retrain-{stamp}-data-{data.version[:8]}", tags={
         tracking.TAG_DATA_VERSION: data.version,
-        tracking.TAG_GIT_COMMIT: tracking.git_commit(s.project_dir),
+        tracking.TAG_GIT_COMMIT: commit,
         "lepton.data_format": data.meta.get("kind", ""),
     })
     run_id = run.info.run_id
@@ -55,7 +56,7 @@ def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutc
         batches = set(data.meta.get("monitored_batches", []))
         tracking.log_lineage(
             c, run_id, data_version=data.version, meta=data.meta, dvc_remote=s.dvc_remote,
-            git_commit=tracking.git_commit(s.project_dir), source_name="flows/retrain.py",
+            git_commit=commit, source_name="flows/retrain.py",
             flow_run_id=run_flow, flow_run_url=tracking.flow_run_url(s.prefect_ui_api_url, run_flow),
             monitored=[b for b in monitor_state.accepted_batches(s) if b["id"] in batches],
         )
