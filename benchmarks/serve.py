@@ -6,7 +6,10 @@ its own process with one worker; the load generator runs in a third process
 (threads with keep-alive connections), at concurrency 1, 8, 32 and 64, for
 `--seconds` per cell after a warm-up. Prints req/s, p50 and p99 latency and errors.
 
-    .venv/bin/python benchmarks/serve.py [--seconds 8] [--concurrency 1 8 32 64] [--litserve]
+    .venv/bin/python benchmarks/serve.py [--seconds 8] [--concurrency 1 8 32 64] [--litserve] [--variants]
+
+`--variants` also runs `lepton optimize` on the champion and serves its ONNX and int8
+variants (`lepton serve --variant onnx|int8`, through ONNX Runtime): a column each.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument("--litserve", action="store_true",
                     help="also serve it with LitServe (benchmarks/litserve_app.py): the library comparison")
+    ap.add_argument("--variants", action="store_true",
+                    help="also serve the champion's ONNX and int8 variants (lepton optimize first)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from effects.procs import free_port
@@ -121,6 +126,12 @@ def main() -> None:
     if r.returncode != 0:
         raise SystemExit(r.stderr[-3000:])
     x = np.load(next((tmp / "home" / "datasets").iterdir()) / "x_test.npy")[:1]  # (1, 1, 8, 8) uint8
+    if args.variants:
+        print("building the ONNX and int8 variants ...", flush=True)
+        r = subprocess.run([str(BIN / "lepton"), "optimize"], env=env, cwd=ROOT, capture_output=True, text=True)
+        print(r.stdout, end="", flush=True)
+        if r.returncode != 0:
+            raise SystemExit(r.stderr[-3000:])
 
     lp, mp, sp = free_port(), free_port(), free_port()
     procs = {
@@ -139,6 +150,13 @@ def main() -> None:
             [sys.executable, str(ROOT / "benchmarks" / "litserve_app.py"), str(sp)], env=env, cwd=tmp,
             stdout=open(tmp / "litserve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True),
             sp, "/health", "/predict", json.dumps({"instances": x.tolist()}).encode())
+    if args.variants:
+        for variant in ("onnx", "int8"):
+            port = free_port()
+            procs[f"lepton serve {variant}"] = (subprocess.Popen(
+                [str(BIN / "lepton"), "serve", "--port", str(port), "--variant", variant], env=env, cwd=ROOT,
+                stdout=open(tmp / f"lepton-{variant}.log", "wb"), stderr=subprocess.STDOUT,
+                start_new_session=True), port, "/readyz", "/v1/predict", json.dumps({"instances": x.tolist()}).encode())
     headers = {"Content-Type": "application/json"}
     results: dict[str, dict[int, dict]] = {}
     ctx = multiprocessing.get_context("spawn")
@@ -160,7 +178,7 @@ def main() -> None:
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"{args.seconds:g} s per cell; 1-instance JSON requests\n")
-    print("| concurrency | server | req/s | p50 ms | p99 ms | errors |")
+    print("| concurrency | server | req/s | p50 ms | p99 ms | errors |")  # a row per server
     print("|---|---|---:|---:|---:|---:|")
     for c in args.concurrency:
         for name in procs:

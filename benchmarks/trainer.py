@@ -103,7 +103,10 @@ def run_bare(cfg: ModelConfig, params: TrainParams, data, device: torch.device) 
     torch.manual_seed(params.seed)
     _sync(device)
     t0 = time.perf_counter()
-    model = build_model(cfg).to(device).to(memory_format=fmt)
+    model = build_model(cfg)
+    if hasattr(model, "fit_whitening"):  # fastcnn: its frozen first layer, as train_model fits it
+        model.fit_whitening(x)
+    model = model.to(device).to(memory_format=fmt)
     xt, yt = x.to(device).contiguous(memory_format=fmt), y.to(device)
     xv, yv = xv_cpu.to(device).contiguous(memory_format=fmt), yv_cpu.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay,
@@ -208,7 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-val", type=int, default=None, help="validation images (default n/10)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per run, >= 2; the first is not timed (default 3)")
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--width", type=int, default=32, help="SmallCNN base channels (default 32)")
+    ap.add_argument("--model", choices=["cnn", "fastcnn"], default="cnn",
+                    help="cnn: SmallCNN; fastcnn: the fast CIFAR-shaped network (default cnn)")
+    ap.add_argument("--width", type=int, default=32, help="base channels (default 32)")
     ap.add_argument("--depth", type=int, default=2, help="convs per block (default 2)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--amp", type=_onoff, default=None,
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = True  # as train_model sets it on CUDA
 
     n_val = args.n_val if args.n_val is not None else max(args.n // 10, 1)
-    cfg = ModelConfig(kind="cnn", input_shape=(3, 32, 32), n_classes=10, width=args.width, depth=args.depth)
+    cfg = ModelConfig(kind=args.model, input_shape=(3, 32, 32), n_classes=10, width=args.width, depth=args.depth)
     x_tr, y_tr = synthetic_images(args.n, args.seed)
     x_va, y_va = synthetic_images(n_val, args.seed + 1)
     data = (model_input(x_tr, PRE, cfg), torch.from_numpy(y_tr), model_input(x_va, PRE, cfg), torch.from_numpy(y_va))
@@ -245,19 +250,20 @@ def main(argv: list[str] | None = None) -> None:
     setup = {
         "device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
         "n": args.n, "n_val": n_val, "epochs": args.epochs, "batch_size": args.batch_size,
-        "width": args.width, "depth": args.depth, "lr": args.lr,
+        "model": args.model, "width": args.width, "depth": args.depth, "lr": args.lr,
         "params": sum(p.numel() for p in build_model(cfg).parameters()),
         "command": "python benchmarks/trainer.py " + " ".join(_figure_args(sys.argv[1:] if argv is None else argv)),
     }
     print(f"device: {setup['device']}; torch {setup['torch']}; N={args.n:,} train + {n_val:,} val images, "
-          f"{args.epochs} epochs, batch {args.batch_size}, SmallCNN width {args.width} depth {args.depth} "
+          f"{args.epochs} epochs, batch {args.batch_size}, {args.model} width {args.width} depth {args.depth} "
           f"({setup['params']:,} parameters)", flush=True)
     rows = []
     for compile_ in compiles:
         for amp in amps:
             for loop in loops:
-                params = TrainParams(model="cnn", width=args.width, depth=args.depth, epochs=args.epochs,
-                                     batch_size=args.batch_size, lr=args.lr, patience=0, seed=args.seed,
+                params = TrainParams(model=args.model, augment="off", width=args.width, depth=args.depth,
+                                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=0,
+                                     seed=args.seed,
                                      device=device.type, amp=amp, compile=compile_)
                 r = one(loop, cfg, params, data, device)
                 rows.append(r)

@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from effects import monitor_state
+from effects.data_source import is_s3, local_data_path
 from effects.locks import file_lock
 from effects.settings import Settings, get_settings
 from lepton_core.data.fingerprint import prepare_fingerprint
@@ -41,9 +42,25 @@ class DataVersion(BaseModel):
 
 
 # ---------------------------------------------------------------- DVC store
+def _quiet_dvc_stdout() -> None:
+    """Importing DVC gives its loggers handlers that print INFO messages ("Initialized
+    DVC repository.") to the stdout of that moment; stdout is the command's own
+    output (`--json`), so they go. Warnings still reach stderr, and every record still
+    propagates to the process's own logging."""
+    import logging
+    import sys
+
+    for name in ("dvc", "dvc_objects", "dvc_data"):
+        logger = logging.getLogger(name)
+        for h in list(logger.handlers):
+            if getattr(h, "stream", None) in (sys.stdout, sys.__stdout__):
+                logger.removeHandler(h)
+
+
 def _data_repo(settings: Settings):
     from dvc.repo import Repo
 
+    _quiet_dvc_stdout()
     root = settings.data_repo
     if not (root / ".dvc").exists():
         root.mkdir(parents=True, exist_ok=True)
@@ -74,6 +91,7 @@ def check_version(version: str) -> str:
 def version_dataset(params: DataParams, settings: Settings | None = None) -> DataVersion:
     """Prepare into the data repo, `dvc add`, `dvc push`, and keep a read-only copy."""
     s = settings or get_settings()
+    params = local_params(params, s)  # an s3:// source: its local mirror (fetched, only what changed)
     with file_lock(s.locks_dir / "data.lock"):
         repo = _data_repo(s)
         work = s.data_repo / "prepared"
@@ -86,6 +104,13 @@ def version_dataset(params: DataParams, settings: Settings | None = None) -> Dat
         _copy_version(work, s.datasets_dir / version)
     meta = json.loads((work / "meta.json").read_text())
     return DataVersion(version=version, dvc_file=dvc_file, meta=meta, report=report)
+
+
+def local_params(params: DataParams, s: Settings) -> DataParams:
+    """The params with an s3:// data path replaced by its local mirror."""
+    if not is_s3(params.path):
+        return params
+    return params.model_copy(update={"path": local_data_path(params.path, s)})
 
 
 def _copy_version(src: Path, dst: Path) -> None:
@@ -109,6 +134,7 @@ def restore_dataset(version: str, to_dir: str | Path, settings: Settings | None 
         try:
             repo.pull(targets=[str(pin)])
         except Exception as e:
+            shutil.rmtree(scratch, ignore_errors=True)  # nothing half-fetched stays behind
             raise DataError(
                 f"data version {v} could not be restored from the remote ({e.__class__.__name__})"
             ) from None
@@ -138,6 +164,7 @@ def prepare_cache_key(params: DataParams, settings: Settings | None = None) -> s
     """The prepare step's cache key: the raw bytes, the data params, the accepted
     batches that will be folded in, the prepare code, and where versions are kept."""
     s = settings or get_settings()
+    params = local_params(params, s)
     extra = monitor_state.accepted_batches(s) if params.include_monitored else []
     fp = prepare_fingerprint(params, s.project_dir, [b["id"] for b in extra])
     return "prepare-" + hashlib.sha256((fp + s.dvc_remote + str(s.home)).encode()).hexdigest()

@@ -18,7 +18,6 @@ CIFAR, CSV/Parquet), or the prediction log the serving endpoint writes:
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from effects import monitor_state, tracking
+from effects.prediction_log import feedback_folder, open_store
 from effects.registry import champion, checkpoint_of
 from effects.settings import Settings, get_settings
 from lepton_core.data.formats import load_raw
@@ -205,7 +205,7 @@ def check_batch(
     try:
         fmt = detect_format(path, fmt)
         predictor = Predictor.from_checkpoint(checkpoint_of(c, champ.run_id, s))
-        current = current_frame(path, fmt, predictor, s.prediction_log_dir / "feedback")
+        current = current_frame(path, fmt, predictor, feedback_folder(s) if fmt == "predlog" else None)
         features = [col for col in reference.columns if col.startswith("f_")]
         missing = [col for col in features if col not in current.columns]
         if missing:
@@ -231,9 +231,39 @@ def check_batch(
     result.verdict, result.status = verdict.line(), verdict.status
     result.reasons, result.scores = verdict.reasons, verdict.scores
     result.mlflow_run_id = _log_monitoring_run(c, s, experiment, champ, result, flow_run_id)
-    if result.accepted_for_training:
-        monitor_state.accept_batch(s, path, fmt, bid)
+    if result.accepted_for_training:  # False for a batch a person rejected before
+        result.accepted_for_training = monitor_state.accept_batch(s, path, fmt, bid, result.rows)
     return result
+
+
+def cooldown_line(last: float, until: float, now: float | None = None) -> str:
+    """"suppressed: cool-down until 15:42 UTC (the last event was at 14:42 UTC)"; the
+    date too when the cool-down ends on another day."""
+    def hm(t: float) -> str:
+        same_day = time.gmtime(t)[:3] == time.gmtime(now if now is not None else time.time())[:3]
+        return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", time.gmtime(t)) + " UTC"
+
+    return f"suppressed: cool-down until {hm(until)} (the last event was at {hm(last)})"
+
+
+def record_event_outcome(run_ids: list[str], outcome: str, settings: Settings | None = None) -> None:
+    """Say on each drifted batch's monitoring run whether its drift event went out:
+    the tag `lepton.monitor.event` ("emitted", or "suppressed: cool-down until ...")
+    and a line in the run's description."""
+    import logging
+
+    from mlflow.exceptions import MlflowException
+
+    s = settings or get_settings()
+    c = tracking.client(s)
+    for rid in filter(None, run_ids):
+        try:
+            c.set_tag(rid, "lepton.monitor.event", outcome)
+            note = c.get_run(rid).data.tags.get("mlflow.note.content", "")
+            c.set_tag(rid, "mlflow.note.content", f"{note}\n\nDrift event: {outcome}".strip())
+        except MlflowException as e:  # bookkeeping: the event itself has gone out (or not) already
+            logging.getLogger(__name__).warning("monitoring run %s not tagged with its drift event: %s", rid,
+                                                str(e).splitlines()[0][:200])
 
 
 REPORT_ARTIFACT = "monitoring/report.html"
@@ -293,25 +323,30 @@ def _log_monitoring_run(c, s: Settings, experiment: str, champ, r: MonitorResult
 
 
 def prediction_log_window(s: Settings, min_rows: int) -> Path | None:
-    """Gather the prediction log's part files that no run has checked into one window
-    folder (hard links) under <home>/monitor/windows/, and mark the parts taken; None
-    while they hold fewer than `min_rows` rows. A window left unchecked by a crash is
-    found by `new_batches` on the windows folder next time."""
-    import pyarrow.parquet as pq
-
-    folder = s.prediction_log_dir
+    """Gather the prediction log's parts (a folder, or an S3 prefix under `lepton up`)
+    that no run has checked into one window folder under <home>/monitor/windows/,
+    and mark the parts taken; None while they hold fewer than `min_rows` rows. A
+    window left unchecked by a crash is found by `new_batches` on the windows folder
+    next time. Parts are claimed first: two workers at once take disjoint parts."""
+    store = open_store(s.prediction_log, s)
     done = monitor_state.processed(s)
-    parts = sorted(p for p in folder.glob("*.parquet") if f"predlog:{p.name}" not in done) if folder.exists() else []
-    if not parts or sum(pq.ParquetFile(p).metadata.num_rows for p in parts) < min_rows:
+    parts = [name for name in store.list() if f"predlog:{name}" not in done]
+    rows = {name: store.rows(name) for name in parts}
+    if not parts or sum(rows.values()) < min_rows:
         return None
-    window = s.home / "monitor" / "windows" / f"predlog-{parts[0].stem}--{parts[-1].stem}"
+    mine = set(monitor_state.claim_batches(s, [f"predlog:{name}" for name in parts]))
+    parts = [name for name in parts if f"predlog:{name}" in mine]
+    if not parts or sum(rows[name] for name in parts) < min_rows:
+        monitor_state.release_batches(s, sorted(mine))  # too few left for this worker
+        return None
+    window = s.home / "monitor" / "windows" / f"predlog-{Path(parts[0]).stem}--{Path(parts[-1]).stem}"
 
-    def link(tmp: Path) -> None:
-        for p in parts:
-            os.link(p, tmp / p.name)
+    def fetch(tmp: Path) -> None:
+        for name in parts:
+            store.fetch(name, tmp / name)
 
-    publish_dir(window, link, replace=False)
-    monitor_state.mark_processed(s, [f"predlog:{p.name}" for p in parts])
+    publish_dir(window, fetch, replace=False)
+    monitor_state.mark_processed(s, [f"predlog:{name}" for name in parts])
     return window
 
 
@@ -325,6 +360,14 @@ def new_batches(inbox: Path, s: Settings) -> list[Path]:
     # are what earlier versions recorded
     fresh = [p for p in items if p.name not in done and batch_id(p) not in done]
     return sorted(fresh, key=lambda p: p.stat().st_mtime)
+
+
+def claim_new(paths: list[Path], s: Settings) -> list[Path]:
+    """Those of `paths` (from `new_batches`) this process now holds for checking,
+    claimed by content id: a batch another worker is checking is left to it."""
+    ids = {p: batch_id(p) for p in paths}
+    mine = set(monitor_state.claim_batches(s, list(ids.values())))
+    return [p for p in paths if ids[p] in mine]
 
 
 # ---------------------------------------------------------------- demonstrations

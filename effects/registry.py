@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 LEPTON_CORE = Path(__import__("lepton_core").__file__).parent
 
 CHAMPION, PREVIOUS = "champion", "previous"
+# an ONNX / int8 variant of a version (effects/variants.py) is registered beside it
+TAG_VARIANT, TAG_VARIANT_OF = "lepton.variant", "lepton.variant_of"
 
 
 def _pip_requirements() -> list[str]:
@@ -139,13 +142,32 @@ def _with_block(description: str | None, heading: str, block: str) -> str:
     return f"{text}\n\n{block}" if text else block
 
 
+GATE_HISTORY = "gate/decisions.json"  # every decision on a version, oldest first (its run's artifact)
+
+
 def gate_record(mv) -> dict:
-    """The last gate decision of a model version, from its description."""
+    """The latest gate decision of a model version, from its description."""
     _, found, after = (mv.description or "").partition("Promotion gate:")
     if not found:
         return {}
     body = after.split("```", 2)[1].removeprefix("json")
     return json.loads(body)
+
+
+def gate_history(c, mv, settings: Settings | None = None) -> list[dict]:
+    """Every gate decision on a model version, oldest first, each with its UTC time
+    (`decided_at`). They live in the version's run as `gate/decisions.json`: the
+    description keeps only the latest, since MLflow caps a description at 5,000
+    characters on a database server."""
+    from mlflow.exceptions import MlflowException
+
+    s = settings or get_settings()
+    try:
+        path = tracking.run_artifact(c, mv.run_id, GATE_HISTORY, s.home)
+    except (MlflowException, OSError):  # no decision yet (or one from before the history)
+        latest = gate_record(mv)
+        return [latest] if latest else []
+    return list(json.loads(path.read_text()))
 
 
 def load_alias(model_name: str, alias: str, settings: Settings | None = None) -> tuple[object, Predictor]:
@@ -184,6 +206,9 @@ def promote_version(
             mv = c.get_model_version(model_name, str(version))
         except MlflowException:
             raise LeptonError(f"model {model_name!r} has no version {version!r}") from None
+        if mv.tags.get(TAG_VARIANT):
+            raise LeptonError(f"v{mv.version} is the {mv.tags[TAG_VARIANT]} variant of v{mv.tags.get(TAG_VARIANT_OF)}; "
+                              f"promote v{mv.tags.get(TAG_VARIANT_OF)} (its variants follow it)")
         champ = alias_version(c, model_name, CHAMPION)
         if champ is not None and str(champ.version) == str(mv.version):
             return {"version": str(mv.version), "promoted": False, "reason": "already the champion",
@@ -212,12 +237,18 @@ def promote_version(
         gate["lepton.gate.forced"] = str(forced).lower()
         gate["lepton.gate.champion_version"] = str(champ.version) if champ is not None else ""
         gate["lepton.gate.test_data_version"] = data_version
-        # a few tags keep the versions table readable; the whole decision goes into
+        record = {k.removeprefix("lepton.gate."): v for k, v in gate.items()}
+        record["decided_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # every decision is kept, newest last, in the version's run (written first: if
+        # that fails, nothing below has changed)
+        history = [*gate_history(c, mv, s), record]
+        c.log_text(mv.run_id, json.dumps(history, indent=1, sort_keys=True), GATE_HISTORY)
+        # a few tags keep the versions table readable; the latest decision goes into
         # the version's description, as JSON
         for k in GATE_TAGS:
             c.set_model_version_tag(model_name, str(mv.version), k, gate[k])
-        block = "Promotion gate:\n\n```json\n" + json.dumps(
-            {k.removeprefix("lepton.gate."): v for k, v in gate.items()}, indent=1, sort_keys=True) + "\n```"
+        block = (f"Promotion gate:\n\nThe latest of {len(history)} decisions (all of them: the run's "
+                 f"artifact {GATE_HISTORY}).\n\n```json\n" + json.dumps(record, indent=1, sort_keys=True) + "\n```")
         c.update_model_version(model_name, str(mv.version),
                                description=_with_block(mv.description, "Promotion gate:", block))
         if decision.promote:

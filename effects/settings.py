@@ -19,6 +19,8 @@ The live stack (`lepton up`) adds:
     LEPTON_S3_BUCKET       bucket for MLflow artifacts and the DVC remote (default lepton)
     LEPTON_S3_SSE          server-side encryption to ask for on writes (e.g. AES256)
     LEPTON_WORK_POOL       Prefect work pool the deployments use (default lepton)
+    LEPTON_STATE_DB        the monitor's shared state (a SQLAlchemy URL every worker reaches;
+                           default: NAME_lepton beside `lepton up --db`'s databases, else local files)
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY   S3 credentials (never written to params or tags)
 
 Nothing here runs at import time: call `get_settings()` / `configure_environment()`.
@@ -27,11 +29,12 @@ Nothing here runs at import time: call `get_settings()` / `configure_environment
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from effects import stack_state
+from lepton_core.errors import LeptonError
 
 # Every variable Lepton itself reads or sets for its services; infra/ files may use
 # no others (tests/infra checks this).
@@ -40,6 +43,7 @@ KNOWN_ENV: frozenset[str] = frozenset({
     "LEPTON_DB_URL", "LEPTON_PREFECT_PORT", "LEPTON_MLFLOW_PORT", "LEPTON_S3_PORT",
     "LEPTON_S3_ENDPOINT_URL", "LEPTON_S3_BUCKET", "LEPTON_S3_SSE", "LEPTON_WORK_POOL",
     "LEPTON_DEBUG", "LEPTON_PREFECT_TEMPORARY", "LEPTON_SERVE_TOKEN", "LEPTON_SERVE_PORT",
+    "LEPTON_PREDICTION_LOG", "LEPTON_DDP_RDZV", "LEPTON_STATE_DB",
     "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_UPLOAD_EXTRA_ARGS",
     "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
     "PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_HOME", "PREFECT_SERVER_DATABASE_CONNECTION_URL",
@@ -50,6 +54,11 @@ KNOWN_ENV: frozenset[str] = frozenset({
     "PREFECT_CLI_PROMPT", "GIT_PYTHON_REFRESH", "DVC_NO_ANALYTICS", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "WEED_S3_SSE_KEK_PASSPHRASE",
     "PREFECT_SERVER_API_HOST", "PREFECT_SERVER_API_PORT", "PREFECT_UI_ENABLED",
+    # authentication of the stack's services (`lepton up`; off with --no-auth)
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_CONFIG_PATH",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING",
+    "WEED_S3_SSE_KEK", "WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY",
+    "WEED_JWT_FILER_SIGNING_KEY", "WEED_JWT_FILER_SIGNING_READ_KEY",
 })
 
 # Telemetry to outside services is off unless the user turns it on themselves.
@@ -82,6 +91,10 @@ class Settings:
     debug: bool = False
     ports: dict = field(default_factory=dict)  # LEPTON_{PREFECT,MLFLOW,S3}_PORT for `lepton up`
     serve_token: str | None = field(default=None, repr=False)  # LEPTON_SERVE_TOKEN: bearer token of `lepton serve`
+    stack: bool = False  # the services are those of `lepton up` (set by configure_environment)
+    prediction_log_uri: str | None = None  # LEPTON_PREDICTION_LOG: a folder or s3://bucket/prefix; None = local
+    ddp_rendezvous: str | None = None  # LEPTON_DDP_RDZV: host:port of torchrun's rendezvous when train.nodes > 1
+    state_db: str | None = field(default=None, repr=False)  # LEPTON_STATE_DB: the monitor's shared state (URL)
 
     @property
     def params_file(self) -> Path:
@@ -109,8 +122,16 @@ class Settings:
 
     @property
     def prediction_log_dir(self) -> Path:
-        """Where `lepton serve` writes its prediction log and the monitor reads it."""
+        """The local prediction log: where `lepton serve` writes it by default, and its
+        spool (parts waiting for S3) when the log lives on S3."""
         return self.home / "serve" / "predictions"
+
+    @property
+    def prediction_log(self) -> str:
+        """Where `lepton serve` writes its prediction log and the monitor reads it:
+        LEPTON_PREDICTION_LOG (a folder or s3://bucket/prefix; an S3 prefix under
+        `lepton up`), else the local folder."""
+        return self.prediction_log_uri or str(self.prediction_log_dir)
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -149,6 +170,9 @@ def get_settings() -> Settings:
         prefect_temporary=env.get("LEPTON_PREFECT_TEMPORARY") == "1",
         debug=env.get("LEPTON_DEBUG") == "1",
         serve_token=env.get("LEPTON_SERVE_TOKEN") or None,
+        prediction_log_uri=env.get("LEPTON_PREDICTION_LOG") or None,
+        ddp_rendezvous=env.get("LEPTON_DDP_RDZV") or None,
+        state_db=env.get("LEPTON_STATE_DB") or None,
         ports={k: int(env[f"LEPTON_{k.upper()}_PORT"]) for k in ("prefect", "mlflow", "s3", "serve")
                if env.get(f"LEPTON_{k.upper()}_PORT", "").isdigit()},
     )
@@ -163,25 +187,62 @@ def redact_uri(uri: str) -> str:
     return uri
 
 
-def configure_environment(settings: Settings | None = None, use_stack: bool = True) -> Settings:
+class StackDown(LeptonError):
+    """A service of the configured stack is not running: an error, not local state."""
+
+
+def private_files() -> None:
+    """Files and folders this process (and every process it starts) creates are its
+    user's alone (0600/0700): the `lepton` command sets it at start."""
+    os.umask(0o077)
+
+
+def private_home(home: Path) -> None:
+    """Lepton's state is its user's alone: the home is 0700 (older homes are closed
+    too), so nothing under it can be reached by another local user."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if home.stat().st_mode & 0o077:
+        home.chmod(0o700)
+
+
+def configure_environment(settings: Settings | None = None, use_stack: bool = True,
+                          allow_down: bool = False) -> Settings:
     """Point MLflow and Prefect at the settings (before they are imported) and turn
     telemetry off. Only fills in variables the user has not set.
 
-    When `lepton up` is running for this home, its servers come first: the tracking
-    URI, the Prefect API, the S3 DVC remote and its credentials.
+    While a stack is configured for this home (`lepton up` succeeded, no `lepton
+    down` since), its servers are used: the tracking URI, the Prefect API, the S3
+    DVC remote and the credentials of each. One of its services being down is then
+    an error naming it (StackDown), never a quiet switch to local state;
+    `allow_down` (for `lepton status`) returns the settings anyway. Local state
+    (SQLite, a temporary Prefect server) is used only when no stack is configured.
     """
     s = settings or get_settings()
-    s.home.mkdir(parents=True, exist_ok=True)
+    private_home(s.home)
     for k, v in _QUIET_ENV.items():
         os.environ.setdefault(k, v)
     if use_stack:
-        state = stack_state.running(s.home)
+        state = stack_state.configured(s.home)
         if state is not None:
+            down = stack_state.dead(state, stack_state.NEEDED)
+            if down and not allow_down:
+                raise StackDown(f"the stack's {down[0]} is down ({stack_state.describe(state, down[0])}); "
+                                "run `lepton up` to start it again (`lepton down` to use local state instead)")
             for k, v in stack_state.client_env(s.home, state).items():
                 os.environ.setdefault(k, v)
-            s = get_settings()
+            s = replace(get_settings(), stack=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", s.tracking_uri)
     os.environ.setdefault("PREFECT_HOME", str(s.prefect_home))
     # A temporary Prefect server lives only as long as the command; say so once.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     return s
+
+
+def registry_label(s: Settings) -> str:
+    """Which registry a command used, for its output."""
+    uri = s.tracking_uri
+    if s.stack and uri.rstrip("/") == os.environ.get("MLFLOW_TRACKING_URI", "").rstrip("/"):
+        return f"{uri} (lepton up)"
+    if uri.startswith("sqlite:"):
+        return f"local sqlite {uri.removeprefix('sqlite:///')}"
+    return f"{redact_uri(uri)} (MLFLOW_TRACKING_URI)"

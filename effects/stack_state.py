@@ -6,12 +6,14 @@ platform's job (`lepton.stack`); this module only reads and writes the records.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from effects.procs import pid_alive
+from effects.procs import pid_alive, port_open
 from lepton_core.fileio import atomic_write
 
 SERVICES = ("seaweedfs", "mlflow", "prefect", "worker", "serve")
@@ -39,24 +41,42 @@ def write_state(home: Path, state: dict) -> None:
     write_private(state_path(home), state)
 
 
-def credentials(home: Path) -> dict:
-    """S3 keys for the bundled store (and the SSE key-encryption passphrase)."""
-    p = stack_dir(home) / "credentials.json"
-    if p.exists():
-        creds = json.loads(p.read_text())
-        missing = {"sse_kek": secrets.token_hex(32), "serve_token": secrets.token_urlsafe(32)}
-        missing = {k: v for k, v in missing.items() if k not in creds}  # states from before they were kept
-        if missing:
-            creds.update(missing)
-            write_private(p, creds)
-        return creds
-    creds = {
+def _new_secrets() -> dict:
+    """Every secret of the stack, generated once (the file keeps them)."""
+    return {
         "aws_access_key_id": "LEPTON" + secrets.token_hex(7).upper(),
         "aws_secret_access_key": secrets.token_urlsafe(30),
         "sse_kek_passphrase": secrets.token_urlsafe(24),
         "sse_kek": secrets.token_hex(32),  # SeaweedFS's SSE-S3 key-encryption key
         "serve_token": secrets.token_urlsafe(32),  # bearer token of the model server
+        # SeaweedFS's JWT signing keys: its volume server accepts reads and writes only
+        # with a token the master signed, its filer only with one the S3 gateway signed
+        "weed_jwt_key": secrets.token_hex(32),
+        "weed_jwt_read_key": secrets.token_hex(32),
+        "weed_filer_jwt_key": secrets.token_hex(32),
+        "weed_filer_jwt_read_key": secrets.token_hex(32),
+        # MLflow's basic-auth app: its admin user, and the key of its CSRF tokens
+        "mlflow_username": "lepton",
+        "mlflow_password": secrets.token_urlsafe(24),
+        "mlflow_flask_secret": secrets.token_hex(32),
+        # Prefect's API auth string (user:password, sent as HTTP basic auth)
+        "prefect_auth_string": "lepton:" + secrets.token_urlsafe(24),
     }
+
+
+def credentials(home: Path) -> dict:
+    """The stack's secrets: S3 keys for the bundled store, the SSE key-encryption
+    key, the JWT keys of SeaweedFS, MLflow's and Prefect's credentials and the
+    serving token; in `<home>/stack/credentials.json` (0600)."""
+    p = stack_dir(home) / "credentials.json"
+    if p.exists():
+        creds = json.loads(p.read_text())
+        missing = {k: v for k, v in _new_secrets().items() if k not in creds}  # states from before they were kept
+        if missing:
+            creds.update(missing)
+            write_private(p, creds)
+        return creds
+    creds = _new_secrets()
     write_private(p, creds)
     return creds
 
@@ -81,10 +101,17 @@ def urls(state: dict) -> Urls:
     )
 
 
+def auth_on(state: dict) -> bool:
+    """Whether the stack was started with authentication (the default; `up --no-auth`)."""
+    return state.get("auth", False)
+
+
 def client_env(home: Path, state: dict) -> dict[str, str]:
-    """What every Lepton command (and the worker's flow runs) needs to use the stack."""
+    """What every Lepton command (and the worker's flow runs, and the model server)
+    needs to use the stack: its addresses and, with authentication on, its
+    credentials. The one place clients get them from."""
     u, creds = urls(state), credentials(home)
-    return {
+    env = {
         "MLFLOW_TRACKING_URI": u.mlflow,
         "PREFECT_API_URL": u.prefect_api,
         "LEPTON_DVC_REMOTE": f"s3://{state['bucket']}/dvc",
@@ -95,15 +122,76 @@ def client_env(home: Path, state: dict) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
         "AWS_DEFAULT_REGION": "us-east-1",
         "LEPTON_SERVE_TOKEN": creds["serve_token"],
+        # the model server logs its predictions to the bucket, where every monitor run sees them
+        "LEPTON_PREDICTION_LOG": f"s3://{state['bucket']}/serve/predictions",
         **({"LEPTON_S3_SSE": state["sse"]} if state.get("sse") else {}),
+        # the monitor's state (processed batches, cool-down) where every worker sees it
+        **({"LEPTON_STATE_DB": state_db_url(state["db_url"])} if state.get("db_url") else {}),
     }
+    if auth_on(state):
+        env.update({
+            "MLFLOW_TRACKING_USERNAME": creds["mlflow_username"],
+            "MLFLOW_TRACKING_PASSWORD": creds["mlflow_password"],
+            "PREFECT_API_AUTH_STRING": creds["prefect_auth_string"],
+        })
+    return env
+
+
+def state_db_url(db_url: str) -> str:
+    """postgresql://u@h:p/NAME (`lepton up --db`) -> the monitor's shared state
+    database beside MLflow's and Prefect's: postgresql://u@h:p/NAME_lepton."""
+    parts = urlsplit(db_url)
+    return urlunsplit(parts._replace(scheme="postgresql", path=f"/{parts.path.strip('/')}_lepton"))
+
+
+def auth_headers(home: Path, state: dict, service: str) -> dict[str, str]:
+    """HTTP headers that authenticate a plain HTTP client to `service` ("mlflow",
+    "prefect" or "serve"); none when the stack runs without authentication."""
+    creds = credentials(home)
+    if service == "serve":
+        return {"Authorization": f"Bearer {creds['serve_token']}"}
+    if not auth_on(state):
+        return {}
+    user_pass = (f"{creds['mlflow_username']}:{creds['mlflow_password']}" if service == "mlflow"
+                 else creds["prefect_auth_string"])
+    return {"Authorization": "Basic " + base64.b64encode(user_pass.encode()).decode()}
+
+
+# The services a Lepton command itself talks to (the worker and the model server
+# are the stack's own clients: a retrain or a promotion does not need them).
+NEEDED = ("seaweedfs", "mlflow", "prefect")
+
+
+def configured(home: Path) -> dict | None:
+    """The stack's state while a stack is configured for this home: from a `lepton up`
+    that succeeded once until `lepton down`, whatever its processes are doing."""
+    st = read_state(home)
+    return st if st and st.get("up") else None
+
+
+def dead(state: dict, names=SERVICES) -> list[str]:
+    """Those of `names` whose process is gone or whose port does not answer."""
+    ports = {"seaweedfs": state["ports"]["s3"], "mlflow": state["ports"]["mlflow"],
+             "prefect": state["ports"]["prefect"], "serve": state["ports"].get("serve")}
+    out = []
+    for name in names:
+        if not pid_alive(state.get("pids", {}).get(name)) or (ports.get(name) and not port_open(ports[name])):
+            out.append(name)
+    return out
+
+
+def describe(state: dict, name: str) -> str:
+    """Why `dead` counts `name` as down, in a few words."""
+    pid = state.get("pids", {}).get(name)
+    if not pid_alive(pid):
+        return f"PID {pid} is gone" if pid else "never started"
+    port = {"seaweedfs": state["ports"]["s3"]}.get(name) or state["ports"].get(name)
+    return f"nothing answers on port {port}"
 
 
 def running(home: Path) -> dict | None:
-    """The stack's state if `lepton up` started it and its processes live."""
-    st = read_state(home)
-    if not st or not st.get("up"):
-        return None
-    if not all(pid_alive(st["pids"].get(name)) for name in SERVICES):
+    """The stack's state if `lepton up` started it and all its processes live."""
+    st = configured(home)
+    if not st or dead(st):
         return None
     return st

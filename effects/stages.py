@@ -25,10 +25,19 @@ from lepton_core.train import LogFn, TrainResult, save_trained_model, train_on_p
 
 def train_stage(prepared: Prepared, params: TrainParams, model_path: str | Path,
                 work_checkpoint: str | Path | None = None, log: LogFn | None = None,
-                progress: bool = True) -> TrainResult:
-    """Train on the prepared splits and write the final checkpoint to `model_path`."""
+                progress: bool = True, prepared_dir: str | Path | None = None, **train_kwargs) -> TrainResult:
+    """Train on the prepared splits and write the final checkpoint to `model_path`
+    (`train_kwargs`: extra_state, note; see lepton_core.train.train_on_prepared).
+    With `train.devices` x `train.nodes` > 1 the training runs data-parallel under
+    torchrun (effects/ddp.py); its rank 0 logs to the MLflow run named by
+    `extra_state["mlflow_run_id"]` instead of `log`."""
+    from effects import ddp
+
+    if ddp.world_size(params) > 1:
+        return ddp.launch(prepared, params, model_path, work_checkpoint, prepared_dir=prepared_dir,
+                          progress=progress, extra_state=train_kwargs.get("extra_state"))
     pre = Preprocessing.from_meta(prepared.meta)
-    kwargs = {"log": log} if log is not None else {}
+    kwargs = {"log": log, **train_kwargs} if log is not None else train_kwargs
     result = train_on_prepared(prepared, params, pre, work_checkpoint, progress=progress, **kwargs)
     save_trained_model(result, params, pre, prepared.meta, model_path)
     return result

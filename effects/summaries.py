@@ -56,8 +56,11 @@ def registry_markdown(action: str, result: dict, model_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def monitor_markdown(results: list[dict], model_name: str, event: bool, tracking_uri: str,
+def monitor_markdown(results: list[dict], model_name: str, event: dict | bool, tracking_uri: str,
                      report_artifact: str) -> str:
+    """`event`: {"emitted": bool, "suppressed": None or the cool-down line} (or a bool)."""
+    if isinstance(event, bool):
+        event = {"emitted": event, "suppressed": None}
     uri = tracking_uri.rstrip("/")
     lines = [f"# Drift monitor: {model_name}", ""]
     if not results:
@@ -77,5 +80,7 @@ def monitor_markdown(results: list[dict], model_name: str, event: bool, tracking
         if r["scores"]:
             lines.append("scores: " + ", ".join(f"{k} {v:.3g}" for k, v in r["scores"].items()))
             lines.append("")
-    lines.append(f"drift event emitted: {'yes' if event else 'no'}")
+    lines.append(f"drift event emitted: {'yes' if event['emitted'] else 'no'}")
+    if event.get("suppressed"):
+        lines.append(f"\ndrift event {event['suppressed']}")
     return "\n".join(lines) + "\n"

@@ -3,6 +3,8 @@ metric logger that training's `log(step, metrics)` calls, and provenance tags.""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import time
 import warnings
@@ -17,6 +19,10 @@ TAG_DATA_VERSION = "lepton.data_version"
 TAG_GIT_COMMIT = "lepton.git_commit"
 TAG_FLOW_RUN = "lepton.prefect_flow_run_id"
 TAG_RUN_ID = "lepton.run_id"
+# host:pid:start-time of the process working on a run, so the next one can tell a
+# run whose process was killed (left RUNNING) from one still going.
+TAG_OWNER = "lepton.owner"
+TAG_RESUMES = "lepton.resumes"
 
 
 def client(settings: Settings | None = None) -> MlflowClient:
@@ -124,6 +130,81 @@ def git_commit(project_dir: Path) -> str:
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+# ---------------------------------------------------------------- runs of killed processes
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (tells a reused pid apart)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def process_identity(pid: int | None = None) -> str:
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the process named by a TAG_OWNER value still runs (None: on another
+    host, or not a value this module wrote, so it cannot be told)."""
+    from effects.procs import pid_alive
+
+    try:
+        host, pid, ticks = owner.rsplit(":", 2)
+        pid_n = int(pid)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    return pid_alive(pid_n) and _start_ticks(pid_n) == ticks
+
+
+def claim_run(c: MlflowClient, run_id: str) -> None:
+    """Mark this process as the one working on `run_id`."""
+    c.set_tag(run_id, TAG_OWNER, process_identity())
+
+
+def end_dead_runs(c: MlflowClient, experiment_id: str, keep: str | None = None) -> list[str]:
+    """Mark KILLED every RUNNING run of the experiment whose owner process (on this
+    host) is gone, e.g. a `lepton retrain` killed with SIGKILL; returns their ids."""
+    ended = []
+    for r in c.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        owner = r.data.tags.get(TAG_OWNER)
+        if r.info.run_id != keep and owner and owner_alive(owner) is False:
+            c.set_terminated(r.info.run_id, "KILLED")
+            ended.append(r.info.run_id)
+    return ended
+
+
+def continue_run(c: MlflowClient, run_id: str, history: list[dict[str, float]]) -> bool:
+    """Take over an unfinished run (RUNNING with a dead owner, FAILED or KILLED) so a
+    resumed training adds its epochs to the same run: status RUNNING again, owner
+    this process, and the epochs the checkpoint holds but the run lacks (logged in
+    a buffer the kill lost) logged now. False if there is no such run to continue."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = c.get_run(run_id)
+    except MlflowException:
+        return False
+    if run.info.lifecycle_stage != "active" or run.info.status == "FINISHED":
+        return False
+    owner = run.data.tags.get(TAG_OWNER)
+    if run.info.status == "RUNNING" and owner and owner_alive(owner) is not False and owner != process_identity():
+        return False  # someone is still on it
+    c.update_run(run_id, status="RUNNING")
+    resumes = int(run.data.tags.get(TAG_RESUMES, "0")) + 1
+    c.log_batch(run_id, tags=[RunTag(TAG_OWNER, process_identity()), RunTag(TAG_RESUMES, str(resumes))])
+    logged = {m.step for m in c.get_metric_history(run_id, "val_accuracy")}
+    missing = [h for h in history if int(h["epoch"]) not in logged]
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, int(h["epoch"])) for h in missing for k, v in h.items() if k != "epoch"]
+    for i in range(0, len(metrics), 1000):
+        c.log_batch(run_id, metrics=metrics[i : i + 1000])
+    return True
 
 
 def run_artifact(c: MlflowClient, run_id: str, path: str, home: Path) -> Path:

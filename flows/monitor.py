@@ -23,4 +23,4 @@ def monitor(
                for b in batches]
     event = emit_drift_event(results, monitor, registry.model_name)
     publish_monitor_summary(results, registry.model_name, event)
-    return {"results": results, "event_emitted": event}
+    return {"results": results, "event_emitted": event["emitted"], "event_suppressed": event["suppressed"]}

@@ -5,11 +5,12 @@ from __future__ import annotations
 from prefect import flow
 
 from lepton_core.params import (
-    DataParams, DeployParams, MonitorParams, Params, PromoteParams, RegistryParams, ServeParams,
-    TrainParams,
+    DataParams, DeployParams, MonitorParams, OptimizeParams, Params, PromoteParams, RegistryParams,
+    ServeParams, TrainParams,
 )
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
+from tasks.optimize import optimize as optimize_task
 from tasks.registry import promote as promote_task
 from tasks.registry import register
 from tasks.report import publish_retrain_summary
@@ -25,6 +26,7 @@ def retrain(
     deploy: DeployParams = DeployParams(),
     monitor: MonitorParams = MonitorParams(),
     serve: ServeParams = ServeParams(),
+    optimize: OptimizeParams = OptimizeParams(),
     progress: bool = True,
 ) -> dict:
     """Retrain on the data described by `data` and promote the result if it passes the gate.
@@ -33,7 +35,7 @@ def retrain(
     records exactly what was given), and the Prefect UI shows them as forms.
     """
     params = Params(data=data, train=train, promote=promote, registry=registry, deploy=deploy, monitor=monitor,
-                    serve=serve)
+                    serve=serve, optimize=optimize)
     dataset = prepare_data(data)
     outcome = train_task(dataset, params, progress=progress)
     metrics = evaluate(outcome.run_id, outcome.checkpoint, dataset)
@@ -48,5 +50,7 @@ def retrain(
         "epochs_run": outcome.epochs_run,
         "decision": decision,
     }
+    if optimize.enabled and decision["promoted"]:
+        result["optimized"] = optimize_task(registry.model_name, version, optimize)
     publish_retrain_summary(result, registry.model_name)
     return result

@@ -36,7 +36,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from effects.prediction_log import PredictionLog
+from effects.prediction_log import PredictionLog, open_store
+from effects.variants import TAG_VARIANT, variant_predictor
 from effects import tracking
 from effects.registry import alias_version, predictor_of
 from effects.settings import Settings
@@ -76,17 +77,21 @@ class _Metrics:
         self.swaps = Counter("lepton_model_swaps", "model versions swapped in", registry=r)
         self.log_dropped = Gauge("lepton_prediction_log_dropped_rows", "rows the prediction log dropped", registry=r)
         self.log_written = Gauge("lepton_prediction_log_written_rows", "rows the prediction log wrote", registry=r)
+        self.log_spooled = Gauge("lepton_prediction_log_spooled_rows",
+                                 "rows waiting in the local spool for S3 to answer again", registry=r)
 
 
 class ModelServer:
     def __init__(self, model_name: str, alias: str, params: ServeParams, settings: Settings,
-                 token: str | None = None, log_folder: Path | None = None):
+                 token: str | None = None, log_folder: Path | str | None = None):
         self.model_name, self.alias, self.params, self.settings = model_name, alias, params, settings
         self.token = token or None
         self.current: Loaded | None = None
         self.metrics = _Metrics()
-        folder = log_folder or settings.prediction_log_dir
-        self.log = PredictionLog(folder, params.log_flush_seconds, params.log_flush_rows)
+        # a folder or s3://bucket/prefix; parts S3 cannot take wait in the spool
+        store = open_store(str(log_folder or settings.prediction_log), settings)
+        self.log = PredictionLog(store, settings.home / "serve" / "spool", params.log_flush_seconds,
+                                 params.log_flush_rows)
         self._queue: asyncio.Queue | None = None
         self._inflight = 0  # predict requests checked and not yet answered (event loop only)
         self._stop = threading.Event()
@@ -102,7 +107,9 @@ class ModelServer:
             raise LeptonError(f"model {self.model_name!r} has no @{self.alias}; run `lepton retrain` first")
         if str(mv.version) == c_version:
             return False
-        predictor = predictor_of(mv, self.settings)
+        # a variant version (`lepton optimize`) is served through ONNX Runtime
+        predictor = (variant_predictor(mv, self.settings) if mv.tags.get(TAG_VARIANT)
+                     else predictor_of(mv, self.settings))
         # loaded beside the old one; one assignment swaps it in
         self.current = Loaded(str(mv.version), mv.run_id, mv.tags.get("lepton.data_version", ""), predictor)
         self.metrics.version.labels(self.model_name, self.alias).set(int(mv.version))
@@ -148,10 +155,7 @@ class ModelServer:
             except ValueError:
                 raise BadRequest(400, "instances are ragged (samples of different shapes)") from None
         elif kind in NPY_TYPES:
-            try:
-                x = np.load(io.BytesIO(body), allow_pickle=False)
-            except (ValueError, OSError, EOFError) as e:
-                raise BadRequest(400, f"not a .npy array ({str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+            x = _read_npy(body)
         else:
             raise BadRequest(415, f"content type {kind or 'missing'!r}: send application/json or application/x-npy")
         if x.ndim == 0 or len(x) == 0:
@@ -218,7 +222,7 @@ class ModelServer:
                     logits = await loop.run_in_executor(None, loaded.predictor.forward, t)
                     self.metrics.batch.observe(len(x))
                     self.metrics.instances.inc(len(x))
-                    x_log = t.numpy()  # images in [0, 1], tables raw: what the monitor's features read
+                    x_log = loaded.predictor.log_input(t)  # images in [0, 1], tables raw: what the monitor reads
                     pre = loaded.predictor.preprocessing
                     start = 0
                     for raw, fut, request_id in group:
@@ -232,6 +236,29 @@ class ModelServer:
                 for _, fut, _ in items:
                     if not fut.done():
                         fut.set_exception(e)
+
+
+def _read_npy(body: bytes) -> np.ndarray:
+    """A .npy body -> array. The header's shape is checked against the bytes that
+    follow it before anything is allocated (np.load allocates what the header
+    declares), and object arrays are refused."""
+    from numpy.lib import format as npy
+
+    f = io.BytesIO(body)
+    try:
+        version = npy.read_magic(f)
+        shape, fortran, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise BadRequest(400, f"not a .npy array ({str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+    if dtype.hasobject:
+        raise BadRequest(400, "not a .npy array of numbers (object arrays are refused)")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    data = memoryview(body)[f.tell():]
+    if count * dtype.itemsize != len(data):
+        raise BadRequest(400, f".npy header declares shape {tuple(shape)} ({count * dtype.itemsize} bytes) "
+                              f"but the body holds {len(data)}")
+    x = np.frombuffer(data, dtype=dtype, count=count)
+    return x.reshape(shape, order="F" if fortran else "C")
 
 
 def _by_shape(items: list) -> list[list]:
@@ -346,6 +373,7 @@ def create_app(server: ModelServer) -> FastAPI:
     async def metrics() -> Response:
         server.metrics.log_dropped.set(server.log.dropped)
         server.metrics.log_written.set(server.log.written)
+        server.metrics.log_spooled.set(server.log.spooled)
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -29,12 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         if args.stage == "prepare":
             from effects import monitor_state
+            from effects.data_source import local_data_path
             from effects.settings import get_settings
             from lepton_core.data.prepare import prepare_from_params
 
             # the same accepted monitor batches the Prefect path folds in
             extra = monitor_state.accepted_batches(get_settings()) if params.data.include_monitored else []
-            report = prepare_from_params(params.data, PREPARED, base_dir=Path.cwd(), extra=extra)
+            data = params.data.model_copy(update={"path": local_data_path(params.data.path)})  # s3:// -> mirror
+            report = prepare_from_params(data, PREPARED, base_dir=Path.cwd(), extra=extra)
             print(f"prepared {report['kept']} samples ({report['quarantined']} quarantined, "
                   f"{report['duplicates_dropped']} duplicates dropped, {len(extra)} monitor batches "
                   f"folded in) -> {PREPARED}")

@@ -13,11 +13,28 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
-def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], None], mode: int = 0o644,
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], None], mode: int | None = None,
                  fsync: bool = True) -> Path:
     """Write `data` (bytes, text, or a function that writes to a binary file) to `path`.
 
-    `mode` is the final permission (0o600 for files that hold secrets)."""
+    `mode` is the final permission (0o600 for files that hold secrets); by default
+    what a new file gets under the umask (0644, or 0600 under Lepton's 077)."""
+    if mode is None:
+        mode = 0o666 & ~current_umask()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -39,7 +56,7 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], None
 
 
 def publish_dir(dst: str | Path, build: Callable[[Path], None], replace: bool = True,
-                mode: int = 0o755) -> Path:
+                mode: int | None = None) -> Path:
     """Build a folder with `build(tmp_dir)` beside `dst`, then move it into place.
 
     An existing `dst` is swapped out (`replace=True`) or kept as it is
@@ -48,8 +65,10 @@ def publish_dir(dst: str | Path, build: Callable[[Path], None], replace: bool = 
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.exists() and not replace:
         return dst
+    if mode is None:
+        mode = 0o777 & ~current_umask()
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    os.chmod(tmp, mode)  # mkdtemp makes it private; published folders are meant to be read
+    os.chmod(tmp, mode)  # mkdtemp makes it 0700; a published folder gets what a new one would
     try:
         build(tmp)
         if dst.exists():

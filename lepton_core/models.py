@@ -1,6 +1,7 @@
-"""Models: a small CNN for images of any size and an MLP for tables.
+"""Models: a small CNN for images of any size, a fast CIFAR-shaped CNN, and an MLP
+for tables.
 
-Both take float32 input: images (B, C, H, W) scaled to [0, 1], tables (B, F) raw
+All take float32 input: images (B, C, H, W) scaled to [0, 1], tables (B, F) raw
 (the MLP standardises with buffers fitted on the training split), and return
 logits (B, n_classes).
 """
@@ -19,7 +20,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["cnn", "mlp"]
+    kind: Literal["cnn", "mlp", "fastcnn"]
     input_shape: tuple[int, ...]  # (C, H, W) or (F,)
     n_classes: int
     width: int = 32
@@ -54,6 +55,50 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class FastCNN(nn.Module):
+    """A fast network for CIFAR-shaped images (3x32x32; any C, H, W >= 8 works),
+    after the ideas airbench published (Keller Jordan, 2024): a frozen first layer that
+    whitens 2x2 patches (fitted on the training images: `fit_whitening`), then three
+    blocks of [conv3x3-BN-GELU, max-pool 2, conv3x3-BN-GELU] with no residual
+    connections, global max pooling and a linear head scaled by 1/9. Widths are
+    (2w, 8w, 8w) for `width` w: 64, 256, 256 at the default 32."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c, h, w = cfg.input_shape
+        k = 2 * c * 4  # every eigenvector of the 2x2-patch covariance, and its negative
+        self.whiten = nn.Conv2d(c, k, kernel_size=2, bias=True)
+        self.whiten.requires_grad_(False)
+        widths = (2 * cfg.width, 8 * cfg.width, 8 * cfg.width)
+        layers: list[nn.Module] = [nn.GELU()]
+        ch_in = k
+        for ch in widths:
+            layers += [nn.Conv2d(ch_in, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.GELU(),
+                       nn.MaxPool2d(2),
+                       nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.GELU()]
+            ch_in = ch
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(ch_in, cfg.n_classes, bias=False)
+
+    @torch.no_grad()
+    def fit_whitening(self, x: torch.Tensor, eps: float = 5e-4, max_images: int = 5000) -> None:
+        """Set the frozen first layer from the training images' 2x2 patches (B, C, H, W)."""
+        x = x[:max_images].float()
+        patches = x.unfold(2, 2, 1).unfold(3, 2, 1)  # (B, C, H-1, W-1, 2, 2)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1] * 4).double()
+        mean = patches.mean(0)
+        cov = torch.cov((patches - mean).T)
+        eigval, eigvec = torch.linalg.eigh(cov)
+        w = (eigvec.T / torch.sqrt(eigval.clamp_min(0) + eps)[:, None])  # (C*4, C*4): rows whiten
+        w = torch.cat([w, -w])  # (2*C*4, C*4)
+        self.whiten.weight.copy_(w.reshape(-1, x.shape[1], 2, 2).float())
+        self.whiten.bias.copy_(-(w @ mean).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K)
+        z = self.features(self.whiten(x))
+        return self.head(z.amax(dim=(2, 3))) / 9
+
+
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -77,17 +122,19 @@ class MLP(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    if cfg.kind == "cnn":
+    if cfg.kind in ("cnn", "fastcnn"):
         if len(cfg.input_shape) != 3:
             raise ValueError(f"the CNN needs (C, H, W) input, got {cfg.input_shape}")
-        return SmallCNN(cfg)
+        if cfg.kind == "fastcnn" and min(cfg.input_shape[1:]) < 9:  # three 2x poolings after a 2x2 conv
+            raise ValueError(f"fastcnn needs images of at least 9x9, got {cfg.input_shape}")
+        return SmallCNN(cfg) if cfg.kind == "cnn" else FastCNN(cfg)
     if len(cfg.input_shape) != 1:
         raise ValueError(f"the MLP needs (F,) input, got {cfg.input_shape}")
     return MLP(cfg)
 
 
 def model_config_for(meta: dict, choice: str, width: int, depth: int, dropout: float) -> ModelConfig:
-    """Pick the model for a prepared dataset's meta (`choice` = auto | cnn | mlp)."""
+    """Pick the model for a prepared dataset's meta (`choice` = auto | cnn | mlp | fastcnn)."""
     shape = tuple(int(s) for s in meta["input_shape"])
     kind = choice
     if choice == "auto":

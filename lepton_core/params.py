@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import posixpath
+
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lepton_core.errors import ParamsError
 
@@ -19,7 +21,11 @@ FORMATS: tuple[str, ...] = ("digits", "mnist", "cifar10", "imagefolder", "csv")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: `train.lr=inf` or `nan` is refused here, before any work
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a 64-bit seed, as torch.manual_seed takes it
 
 
 class DataParams(_Section):
@@ -30,7 +36,10 @@ class DataParams(_Section):
     label_column: str = Field("label", description="label column of a CSV/Parquet table")
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    seed: int = Field(0, description="seed of the stratified split")
+    seed: int = Field(0, ge=SEED_MIN, le=SEED_MAX, description="seed of the stratified split")
+    test_split: Literal["canonical", "random"] = Field(
+        "canonical", description="canonical: the format's own test files (MNIST t10k, CIFAR-10 test_batch) "
+        "are the test split when present; random: drawn like val (test_fraction)")
     include_monitored: bool = Field(
         True, description="fold labelled batches accepted by the monitor into the dataset"
     )
@@ -45,25 +54,34 @@ class DataParams(_Section):
 class TrainParams(_Section):
     """How the model is built and trained (never where things live)."""
 
-    model: Literal["auto", "cnn", "mlp"] = "auto"
+    model: Literal["auto", "cnn", "mlp", "fastcnn"] = Field(
+        "auto", description="auto: cnn for images, mlp for tables; fastcnn: the fast CIFAR-shaped network")
     width: int = Field(32, ge=4, le=1024, description="CNN base channels / MLP hidden units")
     depth: int = Field(2, ge=1, le=8, description="MLP hidden layers / CNN convs per block")
     dropout: float = Field(0.1, ge=0, lt=1)
     epochs: int = Field(30, ge=1, le=10_000)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
+    batch_size: int = Field(64, ge=1, le=1_000_000)
+    lr: float = Field(3e-3, gt=0, le=10, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(1e-2, ge=0, le=10)
     schedule: Literal["cosine", "onecycle"] = "cosine"
-    warmup_epochs: float = Field(1.0, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0, le=10_000)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    patience: int = Field(6, ge=0, description="early-stopping patience in epochs; 0 = off")
+    patience: int = Field(6, ge=0, le=10_000, description="early-stopping patience in epochs; 0 = off")
     max_train_samples: int | None = Field(
-        None, ge=2, description="train on a stratified slice of this many samples"
+        None, ge=2, le=10**12, description="train on a stratified slice of this many samples"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of initialisation and batch order")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     compile: bool = Field(False, description="torch.compile the model (compile time is reported apart)")
+    augment: Literal["auto", "on", "off"] = Field(
+        "auto", description="random translation and alternating flips on the device; auto: on for colour "
+        "images on CUDA, off otherwise (a flipped digit is another digit)")
+    translate: int = Field(2, ge=0, le=8, description="largest random shift in pixels when augmenting")
+    devices: int = Field(1, ge=1, le=64, description="processes per node; > 1 trains data-parallel through "
+                         "torchrun (DDP: gloo on the CPU, NCCL on GPUs)")
+    nodes: int = Field(1, ge=1, le=1024, description="nodes of a data-parallel run (LEPTON_DDP_RDZV names "
+                       "the rendezvous when > 1)")
 
 
 class PromoteParams(_Section):
@@ -79,8 +97,31 @@ class PromoteParams(_Section):
 class RegistryParams(_Section):
     """Names in the tracker and the registry."""
 
-    model_name: str = Field("lepton-digits", min_length=1)
-    experiment: str = Field("lepton", min_length=1)
+    model_name: str = Field("lepton-digits", min_length=1, max_length=256)
+    experiment: str = Field("lepton", min_length=1, max_length=500)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        # MLflow's own rules for registered model names (mlflow.utils.validation), checked
+        # here so a bad name is refused before training rather than at registration
+        if not v.strip() or v != v.strip():
+            raise ValueError(f"{v!r}: a model name cannot be blank or start or end with spaces")
+        if "/" in v or ":" in v:
+            raise ValueError(f"{v!r}: a model name cannot contain '/' or ':'")
+        norm = posixpath.normpath(v)
+        if norm != v or norm == "." or norm.startswith(".."):
+            raise ValueError(f"{v!r}: a model name cannot be a relative path such as '.' or '..'")
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError(f"{v!r}: a model name cannot contain control characters")
+        return v
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, v: str) -> str:
+        if not v.strip() or any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError(f"{v!r}: an experiment name cannot be blank or contain control characters")
+        return v
 
 
 class MonitorParams(_Section):
@@ -89,8 +130,8 @@ class MonitorParams(_Section):
     drift_share: float = Field(0.5, gt=0, le=1, description="share of drifted features that is drift")
     prediction_drift: bool = Field(True, description="a drifted predicted-class distribution is drift")
     max_accuracy_drop: float = Field(0.1, gt=0, le=1, description="accuracy drop (labelled batches) that is drift")
-    min_rows: int = Field(50, ge=1, description="fewer usable rows: insufficient data")
-    cooldown_minutes: float = Field(60, ge=0, description="no second drift event within this time")
+    min_rows: int = Field(50, ge=1, le=10**9, description="fewer usable rows: insufficient data")
+    cooldown_minutes: float = Field(60, ge=0, le=525_600, description="no second drift event within this time (at most a year)")
     inbox: str | None = Field(None, description="folder of new batches (default <home>/monitor/inbox)")
     prediction_log: bool = Field(
         True, description="with the default inbox, also check the model server's prediction log: "
@@ -99,10 +140,17 @@ class MonitorParams(_Section):
 
 
 class DeployParams(_Section):
-    """Schedules of the deployments `lepton deploy` registers."""
+    """Schedules of the deployments `lepton deploy` registers; the training pod on Kubernetes."""
 
     retrain_cron: str = Field("0 3 * * 1", description="cron of the scheduled retrain (weekly)")
     timezone: str = "UTC"
+    # The training flow-run pod on a Kubernetes work pool (`lepton deploy --pool-type kubernetes`)
+    gpus: int = Field(0, ge=0, le=64, description='NVIDIA GPUs of the training pod: limits["nvidia.com/gpu"]')
+    memory: str = Field("8Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$",
+                        description="memory of the training pod, requested and its limit (Kubernetes quantity)")
+    cpu: str = Field("2", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPUs requested by the training pod")
+    image: str | None = Field(
+        None, min_length=1, description="image of the training pod; null: lepton:cuda with gpus, else the pool's")
 
 
 class ServeParams(_Section):
@@ -110,11 +158,76 @@ class ServeParams(_Section):
 
     max_batch: int = Field(64, ge=1, le=4096, description="most instances the server scores in one forward pass")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill up")
-    max_instances: int = Field(1024, ge=1, description="most instances in one request")
-    max_body_mb: float = Field(16.0, gt=0, description="largest request body")
-    poll_seconds: float = Field(5.0, gt=0, description="how often the server checks where the alias points")
-    log_flush_seconds: float = Field(5.0, gt=0, description="prediction log: write a part file this often")
-    log_flush_rows: int = Field(2048, ge=1, description="prediction log: or when this many rows wait")
+    max_instances: int = Field(1024, ge=1, le=1_000_000, description="most instances in one request")
+    max_body_mb: float = Field(16.0, gt=0, le=4096, description="largest request body")
+    poll_seconds: float = Field(5.0, gt=0, le=86_400, description="how often the server checks where the alias points")
+    log_flush_seconds: float = Field(5.0, gt=0, le=86_400, description="prediction log: write a part file this often")
+    log_flush_rows: int = Field(2048, ge=1, le=10_000_000, description="prediction log: or when this many rows wait")
+
+
+class OptimizeParams(_Section):
+    """`lepton optimize` and the retrain flow's optimize step: ONNX and int8 variants."""
+
+    enabled: bool = Field(False, description="build the variants after each promotion in the retrain flow")
+    variants: tuple[Literal["onnx", "int8"], ...] = Field(
+        ("onnx", "int8"), min_length=1, description="which variants to build")
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="largest test-accuracy loss against the PyTorch model a variant may have")
+    calibration_samples: int = Field(256, ge=1, description="training samples that calibrate int8 quantisation")
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime threads per session (default: all cores)")
+
+
+class SweepRange(_Section):
+    """One searched param: `choices`, or a range `low`..`high` (sampled on a log scale
+    with `log: true`, on a grid with `step`). Ints or floats follow the param's type."""
+
+    choices: tuple[bool | int | float | str | None, ...] | None = Field(
+        None, min_length=1, description="the values to choose from")
+    low: int | float | None = Field(None, description="lower end of a range")
+    high: int | float | None = Field(None, description="upper end of a range")
+    log: bool = Field(False, description="sample the range on a log scale")
+    step: int | float | None = Field(None, gt=0, description="grid step of a linear range")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SweepRange":
+        ranged = self.low is not None or self.high is not None
+        if (self.choices is None) == (not ranged):
+            raise ValueError("give either choices or low and high")
+        if self.choices is not None:
+            if self.log or self.step is not None:
+                raise ValueError("log and step go with low/high, not choices")
+            if len({repr(c) for c in self.choices}) != len(self.choices):
+                raise ValueError("choices repeat a value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("a log range needs low > 0 and no step")
+        return self
+
+
+def _default_space() -> dict[str, SweepRange]:
+    return {
+        "train.lr": SweepRange(low=3e-4, high=3e-2, log=True),
+        "train.width": SweepRange(choices=(16, 32, 64)),
+        "train.dropout": SweepRange(low=0.0, high=0.3),
+    }
+
+
+class SweepParams(_Section):
+    """`lepton sweep`: the search space (params paths), the metric, the budget."""
+
+    space: dict[str, SweepRange] = Field(
+        default_factory=_default_space,
+        description="params path (train.KEY) -> choices, or low/high (log: on a log scale)")
+    metric: Literal["val_accuracy", "val_loss"] = Field(
+        "val_accuracy", description="at each trial's best epoch: val_accuracy is maximised, val_loss minimised")
+    trials: int = Field(8, ge=1, le=10_000, description="trials in all")
+    parallel: int = Field(2, ge=1, le=1024, description="trials at once (threads, or Dask workers)")
+    startup_trials: int = Field(4, ge=1, le=10_000, description="random trials before TPE models the space")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the sampler")
 
 
 class Params(_Section):
@@ -125,6 +238,8 @@ class Params(_Section):
     deploy: DeployParams = DeployParams()
     monitor: MonitorParams = MonitorParams()
     serve: ServeParams = ServeParams()
+    optimize: OptimizeParams = OptimizeParams()
+    sweep: SweepParams = SweepParams()
 
 
 SECTIONS: tuple[str, ...] = tuple(Params.model_fields)
@@ -190,14 +305,42 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as e:
-            raise ParamsError(f"{path}: not valid YAML ({e.__class__.__name__})") from None
+            raise ParamsError(f"{path}: {_yaml_problem(e)}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ParamsError(f"{path}: unreadable params file ({e.__class__.__name__})") from None
     return parse_params(raw, overrides)
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """`not valid YAML at line L, column C: <problem>` (1-based, as editors count)."""
+    mark, begun = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or e.__class__.__name__
+    mark = mark or begun
+    if mark is None:
+        return f"not valid YAML: {problem}"
+    where = f"not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    if begun is not None and begun.line != mark.line:
+        where += f" ({getattr(e, 'context', None) or 'what is unclosed'} at line {begun.line + 1})"
+    return where
+
+
+def check_device(train: TrainParams) -> None:
+    """`train.device=cuda` on a machine without a CUDA device: one line, before any work."""
+    if train.device == "cuda":
+        import torch  # only here: reading params stays light
+
+        if not torch.cuda.is_available():
+            raise ParamsError("train.device=cuda but torch sees no CUDA device on this machine; "
+                              "use train.device=auto (the GPU when there is one) or cpu")
+
+
 def flatten_params(params: Params) -> dict[str, str]:
-    """`section.key -> str(value)` for trackers that want flat string params."""
+    """`section.key -> str(value)` for trackers that want flat string params (all
+    but `sweep`: how a search runs is its parent run's record, not a model's param)."""
     flat: dict[str, str] = {}
     for section, model in params:
+        if section == "sweep":
+            continue
         for key, value in model.model_dump().items():
             flat[f"{section}.{key}"] = "" if value is None else str(value)
     return flat

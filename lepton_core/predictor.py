@@ -167,6 +167,11 @@ class Predictor:
         """Raw samples -> float32 model input on the CPU (checked)."""
         return model_input(self.check(x), self.preprocessing, self.model_config)
 
+    def log_input(self, t: torch.Tensor) -> np.ndarray:
+        """What the monitor's features read for input made by `to_input`: images in
+        [0, 1], tables raw."""
+        return t.numpy()
+
     def logits(self, x: Any) -> np.ndarray:
         """(N, K) float32 logits for raw samples."""
         return self.forward(self.to_input(x))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -27,9 +28,10 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from lepton_core.checkpoint import load_checkpoint, save_checkpoint
+from lepton_core.checkpoint import load_work_checkpoint, save_checkpoint
 from lepton_core.data.prepare import Prepared
-from lepton_core.models import MLP, ModelConfig, build_model, model_config_for
+from lepton_core.augment import augment_batch, epoch_generator, flip_bits, should_augment
+from lepton_core.models import MLP, FastCNN, ModelConfig, build_model, model_config_for
 from lepton_core.params import TrainParams
 from lepton_core.predictor import Preprocessing, check_samples, model_input
 from lepton_core.progress import Progress
@@ -39,6 +41,10 @@ LogFn = Callable[[int, dict[str, float]], None]
 
 def _no_log(step: int, metrics: dict[str, float]) -> None:
     return None
+
+
+def _note_to_stderr(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
 
 
 @dataclass
@@ -53,14 +59,30 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     device: str = "cpu"
     compile_seconds: float = 0.0  # torch.compile warm-up (all shapes), not in the epochs' time
+    world_size: int = 1  # processes of a data-parallel run (torchrun); 1 = one process
+    rank_rows: list[int] | None = None  # data-parallel: the training rows this rank trained on in its first epoch
+    ranks: list[dict] = field(default_factory=list)  # data-parallel: each rank's rows and final-weights digest
 
 
 def choose_device(pref: str = "auto") -> torch.device:
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("train.device=cuda but no CUDA device is available")
-        return torch.device("cuda")
+        rank, world, local = distributed_rank()
+        return torch.device("cuda", local % torch.cuda.device_count()) if world > 1 else torch.device("cuda")
     return torch.device("cpu")
+
+
+def distributed_rank() -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process in an initialised process group
+    (torchrun; see effects/ddp_worker.py), else (0, 1, 0)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        import os
+
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
 
 
 
@@ -192,11 +214,14 @@ def train_model(
     resume: bool = True,
     progress: bool = True,
     extra_state: dict[str, Any] | None = None,
+    note: Callable[[str], None] = _note_to_stderr,
 ) -> TrainResult:
     """Train and return the best model (by validation accuracy).
 
     x_*: float32 model input, (N, C, H, W) or (N, F); y_*: (N,) int64.
-    If `checkpoint_path` exists and `resume`, training continues from it.
+    If `checkpoint_path` exists and `resume`, training continues from it; one that
+    cannot be read safely is moved aside (`note` says where, in one line) and
+    training starts from scratch.
     """
     device = choose_device(params.device)
     cuda = device.type == "cuda"
@@ -206,6 +231,8 @@ def train_model(
     model = build_model(model_config)
     if isinstance(model, MLP):
         model.fit_scaler(x_train)
+    elif isinstance(model, FastCNN):
+        model.fit_whitening(x_train)
     model.to(device)
     memory_format = torch.channels_last if cuda and x_train.ndim == 4 else torch.contiguous_format
     model.to(memory_format=memory_format)
@@ -216,9 +243,24 @@ def train_model(
         return t.contiguous(memory_format=memory_format) if t.ndim == 4 else t
 
     xt, yt, xv, yv = _put(x_train), y_train.to(device), _put(x_val), y_val.to(device)
+    augment = should_augment(params.augment, xt, cuda)
+    flips = flip_bits(len(xt), params.seed, device) if augment else None
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and params.amp else nullcontext
+    # Data-parallel (under torchrun): every rank holds the whole device-resident data
+    # and the same batch order, trains on its share of each batch (rows rank::world),
+    # and DDP all-reduces the gradients; rank 0 alone logs and checkpoints.
+    rank, world, _ = distributed_rank()
+    lead = rank == 0
+    if not lead:
+        log, progress = _no_log, False
     # the module that runs batches; `model` keeps the weights (and plain state_dict keys)
-    fwd: nn.Module = torch.compile(model, dynamic=False) if params.compile else model
+    fwd: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # CPU (gloo): device_ids=None; BatchNorm buffers follow rank 0 (broadcast_buffers)
+        fwd = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    fwd = torch.compile(fwd, dynamic=False) if params.compile else fwd
 
     opt = torch.optim.AdamW(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay, **({"fused": True} if cuda else {})
@@ -236,9 +278,11 @@ def train_model(
     resumed_from = 0
     stopped_early = False
     ckpt = Path(checkpoint_path) if checkpoint_path else None
-    if ckpt is not None and resume and ckpt.exists():
+    state, moved = load_work_checkpoint(ckpt) if ckpt is not None and resume else (None, None)
+    if moved:
+        note(moved)
+    if state is not None:
         # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
-        state = load_checkpoint(ckpt, map_location="cpu")
         if not _same_run(state, model_config, params):
             raise ValueError(f"{ckpt} was written for another model or params; not resuming")
         model.load_state_dict(state["model"])
@@ -258,6 +302,7 @@ def train_model(
             stopped_early = bool(state.get("stopped_early", False))
 
     compile_seconds = 0.0
+    first_rows: list[torch.Tensor] = []  # data-parallel: this rank's rows in its first epoch
     bar = Progress(params.epochs, "train", enabled=progress)
     bar.update(start_epoch)
     epoch = start_epoch
@@ -271,9 +316,18 @@ def train_model(
             # (float64: the same sums as adding Python floats)
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct = torch.zeros((), dtype=torch.int64, device=device)
+            aug_gen = epoch_generator(params.seed, epoch, device) if augment else None
             for i in range(0, len(xt), params.batch_size):
                 idx = perm[i : i + params.batch_size]
+                if world > 1:
+                    idx = idx[rank::world]  # this rank's share of the global batch
+                    if len(idx) == 0:  # a last batch smaller than the world: wrap around
+                        idx = perm[rank % len(perm) : rank % len(perm) + 1]
+                    if epoch == start_epoch + 1:
+                        first_rows.append(idx.cpu())
                 xb, yb = xt[idx], yt[idx]
+                if augment:
+                    xb = augment_batch(xb, idx, epoch, flips, params.translate, aug_gen)
                 with amp():
                     logits = fwd(xb)
                     loss = F.cross_entropy(logits.float(), yb, label_smoothing=params.label_smoothing)
@@ -283,7 +337,18 @@ def train_model(
                 sched.step()
                 loss_sum += loss.detach().double() * len(idx)
                 correct += (logits.detach().argmax(1) == yb).sum()
-            val_loss, val_acc = _evaluate(fwd, xv, yv, 1024, amp)
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(loss_sum)  # every rank's share of the epoch
+                dist.all_reduce(correct)
+                # BatchNorm's running statistics are updated by each rank's own share
+                # after DDP broadcasts them; rank 0's go to every rank before the
+                # evaluation, so all ranks judge (and keep) the same weights
+                for b in model.buffers():
+                    dist.broadcast(b, 0)
+            # every rank evaluates the same weights on the whole val split: one verdict
+            val_loss, val_acc = _evaluate(model if world > 1 else fwd, xv, yv, 1024, amp)
             metrics = {
                 "train_loss": loss_sum.item() / len(xt),
                 "train_accuracy": correct.item() / len(xt),
@@ -298,7 +363,7 @@ def train_model(
             else:
                 bad_epochs += 1
             stop = params.patience > 0 and bad_epochs >= params.patience
-            if ckpt is not None:
+            if ckpt is not None and lead:
                 save_checkpoint(
                     _to_cpu({
                         "model_config": model_config.model_dump(mode="json"),
@@ -341,6 +406,8 @@ def train_model(
         history=history,
         device=str(device),
         compile_seconds=compile_seconds,
+        world_size=world,
+        rank_rows=sorted(torch.cat(first_rows).tolist()) if first_rows else None,
     )
 
 
@@ -366,9 +433,12 @@ def train_on_prepared(
     *,
     log: LogFn = _no_log,
     progress: bool = True,
+    extra_state: dict[str, Any] | None = None,
+    note: Callable[[str], None] = _note_to_stderr,
 ) -> TrainResult:
     """Train on a prepared dataset's train/val splits, read through the same
-    preprocessing the predictor applies later (what dvc repro and Prefect both call)."""
+    preprocessing the predictor applies later (what dvc repro and Prefect both call).
+    `extra_state` goes into every work checkpoint (e.g. the tracking run's id)."""
     cfg = model_config_for(prepared.meta, params.model, params.width, params.depth, params.dropout)
     x_tr, y_tr = prepared.x["train"], prepared.y["train"]
     if params.max_train_samples:
@@ -381,7 +451,7 @@ def train_on_prepared(
     return train_model(
         cfg, params, inputs(x_tr), torch.from_numpy(y_tr), inputs(prepared.x["val"]),
         torch.from_numpy(prepared.y["val"]),
-        log=log, checkpoint_path=checkpoint_path, progress=progress,
+        log=log, checkpoint_path=checkpoint_path, progress=progress, extra_state=extra_state, note=note,
     )
 
 

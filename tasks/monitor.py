@@ -12,7 +12,8 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from effects import monitor_state
-from effects.monitor import REPORT_ARTIFACT, check_batch, new_batches, prediction_log_window, s3_batches
+from effects.monitor import (REPORT_ARTIFACT, check_batch, claim_new, cooldown_line, new_batches,
+                             prediction_log_window, record_event_outcome, s3_batches)
 from effects.settings import get_settings
 from effects.summaries import monitor_markdown
 from lepton_core.drift import DRIFT_EVENT
@@ -22,17 +23,22 @@ from lepton_core.params import MonitorParams
 @task(name="find-new-batches")
 def find_new_batches(inbox: str | None, prediction_log: bool = True, min_rows: int = 50) -> list[str]:
     """New batches in the inbox; with the default inbox also the model server's
-    prediction log, in a window of the part files no run has checked yet."""
+    prediction log, in a window of the part files no run has checked yet. Each is
+    claimed for this run (shared state when configured): two workers running at
+    once get disjoint lists."""
     s = get_settings()
     if inbox and inbox.startswith("s3://"):
         done = monitor_state.processed(s)
-        return [b for b in s3_batches(inbox, s) if b.rsplit("/", 1)[-1] not in done]
+        fresh = [b for b in s3_batches(inbox, s) if b.rsplit("/", 1)[-1] not in done]
+        mine = set(monitor_state.claim_batches(s, [b.rsplit("/", 1)[-1] for b in fresh]))
+        return [b for b in fresh if b.rsplit("/", 1)[-1] in mine]
     root = Path(inbox).expanduser() if inbox else s.home / "monitor" / "inbox"
-    found = [str(p) for p in new_batches(root, s)]
+    found = new_batches(root, s)
     if not inbox and prediction_log:
         prediction_log_window(s, min_rows)
-        found += [str(p) for p in new_batches(s.home / "monitor" / "windows", s)]
-    return found
+        found += new_batches(s.home / "monitor" / "windows", s)
+    # claimed: a second worker running now gets the others, never these
+    return [str(p) for p in claim_new(found, s)]
 
 
 @task(name="check-batch", retries=1, retry_delay_seconds=5, timeout_seconds=1800)
@@ -46,11 +52,13 @@ def check_batch_task(batch: str, fmt: str | None, params: MonitorParams, model_n
 
 
 @task(name="emit-drift-event")
-def emit_drift_event(results: list[dict], params: MonitorParams, model_name: str) -> bool:
-    """One `lepton.drift.detected` event for the drifted batches, unless in cool-down."""
+def emit_drift_event(results: list[dict], params: MonitorParams, model_name: str) -> dict:
+    """One `lepton.drift.detected` event for the drifted batches, unless in cool-down.
+    Returns {"emitted": bool, "suppressed": None or "suppressed: cool-down until
+    HH:MM UTC (...)"}; the drifted batches' monitoring runs say which (a tag)."""
     drifted = [r for r in results if r["status"] == "drift"]
     if not drifted:
-        return False
+        return {"emitted": False, "suppressed": None}
     payload = {
         "model_name": model_name,
         "model_version": drifted[0]["champion_version"],
@@ -58,15 +66,19 @@ def emit_drift_event(results: list[dict], params: MonitorParams, model_name: str
         "scores": {r["batch_id"]: r["scores"] for r in drifted},
         "mlflow_run_ids": [r["mlflow_run_id"] for r in drifted],
     }
-    if not monitor_state.claim_event(get_settings(), params.cooldown_minutes, payload):
-        return False
+    cooldown = monitor_state.claim_event_or_cooldown(get_settings(), params.cooldown_minutes, payload)
+    if cooldown is not None:
+        line = cooldown_line(*cooldown)
+        record_event_outcome(payload["mlflow_run_ids"], line)
+        return {"emitted": False, "suppressed": line}
     emit_event(event=DRIFT_EVENT, resource={"prefect.resource.id": f"lepton.model.{model_name}",
                                             "prefect.resource.name": model_name}, payload=payload)
-    return True
+    record_event_outcome(payload["mlflow_run_ids"], "emitted")
+    return {"emitted": True, "suppressed": None}
 
 
 @task(name="publish-monitor-summary")
-def publish_monitor_summary(results: list[dict], model_name: str, event: bool) -> str:
+def publish_monitor_summary(results: list[dict], model_name: str, event: dict) -> str:
     md = monitor_markdown(results, model_name, event, get_settings().tracking_uri, REPORT_ARTIFACT)
     create_markdown_artifact(markdown=md, key="lepton-monitor-summary", description=f"{model_name} drift")
     return md

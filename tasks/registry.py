@@ -18,6 +18,7 @@ from effects.dvc_store import DataVersion, dataset_path
 from effects.registry import log_and_register, promote_version, rollback_champion
 from effects.retry import not_user_error
 from effects.settings import get_settings
+from effects.variants import follow_champion
 from lepton_core.data.prepare import read_prepared
 from lepton_core.params import Params, PromoteParams
 from tasks.train import TrainOutcome
@@ -70,11 +71,20 @@ def register(outcome: TrainOutcome, data: DataVersion, params: Params, metrics: 
       retry_condition_fn=not_user_error)
 def promote(model_name: str, version: str, params: PromoteParams, force: bool = False) -> dict:
     with registry_slot():
-        return promote_version(model_name, version, params, force)
+        result = promote_version(model_name, version, params, force)
+        # @champion-onnx / @champion-int8 follow the champion (or go, until it has variants)
+        moved = follow_champion(model_name)
+        if moved:
+            result["variant_aliases"] = moved
+        return result
 
 
 @task(name="rollback", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=600,
       retry_condition_fn=not_user_error)
 def rollback(model_name: str) -> dict:
     with registry_slot():
-        return rollback_champion(model_name)
+        result = rollback_champion(model_name)
+        moved = follow_champion(model_name)
+        if moved:
+            result["variant_aliases"] = moved
+        return result

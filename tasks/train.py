@@ -7,14 +7,18 @@ import hashlib
 import time
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from effects import monitor_state, tracking
 from effects.dvc_store import DataVersion, dataset_path
+from effects.locks import first_free_slot
 from effects.settings import get_settings
 from effects.stages import train_stage
+from lepton_core.checkpoint import load_work_checkpoint, remove_partial_writes
 from lepton_core.data.prepare import read_prepared
 from lepton_core.params import Params, TrainParams, flatten_params
 
@@ -29,25 +33,75 @@ class TrainOutcome(BaseModel):
     device: str
 
 
-def work_checkpoint(checkpoints_dir: Path, version: str, params: TrainParams) -> Path:
-    """Where an unfinished training of (data version, params) keeps its checkpoint."""
-    key = hashlib.sha256((version + params.model_dump_json()).encode()).hexdigest()[:16]
-    return checkpoints_dir / f"train-{key}.pt"
+def work_key(version: str, params: TrainParams) -> str:
+    """What identifies a training: (data version, train params)."""
+    return "train-" + hashlib.sha256((version + params.model_dump_json()).encode()).hexdigest()[:16]
+
+
+def work_checkpoint(checkpoints_dir: Path, version: str, params: TrainParams, slot: int = 0) -> Path:
+    """Where an unfinished training of (data version, params) keeps its checkpoint;
+    identical trainings running at once each hold a slot of their own."""
+    key = work_key(version, params)
+    return checkpoints_dir / (f"{key}.pt" if slot == 0 else f"{key}.{slot}.pt")
+
+
+def _slots_with_checkpoints(checkpoints_dir: Path, key: str) -> list[int]:
+    found = []
+    for p in checkpoints_dir.glob(f"{key}*.pt"):
+        mid = p.name[len(key):-3]  # "" for slot 0, ".N" for slot N
+        if mid == "" or (mid.startswith(".") and mid[1:].isdigit()):
+            found.append(int(mid[1:] or 0))
+    return sorted(found)
 
 
 @task(name="train", retries=1, retry_delay_seconds=2, timeout_seconds=6 * 3600)
 def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutcome:
-    """Train on a data version inside a new MLflow run. A retry, or a rerun after a
-    crash with the same data and params, resumes from the work checkpoint."""
+    """Train on a data version inside an MLflow run. A retry, or a rerun after a
+    crash with the same data and params, resumes from the work checkpoint and
+    continues the MLflow run that checkpoint belongs to (one run, all epochs).
+
+    Identical trainings running at once each hold their own checkpoint slot (a
+    flock), so none resumes another live one's epochs; a killed one's slot is free
+    again and the next identical training takes it over. Runs left RUNNING by a
+    killed process are marked KILLED."""
     s = get_settings()
+    log = _logger()
     c = tracking.client(s)
     exp = tracking.ensure_experiment(c, params.registry.experiment, s)
+    key = work_key(data.version, params.train)
+    with first_free_slot(s.locks_dir, key, prefer=_slots_with_checkpoints(s.checkpoints_dir, key)) as slot:
+        ckpt = work_checkpoint(s.checkpoints_dir, data.version, params.train, slot)
+        remove_partial_writes(ckpt)  # a killed writer's temporaries: this slot is ours alone now
+        state, moved = load_work_checkpoint(ckpt, mmap=True)
+        if moved:
+            log.warning(moved)
+        prior = str(state.get("mlflow_run_id") or "") if state else ""
+        history = list(state.get("history", [])) if state else []
+        del state
+        run_id = prior if prior and tracking.continue_run(c, prior, history) else ""
+        tracking.end_dead_runs(c, exp, keep=run_id or None)
+        if run_id:
+            log.warning(f"resuming MLflow run {run_id} from its work checkpoint")
+        else:
+            run_id = _new_run(c, exp, data, params, s)
+        return _train_in_run(c, run_id, data, params, ckpt, progress, log.warning, s)
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called as a plain function (train.fn), outside a run
+        return get_logger("lepton.train")
+
+
+def _new_run(c, exp: str, data: DataVersion, params: Params, s) -> str:
     run_flow = str(flow_run.id or "")
     commit = tracking.git_commit(s.project_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run = c.create_run(exp, run_name=f"retrain-{stamp}-data-{data.version[:8]}", tags={
         tracking.TAG_DATA_VERSION: data.version,
         tracking.TAG_GIT_COMMIT: commit,
+        tracking.TAG_OWNER: tracking.process_identity(),
         "lepton.data_format": data.meta.get("kind", ""),
     })
     run_id = run.info.run_id
@@ -60,12 +114,23 @@ def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutc
             flow_run_id=run_flow, flow_run_url=tracking.flow_run_url(s.prefect_ui_api_url, run_flow),
             monitored=[b for b in monitor_state.accepted_batches(s) if b["id"] in batches],
         )
+    except BaseException:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def _train_in_run(c, run_id: str, data: DataVersion, params: Params, ckpt: Path, progress: bool,
+                  note, s) -> TrainOutcome:
+    try:
         prepared = read_prepared(dataset_path(data.version, s))
-        ckpt = work_checkpoint(s.checkpoints_dir, data.version, params.train)
         final = s.home / "runs" / run_id / "model.pt"
+        remove_partial_writes(final)
         logger = tracking.BatchedMetricLogger(c, run_id)
         t0 = time.perf_counter()
-        result = train_stage(prepared, params.train, final, ckpt, log=logger, progress=progress)
+        result = train_stage(prepared, params.train, final, ckpt, log=logger, progress=progress,
+                             prepared_dir=dataset_path(data.version, s), extra_state={"mlflow_run_id": run_id},
+                             note=note)
         train_seconds = time.perf_counter() - t0
         logger.flush()
         c.log_artifact(run_id, str(final), "checkpoint")
@@ -79,6 +144,7 @@ def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutc
             tags=[
                 tracking.RunTag("lepton.resumed_from_epoch", str(result.resumed_from_epoch)),
                 tracking.RunTag("lepton.device", result.device),
+                tracking.RunTag("lepton.world_size", str(result.world_size)),
             ],
         )
         ckpt.unlink(missing_ok=True)  # finished: the next identical retrain starts fresh

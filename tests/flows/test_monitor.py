@@ -4,6 +4,7 @@ the drift event and its cool-down, and a retrain that folds the new data in."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -57,15 +58,24 @@ def test_mild_batch_no_alarm_strong_batch_drift_event_then_cooldown(champion, le
     event = json.loads((s.home / "monitor" / "last_event.json").read_text())
     assert event["model_version"] == champion["version"] and r["batch_id"] in event["batch_ids"]
 
-    # A second drifted batch inside the cool-down: still "drift", but no new event.
+    # A second drifted batch inside the cool-down: still "drift", but no new event,
+    # and the result, the monitoring run and the Prefect summary say until when.
     again = _run(_batch(base, "strong2", "noise", "high"))
     assert again["results"][0]["status"] == "drift"
     assert again["event_emitted"] is False
+    hm = r"(\d{4}-\d\d-\d\d )?\d\d:\d\d UTC"
+    assert re.fullmatch(rf"suppressed: cool-down until {hm} \(the last event was at {hm}\)",
+                        again["event_suppressed"]), again["event_suppressed"]
+    assert strong["event_suppressed"] is None
 
     # The report is logged to a monitoring run that names the champion.
     c = MlflowClient(s.tracking_uri, registry_uri=s.tracking_uri)
     run = c.get_run(r["mlflow_run_id"])
     assert run.data.tags["lepton.monitored_model_version"] == champion["version"]
+    assert run.data.tags["lepton.monitor.event"] == "emitted"
+    quiet = c.get_run(again["results"][0]["mlflow_run_id"]).data.tags
+    assert quiet["lepton.monitor.event"] == again["event_suppressed"]
+    assert again["event_suppressed"] in quiet["mlflow.note.content"]
     assert run.data.tags["lepton.monitor.status"] == "drift"
     names = {a.path for a in c.list_artifacts(r["mlflow_run_id"], "monitoring")}
     assert {"monitoring/report.html", "monitoring/report.json"} <= names

@@ -21,8 +21,8 @@ PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 
 
 class Live:
-    def __init__(self, base: Path, backend: str, sse: str | None = None):
-        self.base, self.backend, self.sse = base, backend, sse
+    def __init__(self, base: Path, backend: str, sse: str | None = None, auth: bool = True):
+        self.base, self.backend, self.sse, self.auth = base, backend, sse, auth
         self.home = base / "home"
         self.ports = {"prefect": free_port(), "mlflow": free_port(), "s3": free_port(), "serve": free_port()}
         self.db = f"{PG_SERVER}/lepton_t{uuid.uuid4().hex[:10]}" if backend == "postgresql" else None
@@ -67,6 +67,8 @@ class Live:
             args += ["--db", self.db]
         if self.sse and not (self.home / "stack" / "stack.json").exists():
             args += ["--sse", self.sse]  # a restart keeps it without being told again
+        if not self.auth:
+            args += ["--no-auth"]
         r = self.cli(*args)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
         return r
@@ -76,6 +78,41 @@ class Live:
 
     def credentials(self) -> dict:
         return json.loads((self.home / "stack" / "credentials.json").read_text())
+
+    # -- credentials (authentication is on unless the stack was started with --no-auth)
+    def auth_header(self, url: str) -> dict[str, str]:
+        """What a stock HTTP client sends to the service behind `url`."""
+        import base64
+
+        if not self.auth:
+            return {}
+        c = self.credentials()
+        if url.startswith(self.mlflow):
+            secret = f"{c['mlflow_username']}:{c['mlflow_password']}"
+        elif url.startswith(self.prefect_api.removesuffix("/api")):
+            secret = c["prefect_auth_string"]
+        else:
+            return {}
+        return {"Authorization": "Basic " + base64.b64encode(secret.encode()).decode()}
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """The environment of a stock client (mlflow, prefect) that uses the stack."""
+        c = self.credentials()
+        env = {"MLFLOW_TRACKING_URI": self.mlflow, "PREFECT_API_URL": self.prefect_api}
+        if self.auth:
+            env.update({"MLFLOW_TRACKING_USERNAME": c["mlflow_username"],
+                        "MLFLOW_TRACKING_PASSWORD": c["mlflow_password"],
+                        "PREFECT_API_AUTH_STRING": c["prefect_auth_string"]})
+        return env
+
+    def browser_headers(self, url: str) -> dict[str, str]:
+        """What a browser signed in to the stack's MLflow sends with every request to
+        it (the basic-auth answer); the Prefect dashboard keeps its own sign-in."""
+        return self.auth_header(url) if url.startswith(self.mlflow) else {}
+
+    def state(self) -> dict:
+        return json.loads((self.home / "stack" / "stack.json").read_text())
 
     def s3_client(self):
         import boto3
@@ -95,6 +132,10 @@ class Live:
     def _request(self, req: urllib.request.Request | str):
         import urllib.error
 
+        if isinstance(req, str):
+            req = urllib.request.Request(req)
+        for k, v in self.auth_header(req.full_url).items():
+            req.add_header(k, v)
         for attempt in range(6):
             try:
                 with urllib.request.urlopen(req, timeout=30) as r:
@@ -133,7 +174,7 @@ def _drop_databases(db: str) -> None:
     conn = psycopg2.connect(f"{PG_SERVER}/postgres")
     conn.autocommit = True
     with conn.cursor() as cur:
-        for suffix in ("mlflow", "prefect"):
+        for suffix in ("mlflow", "prefect", "lepton"):  # lepton: the monitor's shared state
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(f"{base}_{suffix}")))
     conn.close()
 

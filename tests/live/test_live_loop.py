@@ -29,13 +29,31 @@ def _deployment(live, name: str) -> dict:
     return live.get(f"{live.prefect_api}/deployments/name/{name}")
 
 
-def _render(url: str, tmp_path: Path, screenshot: Path | None = None) -> str:
-    """The page's DOM after its JavaScript ran, from headless Chromium."""
+def _render(url: str, tmp_path: Path, screenshot: Path | None = None, live=None, until: str = "") -> str:
+    """The page's DOM after its JavaScript ran, from headless Chromium; signed in to
+    the stack's MLflow or Prefect as its user would be (`live`). MLflow's pages under
+    authentication are read over the DevTools protocol, with the basic-auth answer
+    on every request, once they hold `until`."""
     import subprocess
 
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed (make test installs it: apt-get install chromium)"
     profile = tmp_path / f"profile-{abs(hash(url))}"
+    if live is not None and live.browser_headers(url):
+        from tests.live.browser import page_html
+
+        assert screenshot is None and until
+        return page_html(url, profile, until=until, headers=live.browser_headers(url))
+    if live is not None:
+        prefect_ui = live.prefect_api.removesuffix("/api")
+        if live.auth and url.startswith(prefect_ui) and not profile.exists():
+            import base64
+
+            from tests.live.browser import seed_local_storage
+
+            # the dashboard's sign-in page keeps the auth string here
+            secret = base64.b64encode(live.credentials()["prefect_auth_string"].encode()).decode()
+            seed_local_storage(profile, prefect_ui, {"prefect-password": secret})
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1400,1000"]
@@ -49,12 +67,13 @@ def _render(url: str, tmp_path: Path, screenshot: Path | None = None) -> str:
 def test_dashboards_show_the_deployment_its_schedule_and_the_champion(live, deployed_run, tmp_path):
     dep, _ = deployed_run
     prefect_ui = live.prefect_api.removesuffix("/api")
-    listing = _render(f"{prefect_ui}/deployments", tmp_path)
+    listing = _render(f"{prefect_ui}/deployments", tmp_path, live=live)
     assert "retrain" in listing and "lepton" in listing
-    detail = _render(f"{prefect_ui}/deployments/deployment/{dep['id']}", tmp_path, tmp_path / "deployment.png")
+    detail = _render(f"{prefect_ui}/deployments/deployment/{dep['id']}", tmp_path, tmp_path / "deployment.png",
+                     live=live)
     assert "At 03:00 AM, only on Monday" in detail  # the cron schedule, as the dashboard words it
     assert (tmp_path / "deployment.png").stat().st_size > 10_000
-    model_page = _render(f"{live.mlflow}/#/models/lepton-digits", tmp_path)
+    model_page = _render(f"{live.mlflow}/#/models/lepton-digits", tmp_path, live=live, until="champion")
     assert "lepton-digits" in model_page and "champion" in model_page
 
 
@@ -149,17 +168,18 @@ def test_the_report_is_one_click_away_in_both_uis(live, deployed_run, tmp_path):
                      {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]}}, "sort": "CREATED_DESC"})
     assert f"[open in MLflow]({url})" in arts[0]["data"]
     prefect_ui = live.prefect_api.removesuffix("/api")
-    page = _render(f"{prefect_ui}/artifacts/artifact/{arts[0]['id']}", tmp_path)
+    page = _render(f"{prefect_ui}/artifacts/artifact/{arts[0]['id']}", tmp_path, live=live)
     assert f'href="{url}"' in page
 
     # MLflow: the champion version's description links to the same page.
     aliases = live.get(f"{live.mlflow}/api/2.0/mlflow/registered-models/get?name=lepton-digits")
     champion = {a["alias"]: a["version"] for a in aliases["registered_model"]["aliases"]}["champion"]
-    page = _render(f"{live.mlflow}/#/models/lepton-digits/versions/{champion}", tmp_path)
+    page = _render(f"{live.mlflow}/#/models/lepton-digits/versions/{champion}", tmp_path, live=live,
+                   until=f'href="{url}"')
     assert f'href="{url}"' in page
 
     # Following the link shows the Evidently report itself, inside MLflow's artifact view.
-    texts = frame_texts(url, tmp_path / "cdp-profile", until="Dataset Drift")
+    texts = frame_texts(url, tmp_path / "cdp-profile", until="Dataset Drift", headers=live.browser_headers(url))
     assert any("Dataset Drift" in t and "Drifted Columns" in t for t in texts[1:]), [t[:200] for t in texts]
 
 
@@ -240,8 +260,9 @@ def test_mlflow_ui_shows_lineage_and_opens_on_training_runs(live, deployed_run, 
     assert tags["mlflow.source.git.commit"] and tags["mlflow.source.name"] == "flows/retrain.py"
     assert tags["lepton.prefect_flow_run_url"] == f"{live.prefect_api.removesuffix('/api')}/runs/flow-run/{deployed_run[1]['id']}"
 
-    page = "\n".join(frame_texts(f"{live.mlflow}/#/experiments/{exp['experiment_id']}/runs/{run_id}",
-                                  tmp_path / "p1", until=dataset["name"]))
+    run_page = f"{live.mlflow}/#/experiments/{exp['experiment_id']}/runs/{run_id}"
+    page = "\n".join(frame_texts(run_page, tmp_path / "p1", until=dataset["name"],
+                                  headers=live.browser_headers(run_page)))
     assert dataset["name"] in page, page[:3000]
     assert "flows/retrain.py" in page, page[:3000]
     assert tags["mlflow.source.git.commit"][:6] in page, page[:3000]
@@ -254,7 +275,7 @@ def test_mlflow_ui_shows_lineage_and_opens_on_training_runs(live, deployed_run, 
     (art,) = arts
     link = re.search(r"experiment \[lepton\]\((http[^)]+)\)", art["data"]).group(1)
     assert link == f"{live.mlflow}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
-    page = "\n".join(frame_texts(link, tmp_path / "p2", until=name))
+    page = "\n".join(frame_texts(link, tmp_path / "p2", until=name, headers=live.browser_headers(link)))
     assert name in page, page[:3000]
     assert "Detect Issues" not in page and "No data available" not in page, page[:3000]
 
@@ -311,11 +332,26 @@ def test_the_loop_closes_through_the_model_server(live, deployed_run):
     t = threading.Thread(target=client)
     t.start()
     try:
-        log = live.home / "serve" / "predictions"
+        # under `lepton up` the log lives in the bucket, where every worker's monitor sees it
+        import boto3
+
+        from effects.stack_state import client_env, read_state
+
+        env = client_env(live.home, read_state(live.home))
+        s3 = boto3.client("s3", endpoint_url=env["LEPTON_S3_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        assert env["LEPTON_PREDICTION_LOG"] == f"s3://{env['LEPTON_S3_BUCKET']}/serve/predictions"
+
+        def parts() -> list[str]:
+            listed = s3.list_objects_v2(Bucket=env["LEPTON_S3_BUCKET"], Prefix="serve/predictions/", Delimiter="/")
+            return [o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(".parquet")]
+
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and sum(1 for _ in log.glob("*.parquet")) < 2:
+        while time.monotonic() < deadline and len(parts()) < 2:
             time.sleep(1)
-        assert list(log.glob("*.parquet")), "the server wrote no prediction log"
+        assert parts(), "the server wrote no prediction log to S3"
+        assert not list((live.home / "serve").rglob("*.parquet")), "parts left in the local spool or folder"
         retrain = _deployment(live, "retrain/lepton")
         before = {fr["id"] for fr in _flow_runs(live, retrain["id"])}
         dep = _deployment(live, "monitor/lepton")

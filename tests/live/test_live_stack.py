@@ -170,7 +170,7 @@ def test_prefect_yaml_deploys_what_lepton_deploy_does(live, deployed_run):
     before = _registered(live)
     assert before["retrain"]["pull_steps"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
-    env = {**os.environ, **live.env, "PREFECT_API_URL": live.prefect_api}
+    env = {**os.environ, **live.env, **live.client_env}
     r = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

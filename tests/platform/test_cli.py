@@ -73,8 +73,10 @@ def test_status_json_on_an_empty_registry(env):
     r = run_cli(["status", "--json"], env, timeout=120)
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
-    assert set(st) == {"registered_model", "tracking_uri", "champion", "previous"}
+    assert set(st) == {"registered_model", "tracking_uri", "champion", "previous", "registry"}
     assert st["registered_model"] == "lepton-digits"
+    # no stack configured: the local SQLite registry, and the output says so
+    assert st["registry"].startswith("local sqlite ") and st["tracking_uri"].startswith("sqlite:")
     assert st["champion"] is None and st["previous"] is None
 
 

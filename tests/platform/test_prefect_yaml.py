@@ -3,6 +3,9 @@ kept in step with params.yaml. (The live tests deploy it for real and compare.)"
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import yaml
 
 from lepton.deploy import DRIFT_EVENT, deployment_specs, render_prefect_yaml
@@ -21,7 +24,8 @@ def test_prefect_yaml_names_every_flow_once_with_its_schedule():
     assert doc["build"] is None and doc["push"] is None and "pull" not in doc  # pull from the project folder
     by_entry = {d["entrypoint"]: d for d in doc["deployments"]}
     assert set(by_entry) == {"flows/retrain.py:retrain", "flows/registry.py:promote_flow",
-                             "flows/registry.py:rollback_flow", "flows/monitor.py:monitor"}
+                             "flows/registry.py:rollback_flow", "flows/monitor.py:monitor",
+                             "flows/sweep.py:sweep"}
     params = load_params(ROOT / "params.yaml")
     assert by_entry["flows/retrain.py:retrain"]["schedules"] == [
         {"cron": params.deploy.retrain_cron, "timezone": params.deploy.timezone}]
@@ -46,9 +50,12 @@ def test_the_trigger_listens_for_the_event_the_monitor_emits(tmp_path, monkeypat
     drifted = [{"status": "drift", "champion_version": "3", "batch_id": "b-1", "scores": {"share_drifted": 0.9},
                 "mlflow_run_id": "r1"}]
     params = MonitorParams(cooldown_minutes=60)
-    assert monitor_tasks.emit_drift_event.fn(drifted, params, "m") is True
-    assert monitor_tasks.emit_drift_event.fn(drifted, params, "m") is False  # cool-down
-    assert monitor_tasks.emit_drift_event.fn([{**drifted[0], "status": "no drift"}], params, "m") is False
+    assert monitor_tasks.emit_drift_event.fn(drifted, params, "m") == {"emitted": True, "suppressed": None}
+    quiet = monitor_tasks.emit_drift_event.fn(drifted, params, "m")  # cool-down: nothing sent, and says until when
+    assert quiet["emitted"] is False
+    assert quiet["suppressed"].startswith("suppressed: cool-down until ") and " UTC (the last event was at " in quiet["suppressed"]
+    assert monitor_tasks.emit_drift_event.fn([{**drifted[0], "status": "no drift"}], params, "m") == {
+        "emitted": False, "suppressed": None}
     (event,) = sent
     (spec,) = [s for s in deployment_specs(load_params(ROOT / "params.yaml"))
                if s["entrypoint"] == "flows/retrain.py:retrain"]
@@ -60,3 +67,30 @@ def test_specs_follow_params_overrides():
     params = load_params(ROOT / "params.yaml", ["deploy.retrain_cron=15 4 * * *"])
     (retrain,) = [s for s in deployment_specs(params) if s["entrypoint"].startswith("flows/retrain.py")]
     assert retrain["schedules"][0]["cron"] == "15 4 * * *"
+
+
+def test_the_sweep_deployment_takes_every_section_and_retrain_takes_no_sweep_section():
+    """Each deployment's parameters are exactly what its flow accepts (the server
+    enforces the schema): the sweep flow takes `sweep` and `dask`, retrain neither."""
+    import inspect
+
+    from flows.retrain import retrain
+    from flows.sweep import sweep
+    from lepton_core.params import SECTIONS
+
+    specs = {s["entrypoint"]: s for s in deployment_specs(load_params(ROOT / "params.yaml"))}
+    for entry, fn in (("flows/retrain.py:retrain", retrain), ("flows/sweep.py:sweep", sweep)):
+        assert set(specs[entry]["parameters"]) <= set(inspect.signature(fn.fn).parameters), entry
+    assert set(SECTIONS) | {"dask", "progress"} == set(specs["flows/sweep.py:sweep"]["parameters"])
+    assert "sweep" not in specs["flows/retrain.py:retrain"]["parameters"]
+    assert specs["flows/sweep.py:sweep"]["parameters"]["sweep"]["space"]["train.lr"]["log"] is True
+    # what the server checks with enforce_parameter_schema: the form's values against the flow's schema
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
+
+    schema = parameter_schema(sweep.fn).model_dump_for_openapi()
+    validate(specs["flows/sweep.py:sweep"]["parameters"], schema, raise_on_error=True, preprocess=True)
+    bad = json.loads(json.dumps(specs["flows/sweep.py:sweep"]["parameters"]))
+    bad["sweep"]["trials"] = "eight"
+    with pytest.raises(ValidationError):
+        validate(bad, schema, raise_on_error=True, preprocess=True)

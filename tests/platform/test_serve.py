@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import threading
 import time
 import urllib.error
@@ -26,14 +27,15 @@ FAST = TrainParams(epochs=8, width=16, patience=3)
 class Running:
     """A ModelServer under uvicorn in a thread, on a free port of 127.0.0.1."""
 
-    def __init__(self, tmp_path, params: ServeParams, token: str | None = None, log_folder=None):
+    def __init__(self, tmp_path, params: ServeParams, token: str | None = None, log_folder=None,
+                 alias: str = "champion"):
         import uvicorn
 
         from effects.procs import free_port
         from effects.settings import get_settings
         from lepton.serve import ModelServer, create_app
 
-        self.model = ModelServer("lepton-digits", "champion", params, get_settings(), token,
+        self.model = ModelServer("lepton-digits", alias, params, get_settings(), token,
                                  log_folder or tmp_path / "predictions")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -122,6 +124,12 @@ BAD = [
     ("not an object", b"[1, 2, 3]", "application/json", 400, "instances"),
     ("wrong content type", b"1,2,3", "text/csv", 415, "content type"),
     ("bad npy", b"\x93NUMPY garbage", "application/x-npy", 400, ".npy"),
+    # a header declaring 2**40 bytes on a body of 64: refused before anything is allocated
+    ("npy header lies", b"\x93NUMPY\x01\x00\x76\x00" + (b"{'descr': '|u1', 'fortran_order': False, 'shape': (1073741824, 1, 8, 8), }"
+                                                   .ljust(117) + b"\n") + bytes(64), "application/x-npy", 400,
+     "header declares"),
+    ("npy of objects", b"\x93NUMPY\x01\x00\x76\x00" + b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }".ljust(117)
+     + b"\n" + bytes(8), "application/x-npy", 400, "object"),
     ("no instances", b'{"instances": []}', "application/json", 400, "no instances"),
 ]
 
@@ -308,3 +316,75 @@ def test_the_monitor_reads_the_servers_prediction_log_in_windows(champion, tmp_p
     assert windows[0]["scores"]["accuracy_drop"] > 0.1  # from the feedback labels: rotated digits score worse
     again = monitor(monitor=params)
     assert not [res for res in again["results"] if Path(res["batch"]).name.startswith("predlog-")]
+
+
+from tests.s3util import SeaweedS3  # noqa: E402 - shared with the S3 data-source tests
+
+
+@pytest.mark.faults
+def test_the_s3_prediction_log_survives_an_s3_outage_without_a_failed_prediction(champion, tmp_path,
+                                                                                  monkeypatch):
+    """The log on an S3 prefix (as under `lepton up`); SeaweedFS killed mid-traffic:
+    every prediction and feedback still answers 200, the parts wait in the local
+    spool, and once S3 is back they all land there: nothing dropped, nothing lost,
+    and the monitor reads the whole window from S3."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from effects.monitor import prediction_log_window
+    from effects.prediction_log import open_store
+    from effects.settings import get_settings
+
+    s3 = SeaweedS3(tmp_path)
+    s3.start()
+    try:
+        for k, v in {"LEPTON_S3_ENDPOINT_URL": s3.url, "AWS_ACCESS_KEY_ID": s3.key,
+                     "AWS_SECRET_ACCESS_KEY": s3.secret, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        uri = "s3://lepton/serve/predictions"
+        x = champion[1].x["test"]
+        with Running(tmp_path, ServeParams(log_flush_seconds=0.2), log_folder=uri) as srv:
+            log = srv.model.log
+
+            def wait_for(cond, what):
+                deadline = time.monotonic() + 60
+                while not cond():
+                    assert time.monotonic() < deadline, (what, log.written, log.spooled, log.dropped)
+                    time.sleep(0.1)
+
+            for i in range(10):
+                assert srv.predict(x[i * 10:i * 10 + 10])[0] == 200
+            wait_for(lambda: log.written == 100, "written before the outage")
+
+            s3.kill()  # the outage
+            ids = []
+            for i in range(10, 30):
+                status, out = srv.predict(x[i * 10:i * 10 + 10])
+                assert status == 200, out
+                ids.append(out["request_id"])
+            st, ok = srv.request("POST", "/v1/feedback", json.dumps(
+                {"request_id": ids[0], "labels": [int(v) for v in champion[1].y["test"][100:110]]}).encode())
+            assert st == 200 and ok == {"accepted": 10}
+            wait_for(lambda: log.spooled == 200, "spooled during the outage")
+            m = _metrics(srv)
+            assert m["lepton_prediction_log_spooled_rows{}"] == 200 and m["lepton_prediction_log_dropped_rows{}"] == 0
+
+            s3.start()  # back: the spool drains into S3, oldest first
+            wait_for(lambda: log.spooled == 0 and log.written == 300, "drained after the outage")
+            m = _metrics(srv)
+            assert m["lepton_prediction_log_written_rows{}"] == 300 and m["lepton_prediction_log_dropped_rows{}"] == 0
+            assert m['lepton_requests_total{"code": "200"}'] == 31
+
+        spool = get_settings().home / "serve" / "spool"
+        assert not list(spool.rglob("*.parquet"))  # nothing left behind
+        store = open_store(uri, get_settings())
+        parts = store.list()
+        assert sum(store.rows(n) for n in parts) == 300 and len(store.list("feedback")) == 1
+        s = replace(get_settings(), prediction_log_uri=uri)
+        window = prediction_log_window(s, min_rows=50)
+        df = pd.concat([pd.read_parquet(p) for p in window.glob("*.parquet")])
+        assert len(df) == 300 and df["request_id"].nunique() == 30 and set(ids) <= set(df["request_id"])
+        assert prediction_log_window(s, min_rows=1) is None  # every part taken once
+    finally:
+        s3.kill() if s3.proc and s3.proc.poll() is None else None

@@ -98,6 +98,31 @@ def test_gate_tags_on_the_version(three_versions):
     assert "Provenance:" in mv.description  # the register step's block is kept
 
 
+def test_every_gate_decision_on_a_version_is_kept(three_versions):
+    """Two promotions of one version keep two decisions, newest last, each with its
+    time; gate_record is the latest and the description stays one block."""
+    from effects.registry import champion, gate_history, gate_record, promote_version
+    from effects.tracking import client
+
+    versions, _ = three_versions
+    c = client()
+    champ = champion(c, NAME)
+    v = next(versions[k] for k in ("weak", "medium") if champ is None or str(champ.version) != versions[k])
+    before = gate_history(c, c.get_model_version(NAME, v))
+    first = promote_version(NAME, v, PromoteParams(min_accuracy=1.0))
+    second = promote_version(NAME, v, PromoteParams(min_accuracy=0.0, tolerance=0.0))
+    mv = c.get_model_version(NAME, v)
+    history = gate_history(c, mv)
+    assert len(history) == len(before) + 2, history
+    assert [h["reason"] for h in history[-2:]] == [first["reason"], second["reason"]]
+    assert history[-2]["reason"] != history[-1]["reason"]
+    assert all(h["decided_at"].endswith("+00:00") for h in history[-2:])
+    assert history[-2]["decided_at"] <= history[-1]["decided_at"]
+    assert gate_record(mv) == history[-1]
+    assert mv.description.count("Promotion gate:") == 1
+    assert "The latest of" in mv.description and "Provenance:" in mv.description
+
+
 def test_redact_uri_hides_passwords():
     from effects.settings import redact_uri
 

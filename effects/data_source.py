@@ -1,0 +1,171 @@
+"""Raw data on S3: `data.path: s3://bucket/prefix` (a folder format: image folders,
+MNIST, CIFAR-10) or `s3://bucket/key` (one file: a CSV/Parquet table).
+
+The prefix is listed with the paginator (any number of pages) and its objects are
+downloaded in parallel (a thread pool with a bounded number in flight; the boto3
+client retries throttling, 5xx answers and dropped connections itself, and each
+object is tried again as a whole if its body arrives cut short) into a cache under
+<home>/data-cache/s3/<bucket>/<prefix>, keyed by each object's ETag: a rerun fetches
+only what changed and deletes what is gone, so the cache mirrors the prefix. The
+prepare stage then reads the local copy like any folder.
+
+The endpoint and credentials come from the environment (LEPTON_S3_ENDPOINT_URL,
+AWS_*), as for the DVC remote and the monitor's S3 inbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import uuid
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path, PurePosixPath
+
+from effects.locks import file_lock
+from effects.settings import Settings, get_settings
+from lepton_core.errors import DataError, LeptonError
+from lepton_core.fileio import atomic_write
+
+WORKERS = 16  # downloads in flight at once
+OBJECT_TRIES = 3  # whole-object attempts (each with the client's own retries inside)
+CLIENT_ATTEMPTS = 5  # botocore's attempts per request, the first included ("standard" mode: 5xx,
+# throttling, dropped connections)
+_MANIFEST = ".lepton-s3-manifest.json"
+
+
+def is_s3(path: str | os.PathLike | None) -> bool:
+    return path is not None and str(path).startswith("s3://")
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    bucket, _, key = str(uri).removeprefix("s3://").partition("/")
+    key = key.strip("/")
+    if not bucket or ".." in PurePosixPath(key).parts:
+        raise LeptonError(f"{uri}: not an s3://bucket/prefix address")
+    return bucket, key
+
+
+def s3_client(s: Settings, workers: int = WORKERS):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=s.s3_endpoint_url, config=Config(
+        retries={"total_max_attempts": CLIENT_ATTEMPTS, "mode": "standard"},
+        max_pool_connections=max(10, workers), connect_timeout=10, read_timeout=60))
+
+
+def cache_dir(uri: str, s: Settings) -> Path:
+    bucket, key = split_uri(uri)
+    return s.home / "data-cache" / "s3" / bucket / (key or "_root")
+
+
+def list_objects(client, bucket: str, prefix: str, page_size: int | None = None) -> dict[str, dict]:
+    """{key: {"ETag", "Size"}} of every object under `prefix`, over all pages."""
+    config = {"PageSize": page_size} if page_size else {}
+    out: dict[str, dict] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, PaginationConfig=config):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = {"ETag": obj["ETag"].strip('"'), "Size": int(obj["Size"])}
+    return out
+
+
+def fetch(uri: str, settings: Settings | None = None, *, workers: int = WORKERS, page_size: int | None = None,
+          client=None) -> Path:
+    """Mirror `uri` into the local cache and return the local folder (a prefix) or
+    file (a single object). Raises DataError when there is nothing there."""
+    s = settings or get_settings()
+    bucket, key = split_uri(uri)
+    c = client or s3_client(s, workers)
+    root = cache_dir(uri, s)
+    try:
+        prefix = key + "/" if key else ""
+        objects = list_objects(c, bucket, prefix, page_size)
+        single = False
+        if not objects and key:  # one object: a table
+            head = c.head_object(Bucket=bucket, Key=key)
+            objects = {key: {"ETag": head["ETag"].strip('"'), "Size": int(head["ContentLength"])}}
+            single = True
+    except Exception as e:
+        code = getattr(e, "response", {}).get("Error", {}).get("Code")
+        if code in ("404", "NoSuchKey", "NoSuchBucket"):
+            raise DataError(f"{uri}: no such S3 prefix or object") from None
+        raise
+    wanted: dict[str, dict] = {}
+    for k, meta in objects.items():
+        rel = PurePosixPath(k).name if single else k[len(prefix):]
+        parts = PurePosixPath(rel).parts
+        if (not rel or k.endswith("/") or rel.startswith("/") or ".." in parts
+                or any(p.startswith(".lepton-") for p in parts)):
+            continue  # folder markers; nothing may land outside the cache folder
+        wanted[rel] = {**meta, "Key": k}
+    if not wanted:
+        raise DataError(f"{uri}: no objects under this S3 prefix")
+    with file_lock(s.locks_dir / f"s3-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}.lock"):
+        _mirror(c, bucket, root, wanted, workers)
+    return root / next(iter(wanted)) if single else root
+
+
+def _mirror(c, bucket: str, root: Path, wanted: dict[str, dict], workers: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    manifest_path = root / _MANIFEST
+    try:
+        have = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        have = {}
+    lock = threading.Lock()
+    # what is gone from the prefix goes from the cache
+    for rel in set(have) - set(wanted):
+        (root / rel).unlink(missing_ok=True)
+        have.pop(rel)
+    todo = [rel for rel, m in sorted(wanted.items())
+            if have.get(rel) != m["ETag"] or not (root / rel).is_file()
+            or (root / rel).stat().st_size != m["Size"]]
+
+    def get(rel: str) -> str:
+        m = wanted[rel]
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(OBJECT_TRIES):
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+            try:
+                body = c.get_object(Bucket=bucket, Key=m["Key"])["Body"]  # one request, no HEAD first
+                with tmp.open("wb") as fh:
+                    for piece in iter(lambda: body.read(1 << 20), b""):
+                        fh.write(piece)
+                if tmp.stat().st_size != m["Size"]:
+                    raise OSError(f"{m['Key']}: {tmp.stat().st_size} of {m['Size']} bytes")
+                os.replace(tmp, target)
+                break
+            except Exception:
+                tmp.unlink(missing_ok=True)
+                if attempt == OBJECT_TRIES - 1:
+                    raise
+        with lock:
+            have[rel] = m["ETag"]
+        return rel
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="lepton-s3") as pool:
+            pending: set = set()
+            it = iter(todo)
+            for rel in it:  # at most 2 x workers queued at a time: memory does not grow with the listing
+                pending.add(pool.submit(get, rel))
+                if len(pending) >= 2 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        f.result()
+            for f in pending:
+                f.result()
+    finally:
+        # what did arrive is kept: a rerun after a failure fetches only the rest
+        atomic_write(manifest_path, json.dumps(have, sort_keys=True))
+
+
+def local_data_path(path: str | None, settings: Settings | None = None, **kw) -> str | None:
+    """`path` itself, or for an s3:// address the local mirror it was fetched into."""
+    if not is_s3(path):
+        return path
+    return str(fetch(str(path), settings, **kw))

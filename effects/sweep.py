@@ -1,0 +1,218 @@
+"""A sweep's side effects: the Optuna study (TPE, ask/tell) and the MLflow runs, one
+parent run holding the search space and the best result, one nested run per trial.
+
+The study lives in memory in the process that runs the sweep flow; trials run
+wherever the task runner puts them and only report a number back, so the
+search itself never leaves one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from effects import tracking
+from effects.settings import Settings
+from lepton_core.params import Params, SweepParams, flatten_params
+from lepton_core.sweep import Dimension, goal, space_record
+
+TAG_PARENT = "mlflow.parentRunId"  # what makes MLflow nest a run under another
+TAG_SWEEP = "lepton.sweep"  # "parent" or "trial"
+TAG_TRIAL = "lepton.sweep_trial"
+TAG_ERROR = "lepton.error"
+
+
+# ---------------------------------------------------------------- the search
+def _distribution(d: Dimension):
+    if d.kind == "categorical":
+        return CategoricalDistribution(list(d.choices))
+    if d.kind == "int":
+        return IntDistribution(int(d.low), int(d.high), log=d.log, step=int(d.step or 1))
+    return FloatDistribution(float(d.low), float(d.high), log=d.log, step=d.step)
+
+
+@dataclass
+class Suggestion:
+    number: int
+    values: dict[str, Any]
+
+
+@dataclass
+class Search:
+    """Optuna's TPE over the space, driven by ask/tell (one study in memory)."""
+
+    dims: tuple[Dimension, ...]
+    sweep: SweepParams
+    study: optuna.Study = field(init=False)
+    asked: int = 0
+    errors: dict[int, str] = field(default_factory=dict)
+    outcomes: dict[int, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = optuna.samplers.TPESampler(
+            seed=self.sweep.seed, n_startup_trials=self.sweep.startup_trials,
+            constant_liar=True,  # trials still running count as (pessimistic) results, so parallel asks spread out
+        )
+        self.study = optuna.create_study(direction=goal(self.sweep), sampler=sampler)
+        self._dists = {d.path: _distribution(d) for d in self.dims}
+
+    @property
+    def more(self) -> bool:
+        """Whether the budget allows another trial."""
+        return self.asked < self.sweep.trials
+
+    def ask(self) -> Suggestion:
+        trial = self.study.ask(fixed_distributions=self._dists)
+        self.asked += 1
+        return Suggestion(trial.number, dict(trial.params))
+
+    def tell(self, number: int, outcome: Any) -> None:
+        """Report a trial: its outcome (anything with `value` and `run_id`), or the
+        exception it raised, which marks the trial FAIL."""
+        if isinstance(outcome, BaseException):
+            self.errors[number] = f"{type(outcome).__name__}: {outcome}".splitlines()[0][:500]
+            self.study.tell(number, state=TrialState.FAIL)
+            return
+        self.outcomes[number] = outcome
+        self.study.tell(number, float(outcome.value))
+
+    def best_outcome(self) -> Any | None:
+        """The outcome of the best finished trial (None when none finished)."""
+        if not any(t.state == TrialState.COMPLETE for t in self.study.trials):
+            return None
+        return self.outcomes[self.study.best_trial.number]
+
+    def best(self) -> dict[str, Any] | None:
+        o = self.best_outcome()
+        return None if o is None else {"number": o.number, "value": o.value, "values": dict(o.values),
+                                       "run_id": o.run_id}
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{"number": t.number, "state": t.state.name, "value": t.value, "values": dict(t.params),
+                 "run_id": getattr(self.outcomes.get(t.number), "run_id", None), "error": self.errors.get(t.number)}
+                for t in self.study.trials]
+
+
+# ---------------------------------------------------------------- the runs
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
+def open_parent_run(c, experiment_id: str, params: Params, dims: tuple[Dimension, ...], data, *,
+                    runner: str, flow_run_id: str, s: Settings) -> str:
+    """The sweep's parent run: every section's params, the search space (as params
+    `space.<path>` and as sweep/search_space.json) and the dataset as its input."""
+    commit = tracking.git_commit(s.project_dir)
+    run = c.create_run(experiment_id, run_name=f"sweep-{_stamp()}-data-{data.version[:8]}", tags={
+        TAG_SWEEP: "parent",
+        tracking.TAG_DATA_VERSION: data.version,
+        tracking.TAG_GIT_COMMIT: commit,
+        tracking.TAG_OWNER: tracking.process_identity(),
+        "lepton.sweep_runner": runner,
+    })
+    run_id = run.info.run_id
+    try:
+        sweep = params.sweep
+        flat = {**flatten_params(params), **{f"space.{d.path}": d.describe() for d in dims},
+                "sweep.metric": sweep.metric, "sweep.goal": goal(sweep), "sweep.trials": str(sweep.trials),
+                "sweep.parallel": str(sweep.parallel), "sweep.startup_trials": str(sweep.startup_trials),
+                "sweep.seed": str(sweep.seed), "sweep.sampler": "optuna.TPESampler"}
+        tracking.log_params_and_tags(c, run_id, flat, {})
+        c.log_dict(run_id, {"metric": sweep.metric, "goal": goal(sweep), "space": space_record(dims)},
+                   "sweep/search_space.json")
+        tracking.log_lineage(
+            c, run_id, data_version=data.version, meta=data.meta, dvc_remote=s.dvc_remote, git_commit=commit,
+            source_name="flows/sweep.py", flow_run_id=flow_run_id,
+            flow_run_url=tracking.flow_run_url(s.prefect_ui_api_url, flow_run_id))
+    except BaseException:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def open_trial_run(c, experiment_id: str, parent_run_id: str, number: int, values: dict[str, Any], data,
+                   s: Settings) -> str:
+    """A trial's run, nested under the parent; its searched values as tags until its
+    full params are known (they are logged once they validate)."""
+    run = c.create_run(experiment_id, run_name=f"trial-{number:03d}", tags={
+        TAG_PARENT: parent_run_id,
+        TAG_SWEEP: "trial",
+        TAG_TRIAL: str(number),
+        tracking.TAG_DATA_VERSION: data.version,
+        tracking.TAG_GIT_COMMIT: tracking.git_commit(s.project_dir),
+        tracking.TAG_OWNER: tracking.process_identity(),
+        "mlflow.source.name": "flows/sweep.py",
+        **{f"lepton.trial.{k}": json.dumps(v) for k, v in values.items()},
+    })
+    return run.info.run_id
+
+
+def fail_run(c, run_id: str, error: BaseException) -> None:
+    """Mark a run FAILED with the error's first line as a tag."""
+    line = f"{type(error).__name__}: {error}".splitlines()[0][:5000]
+    try:
+        c.set_tag(run_id, TAG_ERROR, line)
+    finally:
+        c.set_terminated(run_id, "FAILED")
+
+
+def child_runs(c, experiment_id: str, parent_run_id: str) -> list:
+    return c.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+                         max_results=10_000)
+
+
+def close_parent_run(c, parent_run_id: str, search: Search, *, version: str | None = None,
+                     decision: dict | None = None, test_metrics: dict[str, float] | None = None) -> dict:
+    """Record the outcome on the parent run (best trial, counts, the table of
+    trials, the registered version and the gate's word) and finish it. Failed
+    trials get their child run's id from MLflow (their task never returned one)."""
+    exp = c.get_run(parent_run_id).info.experiment_id
+    by_number = {r.data.tags.get(TAG_TRIAL): r.info.run_id for r in child_runs(c, exp, parent_run_id)}
+    table = search.table()
+    for row in table:
+        row["run_id"] = row["run_id"] or by_number.get(str(row["number"]))
+    best = search.best()
+    metric = search.sweep.metric
+    failed = sum(1 for r in table if r["state"] == "FAIL")
+    metrics = [tracking.Metric("trials_complete", sum(1 for r in table if r["state"] == "COMPLETE"), 0, 0),
+               tracking.Metric("trials_failed", failed, 0, 0)]
+    tags = []
+    if best is not None:
+        metrics.append(tracking.Metric(f"best_{metric}", float(best["value"]), 0, 0))
+        metrics += [tracking.Metric(f"best_{k}", float(v), 0, 0) for k, v in (test_metrics or {}).items()]
+        tags += [tracking.RunTag("lepton.best_trial", str(best["number"])),
+                 tracking.RunTag("lepton.best_run_id", best["run_id"])]
+        tags += [tracking.RunTag(f"lepton.best.{k}", json.dumps(v)) for k, v in best["values"].items()]
+    if version is not None:
+        tags.append(tracking.RunTag("lepton.registered_version", str(version)))
+    if decision is not None:
+        tags += [tracking.RunTag("lepton.gate.promoted", str(bool(decision.get("promoted")))),
+                 tracking.RunTag("lepton.gate.reason", str(decision.get("reason", ""))[:5000])]
+    c.log_batch(parent_run_id, metrics=metrics, tags=tags)
+    c.log_dict(parent_run_id, {"best": best, "trials": table}, "sweep/trials.json")
+    c.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
+    return {"best": best, "trials": table, "failed": failed}
+
+
+def sweep_markdown(result: dict, model_name: str) -> str:
+    """The Prefect UI's summary of a sweep: the trials' table and the best one's fate."""
+    d, best = result["decision"], result["best"]
+    verdict = "**promoted to @champion**" if d["promoted"] else "**not promoted**"
+    lines = [f"# Sweep: {len(result['trials'])} trials, best trial {best['number']} -> "
+             f"{model_name} v{result['version']} {verdict}", "", f"Gate: {d['reason']}", "",
+             f"| trial | state | {result['metric']} | values | MLflow run |", "|---|---|---|---|---|"]
+    for t in result["trials"]:
+        value = "" if t["value"] is None else f"{t['value']:.4f}"
+        values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["values"].items())
+        lines.append(f"| {t['number']} | {t['state']} | {value} | {values} | `{t['run_id']}` |")
+    lines += ["", f"- parent MLflow run: `{result['parent_run_id']}` (runner: {result['runner']})",
+              f"- test accuracy of the best: {result['metrics']['test_accuracy']:.4f}",
+              f"- data version: `{result['data_version']}`"]
+    return "\n".join(lines) + "\n"
