@@ -225,6 +225,25 @@ def dvc_object_uri(dvc_remote: str, version: str) -> str:
     return f"{root}/files/md5/{version[:2]}/{version[2:]}.dir"
 
 
+def _log_inputs(c: MlflowClient, run_id: str, inputs: list, tries: int = 5) -> None:
+    """`log_inputs`, again when a concurrent run won the race to create the same
+    dataset row. MLflow's store looks the dataset up, then inserts it, in one
+    transaction: two runs logging one new data version at once can both miss it, and
+    the second insert fails on the (experiment, name, digest) unique key. The retry
+    finds the row the other run made and links to it."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(tries):
+        try:
+            c.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as e:
+            text = str(e)
+            if attempt == tries - 1 or not ("UNIQUE constraint" in text or "duplicate key" in text):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
 def log_lineage(c: MlflowClient, run_id: str, *, data_version: str, meta: dict, dvc_remote: str,
                 git_commit: str, source_name: str, flow_run_id: str = "",
                 flow_run_url: str | None = None, monitored: list[dict] | None = None) -> None:
@@ -248,7 +267,7 @@ def log_lineage(c: MlflowClient, run_id: str, *, data_version: str, meta: dict, 
     for b in monitored or []:
         inputs.append(dataset_input(Path(b["path"]).resolve().as_uri(), f"monitor-batch-{b['id']}",
                                     b["id"].rsplit("-", 1)[-1], "monitored-batch"))
-    c.log_inputs(run_id, datasets=inputs)
+    _log_inputs(c, run_id, inputs)
     tags = [
         RunTag("mlflow.source.type", "JOB"),
         RunTag("mlflow.source.name", source_name),

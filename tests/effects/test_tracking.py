@@ -35,3 +35,42 @@ def test_git_commit_of_a_non_repo_is_unknown(tmp_path):
     from effects.tracking import git_commit
 
     assert git_commit(tmp_path) == "unknown"
+
+
+def test_concurrent_runs_log_one_new_data_version_without_a_race(tmp_path):
+    """Runs that start at once on one new data version all log it as their input.
+    MLflow's store looks the dataset up and then inserts it, so without the retry
+    the losers of that race failed on the unique key (seen with 10 retrains at once)."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from effects.tracking import log_lineage
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    c0 = MlflowClient(uri)
+    exp = c0.create_experiment("t", artifact_location=(tmp_path / "a").as_uri())
+    n, errors = 8, []
+    for trial in range(5):
+        version = f"{trial:04x}" + "5e" * 14
+        runs = [c0.create_run(exp).info.run_id for _ in range(n)]
+        together = threading.Barrier(n)
+
+        def log(run_id: str) -> None:
+            c = MlflowClient(uri)
+            together.wait()
+            try:
+                log_lineage(c, run_id, data_version=version, meta={"kind": "image"},
+                            dvc_remote=str(tmp_path / "remote"), git_commit="0" * 40, source_name="t")
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(f"{type(e).__name__}: {str(e)[:200]}")
+
+        threads = [threading.Thread(target=log, args=(r,)) for r in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for r in runs:  # every run links the same single dataset row
+            (ds,) = [d.dataset for d in c0.get_run(r).inputs.dataset_inputs]
+            assert ds.digest == version and ds.name == f"image-{version[:8]}"

@@ -52,7 +52,7 @@ with open(out + ".part", "w") as f:
 os.rename(out + ".part", out)
 """
 EPOCHS = 12
-CONCURRENT = 5  # ten failed once in a fresh-clone run (a trainer ended early, cause not yet known)
+CONCURRENT = 10  # the issue's figure
 
 
 class Trainers:
