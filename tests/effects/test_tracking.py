@@ -56,7 +56,7 @@ def test_concurrent_runs_log_one_new_data_version_without_a_race(tmp_path):
         runs = [c0.create_run(exp).info.run_id for _ in range(n)]
         together = threading.Barrier(n)
 
-        def log(run_id: str) -> None:
+        def log(run_id: str, version: str = version, together: threading.Barrier = together) -> None:
             c = MlflowClient(uri)
             together.wait()
             try:

@@ -43,7 +43,9 @@ def page_html(url: str, profile: Path, until: str, timeout: float = 90,
 _HTML = "document.readyState === 'complete' && document.documentElement ? document.documentElement.outerHTML : ''"
 
 
-def _with_chromium(profile: Path, timeout: float, work):
+def _with_chromium(profile: Path, timeout: float, work, exit_grace: float = 0):
+    """Start headless Chromium on `profile`, run `work(ws_url, deadline)` against its
+    first page, then stop it (after up to `exit_grace` s for it to exit by itself)."""
     import websockets  # noqa: F401  (fail early if the test dependency is missing)
 
     chromium = shutil.which("chromium")
@@ -68,12 +70,15 @@ def _with_chromium(profile: Path, timeout: float, work):
         page = next(t for t in tabs if t["type"] == "page")
         return asyncio.run(work(page["webSocketDebuggerUrl"], deadline))
     finally:
-        proc.terminate()
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=exit_grace)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 async def _collect(ws_url: str, url: str, until: str, deadline: float, headers: dict[str, str],
@@ -125,56 +130,29 @@ def seed_local_storage(profile: Path, origin: str, items: dict[str, str], timeou
     """Open `origin` once in a Chromium profile and store `items` in its localStorage,
     then close the browser cleanly so the profile keeps them (how the Prefect
     dashboard remembers its sign-in: `prefect-password`)."""
-    import websockets
+    script = ";".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)})" for k, v in items.items())
 
-    chromium = shutil.which("chromium")
-    assert chromium, "Debian's chromium is needed (make test installs it: apt-get install chromium)"
-    port = free_port()
-    proc = subprocess.Popen(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1",
-         f"--user-data-dir={profile}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + timeout
-        tabs = None
-        while tabs is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=2) as r:
-                    tabs = json.loads(r.read())
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "chromium did not start"
-                time.sleep(0.2)
-        page = next(t for t in tabs if t["type"] == "page")
-        script = ";".join(f"localStorage.setItem({json.dumps(k)}, {json.dumps(v)})" for k, v in items.items())
+    async def run(ws_url: str, deadline: float) -> None:
+        import websockets
 
-        async def run():
-            async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
-                async def call(i, method, **params):
-                    await ws.send(json.dumps({"id": i, "method": method, "params": params}))
-                    while True:
-                        msg = json.loads(await asyncio.wait_for(ws.recv(), timeout=timeout))
-                        if msg.get("id") == i:
-                            return msg
-                await call(1, "Page.enable")
-                await call(2, "Page.navigate", url=origin)
-                for i in range(3, 300):
-                    r = await call(i, "Runtime.evaluate", expression="document.readyState")
-                    if r.get("result", {}).get("result", {}).get("value") == "complete":
-                        break
-                    await asyncio.sleep(0.2)
-                await call(300, "Runtime.evaluate", expression=script)
-                check = await call(301, "Runtime.evaluate", expression=f"localStorage.getItem({json.dumps(next(iter(items)))})")
-                assert check["result"]["result"].get("value") == next(iter(items.values())), check
-                await ws.send(json.dumps({"id": 302, "method": "Browser.close", "params": {}}))
-        asyncio.run(run())
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            async def call(i, method, **params):
+                await ws.send(json.dumps({"id": i, "method": method, "params": params}))
+                while True:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), timeout=timeout))
+                    if msg.get("id") == i:
+                        return msg
+            await call(1, "Page.enable")
+            await call(2, "Page.navigate", url=origin)
+            for i in range(3, 300):
+                r = await call(i, "Runtime.evaluate", expression="document.readyState")
+                if r.get("result", {}).get("result", {}).get("value") == "complete":
+                    break
+                await asyncio.sleep(0.2)
+            await call(300, "Runtime.evaluate", expression=script)
+            check = await call(301, "Runtime.evaluate", expression=f"localStorage.getItem({json.dumps(next(iter(items)))})")
+            assert check["result"]["result"].get("value") == next(iter(items.values())), check
+            await ws.send(json.dumps({"id": 302, "method": "Browser.close", "params": {}}))
+
+    # the browser closes itself; waiting for that is what writes the profile to disk
+    _with_chromium(profile, timeout, run, exit_grace=30)

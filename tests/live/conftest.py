@@ -122,6 +122,15 @@ class Live:
                             aws_access_key_id=c["aws_access_key_id"],
                             aws_secret_access_key=c["aws_secret_access_key"])
 
+    def batch_to_s3(self, out: Path, prefix: str, *drift: str) -> None:
+        """A batch made by `lepton simulate-drift <drift> --out <out>`, uploaded
+        under s3://lepton/<prefix>/ (what a producer puts in an S3 inbox)."""
+        r = self.cli("simulate-drift", *drift, "--out", str(out))
+        assert r.returncode == 0, r.stderr[-2000:]
+        s3 = self.s3_client()
+        for f in out.rglob("*.png"):
+            s3.upload_file(str(f), "lepton", f"{prefix}/{f.relative_to(out)}")
+
     # -- REST helpers (what the dashboards themselves call)
     # Prefect answers 503 for errors it documents as retryable (on SQLite, a
     # "database is locked" while its scheduler writes runs); its own client retries
@@ -198,9 +207,10 @@ def live(request, tmp_path_factory):
                               sse="AES256" if request.param == "sqlite" else None)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def live_sqlite(tmp_path_factory):
-    """The stack on SQLite only (browser and drift-loop tests: backend-independent)."""
+    """The stack on SQLite only, one for the package (authentication, browser and
+    drift-loop tests: backend-independent)."""
     yield from _running_stack(tmp_path_factory, "sqlite")
 
 

@@ -186,11 +186,7 @@ def test_the_report_is_one_click_away_in_both_uis(live, deployed_run, tmp_path):
 def test_a_batch_under_an_s3_prefix(live, deployed_run, tmp_path):
     """`lepton monitor s3://bucket/prefix`: the batch is fetched from S3 and checked."""
     batch = tmp_path / "s3batch"
-    r = live.cli("simulate-drift", "--kind", "noise", "--strength", "high", "--out", str(batch))
-    assert r.returncode == 0, r.stderr[-2000:]
-    s3 = live.s3_client()
-    for f in batch.rglob("*.png"):
-        s3.upload_file(str(f), "lepton", f"incoming/batch-7/{f.relative_to(batch)}")
+    live.batch_to_s3(batch, "incoming/batch-7", "--kind", "noise", "--strength", "high")
     r = live.cli("monitor", "s3://lepton/incoming/batch-7", "--set", "monitor.cooldown_minutes=600", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout[r.stdout.index("{"):])
@@ -202,15 +198,11 @@ def test_a_batch_under_an_s3_prefix(live, deployed_run, tmp_path):
 def test_the_scheduled_monitor_reads_an_s3_inbox(live, deployed_run, tmp_path):
     """The monitor deployment pointed at an S3 inbox (the dashboard's form, edited):
     each sub-prefix is one batch, checked once; a second run finds nothing new."""
-    s3 = live.s3_client()
     names = []
     for i in range(2):
-        out = tmp_path / f"inbox-{i}"
-        r = live.cli("simulate-drift", "--kind", "rotate", "--strength", "low", "--seed", str(i), "--out", str(out))
-        assert r.returncode == 0, r.stderr[-2000:]
         names.append(f"s3in-{i}")
-        for f in out.rglob("*.png"):
-            s3.upload_file(str(f), "lepton", f"inbox/{names[-1]}/{f.relative_to(out)}")
+        live.batch_to_s3(tmp_path / f"inbox-{i}", f"inbox/{names[-1]}",
+                         "--kind", "rotate", "--strength", "low", "--seed", str(i))
 
     dep = _deployment(live, "monitor/lepton")
     params = {"monitor": {**dep["parameters"]["monitor"], "inbox": "s3://lepton/inbox"}}

@@ -1,6 +1,7 @@
 """The live platform end to end: `lepton up`, `lepton deploy`, a retrain started
 the way the dashboard's Run button starts it, and what then shows up in MLflow,
-S3 and Prefect. Runs on SQLite and on PostgreSQL."""
+S3 and Prefect. Runs on SQLite and on PostgreSQL; on PostgreSQL, last, two
+workers share its pool."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from effects.procs import pid_alive, stop_group
 from tests.live.conftest import deploy_and_run_retrain
 
 pytestmark = pytest.mark.slow
@@ -72,8 +78,18 @@ def test_prefect_server_background_services_raised_nothing(live, deployed_run):
     log: a scheduler that cannot insert runs looks healthy from the API. After the
     deploy, a dashboard run and a round of scheduling, the log holds no traceback."""
     log = (live.home / "stack" / "logs" / "prefect.log").read_text(errors="replace")
-    tracebacks = [chunk[:1500] for chunk in log.split("Traceback (most recent call last):")[1:]]
-    assert not tracebacks, tracebacks[:2]
+    failures = []
+    for chunk in log.split("Traceback (most recent call last):")[1:]:
+        lines = chunk.splitlines()
+        # the exception: the first unindented line after the frames
+        error = next((ln for ln in lines[1:] if ln.strip() and not ln.startswith(" ")), "?")
+        failures.append(error[:300])
+    # On SQLite, Prefect's services can log "database is locked" when two of them
+    # write at once, and retry on their next loop (PrefectHQ/prefect#10188, #18934,
+    # open upstream); test_the_schedules_create_runs checks that the scheduler's
+    # work still gets done. Anything else is a failure.
+    transient = [f for f in failures if "sqlite3.OperationalError" in f and "database is locked" in f]
+    assert not (set(failures) - set(transient)), failures[:5]
 
 
 def test_dashboard_run_lands_in_mlflow_s3_and_prefect(live, deployed_run):
@@ -227,3 +243,129 @@ def test_stop_and_start_keep_runs_models_and_data(live, deployed_run, tmp_path):
     r = live.cli("data", "restore", data_version, "--to", str(out), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(out).iterdir()} == digest
+
+
+# ---------------------------------------------------------------- two workers on one pool
+
+def _start_worker(live, name: str, queue: str, home, log) -> subprocess.Popen:
+    from effects.stack_state import client_env
+    from lepton.deploy import worker_env
+
+    state = live.state()
+    env = {**os.environ, **live.env, **client_env(live.home, state), **worker_env(),
+           "LEPTON_HOME": str(home),
+           # both poll often, so the second picks up the run the first leaves
+           "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
+    return subprocess.Popen([prefect, "worker", "start", "--pool", state["pool"], "--type", "process",
+                             "--name", name, "--work-queue", queue],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _retrain_runs(live, dep_id: str) -> list[dict]:
+    runs = live.post(f"{live.prefect_api}/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [dep_id]}}})
+    return [r for r in runs if not r["auto_scheduled"]]
+
+
+# Last on the PostgreSQL stack: it replaces the stack's worker with two of its own.
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("live", ["postgresql"], indirect=True)
+def test_two_workers_one_drifted_batch_one_monitoring_run_one_retrain(live, deployed_run, tmp_path):
+    """Two workers on one pool (#10): the stack's monitor state lives in PostgreSQL;
+    two `prefect worker` processes on its pool, each with its own home (as on two
+    machines), one drifted batch in an S3 inbox both see, and two monitor runs
+    started at the same moment. Exactly one monitoring run checks the batch, one
+    drift event fires, and exactly one retrain follows."""
+    from effects.stack_state import client_env
+
+    _, first = deployed_run  # the champion the monitor compares with
+    state = live.state()
+    assert "LEPTON_STATE_DB" in client_env(live.home, state)  # the workers share the monitor's state
+
+    # The stack's own worker goes (it takes any number of runs at once); two workers
+    # that take one run each, on two homes, take its place on the same pool.
+    os.kill(int(state["pids"]["worker"]), signal.SIGKILL)
+    # Each polls its own queue of the pool, so the two monitor runs below (one per
+    # queue, created together) run at the same time, one on each worker.
+    pool = state["pool"]
+    live.post(f"{live.prefect_api}/work_pools/{pool}/queues", {"name": "second"})
+    queues = {"worker-a": "default", "worker-b": "second"}
+    workers = {}
+    try:
+        for name, queue in queues.items():
+            with (tmp_path / f"{name}.log").open("wb") as log:
+                workers[name] = _start_worker(live, name, queue, tmp_path / f"home-{name}", log)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pool_workers = live.post(f"{live.prefect_api}/work_pools/{state['pool']}/workers/filter", {})
+            online = {w["name"] for w in pool_workers if w["status"] == "ONLINE"}
+            if {"worker-a", "worker-b"} <= online:
+                break
+            time.sleep(1)
+        assert {"worker-a", "worker-b"} <= online, online
+
+        # one drifted batch in the inbox both workers read
+        live.batch_to_s3(tmp_path / "drifted", "shared-inbox/drifted", "--kind", "rotate", "--strength", "high")
+
+        retrain = live.get(f"{live.prefect_api}/deployments/name/retrain/lepton")
+        before = {r["id"] for r in _retrain_runs(live, retrain["id"])}
+        assert first["id"] in before
+        dep = live.get(f"{live.prefect_api}/deployments/name/monitor/lepton")
+        params = {"monitor": {**dep["parameters"]["monitor"], "inbox": "s3://lepton/shared-inbox"}}
+        runs = [live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run",
+                          {"parameters": params, "work_queue_name": queue}) for queue in queues.values()]
+        done = [live.wait_flow_run(fr["id"]) for fr in runs]
+        for d in done:
+            assert d["state"]["type"] == "COMPLETED", d["state"].get("logs") or d["state"]
+
+        # each worker ran one of the two monitor runs (what the workers told Prefect)
+        since = min(d["start_time"] for d in done)
+        submitted = live.post(f"{live.prefect_api}/events/filter", {
+            "filter": {"occurred": {"since": first["start_time"]},
+                       "event": {"name": ["prefect.worker.submitted-flow-run"]}}, "limit": 50})["events"]
+        ran_by = {}
+        for e in submitted:
+            for rel in e["related"]:
+                if rel.get("prefect.resource.role") == "flow-run":
+                    ran_by.setdefault(rel["prefect.resource.id"].removeprefix("prefect.flow-run."), set()).add(
+                        e["resource"]["prefect.resource.name"])
+        assert sorted(tuple(sorted(ran_by.get(fr["id"], ()))) for fr in runs) == [("worker-a",), ("worker-b",)], \
+            ran_by
+
+        # exactly one of them checked the batch; the other found nothing new
+        summaries = []
+        for fr in runs:
+            arts = live.post(f"{live.prefect_api}/artifacts/filter",
+                             {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]},
+                                            "flow_run_id": {"any_": [fr["id"]]}}})
+            assert len(arts) == 1
+            summaries.append(arts[0]["data"])
+        checked = [s for s in summaries if "## drifted-" in s]
+        assert len(checked) == 1 and "No new batches." in (set(summaries) - set(checked)).pop(), summaries
+        exp = live.get(f"{live.mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lepton-monitoring")
+        mruns = live.post(f"{live.mlflow}/api/2.0/mlflow/runs/search",
+                          {"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 200})["runs"]
+        batch_ids = [t["value"] for run in mruns for t in run["data"]["tags"] if t["key"] == "lepton.batch_id"]
+        assert sum(b.startswith("drifted-") for b in batch_ids) == 1, batch_ids
+
+        # one drift event, one retrain
+        deadline = time.monotonic() + 180
+        new = []
+        while time.monotonic() < deadline and not new:
+            new = [r for r in _retrain_runs(live, retrain["id"]) if r["id"] not in before]
+            time.sleep(2)
+        assert len(new) == 1, f"{len(new)} retrain runs followed the drift event"
+        finished = live.wait_flow_run(new[0]["id"], timeout=600)
+        assert finished["state"]["type"] == "COMPLETED", finished["state"].get("logs") or finished["state"]
+        events = live.post(f"{live.prefect_api}/events/filter",
+                           {"filter": {"occurred": {"since": since}, "event": {"name": ["lepton.drift.detected"]}},
+                            "limit": 50})["events"]
+        assert len(events) == 1, [e["event"] for e in events]
+        time.sleep(10)  # anything a second trigger would have started has been created by now
+        assert len([r for r in _retrain_runs(live, retrain["id"]) if r["id"] not in before]) == 1
+    finally:
+        for p in workers.values():
+            if pid_alive(p.pid):
+                stop_group(p.pid)
+            p.wait(timeout=30)
