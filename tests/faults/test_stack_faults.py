@@ -14,11 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 
 import pytest
 
 from effects.procs import pid_alive
 from tests.conftest import ROOT
+from tests.faults.test_training_faults import _descendants
 from tests.live.conftest import Live, _running_stack
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -76,12 +78,14 @@ def _pids(live: Live) -> dict[str, int]:
     return live.state()["pids"]
 
 
-def _kill(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
+def _kill(*pids: int) -> None:
+    """SIGKILL to each of `pids`; back once all are gone."""
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not pid_alive(pid)
+    assert not any(pid_alive(p) for p in pids)
 
 
 def _versions(live: Live) -> list[dict]:
@@ -191,8 +195,6 @@ def test_s3_killed_mid_push_registers_nothing_and_a_retry_after_up_succeeds(stac
 
 
 def _runs(live: Live, status: str) -> list[dict]:
-    import urllib.error
-
     try:
         exp = live.get(f"{live.mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lepton")["experiment"]
     except urllib.error.HTTPError as e:
@@ -299,7 +301,6 @@ def test_status_fails_when_bucket_writes_fail_though_s3_answers(stack):
     assert stack.cli("status", timeout=120).returncode == 0
 
 
-
 # ---------------------------------------------------------------- the worker killed mid-run
 
 WORKER_EPOCHS = 24
@@ -316,7 +317,6 @@ def test_a_run_whose_worker_dies_is_rerun_and_resumes_from_its_checkpoint(stack)
     automation schedules it again, the worker `lepton up` restarted runs it, and the
     train task resumes from the work checkpoint in the same MLflow run, to COMPLETED."""
     from lepton_core.checkpoint import load_checkpoint
-    from tests.faults.test_training_faults import _descendants
 
     r = stack.cli("deploy")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -346,13 +346,8 @@ def test_a_run_whose_worker_dies_is_rerun_and_resumes_from_its_checkpoint(stack)
     assert epoch >= 2, "training did not get under way"
 
     # The worker and the flow run it started die at once, as when their machine goes.
-    worker = json.loads((stack.home / "stack" / "stack.json").read_text())["pids"]["worker"]
-    tree = {worker, *_descendants(worker)}
-    for p in tree:
-        os.kill(p, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while any(pid_alive(p) for p in tree) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    worker = _pids(stack)["worker"]
+    _kill(worker, *_descendants(worker))
     killed_at = load_checkpoint(ours()[0])
     assert int(killed_at["epoch"]) < WORKER_EPOCHS
     stack.up()  # restarts the dead worker (and only it)
