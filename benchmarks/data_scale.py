@@ -4,11 +4,11 @@ file each, in one run: wall time and peak memory of each step.
 The images are written into class folders (10 classes, grey noise over a per-class
 pattern, every file distinct). Then, each step in a fresh process (so each peak RSS
 is its own):
-    version   effects.dvc_store.version_dataset, as the prepare task runs it: the
+    version   effects.data.dvc_store.version_dataset, as the prepare task runs it: the
               folder streamed into the packed arrays (lepton_core.data.stream), then
               `dvc add` of the prepared folder (one directory output: the packed
               arrays, not 70,000 files) and `dvc push` to a local remote
-    restore   effects.dvc_store.restore_dataset from the remote (the data repo's own
+    restore   effects.data.dvc_store.restore_dataset from the remote (the data repo's own
               DVC cache emptied first, so everything comes from the remote)
     memory    (--compare-memory) the in-memory prepare for comparison: the whole
               folder decoded into one array (formats.load_imagefolder), prepared and
@@ -66,8 +66,8 @@ def step(name: str, images: Path, work: Path, version: str | None) -> dict:
     """One step in this (fresh) process; returns its figures."""
     os.environ.update({"LEPTON_HOME": str(work / "home"), "LEPTON_DVC_REMOTE": str(work / "remote"),
                        "LEPTON_PROJECT_DIR": str(work)})
-    from effects import dvc_store
-    from effects.settings import get_settings
+    from effects.data import dvc_store
+    from effects.runtime.settings import get_settings
     from lepton_core.data.prepare import prepare_dataset, write_prepared
     from lepton_core.data.formats import load_imagefolder
     from lepton_core.params import DataParams

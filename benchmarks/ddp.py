@@ -2,7 +2,7 @@
 and params, in one run: training images per second and the accuracy each reaches.
 
 The data is synthetic CIFAR-shaped images (benchmarks/trainer.py's generator), the
-model SmallCNN; both runs go through `effects.stages.train_stage`, exactly as the
+model SmallCNN; both runs go through `effects.training.stages.train_stage`, exactly as the
 train task runs them (N processes: torchrun --standalone, gloo on the CPU, NCCL on
 GPUs). Wall time includes torchrun's start-up and the ranks' imports, which one
 process does not pay. Nothing is asserted.
@@ -38,7 +38,7 @@ def main() -> None:
     import torch
 
     from benchmarks.trainer import synthetic_images
-    from effects.stages import train_stage
+    from effects.training.stages import train_stage
     from lepton_core.data.formats import RawDataset
     from lepton_core.data.prepare import prepare_dataset
     from lepton_core.params import TrainParams

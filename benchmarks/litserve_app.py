@@ -12,7 +12,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effects.registry import load_alias  # noqa: E402
+from effects.tracking.registry import load_alias  # noqa: E402
 from lepton_core.predictor import softmax  # noqa: E402
 
 

@@ -42,7 +42,7 @@ def main() -> None:
                       LEPTON_DVC_REMOTE=str(tmp / "remote"), PREFECT_LOGGING_LEVEL="WARNING")
     for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
         os.environ.pop(k, None)
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     s = configure_environment(use_stack=False)
     from lepton.local_server import LocalPrefectServer
@@ -56,8 +56,8 @@ def main() -> None:
     from flows.monitor import monitor
     from flows.retrain import retrain
     from lepton_core.params import DataParams, MonitorParams, PromoteParams, RegistryParams, TrainParams
-    from effects import tracking
-    from effects.monitor import _reference
+    from effects.tracking import runs
+    from effects.monitoring.monitor import _reference
 
     server.wait_healthy()
     train_csv = tmp / "train.csv"
@@ -67,7 +67,7 @@ def main() -> None:
             train=TrainParams(epochs=5, width=32), promote=PromoteParams(min_accuracy=0.5),
             registry=registry, progress=False)
     print("champion:", first["decision"]["reason"])
-    c = tracking.client(s)
+    c = runs.client(s)
     champ = c.get_model_version_by_alias(registry.model_name, "champion")
     reference = _reference(c, champ.run_id, s)
     features = [col for col in reference.columns if col.startswith("f_")]

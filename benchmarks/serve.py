@@ -111,7 +111,7 @@ def main() -> None:
                     help="also serve the champion's ONNX and int8 variants (lepton optimize first)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from effects.procs import free_port
+    from effects.runtime.procs import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="lepton-bench-serve-"))
     env = {**os.environ, "LEPTON_HOME": str(tmp / "home"), "LEPTON_PROJECT_DIR": str(ROOT),

@@ -53,8 +53,8 @@ def _trials(experiment: str) -> tuple[float, float]:
     own end, not the best one's later registration), and the median training time."""
     import statistics
 
-    from effects.sweep import TAG_SWEEP
-    from effects.tracking import client
+    from effects.tracking.sweep import TAG_SWEEP
+    from effects.tracking.runs import client
 
     c = client()
     exp = c.get_experiment_by_name(experiment)
@@ -76,7 +76,7 @@ def main() -> None:
     os.environ.update(LEPTON_PROJECT_DIR=str(ROOT), LEPTON_HOME=str(base / "home"),
                       LEPTON_DVC_REMOTE=str(base / "remote"), PREFECT_HOME=str(base / "prefect"),
                       PREFECT_LOGGING_LEVEL="WARNING")
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     configure_environment()
     from lepton.local_server import LocalPrefectServer

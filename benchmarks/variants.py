@@ -8,7 +8,7 @@ Two models, each trained here with the params of `params.yaml` (train section):
 For each variant: file size (the PyTorch state dict as torch.save writes it; the ONNX
 file), accuracy on the test split, and the median CPU latency of one predictor call
 on raw uint8 samples at batch 1 and batch 64 (checking the input included). The
-variants are built exactly as `lepton optimize` builds them (lepton_core.variants).
+variants are built exactly as `lepton optimize` builds them (effects.tracking.onnx_variants).
 Nothing is asserted: the numbers are for the README.
 
     .venv/bin/python benchmarks/variants.py [--repeats 200] [--threads N] [--epochs N]
@@ -61,7 +61,7 @@ def main() -> None:
     from lepton_core.params import load_params
     from lepton_core.predictor import Predictor, Preprocessing
     from lepton_core.train import save_trained_model, train_on_prepared
-    from lepton_core.variants import OnnxPredictor, accuracy, export_onnx, latency, quantize_int8
+    from effects.tracking.onnx_variants import OnnxPredictor, accuracy, export_onnx, latency, quantize_int8
 
     params = load_params(ROOT / "params.yaml", [f"train.epochs={args.epochs}"] if args.epochs else [])
     rows = []

@@ -1,1 +1,5 @@
-"""Effects: MLflow, DVC, S3 and Evidently adapters, settings, state files and locks. No Prefect here."""
+"""Effects: adapters with side effects but no Prefect, in sub-packages by concern.
+
+Bottom to top (an import-linter layers contract keeps every import pointing down):
+runtime < state < data < tracking < training | serving < monitoring.
+"""

@@ -51,7 +51,7 @@ class _HideUserErrorTracebacks(logging.Filter):
 
 
 def _setup(runs_flows: bool = True):
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     s = configure_environment()
     global _SERVER
@@ -125,18 +125,18 @@ def _summary(result: dict, status: dict, settings) -> None:
                f"  macro-F1 {result['metrics']['test_f1_macro']:.4f}")
     typer.echo(f"data version    {result['data_version']}")
     typer.echo(f"MLflow run      {result['run_id']}")
-    from effects.settings import registry_label
+    from effects.runtime.settings import registry_label
 
     typer.echo(f"registry        {registry_label(settings)}")
     uri = status["tracking_uri"]
-    from effects import tracking
+    from effects.tracking import runs
 
-    exp = tracking.client(settings).get_run(result["run_id"]).info.experiment_id
+    exp = runs.client(settings).get_run(result["run_id"]).info.experiment_id
     if uri.startswith("sqlite:"):
         typer.echo(f"browse          mlflow ui --backend-store-uri {uri}")
-        typer.echo(f"                then {tracking.run_url('http://127.0.0.1:5000', exp, result['run_id'])}")
+        typer.echo(f"                then {runs.run_url('http://127.0.0.1:5000', exp, result['run_id'])}")
     else:
-        typer.echo(f"browse          {tracking.run_url(uri, exp, result['run_id']) or uri}")
+        typer.echo(f"browse          {runs.run_url(uri, exp, result['run_id']) or uri}")
 
 
 @app.command()
@@ -148,7 +148,7 @@ def demo(
     params = _params(None, ["data.format=digits", "data.path=null"], s)
     check_device(params.train)
     result = _run_retrain(params, progress)
-    from effects.registry import registry_status
+    from effects.tracking.registry import registry_status
 
     _summary(result, registry_status(params.registry.model_name, s), s)
 
@@ -177,7 +177,7 @@ def retrain(
         if not Path(data).expanduser().exists():
             raise LeptonError(f"{data}: no such file or folder")
         overrides.append(f"data.path={Path(data).expanduser().resolve()}")
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     s = configure_environment()
     params = _params(params_file, overrides, s)
@@ -187,7 +187,7 @@ def retrain(
     check_device(params.train)  # before any work: no temporary server, no run
     _setup()
     result = _run_retrain(params, progress)
-    from effects.registry import registry_status
+    from effects.tracking.registry import registry_status
 
     status = registry_status(params.registry.model_name, s)
     if as_json:
@@ -216,7 +216,7 @@ def sweep(
         overrides.append(f"sweep.trials={trials}")
     if parallel is not None:
         overrides.append(f"sweep.parallel={parallel}")
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
     from lepton_core.sweep import check_dask_address, search_space
 
     s = configure_environment()
@@ -253,14 +253,14 @@ def sweep(
     typer.echo(f"model version   {params.registry.model_name} v{result['version']} (trial {best['number']}): {verdict}")
     typer.echo(f"gate            {d['reason']}")
     typer.echo(f"best trial      test accuracy {result['metrics']['test_accuracy']:.4f}  run {best['run_id']}")
-    from effects import tracking
+    from effects.tracking import runs
 
-    exp = tracking.client(s).get_run(result["parent_run_id"]).info.experiment_id
+    exp = runs.client(s).get_run(result["parent_run_id"]).info.experiment_id
     uri = s.tracking_uri
     if uri.startswith("sqlite:"):
         typer.echo(f"browse          mlflow ui --backend-store-uri {uri}")
     else:
-        typer.echo(f"browse          {tracking.run_url(uri, exp, result['parent_run_id']) or uri}")
+        typer.echo(f"browse          {runs.run_url(uri, exp, result['parent_run_id']) or uri}")
 
 
 @app.command()
@@ -271,7 +271,7 @@ def status(
 ):
     """Show the champion and previous versions of the registered model."""
     from lepton import stack
-    from effects.settings import StackDown, configure_environment, registry_label
+    from effects.runtime.settings import StackDown, configure_environment, registry_label
 
     s = configure_environment(allow_down=True)
     name = model or _params(params_file, [], s).registry.model_name
@@ -287,7 +287,7 @@ def status(
         h = services[sick[0]]
         raise StackDown(f"the stack's {sick[0]} is {'not healthy' if h['running'] else 'down'} ({h['url']}); "
                         "run `lepton up` to start it again")
-    from effects.registry import registry_status
+    from effects.tracking.registry import registry_status
 
     st = registry_status(name, s)
     if as_json:
@@ -317,7 +317,7 @@ def promote(
     """Run the promotion gate for VERSION against the current champion."""
     if not version.isdigit():
         raise LeptonError(f"{version!r} is not a model version number")
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     params = _params(params_file, list(set_), configure_environment())
     _setup()
@@ -334,7 +334,7 @@ def promote(
 @app.command()
 def rollback(params_file: Optional[Path] = ParamsOpt):
     """Make @previous the champion again."""
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     params = _params(params_file, [], configure_environment())
     _setup()
@@ -361,12 +361,12 @@ def optimize(
     bad = [v for v in variant if v not in ("onnx", "int8")]
     if bad:
         raise typer.BadParameter(f"{bad[0]!r} is not one of onnx, int8", param_hint="--variant")
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     s = configure_environment()
     params = _params(params_file, list(set_), s)
     opt = params.optimize.model_copy(update={"variants": tuple(variant)}) if variant else params.optimize
-    from effects.variants import optimize_version
+    from effects.tracking.variants import optimize_version
 
     r = optimize_version(params.registry.model_name, version, opt, s,
                          echo=(lambda line: None) if as_json else typer.echo)
@@ -397,7 +397,7 @@ def up(
                                  "credentials in <home>/stack/credentials.json)"),
 ):
     """Start the live stack: S3 store, MLflow server, Prefect server, a worker and the model server."""
-    from effects.settings import configure_environment, redact_uri
+    from effects.runtime.settings import configure_environment, redact_uri
     from lepton import stack
 
     s = configure_environment(use_stack=False)
@@ -423,7 +423,7 @@ def up(
 def down():
     """Stop what `lepton up` started (by PID). Data, runs and models stay."""
     from lepton import stack
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     stopped = stack.down(configure_environment(use_stack=False))
     typer.echo("stopped " + ", ".join(stopped) if stopped else "nothing was running")
@@ -445,7 +445,7 @@ def deploy(
         help="template of a new kubernetes pool (default: infra/work-pools/kubernetes.json)"),
 ):
     """Register the retrain (scheduled), promote, rollback and monitor deployments and the drift trigger."""
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
     from lepton.deploy import POOL_TYPES
 
     if pool_type not in POOL_TYPES:
@@ -495,10 +495,10 @@ def simulate_drift_cmd(
     seed: int = typer.Option(0, help="seed of the random drift"),
 ):
     """Write a labelled batch of held-out digits with synthetic drift."""
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     configure_environment()
-    from effects.monitor import write_drift_batch
+    from effects.monitoring.monitor import write_drift_batch
 
     r = write_drift_batch(kind, strength, out, seed)
     typer.echo(f"wrote {r['samples']} images ({r['kind']}, strength {r['strength']}) to {r['path']}")
@@ -533,7 +533,7 @@ def monitor(
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON"),
 ):
     """Check new data for drift against the champion; print each verdict and report."""
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     if batch is not None and not batch.startswith("s3://"):
         if not Path(batch).exists():
@@ -572,8 +572,8 @@ def monitor(
 @monitor_app.command("accepted")
 def monitor_accepted(as_json: bool = typer.Option(False, "--json", help="print the list as JSON")):
     """List the labelled batches the monitor accepted, which the next retrain folds in."""
-    from effects import monitor_state
-    from effects.settings import configure_environment
+    from effects.state import monitor_state
+    from effects.runtime.settings import configure_environment
 
     batches = monitor_state.accepted_batches(configure_environment(use_stack=False))
     if as_json:
@@ -594,8 +594,8 @@ def monitor_accepted(as_json: bool = typer.Option(False, "--json", help="print t
 @monitor_app.command("reject")
 def monitor_reject(batch: str = typer.Argument(..., help="batch id (or name) from `lepton monitor accepted`")):
     """Take an accepted batch off the list, so no retrain folds it in (it is not accepted again)."""
-    from effects import monitor_state
-    from effects.settings import configure_environment
+    from effects.state import monitor_state
+    from effects.runtime.settings import configure_environment
 
     b = monitor_state.reject_batch(configure_environment(use_stack=False), batch)
     typer.echo(f"rejected {b['id']}: the next retrain will not fold it in ({b['path']})")
@@ -619,8 +619,8 @@ def serve(
     """Serve the model version behind an alias over HTTP (batched; hot-swaps when the alias moves)."""
     if variant not in ("torch", "onnx", "int8"):
         raise typer.BadParameter(f"{variant!r} is not one of torch, onnx, int8", param_hint="--variant")
-    from effects.settings import configure_environment
-    from effects.procs import port_free
+    from effects.runtime.settings import configure_environment
+    from effects.runtime.procs import port_free
 
     s = configure_environment()
     params = _params(params_file, list(set_), s)
@@ -650,11 +650,11 @@ def predict(
     """Score a file or folder offline with the champion (labels, class names, probabilities)."""
     if fmt is not None and fmt not in FORMATS:
         raise ParamsError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     s = configure_environment()
     params = _params(params_file, [], s)
-    from effects.batch_scoring import score_data
+    from effects.serving.batch_scoring import score_data
 
     r = score_data(data.resolve(), fmt, out.resolve(), model or params.registry.model_name, alias,
                    progress=progress, settings=s)
@@ -669,10 +669,10 @@ def data_restore(
     to: Path = typer.Option(..., "--to", help="folder to restore into (new or empty)"),
 ):
     """Restore a past data version from the DVC remote."""
-    from effects.settings import configure_environment
+    from effects.runtime.settings import configure_environment
 
     s = configure_environment()
-    from effects.dvc_store import restore_dataset
+    from effects.data.dvc_store import restore_dataset
 
     path = restore_dataset(version, to, s)
     n = sum(1 for p in path.rglob("*") if p.is_file())
@@ -715,7 +715,7 @@ def main() -> None:
 
 
 def _dispatch() -> None:
-    from effects.settings import get_settings, private_files
+    from effects.runtime.settings import get_settings, private_files
 
     private_files()  # Lepton's state is its user's alone (files 0600, folders 0700)
 

@@ -131,7 +131,7 @@ def _first_line(exc: BaseException, limit: int = 240) -> str:
 
 
 def _our_files(chain: list[BaseException]) -> list[str]:
-    """Our modules on the traceback, innermost last (effects/dvc_store.py, ...)."""
+    """Our modules on the traceback, innermost last (effects/data/dvc_store.py, ...)."""
     files = []
     for e in chain:
         for fr in traceback.extract_tb(e.__traceback__):
@@ -154,7 +154,7 @@ def _is_connection_error(chain: list[BaseException]) -> bool:
 def describe(exc: BaseException, settings) -> str:
     """`<what failed>: <what it said>; <what to do>` for a failure that is not the
     user's input."""
-    from effects.settings import redact_uri
+    from effects.runtime.settings import redact_uri
 
     chain = _chain(exc)
     mods = {type(e).__module__.split(".")[0] for e in chain}
@@ -166,13 +166,13 @@ def describe(exc: BaseException, settings) -> str:
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             where = f" writing {e.filename}" if e.filename else ""
             return f"no space left on the device{where}; free some space and run the command again"
-    if "dvc" in mods or "dvc_data" in mods or "dvc_objects" in mods or inner == "effects/dvc_store.py":
+    if "dvc" in mods or "dvc_data" in mods or "dvc_objects" in mods or inner == "effects/data/dvc_store.py":
         return (f"the DVC remote {redact_uri(settings.dvc_remote)} failed: {msg}; check that it exists, "
                 f"is reachable and is writable (LEPTON_DVC_REMOTE)")
     if "botocore" in mods or "boto3" in mods or "s3fs" in mods:
         return (f"S3 at {settings.s3_endpoint_url or 'AWS'} failed: {msg}; check that the store is "
                 f"running and the credentials are right{stack}")
-    if "mlflow" in mods or inner in ("effects/tracking.py", "effects/registry.py"):
+    if "mlflow" in mods or inner in ("effects/tracking/runs.py", "effects/tracking/registry.py"):
         what = f"the MLflow tracking server at {redact_uri(settings.tracking_uri)}"
         if _is_connection_error(chain):
             return f"{what} does not answer: {msg}; start it or fix MLFLOW_TRACKING_URI{stack}"

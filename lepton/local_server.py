@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from effects.procs import die_with_parent, free_port, http_ok, pid_alive, stop_group, wait_healthy
+from effects.runtime.procs import die_with_parent, free_port, http_ok, pid_alive, stop_group, wait_healthy
 from lepton_core.errors import LeptonError
 
 PARENT_GONE = signal.SIGUSR1  # what the kernel sends the watchdog when its starter goes

@@ -36,11 +36,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from effects.prediction_log import PredictionLog, open_store
-from effects.variants import TAG_VARIANT, variant_predictor
-from effects import tracking
-from effects.registry import alias_version, predictor_of
-from effects.settings import Settings
+from effects.serving.prediction_log import PredictionLog, open_store
+from effects.tracking.variants import TAG_VARIANT, variant_predictor
+from effects.tracking import runs
+from effects.tracking.registry import alias_version, predictor_of
+from effects.runtime.settings import Settings
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.params import ServeParams
 from lepton_core.predictor import Predictor, softmax
@@ -102,7 +102,7 @@ class ModelServer:
     def refresh(self) -> bool:
         """Load the alias's version if it moved; True when a new one was swapped in."""
         c_version = self.current.version if self.current else None
-        mv = alias_version(tracking.client(self.settings), self.model_name, self.alias)
+        mv = alias_version(runs.client(self.settings), self.model_name, self.alias)
         if mv is None:
             raise LeptonError(f"model {self.model_name!r} has no @{self.alias}; run `lepton retrain` first")
         if str(mv.version) == c_version:

@@ -27,14 +27,14 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from effects.procs import (
+from effects.runtime.procs import (
     free_port, http_ok, kill_leftovers, pid_alive, port_free, spawn, stop_group, wait_healthy, wait_port_free,
 )
-from effects.settings import Settings, redact_uri
-from effects.stack_state import (
+from effects.runtime.settings import Settings, redact_uri
+from effects.runtime.stack_state import (
     SERVICES, auth_headers, credentials, read_state, stack_dir, urls, write_private, write_state,
 )
-from effects.stack_state import client_env as _client_env
+from effects.runtime.stack_state import client_env as _client_env
 from lepton_core.errors import LeptonError
 from lepton_core.fileio import atomic_write
 

@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
         params = load_params(args.params)
         if args.stage == "prepare":
-            from effects import monitor_state
-            from effects.data_source import local_data_path
-            from effects.settings import get_settings
+            from effects.state import monitor_state
+            from effects.data.data_source import local_data_path
+            from effects.runtime.settings import get_settings
             from lepton_core.data.prepare import prepare_from_params
 
             # the same accepted monitor batches the Prefect path folds in
@@ -41,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{report['duplicates_dropped']} duplicates dropped, {len(extra)} monitor batches "
                   f"folded in) -> {PREPARED}")
         elif args.stage == "train":
-            from effects.stages import train_stage
+            from effects.training.stages import train_stage
             from lepton_core.data.prepare import read_prepared
 
             result = train_stage(read_prepared(PREPARED), params.train, MODEL)
             print(f"trained {result.epochs_run} epochs, best val accuracy "
                   f"{result.best_val_accuracy:.4f} -> {MODEL}")
         else:
-            from effects.stages import evaluate_stage
+            from effects.training.stages import evaluate_stage
             from lepton_core.data.prepare import read_prepared
 
             m = evaluate_stage(read_prepared(PREPARED), MODEL, METRICS_DIR)

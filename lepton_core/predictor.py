@@ -15,6 +15,7 @@ Raw samples, as the prepared dataset stores them:
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -133,9 +134,47 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (p / p.sum(1, keepdims=True)).astype(np.float32)
 
 
-class Predictor:
-    """A model with its preprocessing. `predict(raw)` answers labels, names and
-    probabilities; `logits(raw)` gives the raw scores (for the gate and monitor)."""
+class BasePredictor(ABC):
+    """The one interface every servable model offers, whatever runs it (PyTorch here,
+    ONNX Runtime in effects.tracking.onnx_variants): raw samples in, checked against
+    the training preprocessing; `to_input` makes the model input, `forward` gives
+    (N, K) float32 logits, `predict` labels, class names and probabilities. The
+    server, the evaluation and the gate use only these."""
+
+    preprocessing: Preprocessing
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.preprocessing.classes)
+
+    def check(self, x: Any) -> np.ndarray:
+        return check_samples(x, self.preprocessing)
+
+    @abstractmethod
+    def to_input(self, x: Any) -> torch.Tensor:
+        """Raw samples -> the model's input on the CPU (checked)."""
+
+    @abstractmethod
+    def log_input(self, t: torch.Tensor) -> np.ndarray:
+        """What the monitor's features read for input made by `to_input`: images in
+        [0, 1], tables raw."""
+
+    @abstractmethod
+    def forward(self, t: torch.Tensor) -> np.ndarray:
+        """(N, K) float32 logits for input already made by `to_input`."""
+
+    def logits(self, x: Any) -> np.ndarray:
+        """(N, K) float32 logits for raw samples."""
+        return self.forward(self.to_input(x))
+
+    def predict(self, x: Any) -> Prediction:
+        p = softmax(self.logits(x))
+        labels = p.argmax(1).astype(np.int64)
+        return Prediction(labels, [self.preprocessing.classes[i] for i in labels], p)
+
+
+class Predictor(BasePredictor):
+    """A PyTorch model with its preprocessing."""
 
     def __init__(self, model: nn.Module, model_config: ModelConfig, preprocessing: Preprocessing,
                  device: str | torch.device = "cpu", batch_size: int = 1024):
@@ -156,37 +195,18 @@ class Predictor:
         model, cfg = model_from_checkpoint(state, which)
         return cls(model, cfg, preprocessing_of(state), device)
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.preprocessing.classes)
-
-    def check(self, x: Any) -> np.ndarray:
-        return check_samples(x, self.preprocessing)
-
     def to_input(self, x: Any) -> torch.Tensor:
         """Raw samples -> float32 model input on the CPU (checked)."""
         return model_input(self.check(x), self.preprocessing, self.model_config)
 
     def log_input(self, t: torch.Tensor) -> np.ndarray:
-        """What the monitor's features read for input made by `to_input`: images in
-        [0, 1], tables raw."""
         return t.numpy()
-
-    def logits(self, x: Any) -> np.ndarray:
-        """(N, K) float32 logits for raw samples."""
-        return self.forward(self.to_input(x))
 
     @torch.no_grad()
     def forward(self, t: torch.Tensor) -> np.ndarray:
-        """(N, K) float32 logits for model input already made by `to_input`."""
         out = [self.model(t[i : i + self.batch_size].to(self.device)).float().cpu()
                for i in range(0, len(t), self.batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.model_config.n_classes), np.float32)
-
-    def predict(self, x: Any) -> Prediction:
-        p = softmax(self.logits(x))
-        labels = p.argmax(1).astype(np.int64)
-        return Prediction(labels, [self.preprocessing.classes[i] for i in labels], p)
 
 
 def preprocessing_of(state: dict) -> Preprocessing:

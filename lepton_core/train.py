@@ -75,7 +75,7 @@ def choose_device(pref: str = "auto") -> torch.device:
 
 def distributed_rank() -> tuple[int, int, int]:
     """(rank, world size, local rank) of this process in an initialised process group
-    (torchrun; see effects/ddp_worker.py), else (0, 1, 0)."""
+    (torchrun; see effects/training/ddp_worker.py), else (0, 1, 0)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import task
 
-from effects.dvc_store import DataVersion, prepare_cache_key, version_dataset
-from effects.retry import not_user_error
+from effects.data.dvc_store import DataVersion, prepare_cache_key, version_dataset
+from effects.runtime.retry import not_user_error
 from lepton_core.params import DataParams
 
 

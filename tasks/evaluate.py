@@ -7,11 +7,11 @@ import json
 
 from prefect import task
 
-from effects import tracking
-from effects.dvc_store import DataVersion, dataset_path
-from effects.monitor import REFERENCE_ARTIFACT, reference_profile
-from effects.settings import get_settings
-from effects.stages import evaluate_stage
+from effects.tracking import runs
+from effects.data.dvc_store import DataVersion, dataset_path
+from effects.monitoring.monitor import REFERENCE_ARTIFACT, reference_profile
+from effects.runtime.settings import get_settings
+from effects.training.stages import evaluate_stage
 from lepton_core.data.prepare import read_prepared
 from lepton_core.evaluate import SUMMARY_KEYS
 
@@ -20,7 +20,7 @@ from lepton_core.evaluate import SUMMARY_KEYS
 def evaluate(run_id: str, checkpoint: str, data: DataVersion) -> dict[str, float]:
     """Evaluate on the test split; log metrics and artifacts to the run."""
     s = get_settings()
-    c = tracking.client(s)
+    c = runs.client(s)
     prepared = read_prepared(dataset_path(data.version, s))
     out = s.home / "runs" / run_id / "evaluation"
     metrics = evaluate_stage(prepared, checkpoint, out)
@@ -29,7 +29,7 @@ def evaluate(run_id: str, checkpoint: str, data: DataVersion) -> dict[str, float
         f"test_f1_class_{name}": v["f1"] for name, v in metrics["per_class"].items() if name.isidentifier() or name.isalnum()
     }
     c.log_batch(
-        run_id, metrics=[tracking.Metric(k, v, 0, 0) for k, v in {**summary, **per_class}.items()]
+        run_id, metrics=[runs.Metric(k, v, 0, 0) for k, v in {**summary, **per_class}.items()]
     )
     c.log_artifact(run_id, str(out / "metrics.json"), "evaluation")
     c.log_artifact(run_id, str(out / "confusion_matrix.png"), "evaluation")

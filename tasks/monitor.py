@@ -1,5 +1,5 @@
 """Monitor tasks: find new batches, check each for drift, emit the drift event,
-publish the summary. The checking itself is effects.monitor.check_batch."""
+publish the summary. The checking itself is effects.monitoring.monitor.check_batch."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from effects import monitor_state
-from effects.monitor import (REPORT_ARTIFACT, check_batch, claim_new, cooldown_line, new_batches,
+from effects.state import monitor_state
+from effects.monitoring.monitor import (REPORT_ARTIFACT, check_batch, claim_new, cooldown_line, new_batches,
                              prediction_log_window, record_event_outcome, s3_batches)
-from effects.settings import get_settings
-from effects.summaries import monitor_markdown
+from effects.runtime.settings import get_settings
+from effects.tracking.summaries import monitor_markdown
 from lepton_core.drift import DRIFT_EVENT
 from lepton_core.params import MonitorParams
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from effects.retry import not_user_error
-from effects.variants import optimize_version
+from effects.runtime.retry import not_user_error
+from effects.tracking.variants import optimize_version
 from lepton_core.params import OptimizeParams
 
 

@@ -2,7 +2,7 @@
 
 One registry change at a time across every worker: the Prefect global concurrency
 limit `lepton-registry` (created by `lepton deploy`, limit 1); the file lock inside
-effects.registry still serialises changes on one machine.
+effects.tracking.registry still serialises changes on one machine.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from contextlib import nullcontext
 from prefect import task
 from prefect.runtime import flow_run
 
-from effects import tracking
-from effects.dvc_store import DataVersion, dataset_path
-from effects.registry import log_and_register, promote_version, rollback_champion
-from effects.retry import not_user_error
-from effects.settings import get_settings
-from effects.variants import follow_champion
+from effects.tracking import runs
+from effects.data.dvc_store import DataVersion, dataset_path
+from effects.tracking.registry import log_and_register, promote_version, rollback_champion
+from effects.runtime.retry import not_user_error
+from effects.runtime.settings import get_settings
+from effects.tracking.variants import follow_champion
 from lepton_core.data.prepare import read_prepared
 from lepton_core.params import Params, PromoteParams
 from tasks.train import TrainOutcome
@@ -47,13 +47,13 @@ def register(outcome: TrainOutcome, data: DataVersion, params: Params, metrics: 
     the version; the full provenance goes into its description as JSON."""
     s = get_settings()
     prepared = read_prepared(dataset_path(data.version, s))
-    commit = tracking.git_commit(s.project_dir)
+    commit = runs.git_commit(s.project_dir)
     run_flow = str(flow_run.id or "")
     tags = {
-        tracking.TAG_RUN_ID: outcome.run_id,
-        tracking.TAG_DATA_VERSION: data.version,
-        tracking.TAG_GIT_COMMIT: commit,
-        tracking.TAG_FLOW_RUN: run_flow,
+        runs.TAG_RUN_ID: outcome.run_id,
+        runs.TAG_DATA_VERSION: data.version,
+        runs.TAG_GIT_COMMIT: commit,
+        runs.TAG_FLOW_RUN: run_flow,
         "lepton.test_accuracy": f"{metrics['test_accuracy']:.4f}",
     }
     provenance = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from effects.summaries import registry_markdown, retrain_markdown
+from effects.tracking.summaries import registry_markdown, retrain_markdown
 
 
 @task(name="publish-summary", retries=2, retry_delay_seconds=[2, 5])

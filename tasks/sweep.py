@@ -2,7 +2,7 @@
 and the task runner the trials run on (threads, or Dask).
 
 A trial is the train task's core on the sweep's one prepared dataset:
-effects.stages.train_stage (lepton_core.train) with the trial's params, in its own
+effects.training.stages.train_stage (lepton_core.train) with the trial's params, in its own
 MLflow run nested under the parent. It does not resume (a sweep's trials are
 short and many); a trial that raises leaves a FAILED run with the error as a tag,
 and its task run fails, which the flow tells Optuna as a failed trial.
@@ -20,12 +20,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from effects import sweep as sweep_runs
-from effects import tracking
-from effects.dvc_store import DataVersion, dataset_path
-from effects.settings import get_settings
-from effects.stages import train_stage
-from effects.sweep import Search  # noqa: F401  (the flow's ask/tell object)
+from effects.tracking import sweep as sweep_runs
+from effects.tracking import runs
+from effects.data.dvc_store import DataVersion, dataset_path
+from effects.runtime.settings import get_settings
+from effects.training.stages import train_stage
+from effects.tracking.sweep import Search  # noqa: F401  (the flow's ask/tell object)
 from lepton_core.data.prepare import read_prepared
 from lepton_core.errors import LeptonError
 from lepton_core.params import Params, flatten_params
@@ -77,9 +77,9 @@ def trial_runner(parallel: int, dask: str | None) -> Iterator[Any]:
 def open_sweep(data: DataVersion, params: Params, dims: tuple[Dimension, ...], runner: str) -> str:
     """The parent MLflow run (params, search space, dataset); returns its id."""
     s = get_settings()
-    c = tracking.client(s)
-    exp = tracking.ensure_experiment(c, params.registry.experiment, s)
-    tracking.end_dead_runs(c, exp)
+    c = runs.client(s)
+    exp = runs.ensure_experiment(c, params.registry.experiment, s)
+    runs.end_dead_runs(c, exp)
     return sweep_runs.open_parent_run(c, exp, params, dims, data, runner=runner,
                                       flow_run_id=str(flow_run.id or ""), s=s)
 
@@ -89,16 +89,16 @@ def train_trial(data: DataVersion, params: Params, values: dict[str, Any], paren
                 progress: bool = False) -> TrialOutcome:
     """Train one trial in a run nested under the sweep's parent run; return its metric."""
     s = get_settings()
-    c = tracking.client(s)
-    exp = tracking.ensure_experiment(c, params.registry.experiment, s)
+    c = runs.client(s)
+    exp = runs.ensure_experiment(c, params.registry.experiment, s)
     started = time.perf_counter()
     run_id = sweep_runs.open_trial_run(c, exp, parent_run_id, number, values, data, s)
     try:
         trial = with_values(params, values)
-        tracking.log_params_and_tags(c, run_id, flatten_params(trial), {})
+        runs.log_params_and_tags(c, run_id, flatten_params(trial), {})
         prepared = read_prepared(dataset_path(data.version, s))
         final = s.home / "runs" / run_id / "model.pt"
-        logger = tracking.BatchedMetricLogger(c, run_id)
+        logger = runs.BatchedMetricLogger(c, run_id)
         t0 = time.perf_counter()
         result = train_stage(prepared, trial.train, final, None, log=logger, progress=progress)
         seconds = time.perf_counter() - t0
@@ -107,12 +107,12 @@ def train_trial(data: DataVersion, params: Params, values: dict[str, Any], paren
         value = result.best_val_accuracy if params.sweep.metric == "val_accuracy" else float(best["val_loss"])
         c.log_artifact(run_id, str(final), "checkpoint")
         c.log_batch(run_id, metrics=[
-            tracking.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch),
-            tracking.Metric(f"objective_{params.sweep.metric}", value, 0, result.best_epoch),
-            tracking.Metric("epochs_run", result.epochs_run, 0, 0),
-            tracking.Metric("train_seconds", seconds, 0, 0),
-            tracking.Metric("trial_seconds", time.perf_counter() - started, 0, 0),  # the whole task, logging too
-        ], tags=[tracking.RunTag("lepton.device", result.device)])
+            runs.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch),
+            runs.Metric(f"objective_{params.sweep.metric}", value, 0, result.best_epoch),
+            runs.Metric("epochs_run", result.epochs_run, 0, 0),
+            runs.Metric("train_seconds", seconds, 0, 0),
+            runs.Metric("trial_seconds", time.perf_counter() - started, 0, 0),  # the whole task, logging too
+        ], tags=[runs.RunTag("lepton.device", result.device)])
         c.set_terminated(run_id, "FINISHED")
     except BaseException as e:
         sweep_runs.fail_run(c, run_id, e)
@@ -136,10 +136,10 @@ def outcome_of(future) -> Any:
 def local_checkpoint(outcome: TrainOutcome) -> TrainOutcome:
     """The best trial's checkpoint on this machine: the file a local trial wrote, or
     its run's artifact downloaded (a trial on a remote Dask worker wrote it there)."""
-    from effects.registry import checkpoint_of
+    from effects.tracking.registry import checkpoint_of
 
     s = get_settings()
-    path = checkpoint_of(tracking.client(s), outcome.run_id, s)
+    path = checkpoint_of(runs.client(s), outcome.run_id, s)
     return outcome.model_copy(update={"checkpoint": str(path)})
 
 
@@ -148,7 +148,7 @@ def close_sweep(parent_run_id: str, search: Search, version: str | None = None, 
                 test_metrics: dict[str, float] | None = None) -> dict:
     """The best trial, the counts and the trials' table on the parent run, which ends
     FINISHED (FAILED when no trial finished)."""
-    c = tracking.client(get_settings())
+    c = runs.client(get_settings())
     return sweep_runs.close_parent_run(c, parent_run_id, search, version=version, decision=decision,
                                        test_metrics=test_metrics)
 
@@ -156,14 +156,14 @@ def close_sweep(parent_run_id: str, search: Search, version: str | None = None, 
 @task(name="abandon-sweep", retries=1, timeout_seconds=120)
 def abandon_sweep(parent_run_id: str, error: str) -> None:
     """The sweep itself failed (not one trial): its parent run ends FAILED."""
-    c = tracking.client(get_settings())
+    c = runs.client(get_settings())
     sweep_runs.fail_run(c, parent_run_id, RuntimeError(error))
 
 
 @task(name="tag-sweep-version", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=120)
 def tag_version(model_name: str, version: str, parent_run_id: str, trial: int) -> None:
     """The registered version names the sweep it came from."""
-    c = tracking.client(get_settings())
+    c = runs.client(get_settings())
     c.set_model_version_tag(model_name, version, "lepton.sweep_run_id", parent_run_id)
     c.set_model_version_tag(model_name, version, "lepton.sweep_trial", str(trial))
 

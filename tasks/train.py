@@ -1,4 +1,4 @@
-"""The train task: a data version -> effects.stages.train_stage -> checkpoint,
+"""The train task: a data version -> effects.training.stages.train_stage -> checkpoint,
 tracked as an MLflow run that records exactly the params it was given."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from prefect.logging import get_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from effects import monitor_state, tracking
-from effects.dvc_store import DataVersion, dataset_path
-from effects.locks import first_free_slot
-from effects.settings import get_settings
-from effects.stages import train_stage
+from effects.state import monitor_state
+
+from effects.tracking import runs
+from effects.data.dvc_store import DataVersion, dataset_path
+from effects.runtime.locks import first_free_slot
+from effects.runtime.settings import get_settings
+from effects.training.stages import train_stage
 from lepton_core.checkpoint import load_work_checkpoint, remove_partial_writes
 from lepton_core.data.prepare import read_prepared
 from lepton_core.params import Params, TrainParams, flatten_params
@@ -66,8 +68,8 @@ def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutc
     killed process are marked KILLED."""
     s = get_settings()
     log = _logger()
-    c = tracking.client(s)
-    exp = tracking.ensure_experiment(c, params.registry.experiment, s)
+    c = runs.client(s)
+    exp = runs.ensure_experiment(c, params.registry.experiment, s)
     key = work_key(data.version, params.train)
     with first_free_slot(s.locks_dir, key, prefer=_slots_with_checkpoints(s.checkpoints_dir, key)) as slot:
         ckpt = work_checkpoint(s.checkpoints_dir, data.version, params.train, slot)
@@ -78,8 +80,8 @@ def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutc
         prior = str(state.get("mlflow_run_id") or "") if state else ""
         history = list(state.get("history", [])) if state else []
         del state
-        run_id = prior if prior and tracking.continue_run(c, prior, history) else ""
-        tracking.end_dead_runs(c, exp, keep=run_id or None)
+        run_id = prior if prior and runs.continue_run(c, prior, history) else ""
+        runs.end_dead_runs(c, exp, keep=run_id or None)
         if run_id:
             log.warning(f"resuming MLflow run {run_id} from its work checkpoint")
         else:
@@ -96,22 +98,22 @@ def _logger():
 
 def _new_run(c, exp: str, data: DataVersion, params: Params, s) -> str:
     run_flow = str(flow_run.id or "")
-    commit = tracking.git_commit(s.project_dir)
+    commit = runs.git_commit(s.project_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run = c.create_run(exp, run_name=f"retrain-{stamp}-data-{data.version[:8]}", tags={
-        tracking.TAG_DATA_VERSION: data.version,
-        tracking.TAG_GIT_COMMIT: commit,
-        tracking.TAG_OWNER: tracking.process_identity(),
+        runs.TAG_DATA_VERSION: data.version,
+        runs.TAG_GIT_COMMIT: commit,
+        runs.TAG_OWNER: runs.process_identity(),
         "lepton.data_format": data.meta.get("kind", ""),
     })
     run_id = run.info.run_id
     try:
-        tracking.log_params_and_tags(c, run_id, flatten_params(params), {})
+        runs.log_params_and_tags(c, run_id, flatten_params(params), {})
         batches = set(data.meta.get("monitored_batches", []))
-        tracking.log_lineage(
+        runs.log_lineage(
             c, run_id, data_version=data.version, meta=data.meta, dvc_remote=s.dvc_remote,
             git_commit=commit, source_name="flows/retrain.py",
-            flow_run_id=run_flow, flow_run_url=tracking.flow_run_url(s.prefect_ui_api_url, run_flow),
+            flow_run_id=run_flow, flow_run_url=runs.flow_run_url(s.prefect_ui_api_url, run_flow),
             monitored=[b for b in monitor_state.accepted_batches(s) if b["id"] in batches],
         )
     except BaseException:
@@ -126,7 +128,7 @@ def _train_in_run(c, run_id: str, data: DataVersion, params: Params, ckpt: Path,
         prepared = read_prepared(dataset_path(data.version, s))
         final = s.home / "runs" / run_id / "model.pt"
         remove_partial_writes(final)
-        logger = tracking.BatchedMetricLogger(c, run_id)
+        logger = runs.BatchedMetricLogger(c, run_id)
         t0 = time.perf_counter()
         result = train_stage(prepared, params.train, final, ckpt, log=logger, progress=progress,
                              prepared_dir=dataset_path(data.version, s), extra_state={"mlflow_run_id": run_id},
@@ -137,14 +139,14 @@ def _train_in_run(c, run_id: str, data: DataVersion, params: Params, ckpt: Path,
         c.log_batch(
             run_id,
             metrics=[
-                tracking.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch),
-                tracking.Metric("epochs_run", result.epochs_run, 0, 0),
-                tracking.Metric("train_seconds", train_seconds, 0, 0),
+                runs.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch),
+                runs.Metric("epochs_run", result.epochs_run, 0, 0),
+                runs.Metric("train_seconds", train_seconds, 0, 0),
             ],
             tags=[
-                tracking.RunTag("lepton.resumed_from_epoch", str(result.resumed_from_epoch)),
-                tracking.RunTag("lepton.device", result.device),
-                tracking.RunTag("lepton.world_size", str(result.world_size)),
+                runs.RunTag("lepton.resumed_from_epoch", str(result.resumed_from_epoch)),
+                runs.RunTag("lepton.device", result.device),
+                runs.RunTag("lepton.world_size", str(result.world_size)),
             ],
         )
         ckpt.unlink(missing_ok=True)  # finished: the next identical retrain starts fresh

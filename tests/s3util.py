@@ -15,7 +15,7 @@ class SeaweedS3:
     same ports and data."""
 
     def __init__(self, base: Path):
-        from effects.procs import free_port
+        from effects.runtime.procs import free_port
 
         self.dir, self.log = base / "weed", base / "weed.log"
         self.dir.mkdir(parents=True)
@@ -32,7 +32,7 @@ class SeaweedS3:
         import os
         import shutil
 
-        from effects.procs import spawn
+        from effects.runtime.procs import spawn
 
         p = self.ports
         self.proc = spawn([
@@ -62,7 +62,7 @@ class SeaweedS3:
                             aws_access_key_id=self.key, aws_secret_access_key=self.secret)
 
     def kill(self) -> None:
-        from effects.procs import pid_alive, stop_group
+        from effects.runtime.procs import pid_alive, stop_group
 
         stop_group(self.proc.pid, timeout=0)
         self.proc.wait(10)

@@ -24,7 +24,7 @@ BUCKET = "rawdata"
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    from effects.procs import pid_alive
+    from effects.runtime.procs import pid_alive
 
     server = SeaweedS3(tmp_path_factory.mktemp("s3"))
     server.start()
@@ -38,7 +38,7 @@ def s3(tmp_path_factory):
 
 @pytest.fixture()
 def settings(tmp_path, monkeypatch, s3):
-    from effects.settings import get_settings
+    from effects.runtime.settings import get_settings
 
     make_project(tmp_path / "project")
     for k, v in {**lepton_env_vars(tmp_path), "LEPTON_S3_ENDPOINT_URL": s3.url, "AWS_ACCESS_KEY_ID": s3.key,
@@ -101,7 +101,7 @@ def local_files(root: Path) -> dict[str, bytes]:
 
 
 def test_a_prefix_is_listed_over_pages_fetched_in_parallel_and_a_transient_failure_is_retried(s3, settings):
-    from effects.data_source import fetch, s3_client
+    from effects.data.data_source import fetch, s3_client
 
     files = upload_folder(s3, "imgs")
     client = s3_client(settings, workers=4)
@@ -131,7 +131,7 @@ def test_without_retries_the_injected_failure_is_fatal(s3, settings, monkeypatch
     fails (so the retries are what the test above relies on)."""
     from botocore.exceptions import ClientError
 
-    from effects import data_source
+    from effects.data import data_source
 
     upload_folder(s3, "once", n_per_class=3)
     monkeypatch.setattr(data_source, "CLIENT_ATTEMPTS", 1)
@@ -144,7 +144,7 @@ def test_without_retries_the_injected_failure_is_fatal(s3, settings, monkeypatch
 
 
 def test_an_s3_image_folder_gives_the_data_version_of_the_same_local_folder(s3, settings, tmp_path):
-    from effects.dvc_store import prepare_cache_key, version_dataset
+    from effects.data.dvc_store import prepare_cache_key, version_dataset
 
     files = upload_folder(s3, "same", n_per_class=15)
     local = tmp_path / "local"
@@ -160,7 +160,7 @@ def test_an_s3_image_folder_gives_the_data_version_of_the_same_local_folder(s3, 
 
 
 def test_a_single_object_is_a_file_source_and_a_missing_prefix_is_one_line(s3, settings, tmp_path):
-    from effects.data_source import fetch
+    from effects.data.data_source import fetch
     from lepton_core.data.prepare import prepare_from_params
 
     rng = np.random.default_rng(0)

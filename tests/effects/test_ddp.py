@@ -31,7 +31,7 @@ def digits():
 
 
 def test_two_processes_give_the_shape_of_one(digits, tmp_path):
-    from effects.stages import train_stage
+    from effects.training.stages import train_stage
     from lepton_core.predictor import Predictor
 
     one = train_stage(digits, DDP.model_copy(update={"devices": 1}), tmp_path / "one.pt", tmp_path / "w1.pt",
@@ -62,7 +62,7 @@ from pathlib import Path
 from lepton_core.data.formats import load_digits
 from lepton_core.data.prepare import prepare_dataset
 from lepton_core.params import TrainParams
-from effects.stages import train_stage
+from effects.training.stages import train_stage
 d = Path(sys.argv[1])
 p = prepare_dataset(load_digits(), val_fraction=0.15, test_fraction=0.2, seed=0)
 r = train_stage(p, TrainParams(devices=2, epochs=int(sys.argv[2]), width=8, patience=0), d / "model.pt",
@@ -130,13 +130,13 @@ def _running(pid: int) -> bool:
 
 
 def test_the_retrain_flow_trains_on_two_processes_and_logs_once_per_epoch(lepton_env, prefect_server):
-    from effects import tracking
-    from effects.settings import get_settings
+    from effects.tracking import runs
+    from effects.runtime.settings import get_settings
     from flows.retrain import retrain
 
     r = retrain(data=DataParams(), train=DDP, progress=False)
     assert r["version"] and r["epochs_run"] == 3
-    c = tracking.client(get_settings())
+    c = runs.client(get_settings())
     run = c.get_run(r["run_id"])
     assert run.data.tags["lepton.world_size"] == "2"
     history = c.get_metric_history(r["run_id"], "val_accuracy")

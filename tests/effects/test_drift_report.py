@@ -1,4 +1,4 @@
-"""effects.drift_report: one Evidently 0.7 report over synthetic reference/current frames.
+"""effects.monitoring.drift_report: one Evidently 0.7 report over synthetic reference/current frames.
 
 Five reports (600 rows x 8 features) are run once per module and shared; together they
 take about 15 s on two cores, Evidently's import included."""
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from effects.drift_report import DriftResult, _value_drifts, run_drift_report
+from effects.monitoring.drift_report import DriftResult, _value_drifts, run_drift_report
 
 FEATURES = [f"f{i}" for i in range(8)]
 SHIFTED = FEATURES[:6]
@@ -192,5 +192,5 @@ def test_flags_without_evidently_tests():
 
 
 def test_import_does_no_work():
-    code = "import sys, effects.drift_report; assert 'evidently' not in sys.modules"
+    code = "import sys, effects.monitoring.drift_report; assert 'evidently' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -17,7 +17,7 @@ from tests.conftest import lepton_env_vars, make_project
 
 @pytest.fixture()
 def settings(tmp_path, monkeypatch):
-    from effects.settings import get_settings
+    from effects.runtime.settings import get_settings
 
     make_project(tmp_path / "project")
     for k, v in lepton_env_vars(tmp_path).items():
@@ -39,7 +39,7 @@ def _write_csv(path: Path, n: int = 120, seed: int = 0) -> Path:
 
 
 def test_version_is_the_dvc_hash_and_is_reproducible(settings):
-    from effects.dvc_store import version_dataset
+    from effects.data.dvc_store import version_dataset
 
     a = version_dataset(DataParams(), settings)
     assert len(a.version) == 32 and f"md5: {a.version}.dir" in a.dvc_file
@@ -55,7 +55,7 @@ def test_version_is_the_dvc_hash_and_is_reproducible(settings):
 
 
 def test_restore_from_remote_only_is_byte_identical(settings, tmp_path):
-    from effects.dvc_store import restore_dataset, version_dataset
+    from effects.data.dvc_store import restore_dataset, version_dataset
 
     csv = _write_csv(tmp_path / "table.csv")
     v = version_dataset(DataParams(format="csv", path=str(csv)), settings)
@@ -70,7 +70,7 @@ def test_restore_from_remote_only_is_byte_identical(settings, tmp_path):
 
 
 def test_restore_rejects_bad_and_unknown_versions(settings, tmp_path):
-    from effects.dvc_store import restore_dataset, version_dataset
+    from effects.data.dvc_store import restore_dataset, version_dataset
 
     version_dataset(DataParams(), settings)
     with pytest.raises(DataError, match="not a data version"):
@@ -81,7 +81,7 @@ def test_restore_rejects_bad_and_unknown_versions(settings, tmp_path):
 
 
 def test_dataset_path_restores_a_missing_copy(settings):
-    from effects.dvc_store import dataset_path, version_dataset
+    from effects.data.dvc_store import dataset_path, version_dataset
 
     v = version_dataset(DataParams(), settings)
     original = _digest(settings.datasets_dir / v.version)

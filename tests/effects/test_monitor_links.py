@@ -3,7 +3,7 @@ one line it keeps in the champion version's description."""
 
 from __future__ import annotations
 
-from effects.monitor import _with_report_line, report_ui_url
+from effects.monitoring.monitor import _with_report_line, report_ui_url
 
 
 def test_report_url_opens_the_run_with_the_report_selected():

@@ -1,4 +1,4 @@
-"""The monitor's state shared by many workers (effects/shared_state.py): real OS
+"""The monitor's state shared by many workers (effects/state/shared_state.py): real OS
 processes, each with its own LEPTON_HOME as a worker on another machine would have,
 race on one store (PostgreSQL on 127.0.0.1:5432, a fresh database per test; a
 SQLite file; and the local files of one home) to claim batches and the cool-down."""
@@ -72,8 +72,8 @@ def _run(target, args_per_worker, timeout=120):
 # ---------------------------------------------------------------- batches
 def _claim_worker(home: str, url: str | None, names: list[str], out: str, barrier) -> None:
     _env(Path(home), url)
-    from effects import monitor_state
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.runtime.settings import get_settings
 
     s = get_settings()
     monitor_state.processed(s)  # tables and engine ready before the race
@@ -103,8 +103,8 @@ def test_two_workers_claim_every_batch_exactly_once(backend, tmp_path, request):
     assert got[0] and got[1], "one worker got everything: the race did not happen"
 
     _env(homes[0], url)
-    from effects import monitor_state
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.runtime.settings import get_settings
 
     try:
         assert monitor_state.processed(get_settings()) == set(names)
@@ -114,8 +114,8 @@ def test_two_workers_claim_every_batch_exactly_once(backend, tmp_path, request):
 
 
 def test_a_claim_of_a_dead_worker_is_taken_over_and_a_live_one_is_not(store_url, tmp_path, monkeypatch):
-    from effects import monitor_state, shared_state
-    from effects.settings import get_settings
+    from effects.state import monitor_state, shared_state
+    from effects.runtime.settings import get_settings
 
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LEPTON_STATE_DB", store_url)
@@ -139,8 +139,8 @@ def test_a_claim_of_a_dead_worker_is_taken_over_and_a_live_one_is_not(store_url,
 
 def _claim_only(home: str, url: str, names: list[str]) -> None:
     _env(Path(home), url)
-    from effects import monitor_state
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.runtime.settings import get_settings
 
     assert monitor_state.claim_batches(get_settings(), names) == names
 
@@ -152,8 +152,8 @@ RACE_S = 3.0
 
 def _event_worker(home: str, url: str, out: str, barrier) -> None:
     _env(Path(home), url)
-    from effects import monitor_state
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.runtime.settings import get_settings
 
     s = get_settings()
     monitor_state.processed(s)
@@ -189,9 +189,9 @@ def _monitor_worker(home: str, url: str, inbox: str, out: str, barrier) -> None:
     from pathlib import Path as P
 
     import tasks.monitor as tm
-    from effects import monitor_state
-    from effects.monitor import MonitorResult, batch_id
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.monitoring.monitor import MonitorResult, batch_id
+    from effects.runtime.settings import get_settings
     from lepton_core.params import MonitorParams
 
     checked, events = [], []
@@ -244,8 +244,8 @@ def test_two_monitor_runs_never_check_a_batch_twice_and_emit_one_event(pg_url, t
 
 # ---------------------------------------------------------------- accepted, rejected, migration
 def test_local_state_is_imported_once_and_accepted_batches_are_shared(store_url, tmp_path, monkeypatch):
-    from effects import monitor_state, shared_state
-    from effects.settings import get_settings
+    from effects.state import monitor_state, shared_state
+    from effects.runtime.settings import get_settings
 
     home = tmp_path / "home"
     monkeypatch.setenv("LEPTON_HOME", str(home))
@@ -284,8 +284,9 @@ def test_local_state_is_imported_once_and_accepted_batches_are_shared(store_url,
 
 
 def test_lepton_up_with_a_database_hands_its_workers_the_shared_store(tmp_path, monkeypatch):
-    from effects import shared_state, stack_state
-    from effects.settings import get_settings
+    from effects.state import shared_state
+    from effects.runtime import stack_state
+    from effects.runtime.settings import get_settings
 
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path))
     monkeypatch.delenv("LEPTON_STATE_DB", raising=False)
@@ -303,9 +304,9 @@ def test_lepton_up_with_a_database_hands_its_workers_the_shared_store(tmp_path, 
 
 
 def test_an_unreachable_shared_store_is_one_line_naming_it(tmp_path, monkeypatch):
-    from effects import monitor_state
-    from effects.procs import free_port
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.runtime.procs import free_port
+    from effects.runtime.settings import get_settings
     from lepton_core.errors import LeptonError
 
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path))
@@ -323,8 +324,10 @@ def test_the_stacks_state_database_is_created_on_first_use(tmp_path, monkeypatch
     comes into being the first time a worker uses the shared state."""
     import psycopg2
 
-    from effects import monitor_state, stack_state
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+
+    from effects.runtime import stack_state
+    from effects.runtime.settings import get_settings
 
     base = f"lepton_test_{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path))

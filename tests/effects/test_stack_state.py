@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from effects import stack_state
-from effects.procs import free_port
+from effects.runtime import stack_state
+from effects.runtime.procs import free_port
 from tests.conftest import lepton_env_vars, run_cli
 
 

@@ -8,7 +8,7 @@ import pytest
 def test_batched_logger_sends_few_calls_and_loses_nothing(tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from effects.tracking import BatchedMetricLogger
+    from effects.tracking.runs import BatchedMetricLogger
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
     exp = c.create_experiment("t", artifact_location=(tmp_path / "a").as_uri())
@@ -32,7 +32,7 @@ def test_batched_logger_sends_few_calls_and_loses_nothing(tmp_path):
 
 
 def test_git_commit_of_a_non_repo_is_unknown(tmp_path):
-    from effects.tracking import git_commit
+    from effects.tracking.runs import git_commit
 
     assert git_commit(tmp_path) == "unknown"
 
@@ -45,7 +45,7 @@ def test_concurrent_runs_log_one_new_data_version_without_a_race(tmp_path):
 
     from mlflow.tracking import MlflowClient
 
-    from effects.tracking import log_lineage
+    from effects.tracking.runs import log_lineage
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     c0 = MlflowClient(uri)

@@ -407,9 +407,9 @@ def test_cuda_asked_for_where_there_is_none(monkeypatch):
 
 # ---------------------------------------------------------------- names
 def test_batch_and_data_version_names(tmp_path):
-    from effects import monitor_state
-    from effects.dvc_store import check_version
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.data.dvc_store import check_version
+    from effects.runtime.settings import get_settings
 
     os.environ  # (settings come from the monkeypatched env below)
     with pytest.MonkeyPatch.context() as mp:
@@ -437,8 +437,8 @@ def test_batch_and_data_version_names(tmp_path):
 def test_an_unknown_data_version_leaves_nothing_behind(tmp_path):
     """A well-formed data version the remote does not hold: one line, and no scratch
     folder left in the data repository (one was left per failed restore)."""
-    from effects.dvc_store import restore_dataset
-    from effects.settings import get_settings
+    from effects.data.dvc_store import restore_dataset
+    from effects.runtime.settings import get_settings
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in lepton_env_vars(tmp_path).items():

@@ -113,8 +113,8 @@ def test_the_train_task_moves_a_corrupt_checkpoint_aside_and_says_so(tmp_path, m
     make_project(tmp_path / "project")
     for k, v in lepton_env_vars(tmp_path).items():
         monkeypatch.setenv(k, v)
-    from effects.dvc_store import version_dataset
-    from effects.settings import get_settings
+    from effects.data.dvc_store import version_dataset
+    from effects.runtime.settings import get_settings
     from lepton_core.params import DataParams, Params
     from tasks.train import train, work_checkpoint
 
@@ -195,7 +195,7 @@ class Forker:
         return int(self.proc.stdout.readline()), out
 
     def result(self, pid: int, out: Path, timeout: float = 300) -> dict:
-        from effects.procs import pid_alive
+        from effects.runtime.procs import pid_alive
 
         deadline = time.monotonic() + timeout
         while not out.exists() and pid_alive(pid) and time.monotonic() < deadline:
@@ -211,7 +211,7 @@ class Forker:
 def _kill_during_a_write(forker: Forker, ck: Path, skip_writes: int) -> bool:
     """Start a trainer; SIGKILL it while a checkpoint temporary exists (after
     `skip_writes` earlier writes). True if the kill landed inside a write."""
-    from effects.procs import pid_alive
+    from effects.runtime.procs import pid_alive
 
     pid, out = forker.train(ck)
     seen, in_write = 0, False

@@ -112,7 +112,7 @@ def test_drift_in_cooldown_says_until_when_and_accepted_batches_can_be_rejected(
 
     base, env, _ = registered
     assert run_cli(["promote", "1", "--set", "promote.min_accuracy=0"], env).returncode == 0
-    from effects.monitor import write_drift_batch
+    from effects.monitoring.monitor import write_drift_batch
 
     batch = Path(write_drift_batch("rotate", "high", tmp_path / "strong")["path"])
     # an event 1 minute ago, as a monitor run would have recorded it: the cool-down holds
@@ -146,8 +146,8 @@ def test_drift_in_cooldown_says_until_when_and_accepted_batches_can_be_rejected(
     assert again.returncode == 2
     one_error_line(again, "is not an accepted batch")
     # a rejected batch is not accepted again when it is checked again
-    from effects import monitor_state
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.runtime.settings import get_settings
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():

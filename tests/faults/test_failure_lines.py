@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from effects.settings import Settings
+from effects.runtime.settings import Settings
 from lepton import failures
 
 pytestmark = pytest.mark.faults

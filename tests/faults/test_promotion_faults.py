@@ -20,7 +20,7 @@ MODEL = "lepton-promo"
 PROMOTER = """
 import json, sys
 from concurrent.futures import ThreadPoolExecutor
-from effects.registry import promote_version
+from effects.tracking.registry import promote_version
 from lepton_core.params import PromoteParams
 versions = json.loads(sys.argv[1])
 with ThreadPoolExecutor(len(versions)) as pool:
@@ -34,21 +34,21 @@ def test_twenty_concurrent_promotions_lose_no_decision_and_keep_the_aliases_cons
     env = lepton_env_vars(tmp_path)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    from effects import tracking
-    from effects.dvc_store import version_dataset
-    from effects.registry import gate_history
+    from effects.tracking import runs
+    from effects.data.dvc_store import version_dataset
+    from effects.tracking.registry import gate_history
     from lepton_core.params import DataParams, Params, TrainParams
     from tasks.train import train
 
     data = version_dataset(DataParams())
-    c = tracking.client()
+    c = runs.client()
     c.create_registered_model(MODEL)
     versions = []
     for seed in range(3):  # three trained models, each a version
         o = train.fn(data, Params(train=TrainParams(epochs=2, model="mlp", width=8, patience=0, seed=seed)),
                      progress=False)
         mv = c.create_model_version(MODEL, f"runs:/{o.run_id}/checkpoint", run_id=o.run_id,
-                                    tags={tracking.TAG_DATA_VERSION: data.version})
+                                    tags={runs.TAG_DATA_VERSION: data.version})
         versions.append(str(mv.version))
 
     plan = [[versions[(p * 5 + i) % 3] for i in range(5)] for p in range(4)]  # 20 promotions

@@ -18,7 +18,7 @@ import urllib.error
 
 import pytest
 
-from effects.procs import pid_alive
+from effects.runtime.procs import pid_alive
 from tests.conftest import ROOT
 from tests.faults.test_training_faults import _descendants
 from tests.live.conftest import Live, _running_stack

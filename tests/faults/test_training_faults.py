@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from effects.procs import pid_alive, port_free
+from effects.runtime.procs import pid_alive, port_free
 from tests.conftest import ROOT, lepton_env_vars, make_project, run_cli
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 # A trainer: the train task in a process of its own (the dataset versioned once before).
 TRAINER = """
 import os, sys, time
-from effects.dvc_store import version_dataset
+from effects.data.dvc_store import version_dataset
 from lepton_core.params import DataParams, Params, TrainParams
 from tasks.train import train
 import lepton_core.train as core_train
@@ -102,13 +102,13 @@ def test_identical_concurrent_trainings_never_share_a_checkpoint(tmp_path, monke
     env = lepton_env_vars(tmp_path)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    from effects import tracking
-    from effects.settings import get_settings
+    from effects.tracking import runs
+    from effects.runtime.settings import get_settings
     from lepton_core.checkpoint import load_checkpoint
 
     ckdir = get_settings().checkpoints_dir
-    tracking.ensure_experiment(tracking.client(), "lepton")  # the database, made once before the race
-    from effects.dvc_store import version_dataset
+    runs.ensure_experiment(runs.client(), "lepton")  # the database, made once before the race
+    from effects.data.dvc_store import version_dataset
     from lepton_core.params import DataParams
 
     version_dataset(DataParams())  # once, before the race (prepare has its own lock and cache)
@@ -137,7 +137,7 @@ def test_identical_concurrent_trainings_never_share_a_checkpoint(tmp_path, monke
             assert o["resumed_from_epoch"] == 0, f"resumed another live training's epochs: {o}"
             assert o["epochs_run"] == EPOCHS
         assert len({o["run_id"] for o in survivors}) == CONCURRENT - 1
-        c = tracking.client()
+        c = runs.client()
         for o in survivors:
             assert _epochs_logged(c, o["run_id"]) == list(range(1, EPOCHS + 1))
 

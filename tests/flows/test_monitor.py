@@ -27,7 +27,7 @@ def champion(lepton_env, prefect_server):
 
 
 def _batch(tmp: Path, name: str, kind: str, strength: str) -> Path:
-    from effects.monitor import write_drift_batch
+    from effects.monitoring.monitor import write_drift_batch
 
     return Path(write_drift_batch(kind, strength, tmp / name)["path"])
 
@@ -41,7 +41,7 @@ def _run(batch: Path, **params):
 def test_mild_batch_no_alarm_strong_batch_drift_event_then_cooldown(champion, lepton_env):
     from mlflow.tracking import MlflowClient
 
-    from effects.settings import get_settings
+    from effects.runtime.settings import get_settings
 
     base = lepton_env[0]
     mild = _run(_batch(base, "mild", "rotate", "low"))
@@ -127,7 +127,7 @@ def test_bad_batches_get_a_clear_verdict_and_no_event(champion, lepton_env):
 
 def test_retrain_folds_accepted_batches_into_the_next_data_version(champion, lepton_env):
     from flows.retrain import retrain
-    from effects.settings import get_settings
+    from effects.runtime.settings import get_settings
 
     accepted = json.loads((get_settings().home / "monitor" / "accepted.json").read_text())
     assert {b["id"].split("-")[0] for b in accepted} >= {"mild", "strong"}
@@ -135,7 +135,7 @@ def test_retrain_folds_accepted_batches_into_the_next_data_version(champion, lep
     second = retrain(data=DataParams(), train=FAST, progress=False)
     assert second["data_version"] != champion["data_version"]
     from lepton_core.data.prepare import read_prepared
-    from effects.dvc_store import dataset_path
+    from effects.data.dvc_store import dataset_path
 
     old = read_prepared(dataset_path(champion["data_version"]))
     new = read_prepared(dataset_path(second["data_version"]))

@@ -60,9 +60,9 @@ def test_csv_batch_with_the_custom_label_column_is_checked(table_champion, lepto
 
 
 def test_the_accepted_batch_is_a_listed_input_of_the_next_data_version(table_champion, lepton_env):
-    from effects import monitor_state
-    from effects.settings import get_settings
-    from effects.tracking import client
+    from effects.state import monitor_state
+    from effects.runtime.settings import get_settings
+    from effects.tracking.runs import client
     from flows.retrain import retrain
 
     data, first = table_champion
@@ -70,7 +70,7 @@ def test_the_accepted_batch_is_a_listed_input_of_the_next_data_version(table_cha
     assert accepted, "the labelled batch was not accepted"
     second = retrain(data=data, train=TrainParams(epochs=2, width=16, patience=0), registry=REG, progress=False)
     assert second["data_version"] != first["data_version"]
-    from effects.dvc_store import dataset_path
+    from effects.data.dvc_store import dataset_path
 
     meta = __import__("json").loads((dataset_path(second["data_version"]) / "meta.json").read_text())
     assert meta["monitored_batches"] == [b["id"] for b in accepted]
@@ -83,7 +83,7 @@ def test_the_accepted_batch_is_a_listed_input_of_the_next_data_version(table_cha
 
 
 def test_an_unlabelled_table_is_monitored_and_scored(table_champion, lepton_env, tmp_path):
-    from effects.batch_scoring import score_data
+    from effects.serving.batch_scoring import score_data
     from flows.monitor import monitor
 
     batch = tmp_path / "unlabelled.csv"

@@ -35,7 +35,7 @@ def runs(lepton_env, prefect_server):
 
 
 def test_first_run_promotes_and_second_worse_run_is_rejected(runs):
-    from effects.registry import registry_status
+    from effects.tracking.registry import registry_status
 
     first, second = runs
     assert first["decision"]["promoted"] is True
@@ -52,7 +52,7 @@ def test_first_run_promotes_and_second_worse_run_is_rejected(runs):
 
 
 def test_run_and_version_carry_params_metrics_artifacts_and_provenance(runs, lepton_env):
-    from effects.tracking import client
+    from effects.tracking.runs import client
 
     first, second = runs
     c = client()
@@ -98,7 +98,7 @@ def test_prepare_is_cached_when_raw_data_unchanged(runs, prefect_server):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from effects.tracking import client
+    from effects.tracking.runs import client
 
     first, second = runs
     flow_run_id = client().get_run(second["run_id"]).data.tags["lepton.prefect_flow_run_id"]
@@ -113,7 +113,7 @@ def test_champion_loads_with_stock_mlflow_and_predicts(runs, lepton_env):
     import mlflow
 
     from lepton_core.data.prepare import read_prepared
-    from effects.dvc_store import dataset_path
+    from effects.data.dvc_store import dataset_path
 
     first, _ = runs
     mlflow.set_tracking_uri(lepton_env[1]["MLFLOW_TRACKING_URI"])
@@ -138,8 +138,8 @@ def test_champion_loads_with_stock_mlflow_and_predicts(runs, lepton_env):
 
 def test_force_promote_then_rollback(runs):
     from flows.registry import promote_flow, rollback_flow
-    from effects.registry import registry_status
-    from effects.tracking import client
+    from effects.tracking.registry import registry_status
+    from effects.tracking.runs import client
 
     first, second = runs
     refused = promote_flow(version=second["version"])
@@ -163,8 +163,8 @@ def test_force_promote_then_rollback(runs):
 def test_restored_data_version_is_byte_identical(runs, lepton_env, tmp_path):
     import shutil
 
-    from effects.dvc_store import restore_dataset
-    from effects.settings import get_settings
+    from effects.data.dvc_store import restore_dataset
+    from effects.runtime.settings import get_settings
 
     first, _ = runs
     s = get_settings()

@@ -23,8 +23,8 @@ GATE = PromoteParams(min_accuracy=0.5)
 
 
 def _runs(experiment: str):
-    from effects.sweep import TAG_PARENT, TAG_SWEEP
-    from effects.tracking import client
+    from effects.tracking.sweep import TAG_PARENT, TAG_SWEEP
+    from effects.tracking.runs import client
 
     c = client()
     exp = c.get_experiment_by_name(experiment)
@@ -43,7 +43,7 @@ def _versions_of(c, parent_run_id: str):
 def _check_shape(result: dict, experiment: str, trials: int, failed: int = 0):
     """One parent (space, best), `trials` nested runs, one registered version (the
     best trial's), and the gate's decision applied to the aliases."""
-    from effects.registry import registry_status
+    from effects.tracking.registry import registry_status
 
     c, parent, children = _runs(experiment)
     assert parent.info.run_id == result["parent_run_id"]
@@ -128,7 +128,7 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(lepton_env, prefe
 def test_cli_sweep_on_a_local_dask_cluster_of_two_worker_processes(lepton_env, prefect_server):
     """`lepton sweep --trials 4 --dask local`: the trials run in two Dask worker
     processes (not the CLI's), with the same shape of result as on threads."""
-    from effects.tracking import TAG_OWNER
+    from effects.tracking.runs import TAG_OWNER
 
     _, env = lepton_env
     r = run_cli(["sweep", "--trials", "4", "--parallel", "2", "--dask", "local", "--json",

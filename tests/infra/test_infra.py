@@ -2,7 +2,7 @@
 
 No Docker engine runs on the development and CI machines, so nothing here builds an
 image or starts a container. These tests check what can be checked from the files:
-structure, ports, commands, the variable names (against effects.settings.KNOWN_ENV),
+structure, ports, commands, the variable names (against effects.runtime.settings.KNOWN_ENV),
 GPU wiring of the templates, and that no secret or machine path is written down.
 Only pyyaml, json, re and pathlib.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from effects.settings import KNOWN_ENV
+from effects.runtime.settings import KNOWN_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -374,7 +374,7 @@ def _all_names() -> dict[str, str]:
 def test_every_variable_is_known_to_lepton_or_listed_with_a_reason():
     unknown = {n: where for n, where in _all_names().items()
                if n not in KNOWN_ENV and n not in CONTAINER_ONLY_ENV}
-    assert not unknown, f"add to effects.settings.KNOWN_ENV or CONTAINER_ONLY_ENV: {unknown}"
+    assert not unknown, f"add to effects.runtime.settings.KNOWN_ENV or CONTAINER_ONLY_ENV: {unknown}"
 
 
 def test_the_allow_list_is_small_honest_and_used():

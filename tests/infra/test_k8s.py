@@ -74,7 +74,7 @@ def test_the_model_server_deployment_service_and_autoscaler_fit_together():
 
 
 def test_the_command_options_exist_and_the_config_names_known_settings():
-    from effects.settings import KNOWN_ENV
+    from effects.runtime.settings import KNOWN_ENV
 
     dep = _by_kind(_docs(K8S / "model-server.yaml"))["Deployment"]
     (c,) = dep["spec"]["template"]["spec"]["containers"]

@@ -29,7 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from effects.settings import KNOWN_ENV
+from effects.runtime.settings import KNOWN_ENV
 from tests.conftest import lepton_env_vars, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,7 +223,7 @@ def test_every_variable_is_known_to_lepton_or_listed_with_a_reason():
     used |= {k for m in (o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "lepton-config")
              for k in m["data"]}
     unknown = used - KNOWN_ENV - set(K8S_ONLY_ENV)
-    assert not unknown, f"add to effects.settings.KNOWN_ENV or K8S_ONLY_ENV: {sorted(unknown)}"
+    assert not unknown, f"add to effects.runtime.settings.KNOWN_ENV or K8S_ONLY_ENV: {sorted(unknown)}"
     assert set(K8S_ONLY_ENV) <= used, set(K8S_ONLY_ENV) - used
     assert not set(K8S_ONLY_ENV) & KNOWN_ENV
 

@@ -12,7 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from effects.procs import free_port
+from effects.runtime.procs import free_port
 
 _TEXT = "document.readyState === 'complete' && document.body ? document.body.innerText : ''"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from effects.procs import free_port
+from effects.runtime.procs import free_port
 from tests.conftest import ROOT, run_cli
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"

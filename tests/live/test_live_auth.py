@@ -1,7 +1,7 @@
 """Closed to strangers: under `lepton up` (authentication on by default) every service
 refuses a request without credentials, and the stock clients work with the ones
 in `<home>/stack/credentials.json` (0600), handed to Lepton's own processes through
-`effects.stack_state.client_env`."""
+`effects.runtime.stack_state.client_env`."""
 
 from __future__ import annotations
 

@@ -327,7 +327,7 @@ def test_the_loop_closes_through_the_model_server(live, deployed_run):
         # under `lepton up` the log lives in the bucket, where every worker's monitor sees it
         import boto3
 
-        from effects.stack_state import client_env, read_state
+        from effects.runtime.stack_state import client_env, read_state
 
         env = client_env(live.home, read_state(live.home))
         s3 = boto3.client("s3", endpoint_url=env["LEPTON_S3_ENDPOINT_URL"], region_name="us-east-1",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from effects.procs import pid_alive, stop_group
+from effects.runtime.procs import pid_alive, stop_group
 from tests.live.conftest import deploy_and_run_retrain
 
 pytestmark = pytest.mark.slow
@@ -248,7 +248,7 @@ def test_stop_and_start_keep_runs_models_and_data(live, deployed_run, tmp_path):
 # ---------------------------------------------------------------- two workers on one pool
 
 def _start_worker(live, name: str, queue: str, home, log) -> subprocess.Popen:
-    from effects.stack_state import client_env
+    from effects.runtime.stack_state import client_env
     from lepton.deploy import worker_env
 
     state = live.state()
@@ -277,7 +277,7 @@ def test_two_workers_one_drifted_batch_one_monitoring_run_one_retrain(live, depl
     machines), one drifted batch in an S3 inbox both see, and two monitor runs
     started at the same moment. Exactly one monitoring run checks the batch, one
     drift event fires, and exactly one retrain follows."""
-    from effects.stack_state import client_env
+    from effects.runtime.stack_state import client_env
 
     _, first = deployed_run  # the champion the monitor compares with
     state = live.state()

@@ -15,7 +15,7 @@ def lossy_quantize_int8(fp32_path, path, calibration, batch: int = 64) -> Path:
     import onnx
     from onnx import TensorProto, numpy_helper
 
-    from lepton_core.variants import quantize_int8
+    from effects.tracking.onnx_variants import quantize_int8
 
     out = quantize_int8(fp32_path, path, calibration, batch)
     m = onnx.load(str(out))
@@ -28,6 +28,6 @@ def lossy_quantize_int8(fp32_path, path, calibration, batch: int = 64) -> Path:
 
 
 def install() -> None:
-    import effects.variants
+    import effects.tracking.variants
 
-    effects.variants.quantize_int8 = lossy_quantize_int8
+    effects.tracking.variants.quantize_int8 = lossy_quantize_int8

@@ -72,7 +72,7 @@ def test_dvc_repro_on_default_params_then_restore(tmp_path):
 
     # The Prefect path versions the same bytes under the same id.
     from lepton_core.params import DataParams
-    from effects.dvc_store import version_dataset
+    from effects.data.dvc_store import version_dataset
 
     old = dict(os.environ)
     try:

@@ -31,8 +31,8 @@ class Running:
                  alias: str = "champion"):
         import uvicorn
 
-        from effects.procs import free_port
-        from effects.settings import get_settings
+        from effects.runtime.procs import free_port
+        from effects.runtime.settings import get_settings
         from lepton.serve import ModelServer, create_app
 
         self.model = ModelServer("lepton-digits", alias, params, get_settings(), token,
@@ -80,7 +80,7 @@ class Running:
 
 @pytest.fixture(scope="module")
 def champion(lepton_env, prefect_server):
-    from effects.dvc_store import dataset_path
+    from effects.data.dvc_store import dataset_path
     from flows.retrain import retrain
     from lepton_core.data.prepare import read_prepared
 
@@ -233,7 +233,7 @@ def test_hot_swap_under_load_has_no_failed_or_mixed_request(champion, tmp_path):
 
 
 def test_prediction_log_feeds_the_monitor_and_a_failing_disk_fails_no_prediction(champion, tmp_path):
-    from effects.monitor import detect_format
+    from effects.data.data_source import detect_format
 
     x = champion[1].x["test"]
     folder = tmp_path / "log"
@@ -263,7 +263,7 @@ def test_prediction_log_feeds_the_monitor_and_a_failing_disk_fails_no_prediction
 def test_lepton_predict_scores_a_folder_offline(champion, lepton_env, tmp_path):
     import pandas as pd
 
-    from effects.monitor import write_drift_batch
+    from effects.monitoring.monitor import write_drift_batch
     from tests.conftest import run_cli
 
     batch = write_drift_batch("rotate", "none", tmp_path / "batch")["path"]
@@ -274,7 +274,7 @@ def test_lepton_predict_scores_a_folder_offline(champion, lepton_env, tmp_path):
     assert len(df) == 359 and {"label", "class_name", "confidence", "probabilities", "true_label"} <= set(df)
     acc = float((df["label"] == df["true_label"]).mean())
     assert f"accuracy {acc:.4f}" in r.stdout
-    from effects.registry import load_alias
+    from effects.tracking.registry import load_alias
     from lepton_core.data.formats import load_raw
 
     mv, predictor = load_alias("lepton-digits", "champion")  # whichever version is champion now
@@ -288,7 +288,7 @@ def test_the_monitor_reads_the_servers_prediction_log_in_windows(champion, tmp_p
     """Drifted traffic through the server lands in the default prediction log; the
     monitor flow with its default inbox checks it as one window and finds drift; a
     second run has nothing new to check."""
-    from effects.settings import get_settings
+    from effects.runtime.settings import get_settings
     from flows.monitor import monitor
     from lepton_core.drift import simulate_drift
     from lepton_core.params import MonitorParams
@@ -332,9 +332,9 @@ def test_the_s3_prediction_log_survives_an_s3_outage_without_a_failed_prediction
 
     import pandas as pd
 
-    from effects.monitor import prediction_log_window
-    from effects.prediction_log import open_store
-    from effects.settings import get_settings
+    from effects.monitoring.monitor import prediction_log_window
+    from effects.serving.prediction_log import open_store
+    from effects.runtime.settings import get_settings
 
     s3 = SeaweedS3(tmp_path)
     s3.start()

@@ -20,7 +20,7 @@ FAST = TrainParams(epochs=8, width=16, patience=3)
 
 @pytest.fixture(scope="module")
 def champion(lepton_env, prefect_server):
-    from effects.dvc_store import dataset_path
+    from effects.data.dvc_store import dataset_path
     from flows.retrain import retrain
     from lepton_core.data.prepare import read_prepared
 
@@ -37,14 +37,14 @@ def optimized(champion, lepton_env):
 
 
 def test_optimize_registers_both_variants_with_their_figures(champion, optimized):
-    from effects import tracking
-    from effects.registry import alias_version
-    from effects.settings import get_settings
+    from effects.tracking import runs
+    from effects.tracking.registry import alias_version
+    from effects.runtime.settings import get_settings
 
     first, _ = champion
     assert optimized["version"] == first["version"]
     assert abs(optimized["torch_accuracy"] - first["metrics"]["test_accuracy"]) < 1e-9
-    c = tracking.client(get_settings())
+    c = runs.client(get_settings())
     by_kind = {v["variant"]: v for v in optimized["variants"]}
     assert set(by_kind) == {"onnx", "int8"} and all(v["registered"] for v in by_kind.values())
     for kind, row in by_kind.items():
@@ -66,14 +66,14 @@ def test_optimize_registers_both_variants_with_their_figures(champion, optimized
 def test_stock_mlflow_loads_each_variant_and_reproduces_its_accuracy_on_raw_digits(champion, optimized, kind):
     import mlflow
 
-    from effects.registry import alias_version
-    from effects import tracking
-    from effects.settings import get_settings
+    from effects.tracking.registry import alias_version
+    from effects.tracking import runs
+    from effects.runtime.settings import get_settings
 
     _, prepared = champion
     x, y = prepared.x["test"], prepared.y["test"]  # raw uint8 (N, 1, 8, 8)
     assert x.dtype == np.uint8
-    mv = alias_version(tracking.client(get_settings()), "lepton-digits", f"champion-{kind}")
+    mv = alias_version(runs.client(get_settings()), "lepton-digits", f"champion-{kind}")
     model = mlflow.pyfunc.load_model(f"models:/lepton-digits@champion-{kind}")
     out = model.predict(x)
     assert set(out) == {"logits", "probabilities", "label"}
@@ -109,10 +109,10 @@ def test_a_variant_that_loses_too_much_accuracy_is_refused_in_one_line(champion,
     import subprocess
     import sys
 
-    from effects import tracking
-    from effects.settings import get_settings
+    from effects.tracking import runs
+    from effects.runtime.settings import get_settings
 
-    c = tracking.client(get_settings())
+    c = runs.client(get_settings())
     before = len(c.search_model_versions("name='lepton-digits'"))
     code = "import tests.platform.lossy_int8 as l; l.install(); from lepton.cli import main; main()"
     import os
@@ -130,12 +130,12 @@ def test_a_variant_that_loses_too_much_accuracy_is_refused_in_one_line(champion,
 
 
 def test_variant_aliases_follow_the_champion(champion, optimized, lepton_env):
-    from effects import tracking
-    from effects.registry import alias_version
-    from effects.settings import get_settings
-    from effects.variants import follow_champion
+    from effects.tracking import runs
+    from effects.tracking.registry import alias_version
+    from effects.runtime.settings import get_settings
+    from effects.tracking.variants import follow_champion
 
-    c = tracking.client(get_settings())
+    c = runs.client(get_settings())
     # a variant is not a candidate for the gate
     int8 = alias_version(c, "lepton-digits", "champion-int8")
     r = run_cli(["promote", str(int8.version)], lepton_env[1])

@@ -16,7 +16,7 @@ NAME = "race-model"
 def three_versions(tmp_path_factory):
     """Register three versions of clearly different quality, none promoted:
     weak (tiny slice, 1 epoch), strong (full data), medium (half-trained)."""
-    from effects.dvc_store import version_dataset
+    from effects.data.dvc_store import version_dataset
     from tasks.evaluate import evaluate
     from tasks.registry import register
     from tasks.train import train
@@ -43,7 +43,7 @@ def three_versions(tmp_path_factory):
 
 
 def test_concurrent_promotions_leave_the_right_champion(three_versions):
-    from effects.registry import promote_version, registry_status
+    from effects.tracking.registry import promote_version, registry_status
 
     versions, _ = three_versions
     gate = PromoteParams(min_accuracy=0.0, tolerance=0.0)
@@ -78,8 +78,8 @@ def test_concurrent_promotions_leave_the_right_champion(three_versions):
 
 
 def test_gate_tags_on_the_version(three_versions):
-    from effects.registry import gate_record, promote_version
-    from effects.tracking import client
+    from effects.tracking.registry import gate_record, promote_version
+    from effects.tracking.runs import client
 
     versions, accs = three_versions
     r = promote_version(NAME, versions["weak"], PromoteParams(min_accuracy=0.0))
@@ -101,8 +101,8 @@ def test_gate_tags_on_the_version(three_versions):
 def test_every_gate_decision_on_a_version_is_kept(three_versions):
     """Two promotions of one version keep two decisions, newest last, each with its
     time; gate_record is the latest and the description stays one block."""
-    from effects.registry import champion, gate_history, gate_record, promote_version
-    from effects.tracking import client
+    from effects.tracking.registry import champion, gate_history, gate_record, promote_version
+    from effects.tracking.runs import client
 
     versions, _ = three_versions
     c = client()
@@ -124,7 +124,7 @@ def test_every_gate_decision_on_a_version_is_kept(three_versions):
 
 
 def test_redact_uri_hides_passwords():
-    from effects.settings import redact_uri
+    from effects.runtime.settings import redact_uri
 
     assert redact_uri("postgresql://lepton:s3cret@db:5432/mlflow") == "postgresql://lepton:***@db:5432/mlflow"
     assert redact_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"

@@ -29,7 +29,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(env):
-    from effects.dvc_store import version_dataset
+    from effects.data.dvc_store import version_dataset
     from tasks.train import train
 
     data = version_dataset(DataParams())
@@ -38,7 +38,7 @@ def trained(env):
 
 
 def test_train_task_records_exactly_its_params_and_its_checkpoint(trained):
-    from effects.tracking import client
+    from effects.tracking.runs import client
     from lepton_core.params import flatten_params
     from lepton_core.predictor import Predictor
 
@@ -54,7 +54,7 @@ def test_train_task_records_exactly_its_params_and_its_checkpoint(trained):
 
 
 def test_evaluate_task_logs_metrics_reference_and_provenance(trained, env):
-    from effects.tracking import client
+    from effects.tracking.runs import client
     from tasks.evaluate import evaluate
 
     data, _, outcome = trained
@@ -71,7 +71,7 @@ def test_evaluate_task_logs_metrics_reference_and_provenance(trained, env):
 
 
 def test_settings_come_from_the_environment(monkeypatch, tmp_path):
-    from effects.settings import get_settings, redact_uri
+    from effects.runtime.settings import get_settings, redact_uri
 
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path / "h"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -91,7 +91,7 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
 
 
 def _hold(path: str, seconds: float, started) -> None:
-    from effects.locks import file_lock
+    from effects.runtime.locks import file_lock
 
     with file_lock(Path(path)):
         started.set()
@@ -99,7 +99,7 @@ def _hold(path: str, seconds: float, started) -> None:
 
 
 def test_the_lock_excludes_another_process_and_times_out(tmp_path):
-    from effects.locks import file_lock
+    from effects.runtime.locks import file_lock
 
     started = multiprocessing.Event()
     p = multiprocessing.Process(target=_hold, args=(str(tmp_path / "l.lock"), 1.5, started))
@@ -120,8 +120,8 @@ def _accept_many(home: str, start: int) -> None:
     import os
 
     os.environ["LEPTON_HOME"] = home
-    from effects import monitor_state
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.runtime.settings import get_settings
 
     s = get_settings()
     for i in range(start, start + 20):
@@ -131,8 +131,8 @@ def _accept_many(home: str, start: int) -> None:
 def test_monitor_state_loses_no_entry_under_concurrent_writers(tmp_path):
     """Two processes marking batches at once (the hourly deployment next to a manual
     `lepton monitor`): every entry survives."""
-    from effects import monitor_state
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.runtime.settings import get_settings
 
     procs = [multiprocessing.Process(target=_accept_many, args=(str(tmp_path), k * 100)) for k in range(2)]
     for p in procs:
@@ -150,7 +150,7 @@ def test_monitor_state_loses_no_entry_under_concurrent_writers(tmp_path):
 
 
 def test_summaries_link_the_run_and_version(monkeypatch):
-    from effects.summaries import monitor_markdown, registry_markdown
+    from effects.tracking.summaries import monitor_markdown, registry_markdown
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     md = registry_markdown("rollback", {"champion": "3", "demoted": "4"}, "m")
@@ -162,9 +162,9 @@ def test_summaries_link_the_run_and_version(monkeypatch):
 
 
 def test_a_new_batch_under_an_old_name_is_still_new(tmp_path, monkeypatch):
-    from effects import monitor_state
-    from effects.monitor import batch_id, new_batches
-    from effects.settings import get_settings
+    from effects.state import monitor_state
+    from effects.monitoring.monitor import batch_id, new_batches
+    from effects.runtime.settings import get_settings
 
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path / "home"))
     s = get_settings()

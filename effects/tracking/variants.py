@@ -21,14 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from effects import tracking
-from effects.dvc_store import dataset_path
-from effects.registry import CHAMPION, TAG_VARIANT, TAG_VARIANT_OF, alias_version, predictor_of
-from effects.settings import Settings, get_settings
+from effects.tracking import runs
+from effects.data.dvc_store import dataset_path
+from effects.tracking.registry import CHAMPION, TAG_VARIANT, TAG_VARIANT_OF, alias_version, predictor_of
+from effects.runtime.settings import Settings, get_settings
 from lepton_core.data.prepare import read_prepared
 from lepton_core.errors import LeptonError
 from lepton_core.params import OptimizeParams
-from lepton_core.variants import VARIANTS, OnnxPredictor, accuracy, export_onnx, latency, quantize_int8
+from effects.tracking.onnx_variants import VARIANTS, OnnxPredictor, accuracy, export_onnx, latency, quantize_int8
 
 VARIANT_ARTIFACT = "variant/model.onnx"
 
@@ -59,11 +59,11 @@ def _register(c, s: Settings, model_name: str, mv, kind: str, path: Path, pre, e
     run = c.create_run(experiment_id, run_name=f"v{mv.version}-{kind}", tags={
         "mlflow.parentRunId": mv.run_id,  # nested under the training run in the UI
         TAG_VARIANT: kind, TAG_VARIANT_OF: str(mv.version),
-        tracking.TAG_DATA_VERSION: mv.tags.get(tracking.TAG_DATA_VERSION, ""),
+        runs.TAG_DATA_VERSION: mv.tags.get(runs.TAG_DATA_VERSION, ""),
     })
     rid = run.info.run_id
     ts = int(time.time() * 1000)
-    c.log_batch(rid, metrics=[tracking.Metric(k, float(v), ts, 0) for k, v in figures.items()])
+    c.log_batch(rid, metrics=[runs.Metric(k, float(v), ts, 0) for k, v in figures.items()])
     with tempfile.TemporaryDirectory(prefix="lepton-variant-") as d:
         named = Path(d) / Path(VARIANT_ARTIFACT).name
         shutil.copyfile(path, named)
@@ -76,8 +76,8 @@ def _register(c, s: Settings, model_name: str, mv, kind: str, path: Path, pre, e
                                      onnx_execution_providers=["CPUExecutionProvider"])
     c.set_terminated(rid, "FINISHED")
     tags = {
-        TAG_VARIANT: kind, TAG_VARIANT_OF: str(mv.version), tracking.TAG_RUN_ID: rid,
-        tracking.TAG_DATA_VERSION: mv.tags.get(tracking.TAG_DATA_VERSION, ""),
+        TAG_VARIANT: kind, TAG_VARIANT_OF: str(mv.version), runs.TAG_RUN_ID: rid,
+        runs.TAG_DATA_VERSION: mv.tags.get(runs.TAG_DATA_VERSION, ""),
         "lepton.test_accuracy": f"{figures['test_accuracy']:.4f}",
         "lepton.accuracy_delta": f"{figures['accuracy_delta']:+.4f}",
         "lepton.size_bytes": str(int(figures["size_bytes"])),
@@ -98,7 +98,7 @@ def optimize_version(model_name: str, version: str | None, params: OptimizeParam
     from mlflow.exceptions import MlflowException
 
     s = settings or get_settings()
-    c = tracking.client(s)
+    c = runs.client(s)
     if version is None:
         mv = alias_version(c, model_name, CHAMPION)
         if mv is None:
@@ -111,9 +111,9 @@ def optimize_version(model_name: str, version: str | None, params: OptimizeParam
     if mv.tags.get(TAG_VARIANT):
         raise LeptonError(f"v{mv.version} is itself the {mv.tags[TAG_VARIANT]} variant of "
                           f"v{mv.tags.get(TAG_VARIANT_OF)}; optimize that version")
-    data_version = mv.tags.get(tracking.TAG_DATA_VERSION)
+    data_version = mv.tags.get(runs.TAG_DATA_VERSION)
     if not data_version:
-        raise LeptonError(f"v{mv.version} has no {tracking.TAG_DATA_VERSION} tag: its test split is unknown")
+        raise LeptonError(f"v{mv.version} has no {runs.TAG_DATA_VERSION} tag: its test split is unknown")
     predictor = predictor_of(mv, s)
     prepared = read_prepared(dataset_path(data_version, s))
     x_test, y_test = prepared.x["test"], prepared.y["test"]
@@ -169,7 +169,7 @@ def follow_champion(model_name: str, settings: Settings | None = None) -> dict[s
     it has no variant for. Returns {alias: version, or None for a removed alias}; an
     alias that neither exists nor should is left out (no variants: {})."""
     s = settings or get_settings()
-    c = tracking.client(s)
+    c = runs.client(s)
     champ = alias_version(c, model_name, CHAMPION)
     found = variants_of(c, model_name, str(champ.version)) if champ is not None else {}
     moved: dict[str, str | None] = {}
@@ -190,7 +190,7 @@ def follow_champion(model_name: str, settings: Settings | None = None) -> dict[s
 def variant_predictor(mv, settings: Settings | None = None) -> OnnxPredictor:
     """The ONNX predictor of a variant version (its run's `variant/model.onnx`)."""
     s = settings or get_settings()
-    c = tracking.client(s)
+    c = runs.client(s)
     local = s.home / "runs" / mv.run_id / "variant" / "model.onnx"
-    path = local if local.exists() else tracking.run_artifact(c, mv.run_id, VARIANT_ARTIFACT, s.home)
+    path = local if local.exists() else runs.run_artifact(c, mv.run_id, VARIANT_ARTIFACT, s.home)
     return OnnxPredictor(path)

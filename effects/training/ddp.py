@@ -1,7 +1,7 @@
 """Data-parallel training through torchrun (torch.distributed.run).
 
 `train.devices` (processes per node) x `train.nodes` > 1 runs the train stage as
-`torchrun ... -m effects.ddp_worker` instead of in-process: gloo on the CPU, NCCL on GPUs.
+`torchrun ... -m effects.training.ddp_worker` instead of in-process: gloo on the CPU, NCCL on GPUs.
 Every rank trains on its share of each batch of the device-resident data and DDP
 all-reduces the gradients (lepton_core.train.train_model); rank 0 logs the epochs to
 the MLflow run, writes the work checkpoints and the final checkpoint, and returns
@@ -13,7 +13,7 @@ One node: `--standalone` rendezvous on a free local port. Several nodes: every n
 runs the same flow with `LEPTON_DDP_RDZV=host:port` naming the rendezvous (c10d) and
 `LEPTON_DDP_NODE_RANK` unset (torchrun assigns ranks).
 
-The ranks run effects/ddp_worker.py (a module of its own: it logs to MLflow, and the
+The ranks run effects/training/ddp_worker.py (a module of its own: it logs to MLflow, and the
 `dvc repro` stages that reach this launcher must not import MLflow).
 """
 
@@ -26,8 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from effects.procs import die_with_parent
-from effects.settings import get_settings
+from effects.runtime.procs import die_with_parent
+from effects.runtime.settings import get_settings
 from lepton_core.data.prepare import Prepared, write_prepared
 from lepton_core.errors import LeptonError
 from lepton_core.params import TrainParams
@@ -65,7 +65,7 @@ def launch(prepared: Prepared, params: TrainParams, model_path: str | Path, work
             if not s.ddp_rendezvous:
                 raise LeptonError("train.nodes > 1 needs LEPTON_DDP_RDZV=host:port (the c10d rendezvous) on every node")
             cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={s.ddp_rendezvous}", "--rdzv-id=lepton-train"]
-        cmd += ["-m", "effects.ddp_worker", str(d / "args.json")]
+        cmd += ["-m", "effects.training.ddp_worker", str(d / "args.json")]
         env = dict(os.environ)
         # torchrun sets OMP_NUM_THREADS=1 with more than one process; share the cores instead
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // params.devices)))
@@ -76,7 +76,7 @@ def launch(prepared: Prepared, params: TrainParams, model_path: str | Path, work
         log = d / "ranks.log"
         with open(log, "wb") as out:
             # rank 0's progress bar and notes reach the terminal; the ranks' logs are kept
-            # torchrun dies with this process (its ranks die with torchrun: effects/ddp_worker.py)
+            # torchrun dies with this process (its ranks die with torchrun: effects/training/ddp_worker.py)
             proc = subprocess.run(cmd, stdout=out, stderr=None if progress else out, env=env, timeout=timeout,
                                   cwd=s.project_dir, preexec_fn=die_with_parent)
         if proc.returncode != 0 or not (d / "result.json").exists():

@@ -1,5 +1,5 @@
 """The server's prediction log: every answered instance, written off the request
-path in batches, in the monitor's prediction-log format (see effects/monitor.py):
+path in batches, in the monitor's prediction-log format (see effects/monitoring/monitor.py):
 
     timestamp, model_version, request_id, instance, prediction, confidence, f_<feature>...
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effects.settings import Settings
+from effects.runtime.settings import Settings
 from lepton_core.drift import feature_frame
 from lepton_core.fileio import atomic_write
 

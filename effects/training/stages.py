@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effects.plots import save_confusion_matrix
+from effects.tracking.plots import save_confusion_matrix
 from lepton_core.data.prepare import Prepared
 from lepton_core.evaluate import evaluate_predictor
 from lepton_core.fileio import atomic_write
@@ -29,9 +29,9 @@ def train_stage(prepared: Prepared, params: TrainParams, model_path: str | Path,
     """Train on the prepared splits and write the final checkpoint to `model_path`
     (`train_kwargs`: extra_state, note; see lepton_core.train.train_on_prepared).
     With `train.devices` x `train.nodes` > 1 the training runs data-parallel under
-    torchrun (effects/ddp.py); its rank 0 logs to the MLflow run named by
+    torchrun (effects/training/ddp.py); its rank 0 logs to the MLflow run named by
     `extra_state["mlflow_run_id"]` instead of `log`."""
-    from effects import ddp
+    from effects.training import ddp
 
     if ddp.world_size(params) > 1:
         return ddp.launch(prepared, params, model_path, work_checkpoint, prepared_dir=prepared_dir,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from effects import stack_state
+from effects.runtime import stack_state
 from lepton_core.errors import LeptonError
 
 # Every variable Lepton itself reads or sets for its services; infra/ files may use

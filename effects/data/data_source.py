@@ -23,8 +23,8 @@ import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path, PurePosixPath
 
-from effects.locks import file_lock
-from effects.settings import Settings, get_settings
+from effects.runtime.locks import file_lock
+from effects.runtime.settings import Settings, get_settings
 from lepton_core.errors import DataError, LeptonError
 from lepton_core.fileio import atomic_write
 
@@ -169,3 +169,23 @@ def local_data_path(path: str | None, settings: Settings | None = None, **kw) ->
     if not is_s3(path):
         return path
     return str(fetch(str(path), settings, **kw))
+
+
+def detect_format(path: Path, fmt: str | None) -> str:
+    """The raw format of a local batch or data file: `fmt` when given, else guessed from
+    its files (a parquet prediction log, a table, IDX, CIFAR batches or an image folder)."""
+    import pandas as pd
+
+    if fmt:
+        return fmt
+    parquet = [path] if path.suffix == ".parquet" else sorted(path.glob("*.parquet")) if path.is_dir() else []
+    if parquet:
+        cols = pd.read_parquet(parquet[0]).columns
+        if "prediction" in cols and any(c.startswith("f_") for c in cols):
+            return "predlog"
+        return "csv"
+    if path.is_dir() and any(path.glob("*-idx3-ubyte*")):
+        return "mnist"
+    if path.is_dir() and any(path.glob("data_batch_*")):
+        return "cifar10"
+    return "imagefolder" if path.is_dir() else "csv"

@@ -4,7 +4,7 @@ they were trained on), when the last drift event was.
 
 Where it lives: in a database every worker reaches when one is configured
 (LEPTON_STATE_DB, or beside `lepton up --db`'s databases: see
-effects/shared_state.py, which says why a SQL table and how each claim is one
+effects/state/shared_state.py, which says why a SQL table and how each claim is one
 atomic statement), so two workers on one pool never check one batch twice nor
 emit two drift events inside one cool-down. With none configured, in files under
 `<home>/monitor/` (one machine): every read-modify-write happens under one file
@@ -20,10 +20,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from effects import shared_state
-from effects.locks import file_lock
-from effects.procs import pid_alive
-from effects.settings import Settings
+from effects.state import shared_state
+from effects.runtime.locks import file_lock
+from effects.runtime.procs import pid_alive
+from effects.runtime.settings import Settings
 from lepton_core.errors import LeptonError
 from lepton_core.fileio import atomic_write, publish_dir
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag  # noqa: F401 (re-exported)
 from mlflow.tracking import MlflowClient
 
-from effects.settings import Settings, get_settings
+from effects.runtime.settings import Settings, get_settings
 
 TAG_DATA_VERSION = "lepton.data_version"
 TAG_GIT_COMMIT = "lepton.git_commit"
@@ -150,7 +150,7 @@ def process_identity(pid: int | None = None) -> str:
 def owner_alive(owner: str) -> bool | None:
     """Whether the process named by a TAG_OWNER value still runs (None: on another
     host, or not a value this module wrote, so it cannot be told)."""
-    from effects.procs import pid_alive
+    from effects.runtime.procs import pid_alive
 
     try:
         host, pid, ticks = owner.rsplit(":", 2)

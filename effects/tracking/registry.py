@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effects import tracking
-from effects.dvc_store import dataset_path
-from effects.locks import file_lock
-from effects.settings import Settings, get_settings, redact_uri
+from effects.tracking import runs
+from effects.data.dvc_store import dataset_path
+from effects.runtime.locks import file_lock
+from effects.runtime.settings import Settings, get_settings, redact_uri
 from lepton_core.data.prepare import Prepared, read_prepared
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.evaluate import SUMMARY_KEYS, correct_mask
@@ -32,7 +32,7 @@ PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 LEPTON_CORE = Path(__import__("lepton_core").__file__).parent
 
 CHAMPION, PREVIOUS = "champion", "previous"
-# an ONNX / int8 variant of a version (effects/variants.py) is registered beside it
+# an ONNX / int8 variant of a version (effects/tracking/variants.py) is registered beside it
 TAG_VARIANT, TAG_VARIANT_OF = "lepton.variant", "lepton.variant_of"
 
 
@@ -78,7 +78,7 @@ def log_and_register(
     description: str = "", settings: Settings | None = None,
 ) -> str:
     """Log the checkpoint as a pyfunc model that reads raw samples (Lepton's
-    predictor, see effects/pyfunc_model.py) and register it. Returns the version."""
+    predictor, see effects/tracking/pyfunc_model.py) and register it. Returns the version."""
     import mlflow
 
     s = settings or get_settings()
@@ -94,7 +94,7 @@ def log_and_register(
         )
     mv = mlflow.register_model(info.model_uri, model_name, tags=tags)
     if description:
-        tracking.client(s).update_model_version(model_name, str(mv.version), description=description)
+        runs.client(s).update_model_version(model_name, str(mv.version), description=description)
     return str(mv.version)
 
 
@@ -123,7 +123,7 @@ def checkpoint_of(c, run_id: str, s: Settings) -> Path:
     local = s.home / "runs" / run_id / "model.pt"
     if local.exists():
         return local
-    return tracking.run_artifact(c, run_id, "checkpoint/model.pt", s.home)
+    return runs.run_artifact(c, run_id, "checkpoint/model.pt", s.home)
 
 
 GATE_TAGS = ("lepton.gate.promote", "lepton.gate.forced", "lepton.gate.reason", "lepton.gate.p_value",
@@ -163,7 +163,7 @@ def gate_history(c, mv, settings: Settings | None = None) -> list[dict]:
 
     s = settings or get_settings()
     try:
-        path = tracking.run_artifact(c, mv.run_id, GATE_HISTORY, s.home)
+        path = runs.run_artifact(c, mv.run_id, GATE_HISTORY, s.home)
     except (MlflowException, OSError):  # no decision yet (or one from before the history)
         latest = gate_record(mv)
         return [latest] if latest else []
@@ -173,7 +173,7 @@ def gate_history(c, mv, settings: Settings | None = None) -> list[dict]:
 def load_alias(model_name: str, alias: str, settings: Settings | None = None) -> tuple[object, Predictor]:
     """(model version, its predictor) behind `@alias`; LeptonError if there is none."""
     s = settings or get_settings()
-    c = tracking.client(s)
+    c = runs.client(s)
     mv = alias_version(c, model_name, alias)
     if mv is None:
         raise LeptonError(f"model {model_name!r} has no @{alias}; run `lepton retrain` first")
@@ -183,7 +183,7 @@ def load_alias(model_name: str, alias: str, settings: Settings | None = None) ->
 def predictor_of(mv, settings: Settings | None = None) -> Predictor:
     """The predictor of a model version (its run's final checkpoint)."""
     s = settings or get_settings()
-    return Predictor.from_checkpoint(checkpoint_of(tracking.client(s), mv.run_id, s))
+    return Predictor.from_checkpoint(checkpoint_of(runs.client(s), mv.run_id, s))
 
 
 def _registry_lock(s: Settings, name: str):
@@ -200,7 +200,7 @@ def promote_version(
     from mlflow.exceptions import MlflowException
 
     s = settings or get_settings()
-    c = tracking.client(s)
+    c = runs.client(s)
     with _registry_lock(s, model_name):
         try:
             mv = c.get_model_version(model_name, str(version))
@@ -213,7 +213,7 @@ def promote_version(
         if champ is not None and str(champ.version) == str(mv.version):
             return {"version": str(mv.version), "promoted": False, "reason": "already the champion",
                     "champion": str(mv.version), "previous": _ver(alias_version(c, model_name, PREVIOUS))}
-        data_version = mv.tags.get(tracking.TAG_DATA_VERSION)
+        data_version = mv.tags.get(runs.TAG_DATA_VERSION)
         if not data_version:
             raise LeptonError(f"version {mv.version} has no data version tag; cannot evaluate it")
         prepared = read_prepared(dataset_path(data_version, s))
@@ -271,7 +271,7 @@ def promote_version(
 def rollback_champion(model_name: str, settings: Settings | None = None) -> dict:
     """Make `@previous` the champion again; the demoted version loses its alias."""
     s = settings or get_settings()
-    c = tracking.client(s)
+    c = runs.client(s)
     with _registry_lock(s, model_name):
         prev = alias_version(c, model_name, PREVIOUS)
         if prev is None:
@@ -300,14 +300,14 @@ def _describe(c, mv) -> dict | None:
         "version": str(mv.version),
         "run_id": mv.run_id,
         "metrics": metrics,
-        "data_version": mv.tags.get(tracking.TAG_DATA_VERSION),
-        "git_commit": mv.tags.get(tracking.TAG_GIT_COMMIT),
+        "data_version": mv.tags.get(runs.TAG_DATA_VERSION),
+        "git_commit": mv.tags.get(runs.TAG_GIT_COMMIT),
     }
 
 
 def registry_status(model_name: str, settings: Settings | None = None) -> dict:
     s = settings or get_settings()
-    c = tracking.client(s)
+    c = runs.client(s)
     return {
         "registered_model": model_name,
         "tracking_uri": redact_uri(s.tracking_uri),

@@ -1,6 +1,6 @@
-"""One rank of a data-parallel training (started by torchrun; see effects/ddp.py).
+"""One rank of a data-parallel training (started by torchrun; see effects/training/ddp.py).
 
-    python -m effects.ddp_worker ARGS.json
+    python -m effects.training.ddp_worker ARGS.json
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from effects.procs import die_with_parent
-from effects.settings import get_settings
+from effects.runtime.procs import die_with_parent
+from effects.runtime.settings import get_settings
 from lepton_core.data.prepare import read_prepared
 from lepton_core.params import TrainParams
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import torch.distributed as dist
 
-    from effects import tracking
+    from effects.tracking import runs
     from lepton_core.predictor import Preprocessing
     from lepton_core.train import distributed_rank, save_trained_model, train_on_prepared
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         extra = args["extra_state"]
         log = None
         if rank == 0 and extra.get("mlflow_run_id"):
-            log = tracking.BatchedMetricLogger(tracking.client(get_settings()), extra["mlflow_run_id"])
+            log = runs.BatchedMetricLogger(runs.client(get_settings()), extra["mlflow_run_id"])
         kwargs = {"log": log} if log is not None else {}
         result = train_on_prepared(prepared, params, pre, args["work_checkpoint"], progress=args["progress"],
                                    extra_state=extra, **kwargs)

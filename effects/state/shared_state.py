@@ -1,6 +1,6 @@
 """The drift monitor's state in a SQL database every worker reaches: which batches
 were claimed and processed, which were accepted or rejected for training, when the
-last drift event was. `effects.monitor_state` uses it whenever one is configured,
+last drift event was. `effects.state.monitor_state` uses it whenever one is configured,
 and its files under `<home>/monitor/` only when none is.
 
 Why a SQL table, and not the alternatives the issue names:
@@ -57,8 +57,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from effects import stack_state
-from effects.settings import Settings, redact_uri
+from effects.runtime import stack_state
+from effects.runtime.settings import Settings, redact_uri
 from lepton_core.errors import LeptonError
 
 # A claim older than this is taken to belong to a worker that died (a check runs for

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from effects.monitor import detect_format
-from effects.registry import load_alias
-from effects.settings import Settings, get_settings
+from effects.data.data_source import detect_format
+from effects.tracking.registry import load_alias
+from effects.runtime.settings import Settings, get_settings
 from lepton_core.data.formats import load_raw
 from lepton_core.errors import DataError, LeptonError
 from lepton_core.fileio import atomic_write

@@ -3,8 +3,8 @@ with links to the MLflow run and model version (clickable when MLflow is a serve
 
 from __future__ import annotations
 
-from effects import tracking
-from effects.settings import get_settings
+from effects.tracking import runs
+from effects.runtime.settings import get_settings
 
 
 def _links(run_id: str | None, model_name: str, version: str | None) -> tuple[str, str]:
@@ -16,11 +16,11 @@ def _links(run_id: str | None, model_name: str, version: str | None) -> tuple[st
     base = uri.rstrip("/")
     run_link = ""
     if run_id:
-        c = tracking.client()
+        c = runs.client()
         exp = c.get_run(run_id).info.experiment_id
         name = c.get_experiment(exp).name
-        run_link = (f"[{run_id}]({tracking.run_url(uri, exp, run_id)}) "
-                    f"(experiment [{name}]({tracking.experiment_url(uri, exp)}))")
+        run_link = (f"[{run_id}]({runs.run_url(uri, exp, run_id)}) "
+                    f"(experiment [{name}]({runs.experiment_url(uri, exp)}))")
     version_link = f"[{model_name} v{version}]({base}/#/models/{model_name}/versions/{version})" if version else ""
     return run_link, version_link
 

@@ -14,9 +14,9 @@ PyTorch predictor from raw samples, with no Lepton code.
 The int8 variant is ONNX Runtime's static quantisation (QDQ format, per-channel int8
 weights, uint8 activations) calibrated on raw samples of the training split:
 dynamic quantisation covers Linear layers only and would leave the convolutions in
-fp32. `OnnxPredictor` serves either variant through the same contract as
-`Predictor` (check, to_input, forward, predict), so the server and the evaluation
-take it unchanged.
+fp32. `OnnxPredictor` serves either variant through the same interface as
+`Predictor` (`lepton_core.predictor.BasePredictor`), so the server and the
+evaluation take it unchanged.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from lepton_core.errors import InputError
-from lepton_core.predictor import Prediction, Predictor, Preprocessing, check_samples, model_input, softmax
+from lepton_core.predictor import BasePredictor, Predictor, Preprocessing, model_input
 
 VARIANTS: tuple[str, ...] = ("onnx", "int8")
 OUTPUTS: tuple[str, ...] = ("logits", "probabilities", "label")
@@ -143,7 +143,7 @@ def quantize_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarr
     return path
 
 
-class OnnxPredictor:
+class OnnxPredictor(BasePredictor):
     """An ONNX variant with the `Predictor` contract: raw samples in; `to_input`
     checks them (the graph does the rest), `forward` gives logits."""
 
@@ -165,13 +165,6 @@ class OnnxPredictor:
         self._input = self.session.get_inputs()[0].name
         self._kind = kind or ("cnn" if self.preprocessing.kind == "image" else "mlp")
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.preprocessing.classes)
-
-    def check(self, x: Any) -> np.ndarray:
-        return check_samples(x, self.preprocessing)
-
     def to_input(self, x: Any) -> torch.Tensor:
         """Checked raw samples (the graph scales them itself)."""
         return torch.from_numpy(np.ascontiguousarray(self.check(x)))
@@ -190,14 +183,6 @@ class OnnxPredictor:
         if len(x) == 0:
             return np.zeros((0, len(self.classes)), np.float32)
         return self.session.run(["logits"], {self._input: x})[0].astype(np.float32, copy=False)
-
-    def logits(self, x: Any) -> np.ndarray:
-        return self.forward(self.to_input(x))
-
-    def predict(self, x: Any) -> Prediction:
-        p = softmax(self.logits(x))
-        labels = p.argmax(1).astype(np.int64)
-        return Prediction(labels, [self.preprocessing.classes[i] for i in labels], p)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from effects.procs import pid_alive, port_open
+from effects.runtime.procs import pid_alive, port_open
 from lepton_core.fileio import atomic_write
 
 SERVICES = ("seaweedfs", "mlflow", "prefect", "worker", "serve")

@@ -17,8 +17,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from effects import tracking
-from effects.settings import Settings
+from effects.tracking import runs
+from effects.runtime.settings import Settings
 from lepton_core.params import Params, SweepParams, flatten_params
 from lepton_core.sweep import Dimension, goal, space_record
 
@@ -109,12 +109,12 @@ def open_parent_run(c, experiment_id: str, params: Params, dims: tuple[Dimension
                     runner: str, flow_run_id: str, s: Settings) -> str:
     """The sweep's parent run: every section's params, the search space (as params
     `space.<path>` and as sweep/search_space.json) and the dataset as its input."""
-    commit = tracking.git_commit(s.project_dir)
+    commit = runs.git_commit(s.project_dir)
     run = c.create_run(experiment_id, run_name=f"sweep-{_stamp()}-data-{data.version[:8]}", tags={
         TAG_SWEEP: "parent",
-        tracking.TAG_DATA_VERSION: data.version,
-        tracking.TAG_GIT_COMMIT: commit,
-        tracking.TAG_OWNER: tracking.process_identity(),
+        runs.TAG_DATA_VERSION: data.version,
+        runs.TAG_GIT_COMMIT: commit,
+        runs.TAG_OWNER: runs.process_identity(),
         "lepton.sweep_runner": runner,
     })
     run_id = run.info.run_id
@@ -124,13 +124,13 @@ def open_parent_run(c, experiment_id: str, params: Params, dims: tuple[Dimension
                 "sweep.metric": sweep.metric, "sweep.goal": goal(sweep), "sweep.trials": str(sweep.trials),
                 "sweep.parallel": str(sweep.parallel), "sweep.startup_trials": str(sweep.startup_trials),
                 "sweep.seed": str(sweep.seed), "sweep.sampler": "optuna.TPESampler"}
-        tracking.log_params_and_tags(c, run_id, flat, {})
+        runs.log_params_and_tags(c, run_id, flat, {})
         c.log_dict(run_id, {"metric": sweep.metric, "goal": goal(sweep), "space": space_record(dims)},
                    "sweep/search_space.json")
-        tracking.log_lineage(
+        runs.log_lineage(
             c, run_id, data_version=data.version, meta=data.meta, dvc_remote=s.dvc_remote, git_commit=commit,
             source_name="flows/sweep.py", flow_run_id=flow_run_id,
-            flow_run_url=tracking.flow_run_url(s.prefect_ui_api_url, flow_run_id))
+            flow_run_url=runs.flow_run_url(s.prefect_ui_api_url, flow_run_id))
     except BaseException:
         c.set_terminated(run_id, "FAILED")
         raise
@@ -145,9 +145,9 @@ def open_trial_run(c, experiment_id: str, parent_run_id: str, number: int, value
         TAG_PARENT: parent_run_id,
         TAG_SWEEP: "trial",
         TAG_TRIAL: str(number),
-        tracking.TAG_DATA_VERSION: data.version,
-        tracking.TAG_GIT_COMMIT: tracking.git_commit(s.project_dir),
-        tracking.TAG_OWNER: tracking.process_identity(),
+        runs.TAG_DATA_VERSION: data.version,
+        runs.TAG_GIT_COMMIT: runs.git_commit(s.project_dir),
+        runs.TAG_OWNER: runs.process_identity(),
         "mlflow.source.name": "flows/sweep.py",
         **{f"lepton.trial.{k}": json.dumps(v) for k, v in values.items()},
     })
@@ -181,20 +181,20 @@ def close_parent_run(c, parent_run_id: str, search: Search, *, version: str | No
     best = search.best()
     metric = search.sweep.metric
     failed = sum(1 for r in table if r["state"] == "FAIL")
-    metrics = [tracking.Metric("trials_complete", sum(1 for r in table if r["state"] == "COMPLETE"), 0, 0),
-               tracking.Metric("trials_failed", failed, 0, 0)]
+    metrics = [runs.Metric("trials_complete", sum(1 for r in table if r["state"] == "COMPLETE"), 0, 0),
+               runs.Metric("trials_failed", failed, 0, 0)]
     tags = []
     if best is not None:
-        metrics.append(tracking.Metric(f"best_{metric}", float(best["value"]), 0, 0))
-        metrics += [tracking.Metric(f"best_{k}", float(v), 0, 0) for k, v in (test_metrics or {}).items()]
-        tags += [tracking.RunTag("lepton.best_trial", str(best["number"])),
-                 tracking.RunTag("lepton.best_run_id", best["run_id"])]
-        tags += [tracking.RunTag(f"lepton.best.{k}", json.dumps(v)) for k, v in best["values"].items()]
+        metrics.append(runs.Metric(f"best_{metric}", float(best["value"]), 0, 0))
+        metrics += [runs.Metric(f"best_{k}", float(v), 0, 0) for k, v in (test_metrics or {}).items()]
+        tags += [runs.RunTag("lepton.best_trial", str(best["number"])),
+                 runs.RunTag("lepton.best_run_id", best["run_id"])]
+        tags += [runs.RunTag(f"lepton.best.{k}", json.dumps(v)) for k, v in best["values"].items()]
     if version is not None:
-        tags.append(tracking.RunTag("lepton.registered_version", str(version)))
+        tags.append(runs.RunTag("lepton.registered_version", str(version)))
     if decision is not None:
-        tags += [tracking.RunTag("lepton.gate.promoted", str(bool(decision.get("promoted")))),
-                 tracking.RunTag("lepton.gate.reason", str(decision.get("reason", ""))[:5000])]
+        tags += [runs.RunTag("lepton.gate.promoted", str(bool(decision.get("promoted")))),
+                 runs.RunTag("lepton.gate.reason", str(decision.get("reason", ""))[:5000])]
     c.log_batch(parent_run_id, metrics=metrics, tags=tags)
     c.log_dict(parent_run_id, {"best": best, "trials": table}, "sweep/trials.json")
     c.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")

@@ -25,10 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from effects import monitor_state, tracking
-from effects.prediction_log import feedback_folder, open_store
-from effects.registry import champion, checkpoint_of
-from effects.settings import Settings, get_settings
+from effects.data.data_source import detect_format
+from effects.state import monitor_state
+
+from effects.tracking import runs
+from effects.serving.prediction_log import feedback_folder, open_store
+from effects.tracking.registry import champion, checkpoint_of
+from effects.runtime.settings import Settings, get_settings
 from lepton_core.data.formats import load_raw
 from lepton_core.data.prepare import Prepared
 from lepton_core.drift import DriftThresholds, Verdict, decide_drift, predictor_frame
@@ -96,22 +99,6 @@ def batch_id(path: Path) -> str:
     return f"{path.name}-{h.hexdigest()[:12]}"
 
 
-def detect_format(path: Path, fmt: str | None) -> str:
-    if fmt:
-        return fmt
-    parquet = [path] if path.suffix == ".parquet" else sorted(path.glob("*.parquet")) if path.is_dir() else []
-    if parquet:
-        cols = pd.read_parquet(parquet[0]).columns
-        if "prediction" in cols and any(c.startswith("f_") for c in cols):
-            return "predlog"
-        return "csv"
-    if path.is_dir() and any(path.glob("*-idx3-ubyte*")):
-        return "mnist"
-    if path.is_dir() and any(path.glob("data_batch_*")):
-        return "cifar10"
-    return "imagefolder" if path.is_dir() else "csv"
-
-
 def _with_feedback(df: pd.DataFrame, feedback_dir: Path | None) -> pd.DataFrame:
     """Join the true labels clients posted (`POST /v1/feedback`) onto logged rows."""
     files = sorted(feedback_dir.glob("*.parquet")) if feedback_dir and feedback_dir.is_dir() else []
@@ -177,7 +164,7 @@ class MonitorResult:
 
 
 def _reference(c, run_id: str, s: Settings) -> pd.DataFrame:
-    return pd.read_parquet(tracking.run_artifact(c, run_id, REFERENCE_ARTIFACT, s.home))
+    return pd.read_parquet(runs.run_artifact(c, run_id, REFERENCE_ARTIFACT, s.home))
 
 
 def check_batch(
@@ -185,14 +172,14 @@ def check_batch(
     flow_run_id: str = "", settings: Settings | None = None,
 ) -> MonitorResult:
     """Compare one batch with the champion's reference profile; log the report."""
-    from effects.drift_report import run_drift_report
+    from effects.monitoring.drift_report import run_drift_report
 
     s = settings or get_settings()
     path = fetch_s3_batch(str(batch), s) if str(batch).startswith("s3://") else Path(batch).expanduser().resolve()
     if not path.exists():
         raise LeptonError(f"{batch}: no such file or folder")
     bid = batch_id(path)
-    c = tracking.client(s)
+    c = runs.client(s)
     champ = champion(c, model_name)
     if champ is None:
         raise LeptonError(f"model {model_name!r} has no @champion to monitor; run `lepton retrain` first")
@@ -255,7 +242,7 @@ def record_event_outcome(run_ids: list[str], outcome: str, settings: Settings | 
     from mlflow.exceptions import MlflowException
 
     s = settings or get_settings()
-    c = tracking.client(s)
+    c = runs.client(s)
     for rid in filter(None, run_ids):
         try:
             c.set_tag(rid, "lepton.monitor.event", outcome)
@@ -289,19 +276,19 @@ def _with_report_line(description: str | None, line: str) -> str:
 
 
 def _log_monitoring_run(c, s: Settings, experiment: str, champ, r: MonitorResult, flow_run_id: str) -> str:
-    exp = tracking.ensure_experiment(c, f"{experiment}-monitoring", s)
+    exp = runs.ensure_experiment(c, f"{experiment}-monitoring", s)
     run = c.create_run(exp, run_name=f"monitor-{r.batch_id}", tags={
         "lepton.monitored_model_version": str(champ.version),
         "lepton.monitored_run_id": champ.run_id,
         "lepton.batch_id": r.batch_id,
         "lepton.monitor.verdict": r.verdict[:4000],
         "lepton.monitor.status": r.status,
-        tracking.TAG_FLOW_RUN: flow_run_id,
+        runs.TAG_FLOW_RUN: flow_run_id,
     })
     rid = run.info.run_id
     ts = int(time.time() * 1000)
-    c.log_batch(rid, metrics=[tracking.Metric(k, float(v), ts, 0) for k, v in r.scores.items()]
-                + [tracking.Metric("rows", float(r.rows), ts, 0)])
+    c.log_batch(rid, metrics=[runs.Metric(k, float(v), ts, 0) for k, v in r.scores.items()]
+                + [runs.Metric("rows", float(r.rows), ts, 0)])
     if r.report_html:
         c.log_artifact(rid, r.report_html, "monitoring")
         c.log_artifact(rid, r.report_json, "monitoring")

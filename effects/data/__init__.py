@@ -1,0 +1,1 @@
+"""Data: raw sources (local, S3), format detection, and prepared datasets versioned with DVC."""

@@ -1,0 +1,1 @@
+"""Monitoring: reference profiles, batches, drift checks and the Evidently report."""

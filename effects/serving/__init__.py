@@ -1,0 +1,1 @@
+"""Serving: the model server's prediction log and offline batch scoring."""
