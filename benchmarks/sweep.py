@@ -53,7 +53,7 @@ def _trials(experiment: str) -> tuple[float, float]:
     own end, not the best one's later registration), and the median training time."""
     import statistics
 
-    from effects.tracking.sweep import TAG_SWEEP
+    from effects.tracking.tags import SWEEP as TAG_SWEEP
     from effects.tracking.runs import client
 
     c = client()

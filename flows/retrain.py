@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow
 
 from lepton_core.params import (
-    DataParams, DeployParams, MonitorParams, OptimizeParams, Params, PromoteParams, RegistryParams,
-    ServeParams, TrainParams,
+    DataParams, DeployParams, MonitorParams, OptimizeParams, PromoteParams, RegistryParams, ServeParams,
+    TrainParams, params_of,
 )
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
@@ -34,8 +34,7 @@ def retrain(
     The parameters are the sections of params.yaml (every one, so the MLflow run
     records exactly what was given), and the Prefect UI shows them as forms.
     """
-    params = Params(data=data, train=train, promote=promote, registry=registry, deploy=deploy, monitor=monitor,
-                    serve=serve, optimize=optimize)
+    params = params_of(locals())
     dataset = prepare_data(data)
     outcome = train_task(dataset, params, progress=progress)
     metrics = evaluate(outcome.run_id, outcome.checkpoint, dataset)

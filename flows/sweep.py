@@ -8,8 +8,8 @@ from prefect.futures import as_completed
 
 from lepton_core.errors import LeptonError
 from lepton_core.params import (
-    DataParams, DeployParams, MonitorParams, OptimizeParams, Params, PromoteParams, RegistryParams,
-    ServeParams, SweepParams, TrainParams,
+    DataParams, DeployParams, MonitorParams, OptimizeParams, PromoteParams, RegistryParams, ServeParams,
+    SweepParams, TrainParams, params_of,
 )
 from lepton_core.sweep import search_space
 from tasks.data import prepare_data
@@ -43,8 +43,7 @@ def sweep(
     worker processes) or a Dask scheduler address. A failed trial is recorded
     (FAILED run, failed Optuna trial) and the sweep goes on.
     """
-    params = Params(data=data, train=train, promote=promote, registry=registry, deploy=deploy, monitor=monitor,
-                    serve=serve, optimize=optimize, sweep=sweep)
+    params = params_of(locals())
     dims = search_space(sweep, params)
     dask = check_dask_address(dask)
     dataset = prepare_data(data)

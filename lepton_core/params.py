@@ -6,6 +6,7 @@ and what `dvc.yaml` stages list under `params:`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -243,6 +244,21 @@ class Params(_Section):
 
 
 SECTIONS: tuple[str, ...] = tuple(Params.model_fields)
+# the retrain flow takes every section but the sweep's (the sweep flow takes them all)
+RETRAIN_SECTIONS: tuple[str, ...] = tuple(k for k in SECTIONS if k != "sweep")
+
+
+def params_of(arguments: Mapping[str, Any]) -> Params:
+    """The Params that a flow's section parameters make (`locals()` at its top; other
+    arguments are left out). The flows name each section in their signature, since
+    Prefect reads a deployment's parameters from the flow's source;
+    tests/platform/test_prefect_yaml.py checks that they name every one."""
+    return Params(**{k: v for k, v in arguments.items() if k in SECTIONS})
+
+
+def section_arguments(params: Params, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    """The flow keyword arguments (or deployment parameters, as JSON) for `params`."""
+    return {k: getattr(params, k) for k in sections}
 
 
 def _one_line(err: ValidationError) -> str:

@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from prefect import task
 from prefect.runtime import flow_run
 
+from effects.tracking import tags
 from effects.tracking import runs
 from effects.data.dvc_store import DataVersion, dataset_path
 from effects.tracking.registry import log_and_register, promote_version, rollback_champion
@@ -49,12 +50,12 @@ def register(outcome: TrainOutcome, data: DataVersion, params: Params, metrics: 
     prepared = read_prepared(dataset_path(data.version, s))
     commit = runs.git_commit(s.project_dir)
     run_flow = str(flow_run.id or "")
-    tags = {
-        runs.TAG_RUN_ID: outcome.run_id,
-        runs.TAG_DATA_VERSION: data.version,
-        runs.TAG_GIT_COMMIT: commit,
-        runs.TAG_FLOW_RUN: run_flow,
-        "lepton.test_accuracy": f"{metrics['test_accuracy']:.4f}",
+    version_tags = {
+        tags.RUN_ID: outcome.run_id,
+        tags.DATA_VERSION: data.version,
+        tags.GIT_COMMIT: commit,
+        tags.FLOW_RUN: run_flow,
+        tags.TEST_ACCURACY: f"{metrics['test_accuracy']:.4f}",
     }
     provenance = {
         "run_id": outcome.run_id, "data_version": data.version, "git_commit": commit,
@@ -63,7 +64,7 @@ def register(outcome: TrainOutcome, data: DataVersion, params: Params, metrics: 
         "metrics": metrics, "params": params.model_dump(mode="json"),
     }
     description = "Provenance:\n\n```json\n" + json.dumps(provenance, indent=1, sort_keys=True) + "\n```"
-    return log_and_register(outcome.run_id, outcome.checkpoint, prepared, params.registry.model_name, tags,
+    return log_and_register(outcome.run_id, outcome.checkpoint, prepared, params.registry.model_name, version_tags,
                             description, s)
 
 

@@ -20,13 +20,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from effects.tracking import tags
 from effects.tracking import sweep as sweep_runs
 from effects.tracking import runs
 from effects.data.dvc_store import DataVersion, dataset_path
 from effects.runtime.settings import get_settings
-from effects.training.stages import train_stage
+from effects.training.tracked import train_in_run
 from effects.tracking.sweep import Search  # noqa: F401  (the flow's ask/tell object)
-from lepton_core.data.prepare import read_prepared
 from lepton_core.errors import LeptonError
 from lepton_core.params import Params, flatten_params
 from lepton_core.sweep import LOCAL, Dimension, check_dask_address, with_values  # noqa: F401
@@ -93,30 +93,19 @@ def train_trial(data: DataVersion, params: Params, values: dict[str, Any], paren
     exp = runs.ensure_experiment(c, params.registry.experiment, s)
     started = time.perf_counter()
     run_id = sweep_runs.open_trial_run(c, exp, parent_run_id, number, values, data, s)
-    try:
+    final = s.home / "runs" / run_id / "model.pt"
+    with runs.failing_run(c, run_id, tag_error=True):
         trial = with_values(params, values)
         runs.log_params_and_tags(c, run_id, flatten_params(trial), {})
-        prepared = read_prepared(dataset_path(data.version, s))
-        final = s.home / "runs" / run_id / "model.pt"
-        logger = runs.BatchedMetricLogger(c, run_id)
-        t0 = time.perf_counter()
-        result = train_stage(prepared, trial.train, final, None, log=logger, progress=progress)
-        seconds = time.perf_counter() - t0
-        logger.flush()
+        result, _ = train_in_run(c, run_id, dataset_path(data.version, s), trial.train, final, None,
+                                 progress=progress)
         best = next((h for h in result.history if int(h["epoch"]) == result.best_epoch), {})
         value = result.best_val_accuracy if params.sweep.metric == "val_accuracy" else float(best["val_loss"])
-        c.log_artifact(run_id, str(final), "checkpoint")
         c.log_batch(run_id, metrics=[
-            runs.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch),
             runs.Metric(f"objective_{params.sweep.metric}", value, 0, result.best_epoch),
-            runs.Metric("epochs_run", result.epochs_run, 0, 0),
-            runs.Metric("train_seconds", seconds, 0, 0),
             runs.Metric("trial_seconds", time.perf_counter() - started, 0, 0),  # the whole task, logging too
-        ], tags=[runs.RunTag("lepton.device", result.device)])
+        ])
         c.set_terminated(run_id, "FINISHED")
-    except BaseException as e:
-        sweep_runs.fail_run(c, run_id, e)
-        raise
     outcome = TrainOutcome(run_id=run_id, checkpoint=str(final), epochs_run=result.epochs_run,
                            best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy,
                            resumed_from_epoch=0, device=result.device)
@@ -157,15 +146,15 @@ def close_sweep(parent_run_id: str, search: Search, version: str | None = None, 
 def abandon_sweep(parent_run_id: str, error: str) -> None:
     """The sweep itself failed (not one trial): its parent run ends FAILED."""
     c = runs.client(get_settings())
-    sweep_runs.fail_run(c, parent_run_id, RuntimeError(error))
+    runs.fail_run(c, parent_run_id, RuntimeError(error))
 
 
 @task(name="tag-sweep-version", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=120)
 def tag_version(model_name: str, version: str, parent_run_id: str, trial: int) -> None:
     """The registered version names the sweep it came from."""
     c = runs.client(get_settings())
-    c.set_model_version_tag(model_name, version, "lepton.sweep_run_id", parent_run_id)
-    c.set_model_version_tag(model_name, version, "lepton.sweep_trial", str(trial))
+    c.set_model_version_tag(model_name, version, tags.SWEEP_RUN_ID, parent_run_id)
+    c.set_model_version_tag(model_name, version, tags.SWEEP_TRIAL, str(trial))
 
 
 @task(name="publish-summary", retries=2, retry_delay_seconds=[2, 5])

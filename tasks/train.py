@@ -13,15 +13,16 @@ from prefect.logging import get_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from effects.tracking import tags
 from effects.state import monitor_state
 
+from effects.runtime.procs import process_identity
 from effects.tracking import runs
 from effects.data.dvc_store import DataVersion, dataset_path
 from effects.runtime.locks import first_free_slot
 from effects.runtime.settings import get_settings
-from effects.training.stages import train_stage
+from effects.training.tracked import train_in_run
 from lepton_core.checkpoint import load_work_checkpoint, remove_partial_writes
-from lepton_core.data.prepare import read_prepared
 from lepton_core.params import Params, TrainParams, flatten_params
 
 
@@ -101,13 +102,13 @@ def _new_run(c, exp: str, data: DataVersion, params: Params, s) -> str:
     commit = runs.git_commit(s.project_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run = c.create_run(exp, run_name=f"retrain-{stamp}-data-{data.version[:8]}", tags={
-        runs.TAG_DATA_VERSION: data.version,
-        runs.TAG_GIT_COMMIT: commit,
-        runs.TAG_OWNER: runs.process_identity(),
-        "lepton.data_format": data.meta.get("kind", ""),
+        tags.DATA_VERSION: data.version,
+        tags.GIT_COMMIT: commit,
+        tags.OWNER: process_identity(),
+        tags.DATA_FORMAT: data.meta.get("kind", ""),
     })
     run_id = run.info.run_id
-    try:
+    with runs.failing_run(c, run_id):
         runs.log_params_and_tags(c, run_id, flatten_params(params), {})
         batches = set(data.meta.get("monitored_batches", []))
         runs.log_lineage(
@@ -116,43 +117,18 @@ def _new_run(c, exp: str, data: DataVersion, params: Params, s) -> str:
             flow_run_id=run_flow, flow_run_url=runs.flow_run_url(s.prefect_ui_api_url, run_flow),
             monitored=[b for b in monitor_state.accepted_batches(s) if b["id"] in batches],
         )
-    except BaseException:
-        c.set_terminated(run_id, "FAILED")
-        raise
     return run_id
 
 
 def _train_in_run(c, run_id: str, data: DataVersion, params: Params, ckpt: Path, progress: bool,
                   note, s) -> TrainOutcome:
-    try:
-        prepared = read_prepared(dataset_path(data.version, s))
-        final = s.home / "runs" / run_id / "model.pt"
-        remove_partial_writes(final)
-        logger = runs.BatchedMetricLogger(c, run_id)
-        t0 = time.perf_counter()
-        result = train_stage(prepared, params.train, final, ckpt, log=logger, progress=progress,
-                             prepared_dir=dataset_path(data.version, s), extra_state={"mlflow_run_id": run_id},
-                             note=note)
-        train_seconds = time.perf_counter() - t0
-        logger.flush()
-        c.log_artifact(run_id, str(final), "checkpoint")
-        c.log_batch(
-            run_id,
-            metrics=[
-                runs.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch),
-                runs.Metric("epochs_run", result.epochs_run, 0, 0),
-                runs.Metric("train_seconds", train_seconds, 0, 0),
-            ],
-            tags=[
-                runs.RunTag("lepton.resumed_from_epoch", str(result.resumed_from_epoch)),
-                runs.RunTag("lepton.device", result.device),
-                runs.RunTag("lepton.world_size", str(result.world_size)),
-            ],
-        )
+    final = s.home / "runs" / run_id / "model.pt"
+    with runs.failing_run(c, run_id):
+        result, _ = train_in_run(c, run_id, dataset_path(data.version, s), params.train, final, ckpt,
+                                 progress=progress, extra_state={"mlflow_run_id": run_id}, note=note)
+        c.log_batch(run_id, tags=[runs.RunTag(tags.RESUMED_FROM_EPOCH, str(result.resumed_from_epoch)),
+                                  runs.RunTag(tags.WORLD_SIZE, str(result.world_size))])
         ckpt.unlink(missing_ok=True)  # finished: the next identical retrain starts fresh
-    except BaseException:
-        c.set_terminated(run_id, "FAILED")
-        raise
     return TrainOutcome(
         run_id=run_id, checkpoint=str(final), epochs_run=result.epochs_run,
         best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy,

@@ -19,13 +19,14 @@ import hashlib
 import json
 import os
 import threading
-import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path, PurePosixPath
+from typing import Any
 
+from effects.runtime import s3
 from effects.runtime.locks import file_lock
 from effects.runtime.settings import Settings, get_settings
-from lepton_core.errors import DataError, LeptonError
+from lepton_core.errors import DataError
 from lepton_core.fileio import atomic_write
 
 WORKERS = 16  # downloads in flight at once
@@ -39,37 +40,13 @@ def is_s3(path: str | os.PathLike | None) -> bool:
     return path is not None and str(path).startswith("s3://")
 
 
-def split_uri(uri: str) -> tuple[str, str]:
-    bucket, _, key = str(uri).removeprefix("s3://").partition("/")
-    key = key.strip("/")
-    if not bucket or ".." in PurePosixPath(key).parts:
-        raise LeptonError(f"{uri}: not an s3://bucket/prefix address")
-    return bucket, key
-
-
-def s3_client(s: Settings, workers: int = WORKERS):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", endpoint_url=s.s3_endpoint_url, config=Config(
-        retries={"total_max_attempts": CLIENT_ATTEMPTS, "mode": "standard"},
-        max_pool_connections=max(10, workers), connect_timeout=10, read_timeout=60))
+def s3_client(s: Settings, workers: int = WORKERS) -> Any:
+    return s3.client(s.s3_endpoint_url, attempts=CLIENT_ATTEMPTS, pool=max(10, workers))
 
 
 def cache_dir(uri: str, s: Settings) -> Path:
-    bucket, key = split_uri(uri)
+    bucket, key = s3.split_uri(uri)
     return s.home / "data-cache" / "s3" / bucket / (key or "_root")
-
-
-def list_objects(client, bucket: str, prefix: str, page_size: int | None = None) -> dict[str, dict]:
-    """{key: {"ETag", "Size"}} of every object under `prefix`, over all pages."""
-    config = {"PageSize": page_size} if page_size else {}
-    out: dict[str, dict] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix, PaginationConfig=config):
-        for obj in page.get("Contents", []):
-            out[obj["Key"]] = {"ETag": obj["ETag"].strip('"'), "Size": int(obj["Size"])}
-    return out
 
 
 def fetch(uri: str, settings: Settings | None = None, *, workers: int = WORKERS, page_size: int | None = None,
@@ -77,12 +54,12 @@ def fetch(uri: str, settings: Settings | None = None, *, workers: int = WORKERS,
     """Mirror `uri` into the local cache and return the local folder (a prefix) or
     file (a single object). Raises DataError when there is nothing there."""
     s = settings or get_settings()
-    bucket, key = split_uri(uri)
+    bucket, key = s3.split_uri(uri)
     c = client or s3_client(s, workers)
     root = cache_dir(uri, s)
     try:
         prefix = key + "/" if key else ""
-        objects = list_objects(c, bucket, prefix, page_size)
+        objects = s3.list_objects(c, bucket, prefix, page_size)
         single = False
         if not objects and key:  # one object: a table
             head = c.head_object(Bucket=bucket, Key=key)
@@ -126,23 +103,7 @@ def _mirror(c, bucket: str, root: Path, wanted: dict[str, dict], workers: int) -
 
     def get(rel: str) -> str:
         m = wanted[rel]
-        target = root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for attempt in range(OBJECT_TRIES):
-            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
-            try:
-                body = c.get_object(Bucket=bucket, Key=m["Key"])["Body"]  # one request, no HEAD first
-                with tmp.open("wb") as fh:
-                    for piece in iter(lambda: body.read(1 << 20), b""):
-                        fh.write(piece)
-                if tmp.stat().st_size != m["Size"]:
-                    raise OSError(f"{m['Key']}: {tmp.stat().st_size} of {m['Size']} bytes")
-                os.replace(tmp, target)
-                break
-            except Exception:
-                tmp.unlink(missing_ok=True)
-                if attempt == OBJECT_TRIES - 1:
-                    raise
+        s3.download(c, bucket, m["Key"], root / rel, m["Size"], OBJECT_TRIES)
         with lock:
             have[rel] = m["ETag"]
         return rel

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from effects.tracking import tags
 from effects.data.data_source import detect_format
+from effects.runtime import s3
 from effects.state import monitor_state
 
 from effects.tracking import runs
@@ -41,7 +43,6 @@ from lepton_core.params import MonitorParams
 from lepton_core.predictor import Predictor
 
 REFERENCE_ARTIFACT = "monitoring/reference.parquet"
-LOG_COLUMNS = ("timestamp", "model_version", "prediction", "confidence")
 
 
 def reference_profile(prepared: Prepared, checkpoint: str | Path) -> pd.DataFrame:
@@ -53,25 +54,18 @@ def reference_profile(prepared: Prepared, checkpoint: str | Path) -> pd.DataFram
 def fetch_s3_batch(uri: str, s: Settings) -> Path:
     """Download an S3 prefix (s3://bucket/prefix) into <home>/monitor/s3/ and return
     the local folder. The endpoint and credentials come from the environment."""
-    import boto3
-
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    prefix = prefix.strip("/")
-    if not bucket:
-        raise LeptonError(f"{uri}: not an s3://bucket/prefix address")
+    bucket, prefix = s3.split_uri(uri)
     dst = s.home / "monitor" / "s3" / bucket / prefix
-    c = boto3.client("s3", endpoint_url=s.s3_endpoint_url)
+    c = s3.client(s.s3_endpoint_url)
     n = 0
-    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/" if prefix else ""):
-        for obj in page.get("Contents", []):
-            rel = obj["Key"][len(prefix) + 1 if prefix else 0:]
-            if not rel or rel.endswith("/"):
-                continue
-            target = dst / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.exists() or target.stat().st_size != obj["Size"]:
-                c.download_file(bucket, obj["Key"], str(target))
-            n += 1
+    for key, meta in s3.list_objects(c, bucket, prefix + "/" if prefix else "").items():
+        rel = key[len(prefix) + 1 if prefix else 0:]
+        if not rel or rel.endswith("/"):
+            continue
+        target = dst / rel
+        if not target.exists() or target.stat().st_size != meta["Size"]:
+            s3.download(c, bucket, key, target, meta["Size"])
+        n += 1
     if n == 0:
         dst.mkdir(parents=True, exist_ok=True)  # an empty prefix is an empty batch
     return dst
@@ -79,15 +73,9 @@ def fetch_s3_batch(uri: str, s: Settings) -> Path:
 
 def s3_batches(inbox: str, s: Settings) -> list[str]:
     """The "sub-folders" of an S3 inbox prefix, each one batch."""
-    import boto3
-
-    bucket, _, prefix = inbox.removeprefix("s3://").partition("/")
-    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-    c = boto3.client("s3", endpoint_url=s.s3_endpoint_url)
-    out = []
-    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-        out += [f"s3://{bucket}/{p['Prefix'].rstrip('/')}" for p in page.get("CommonPrefixes", [])]
-    return sorted(out)
+    bucket, prefix = s3.split_uri(inbox)
+    subs = s3.list_prefixes(s3.client(s.s3_endpoint_url), bucket, prefix + "/" if prefix else "")
+    return sorted(f"s3://{bucket}/{p.rstrip('/')}" for p in subs)
 
 
 def batch_id(path: Path) -> str:
@@ -245,7 +233,7 @@ def record_event_outcome(run_ids: list[str], outcome: str, settings: Settings | 
     c = runs.client(s)
     for rid in filter(None, run_ids):
         try:
-            c.set_tag(rid, "lepton.monitor.event", outcome)
+            c.set_tag(rid, tags.MONITOR_EVENT, outcome)
             note = c.get_run(rid).data.tags.get("mlflow.note.content", "")
             c.set_tag(rid, "mlflow.note.content", f"{note}\n\nDrift event: {outcome}".strip())
         except MlflowException as e:  # bookkeeping: the event itself has gone out (or not) already
@@ -278,12 +266,12 @@ def _with_report_line(description: str | None, line: str) -> str:
 def _log_monitoring_run(c, s: Settings, experiment: str, champ, r: MonitorResult, flow_run_id: str) -> str:
     exp = runs.ensure_experiment(c, f"{experiment}-monitoring", s)
     run = c.create_run(exp, run_name=f"monitor-{r.batch_id}", tags={
-        "lepton.monitored_model_version": str(champ.version),
-        "lepton.monitored_run_id": champ.run_id,
-        "lepton.batch_id": r.batch_id,
-        "lepton.monitor.verdict": r.verdict[:4000],
-        "lepton.monitor.status": r.status,
-        runs.TAG_FLOW_RUN: flow_run_id,
+        tags.MONITORED_MODEL_VERSION: str(champ.version),
+        tags.MONITORED_RUN_ID: champ.run_id,
+        tags.BATCH_ID: r.batch_id,
+        tags.MONITOR_VERDICT: r.verdict[:4000],
+        tags.MONITOR_STATUS: r.status,
+        tags.FLOW_RUN: flow_run_id,
     })
     rid = run.info.run_id
     ts = int(time.time() * 1000)
@@ -300,8 +288,8 @@ def _log_monitoring_run(c, s: Settings, experiment: str, champ, r: MonitorResult
     c.set_tag(rid, "mlflow.note.content",
               f"**{r.verdict}**\n\nEvidently report: {link}" if link else f"**{r.verdict}**")
     c.set_terminated(rid, "FINISHED")
-    c.set_model_version_tag(champ.name, str(champ.version), "lepton.monitor.last_run_id", rid)
-    c.set_model_version_tag(champ.name, str(champ.version), "lepton.monitor.last_verdict", r.status)
+    c.set_model_version_tag(champ.name, str(champ.version), tags.MONITOR_LAST_RUN_ID, rid)
+    c.set_model_version_tag(champ.name, str(champ.version), tags.MONITOR_LAST_VERDICT, r.status)
     if link:
         line = f"{_REPORT_LINE} {link} ({r.status}, batch {r.batch_id})"
         c.update_model_version(champ.name, str(champ.version),

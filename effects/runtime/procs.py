@@ -1,4 +1,6 @@
-"""Background processes and ports: start with a log, check, stop the whole group.
+"""Background processes and ports: start with a log, check, stop the whole group;
+and the one identity of a process (host, pid, start time) that claims and run
+owners record, so a reused pid is never taken for the process that is gone.
 
 Shared by `lepton up/down` and the temporary Prefect server of one command.
 """
@@ -33,6 +35,35 @@ def pid_alive(pid: int | None) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return True
+
+
+def start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot ("?" when unknown): with the
+    pid, it tells a process apart from a later one that reuses its pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def process_identity(pid: int | None = None) -> str:
+    """`host:pid:start-ticks` of a process (this one by default)."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{start_ticks(pid)}"
+
+
+def identity_alive(identity: str) -> bool | None:
+    """Whether the process a `process_identity` names still runs; None when it cannot
+    be told (another host, or not an identity). `host:pid` without start ticks (what
+    older records hold) is judged by the pid alone."""
+    host, _, rest = str(identity).partition(":")
+    pid, _, ticks = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    if not pid_alive(int(pid)):
+        return False
+    return not ticks or ticks == "?" or start_ticks(int(pid)) == ticks
 
 
 def port_free(port: int) -> bool:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from effects.runtime import s3
 from effects.runtime.settings import Settings
 from lepton_core.drift import feature_frame
 from lepton_core.fileio import atomic_write
@@ -85,16 +86,13 @@ class S3Store:
     an outage gives up in seconds and the part goes to the spool."""
 
     def __init__(self, uri: str, s: Settings):
-        import boto3
-        from botocore.config import Config
-
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         if not bucket:
             raise ValueError(f"{uri}: no bucket in the S3 prediction-log URI")
         self.uri, self.bucket, self.prefix = uri.rstrip("/"), bucket, prefix.strip("/")
         self.extra = {"ServerSideEncryption": s.sse} if s.sse else {}
-        self.client = boto3.client("s3", endpoint_url=s.s3_endpoint_url, config=Config(
-            connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"}))
+        # three tries in all: an outage gives up in seconds
+        self.client = s3.client(s.s3_endpoint_url, attempts=3, connect_timeout=2, read_timeout=10)
 
     def __str__(self) -> str:
         return self.uri
@@ -108,18 +106,15 @@ class S3Store:
     def list(self, sub: str = "") -> list[str]:
         base = self._key(sub + "/" if sub else "")
         base = base if base.endswith("/") or not base else base + "/"
-        names = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base,
-                                                                          Delimiter="/"):
-            names += [o["Key"][len(base):] for o in page.get("Contents", []) if o["Key"].endswith(".parquet")]
-        return sorted(names)
+        objects = s3.list_objects(self.client, self.bucket, base, delimiter="/")
+        return sorted(k[len(base):] for k in objects if k.endswith(".parquet"))
 
     def rows(self, name: str) -> int:
         return part_rows(name, lambda: io.BytesIO(self.client.get_object(
             Bucket=self.bucket, Key=self._key(name))["Body"].read()))
 
     def fetch(self, rel: str, dest: Path) -> None:
-        self.client.download_file(self.bucket, self._key(rel), str(dest))
+        s3.download(self.client, self.bucket, self._key(rel), dest)
 
 
 def open_store(uri: str, s: Settings) -> LocalStore | S3Store:

@@ -1,7 +1,8 @@
 """The drift monitor's state in a SQL database every worker reaches: which batches
 were claimed and processed, which were accepted or rejected for training, when the
-last drift event was. `effects.state.monitor_state` uses it whenever one is configured,
-and its files under `<home>/monitor/` only when none is.
+last drift event was: the SQL backend of `effects.state.store.MonitorStore`, which
+`effects.state.monitor_state` uses whenever one is configured (its files under
+`<home>/monitor/`, effects/state/files.py, only when none is).
 
 Why a SQL table, and not the alternatives the issue names:
 
@@ -42,8 +43,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -59,19 +58,16 @@ from sqlalchemy.pool import NullPool
 
 from effects.runtime import stack_state
 from effects.runtime.settings import Settings, redact_uri
+from effects.state import store
+from effects.state.store import ACCEPTED_FIELDS, CLAIM_LEASE_S, MonitorStore
 from lepton_core.errors import LeptonError
-
-# A claim older than this is taken to belong to a worker that died (a check runs for
-# at most 30 minutes, retried once): another worker may then take the batch over.
-# A claim of a dead process on this same machine is taken over at once.
-CLAIM_LEASE_S = 2 * 3600
 
 meta = MetaData()
 batches_t = Table(
     "lepton_monitor_batches", meta,
     Column("name", String(512), primary_key=True),
     Column("status", String(16), nullable=False),  # "claimed" or "done"
-    Column("owner", String(256), nullable=False),  # host:pid of the claimer
+    Column("owner", String(256), nullable=False),  # the claimer: host:pid:start-ticks (effects.runtime.procs)
     Column("at", Float, nullable=False),
 )
 accepted_t = Table(
@@ -107,21 +103,6 @@ def url_for(s: Settings) -> str | None:
     if st and st.get("db_url"):
         return stack_state.state_db_url(st["db_url"])
     return None
-
-
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def dead_local_owners(owners, pid_alive) -> set[str]:
-    """Those of `owners` (host:pid) that were processes of this machine now gone."""
-    host = socket.gethostname()
-    out = set()
-    for o in owners:
-        h, _, pid = str(o).rpartition(":")
-        if h == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            out.add(o)
-    return out
 
 
 # ---------------------------------------------------------------- engines
@@ -201,7 +182,7 @@ def _make_engine(url: str) -> Engine:
     return eng
 
 
-class SharedState:
+class SharedState(MonitorStore):
     """The monitor's state in the database at `url`; `home`'s local files are
     imported into it the first time."""
 
@@ -273,7 +254,7 @@ class SharedState:
 
     @_one_line_errors
     def mark_processed(self, names: list[str]) -> None:
-        now, me = time.time(), owner_id()
+        now, me = time.time(), store.owner_id()
         with self.engine.begin() as conn:
             for name in sorted(set(names)):
                 conn.execute(self._insert(batches_t).values(name=name, status="done", owner=me, at=now)
@@ -281,16 +262,15 @@ class SharedState:
                                                     set_={"status": "done", "owner": me, "at": now}))
 
     @_one_line_errors
-    def claim(self, names: list[str], pid_alive, lease_s: float = CLAIM_LEASE_S) -> list[str]:
-        """Those of `names` this process now holds (in their order): not processed,
-        and not held by another live claim. Each claim is one conditional upsert."""
+    def claim(self, names: list[str], lease_s: float = CLAIM_LEASE_S) -> list[str]:
+        """Each claim is one conditional upsert."""
         if not names:
             return []
-        now, me = time.time(), owner_id()
+        now, me = time.time(), store.owner_id()
         with self.engine.connect() as conn:
             held = {r[0] for r in conn.execute(select(batches_t.c.owner).where(
                 batches_t.c.name.in_(names), batches_t.c.status == "claimed"))}
-        dead = sorted(dead_local_owners(held - {me}, pid_alive))
+        dead = sorted(store.dead_owners(held))
         won = set()
         takeover = (batches_t.c.at < now - lease_s) | (batches_t.c.owner == me)
         if dead:
@@ -311,14 +291,14 @@ class SharedState:
         """Give back claims this process holds and did not process."""
         with self.engine.begin() as conn:
             conn.execute(delete(batches_t).where(batches_t.c.name.in_(names), batches_t.c.status == "claimed",
-                                                 batches_t.c.owner == owner_id()))
+                                                 batches_t.c.owner == store.owner_id()))
 
     # ------------------------------------------------------------ accepted / rejected
     @_one_line_errors
     def accepted(self) -> list[dict]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(accepted_t).order_by(accepted_t.c.seq)).mappings().all()
-        return [{k: r[k] for k in ("id", "format", "path", "accepted_at", "rows")} for r in rows]
+        return [{k: r[k] for k in ACCEPTED_FIELDS} for r in rows]
 
     @_one_line_errors
     def rejected(self) -> list[dict]:
@@ -345,14 +325,7 @@ class SharedState:
     def reject(self, batch: str) -> dict:
         with self._locked() as conn:
             accepted = [dict(r) for r in conn.execute(select(accepted_t).order_by(accepted_t.c.seq)).mappings()]
-            hits = [b for b in accepted if b["id"] == batch] or \
-                [b for b in accepted if b["id"].rsplit("-", 1)[0] == batch]
-            if len(hits) != 1:
-                known = ", ".join(b["id"] for b in accepted) or "none"
-                what = "matches several" if hits else "is not"
-                raise LeptonError(f"{batch!r} {what} an accepted batch (accepted: {known}; "
-                                  "see `lepton monitor accepted`)")
-            entry = {k: hits[0][k] for k in ("id", "format", "path", "accepted_at", "rows")}
+            entry = store.pick_accepted(accepted, batch)
             conn.execute(delete(accepted_t).where(accepted_t.c.id == entry["id"]))
             conn.execute(self._insert(rejected_t).values(id=entry["id"], path=entry["path"], rejected_at=time.time())
                          .on_conflict_do_nothing(index_elements=[rejected_t.c.id]))
@@ -367,8 +340,7 @@ class SharedState:
 
     @_one_line_errors
     def claim_event(self, minutes: float, payload: dict) -> tuple[float, float] | None:
-        """None when this caller records the event now (no event within `minutes`),
-        else (time of the last event, end of its cool-down). One conditional upsert."""
+        """One conditional upsert."""
         now, window = time.time(), minutes * 60
         value = json.dumps(payload, sort_keys=True, default=str)
         stmt = (self._insert(meta_t).values(key="last_event", at=now, value=value)
@@ -380,8 +352,3 @@ class SharedState:
             last = conn.execute(select(meta_t.c.at).where(meta_t.c.key == "last_event")).scalar()
         return float(last), float(last) + window
 
-
-def store(s: Settings) -> SharedState | None:
-    """The shared store configured for `s`, None for local files."""
-    url = url_for(s)
-    return SharedState(url, s.home) if url else None

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from effects.tracking import tags
 from effects.tracking import runs
 from effects.data.dvc_store import dataset_path
 from effects.runtime.locks import file_lock
@@ -33,7 +34,6 @@ LEPTON_CORE = Path(__import__("lepton_core").__file__).parent
 
 CHAMPION, PREVIOUS = "champion", "previous"
 # an ONNX / int8 variant of a version (effects/tracking/variants.py) is registered beside it
-TAG_VARIANT, TAG_VARIANT_OF = "lepton.variant", "lepton.variant_of"
 
 
 def _pip_requirements() -> list[str]:
@@ -109,6 +109,28 @@ def alias_version(c, name: str, alias: str):
         return None
 
 
+def source_version(c, name: str, version: str | None, instead: str):
+    """Version `version` of model `name` (None: the champion), which must be a trained
+    model, not an ONNX/int8 variant; `instead` tells what to do with a variant, where
+    `{source}` stands for the version it was made from. LeptonError (one line) else."""
+    from mlflow.exceptions import MlflowException
+
+    if version is None:
+        mv = alias_version(c, name, CHAMPION)
+        if mv is None:
+            raise LeptonError(f"model {name!r} has no @champion; run `lepton retrain` first")
+    else:
+        try:
+            mv = c.get_model_version(name, str(version))
+        except MlflowException:
+            raise LeptonError(f"model {name!r} has no version {version!r}") from None
+    if mv.tags.get(tags.VARIANT):
+        source = mv.tags.get(tags.VARIANT_OF)
+        raise LeptonError(f"v{mv.version} is the {mv.tags[tags.VARIANT]} variant of v{source}; "
+                          + instead.format(source=f"v{source}"))
+    return mv
+
+
 def champion(c, name: str):
     return alias_version(c, name, CHAMPION)
 
@@ -126,8 +148,8 @@ def checkpoint_of(c, run_id: str, s: Settings) -> Path:
     return runs.run_artifact(c, run_id, "checkpoint/model.pt", s.home)
 
 
-GATE_TAGS = ("lepton.gate.promote", "lepton.gate.forced", "lepton.gate.reason", "lepton.gate.p_value",
-             "lepton.gate.champion_accuracy")
+GATE_TAGS = (tags.GATE_PROMOTE, tags.GATE_FORCED, tags.GATE_REASON, tags.GATE_P_VALUE,
+             tags.GATE_CHAMPION_ACCURACY)
 
 
 def _with_block(description: str | None, heading: str, block: str) -> str:
@@ -197,23 +219,15 @@ def promote_version(
 ) -> dict:
     """Run the gate for `version` against the current champion on the challenger's
     test split; move the aliases if it passes (or if `force`)."""
-    from mlflow.exceptions import MlflowException
-
     s = settings or get_settings()
     c = runs.client(s)
     with _registry_lock(s, model_name):
-        try:
-            mv = c.get_model_version(model_name, str(version))
-        except MlflowException:
-            raise LeptonError(f"model {model_name!r} has no version {version!r}") from None
-        if mv.tags.get(TAG_VARIANT):
-            raise LeptonError(f"v{mv.version} is the {mv.tags[TAG_VARIANT]} variant of v{mv.tags.get(TAG_VARIANT_OF)}; "
-                              f"promote v{mv.tags.get(TAG_VARIANT_OF)} (its variants follow it)")
+        mv = source_version(c, model_name, version, "promote {source} (its variants follow it)")
         champ = alias_version(c, model_name, CHAMPION)
         if champ is not None and str(champ.version) == str(mv.version):
             return {"version": str(mv.version), "promoted": False, "reason": "already the champion",
                     "champion": str(mv.version), "previous": _ver(alias_version(c, model_name, PREVIOUS))}
-        data_version = mv.tags.get(runs.TAG_DATA_VERSION)
+        data_version = mv.tags.get(tags.DATA_VERSION)
         if not data_version:
             raise LeptonError(f"version {mv.version} has no data version tag; cannot evaluate it")
         prepared = read_prepared(dataset_path(data_version, s))
@@ -234,10 +248,10 @@ def promote_version(
         if forced:
             decision = replace(decision, promote=True, reason=f"forced over the gate: {decision.reason}")
         gate = decision.as_tags()
-        gate["lepton.gate.forced"] = str(forced).lower()
-        gate["lepton.gate.champion_version"] = str(champ.version) if champ is not None else ""
-        gate["lepton.gate.test_data_version"] = data_version
-        record = {k.removeprefix("lepton.gate."): v for k, v in gate.items()}
+        gate[tags.GATE_FORCED] = str(forced).lower()
+        gate[tags.GATE_CHAMPION_VERSION] = str(champ.version) if champ is not None else ""
+        gate[tags.GATE_TEST_DATA_VERSION] = data_version
+        record = {k.removeprefix(tags.GATE_PREFIX): v for k, v in gate.items()}
         record["decided_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         # every decision is kept, newest last, in the version's run (written first: if
         # that fails, nothing below has changed)
@@ -280,8 +294,8 @@ def rollback_champion(model_name: str, settings: Settings | None = None) -> dict
         c.set_registered_model_alias(model_name, CHAMPION, str(prev.version))
         c.delete_registered_model_alias(model_name, PREVIOUS)
         if champ is not None:
-            c.set_model_version_tag(model_name, str(champ.version), "lepton.rolled_back", "true")
-        c.set_model_version_tag(model_name, str(prev.version), "lepton.restored_by_rollback", "true")
+            c.set_model_version_tag(model_name, str(champ.version), tags.ROLLED_BACK, "true")
+        c.set_model_version_tag(model_name, str(prev.version), tags.RESTORED_BY_ROLLBACK, "true")
         return {"champion": str(prev.version), "demoted": _ver(champ)}
 
 
@@ -294,14 +308,14 @@ def _describe(c, mv) -> dict | None:
         metrics = {k.removeprefix("test_"): v for k, v in run.data.metrics.items()
                    if k.startswith("test_") and k.removeprefix("test_") in SUMMARY_KEYS}
     except Exception:  # the run may have been deleted; the version still stands
-        acc = mv.tags.get("lepton.test_accuracy")
+        acc = mv.tags.get(tags.TEST_ACCURACY)
         metrics = {"accuracy": float(acc)} if acc else {}
     return {
         "version": str(mv.version),
         "run_id": mv.run_id,
         "metrics": metrics,
-        "data_version": mv.tags.get(runs.TAG_DATA_VERSION),
-        "git_commit": mv.tags.get(runs.TAG_GIT_COMMIT),
+        "data_version": mv.tags.get(tags.DATA_VERSION),
+        "git_commit": mv.tags.get(tags.GIT_COMMIT),
     }
 
 

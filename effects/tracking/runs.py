@@ -3,26 +3,22 @@ metric logger that training's `log(step, metrics)` calls, and provenance tags.""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: F401 (re-exported)
 from mlflow.tracking import MlflowClient
 
+from effects.tracking import tags
+from effects.runtime.procs import identity_alive, process_identity
 from effects.runtime.settings import Settings, get_settings
 
-TAG_DATA_VERSION = "lepton.data_version"
-TAG_GIT_COMMIT = "lepton.git_commit"
-TAG_FLOW_RUN = "lepton.prefect_flow_run_id"
-TAG_RUN_ID = "lepton.run_id"
 # host:pid:start-time of the process working on a run, so the next one can tell a
 # run whose process was killed (left RUNNING) from one still going.
-TAG_OWNER = "lepton.owner"
-TAG_RESUMES = "lepton.resumes"
 
 
 def client(settings: Settings | None = None) -> MlflowClient:
@@ -133,38 +129,24 @@ def git_commit(project_dir: Path) -> str:
 
 
 # ---------------------------------------------------------------- runs of killed processes
-def _start_ticks(pid: int) -> str:
-    """The process's start time in clock ticks since boot (tells a reused pid apart)."""
+def fail_run(c: MlflowClient, run_id: str, error: BaseException | None = None) -> None:
+    """Mark a run FAILED, with the error's first line as a tag when one is given."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "?"
+        if error is not None:
+            c.set_tag(run_id, tags.ERROR, f"{type(error).__name__}: {error}".splitlines()[0][:5000])
+    finally:
+        c.set_terminated(run_id, "FAILED")
 
 
-def process_identity(pid: int | None = None) -> str:
-    pid = pid or os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
-
-
-def owner_alive(owner: str) -> bool | None:
-    """Whether the process named by a TAG_OWNER value still runs (None: on another
-    host, or not a value this module wrote, so it cannot be told)."""
-    from effects.runtime.procs import pid_alive
-
+@contextmanager
+def failing_run(c: MlflowClient, run_id: str, tag_error: bool = False) -> Iterator[None]:
+    """Whatever is raised inside ends the run FAILED (its first line tagged with
+    `tag_error`) and goes on up."""
     try:
-        host, pid, ticks = owner.rsplit(":", 2)
-        pid_n = int(pid)
-    except ValueError:
-        return None
-    if host != socket.gethostname():
-        return None
-    return pid_alive(pid_n) and _start_ticks(pid_n) == ticks
-
-
-def claim_run(c: MlflowClient, run_id: str) -> None:
-    """Mark this process as the one working on `run_id`."""
-    c.set_tag(run_id, TAG_OWNER, process_identity())
+        yield
+    except BaseException as e:
+        fail_run(c, run_id, e if tag_error else None)
+        raise
 
 
 def end_dead_runs(c: MlflowClient, experiment_id: str, keep: str | None = None) -> list[str]:
@@ -172,8 +154,8 @@ def end_dead_runs(c: MlflowClient, experiment_id: str, keep: str | None = None) 
     host) is gone, e.g. a `lepton retrain` killed with SIGKILL; returns their ids."""
     ended = []
     for r in c.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
-        owner = r.data.tags.get(TAG_OWNER)
-        if r.info.run_id != keep and owner and owner_alive(owner) is False:
+        owner = r.data.tags.get(tags.OWNER)
+        if r.info.run_id != keep and owner and identity_alive(owner) is False:
             c.set_terminated(r.info.run_id, "KILLED")
             ended.append(r.info.run_id)
     return ended
@@ -192,12 +174,12 @@ def continue_run(c: MlflowClient, run_id: str, history: list[dict[str, float]]) 
         return False
     if run.info.lifecycle_stage != "active" or run.info.status == "FINISHED":
         return False
-    owner = run.data.tags.get(TAG_OWNER)
-    if run.info.status == "RUNNING" and owner and owner_alive(owner) is not False and owner != process_identity():
+    owner = run.data.tags.get(tags.OWNER)
+    if run.info.status == "RUNNING" and owner and identity_alive(owner) is not False and owner != process_identity():
         return False  # someone is still on it
     c.update_run(run_id, status="RUNNING")
-    resumes = int(run.data.tags.get(TAG_RESUMES, "0")) + 1
-    c.log_batch(run_id, tags=[RunTag(TAG_OWNER, process_identity()), RunTag(TAG_RESUMES, str(resumes))])
+    resumes = int(run.data.tags.get(tags.RESUMES, "0")) + 1
+    c.log_batch(run_id, tags=[RunTag(tags.OWNER, process_identity()), RunTag(tags.RESUMES, str(resumes))])
     logged = {m.step for m in c.get_metric_history(run_id, "val_accuracy")}
     missing = [h for h in history if int(h["epoch"]) not in logged]
     now = int(time.time() * 1000)
@@ -268,17 +250,17 @@ def log_lineage(c: MlflowClient, run_id: str, *, data_version: str, meta: dict, 
         inputs.append(dataset_input(Path(b["path"]).resolve().as_uri(), f"monitor-batch-{b['id']}",
                                     b["id"].rsplit("-", 1)[-1], "monitored-batch"))
     _log_inputs(c, run_id, inputs)
-    tags = [
+    run_tags = [
         RunTag("mlflow.source.type", "JOB"),
         RunTag("mlflow.source.name", source_name),
         RunTag("mlflow.source.git.commit", git_commit.removesuffix("-dirty")),
     ]
     if flow_run_id:
-        tags.append(RunTag(TAG_FLOW_RUN, flow_run_id))
+        run_tags.append(RunTag(tags.FLOW_RUN, flow_run_id))
     if flow_run_url:
-        tags.append(RunTag("lepton.prefect_flow_run_url", flow_run_url))
-        tags.append(RunTag("mlflow.note.content", f"Prefect flow run: [{flow_run_id}]({flow_run_url})"))
-    c.log_batch(run_id, tags=tags)
+        run_tags.append(RunTag(tags.FLOW_RUN_URL, flow_run_url))
+        run_tags.append(RunTag("mlflow.note.content", f"Prefect flow run: [{flow_run_id}]({flow_run_url})"))
+    c.log_batch(run_id, tags=run_tags)
 
 
 def flow_run_url(prefect_api_url: str | None, flow_run_id: str) -> str | None:

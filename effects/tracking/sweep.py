@@ -17,15 +17,13 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from effects.tracking import tags
+from effects.runtime.procs import process_identity
 from effects.tracking import runs
 from effects.runtime.settings import Settings
 from lepton_core.params import Params, SweepParams, flatten_params
 from lepton_core.sweep import Dimension, goal, space_record
 
-TAG_PARENT = "mlflow.parentRunId"  # what makes MLflow nest a run under another
-TAG_SWEEP = "lepton.sweep"  # "parent" or "trial"
-TAG_TRIAL = "lepton.sweep_trial"
-TAG_ERROR = "lepton.error"
 
 
 # ---------------------------------------------------------------- the search
@@ -111,14 +109,14 @@ def open_parent_run(c, experiment_id: str, params: Params, dims: tuple[Dimension
     `space.<path>` and as sweep/search_space.json) and the dataset as its input."""
     commit = runs.git_commit(s.project_dir)
     run = c.create_run(experiment_id, run_name=f"sweep-{_stamp()}-data-{data.version[:8]}", tags={
-        TAG_SWEEP: "parent",
-        runs.TAG_DATA_VERSION: data.version,
-        runs.TAG_GIT_COMMIT: commit,
-        runs.TAG_OWNER: runs.process_identity(),
-        "lepton.sweep_runner": runner,
+        tags.SWEEP: "parent",
+        tags.DATA_VERSION: data.version,
+        tags.GIT_COMMIT: commit,
+        tags.OWNER: process_identity(),
+        tags.SWEEP_RUNNER: runner,
     })
     run_id = run.info.run_id
-    try:
+    with runs.failing_run(c, run_id):
         sweep = params.sweep
         flat = {**flatten_params(params), **{f"space.{d.path}": d.describe() for d in dims},
                 "sweep.metric": sweep.metric, "sweep.goal": goal(sweep), "sweep.trials": str(sweep.trials),
@@ -131,9 +129,6 @@ def open_parent_run(c, experiment_id: str, params: Params, dims: tuple[Dimension
             c, run_id, data_version=data.version, meta=data.meta, dvc_remote=s.dvc_remote, git_commit=commit,
             source_name="flows/sweep.py", flow_run_id=flow_run_id,
             flow_run_url=runs.flow_run_url(s.prefect_ui_api_url, flow_run_id))
-    except BaseException:
-        c.set_terminated(run_id, "FAILED")
-        raise
     return run_id
 
 
@@ -142,29 +137,20 @@ def open_trial_run(c, experiment_id: str, parent_run_id: str, number: int, value
     """A trial's run, nested under the parent; its searched values as tags until its
     full params are known (they are logged once they validate)."""
     run = c.create_run(experiment_id, run_name=f"trial-{number:03d}", tags={
-        TAG_PARENT: parent_run_id,
-        TAG_SWEEP: "trial",
-        TAG_TRIAL: str(number),
-        runs.TAG_DATA_VERSION: data.version,
-        runs.TAG_GIT_COMMIT: runs.git_commit(s.project_dir),
-        runs.TAG_OWNER: runs.process_identity(),
+        tags.PARENT: parent_run_id,
+        tags.SWEEP: "trial",
+        tags.SWEEP_TRIAL: str(number),
+        tags.DATA_VERSION: data.version,
+        tags.GIT_COMMIT: runs.git_commit(s.project_dir),
+        tags.OWNER: process_identity(),
         "mlflow.source.name": "flows/sweep.py",
-        **{f"lepton.trial.{k}": json.dumps(v) for k, v in values.items()},
+        **{tags.TRIAL_PREFIX + k: json.dumps(v) for k, v in values.items()},
     })
     return run.info.run_id
 
 
-def fail_run(c, run_id: str, error: BaseException) -> None:
-    """Mark a run FAILED with the error's first line as a tag."""
-    line = f"{type(error).__name__}: {error}".splitlines()[0][:5000]
-    try:
-        c.set_tag(run_id, TAG_ERROR, line)
-    finally:
-        c.set_terminated(run_id, "FAILED")
-
-
 def child_runs(c, experiment_id: str, parent_run_id: str) -> list:
-    return c.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'",
+    return c.search_runs([experiment_id], filter_string=f"tags.`{tags.PARENT}` = '{parent_run_id}'",
                          max_results=10_000)
 
 
@@ -174,7 +160,7 @@ def close_parent_run(c, parent_run_id: str, search: Search, *, version: str | No
     trials, the registered version and the gate's word) and finish it. Failed
     trials get their child run's id from MLflow (their task never returned one)."""
     exp = c.get_run(parent_run_id).info.experiment_id
-    by_number = {r.data.tags.get(TAG_TRIAL): r.info.run_id for r in child_runs(c, exp, parent_run_id)}
+    by_number = {r.data.tags.get(tags.SWEEP_TRIAL): r.info.run_id for r in child_runs(c, exp, parent_run_id)}
     table = search.table()
     for row in table:
         row["run_id"] = row["run_id"] or by_number.get(str(row["number"]))
@@ -183,19 +169,19 @@ def close_parent_run(c, parent_run_id: str, search: Search, *, version: str | No
     failed = sum(1 for r in table if r["state"] == "FAIL")
     metrics = [runs.Metric("trials_complete", sum(1 for r in table if r["state"] == "COMPLETE"), 0, 0),
                runs.Metric("trials_failed", failed, 0, 0)]
-    tags = []
+    run_tags = []
     if best is not None:
         metrics.append(runs.Metric(f"best_{metric}", float(best["value"]), 0, 0))
         metrics += [runs.Metric(f"best_{k}", float(v), 0, 0) for k, v in (test_metrics or {}).items()]
-        tags += [runs.RunTag("lepton.best_trial", str(best["number"])),
-                 runs.RunTag("lepton.best_run_id", best["run_id"])]
-        tags += [runs.RunTag(f"lepton.best.{k}", json.dumps(v)) for k, v in best["values"].items()]
+        run_tags += [runs.RunTag(tags.BEST_TRIAL, str(best["number"])),
+                 runs.RunTag(tags.BEST_RUN_ID, best["run_id"])]
+        run_tags += [runs.RunTag(tags.BEST_PREFIX + k, json.dumps(v)) for k, v in best["values"].items()]
     if version is not None:
-        tags.append(runs.RunTag("lepton.registered_version", str(version)))
+        run_tags.append(runs.RunTag(tags.REGISTERED_VERSION, str(version)))
     if decision is not None:
-        tags += [runs.RunTag("lepton.gate.promoted", str(bool(decision.get("promoted")))),
-                 runs.RunTag("lepton.gate.reason", str(decision.get("reason", ""))[:5000])]
-    c.log_batch(parent_run_id, metrics=metrics, tags=tags)
+        run_tags += [runs.RunTag(tags.GATE_PROMOTED, str(bool(decision.get("promoted")))),
+                 runs.RunTag(tags.GATE_REASON, str(decision.get("reason", ""))[:5000])]
+    c.log_batch(parent_run_id, metrics=metrics, tags=run_tags)
     c.log_dict(parent_run_id, {"best": best, "trials": table}, "sweep/trials.json")
     c.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
     return {"best": best, "trials": table, "failed": failed}

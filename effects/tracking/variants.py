@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from effects.tracking import tags
 from effects.tracking import runs
 from effects.data.dvc_store import dataset_path
-from effects.tracking.registry import CHAMPION, TAG_VARIANT, TAG_VARIANT_OF, alias_version, predictor_of
+from effects.tracking.registry import CHAMPION, alias_version, predictor_of, source_version
 from effects.runtime.settings import Settings, get_settings
 from lepton_core.data.prepare import read_prepared
 from lepton_core.errors import LeptonError
@@ -58,8 +59,8 @@ def _register(c, s: Settings, model_name: str, mv, kind: str, path: Path, pre, e
     mlflow.set_registry_uri(s.tracking_uri)
     run = c.create_run(experiment_id, run_name=f"v{mv.version}-{kind}", tags={
         "mlflow.parentRunId": mv.run_id,  # nested under the training run in the UI
-        TAG_VARIANT: kind, TAG_VARIANT_OF: str(mv.version),
-        runs.TAG_DATA_VERSION: mv.tags.get(runs.TAG_DATA_VERSION, ""),
+        tags.VARIANT: kind, tags.VARIANT_OF: str(mv.version),
+        tags.DATA_VERSION: mv.tags.get(tags.DATA_VERSION, ""),
     })
     rid = run.info.run_id
     ts = int(time.time() * 1000)
@@ -75,16 +76,16 @@ def _register(c, s: Settings, model_name: str, mv, kind: str, path: Path, pre, e
                                      # about a missing CUDA provider on every load)
                                      onnx_execution_providers=["CPUExecutionProvider"])
     c.set_terminated(rid, "FINISHED")
-    tags = {
-        TAG_VARIANT: kind, TAG_VARIANT_OF: str(mv.version), runs.TAG_RUN_ID: rid,
-        runs.TAG_DATA_VERSION: mv.tags.get(runs.TAG_DATA_VERSION, ""),
-        "lepton.test_accuracy": f"{figures['test_accuracy']:.4f}",
-        "lepton.accuracy_delta": f"{figures['accuracy_delta']:+.4f}",
-        "lepton.size_bytes": str(int(figures["size_bytes"])),
-        "lepton.latency_b1_ms": f"{figures['latency_b1_ms']:.3f}",
-        "lepton.latency_b64_ms": f"{figures['latency_b64_ms']:.3f}",
+    version_tags = {
+        tags.VARIANT: kind, tags.VARIANT_OF: str(mv.version), tags.RUN_ID: rid,
+        tags.DATA_VERSION: mv.tags.get(tags.DATA_VERSION, ""),
+        tags.TEST_ACCURACY: f"{figures['test_accuracy']:.4f}",
+        tags.ACCURACY_DELTA: f"{figures['accuracy_delta']:+.4f}",
+        tags.SIZE_BYTES: str(int(figures["size_bytes"])),
+        tags.LATENCY_B1_MS: f"{figures['latency_b1_ms']:.3f}",
+        tags.LATENCY_B64_MS: f"{figures['latency_b64_ms']:.3f}",
     }
-    new = mlflow.register_model(info.model_uri, model_name, tags=tags)
+    new = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
     c.update_model_version(model_name, str(new.version), description=(
         f"The {kind} variant of v{mv.version} (ONNX; raw samples in; outputs logits, probabilities, label)."
         "\n\n```json\n" + json.dumps({k: round(v, 6) for k, v in figures.items()}, indent=1) + "\n```"))
@@ -95,25 +96,12 @@ def optimize_version(model_name: str, version: str | None, params: OptimizeParam
                      settings: Settings | None = None, echo=lambda line: None) -> dict:
     """Build, check and register the variants of `version` (default: the champion).
     Returns {"version", "variants": [{"variant", "registered", "version"?, "reason", figures...}]}."""
-    from mlflow.exceptions import MlflowException
-
     s = settings or get_settings()
     c = runs.client(s)
-    if version is None:
-        mv = alias_version(c, model_name, CHAMPION)
-        if mv is None:
-            raise LeptonError(f"model {model_name!r} has no @champion; run `lepton retrain` first")
-    else:
-        try:
-            mv = c.get_model_version(model_name, str(version))
-        except MlflowException:
-            raise LeptonError(f"model {model_name!r} has no version {version!r}") from None
-    if mv.tags.get(TAG_VARIANT):
-        raise LeptonError(f"v{mv.version} is itself the {mv.tags[TAG_VARIANT]} variant of "
-                          f"v{mv.tags.get(TAG_VARIANT_OF)}; optimize that version")
-    data_version = mv.tags.get(runs.TAG_DATA_VERSION)
+    mv = source_version(c, model_name, version, "optimize {source}")
+    data_version = mv.tags.get(tags.DATA_VERSION)
     if not data_version:
-        raise LeptonError(f"v{mv.version} has no {runs.TAG_DATA_VERSION} tag: its test split is unknown")
+        raise LeptonError(f"v{mv.version} has no {tags.DATA_VERSION} tag: its test split is unknown")
     predictor = predictor_of(mv, s)
     prepared = read_prepared(dataset_path(data_version, s))
     x_test, y_test = prepared.x["test"], prepared.y["test"]
@@ -157,8 +145,8 @@ def variants_of(c, model_name: str, version: str) -> dict[str, object]:
     """The newest registered variant of each kind for one source version."""
     found: dict[str, object] = {}
     for mv in c.search_model_versions(f"name='{model_name}'"):
-        kind = mv.tags.get(TAG_VARIANT)
-        if kind and mv.tags.get(TAG_VARIANT_OF) == str(version):
+        kind = mv.tags.get(tags.VARIANT)
+        if kind and mv.tags.get(tags.VARIANT_OF) == str(version):
             if kind not in found or int(mv.version) > int(found[kind].version):
                 found[kind] = mv
     return found

@@ -114,7 +114,7 @@ def test_two_workers_claim_every_batch_exactly_once(backend, tmp_path, request):
 
 
 def test_a_claim_of_a_dead_worker_is_taken_over_and_a_live_one_is_not(store_url, tmp_path, monkeypatch):
-    from effects.state import monitor_state, shared_state
+    from effects.state import monitor_state, store
     from effects.runtime.settings import get_settings
 
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path / "home"))
@@ -127,7 +127,7 @@ def test_a_claim_of_a_dead_worker_is_taken_over_and_a_live_one_is_not(store_url,
     # "a" and "b" are held by a process of this machine that is gone: taken over at once
     assert monitor_state.claim_batches(s, ["a", "b", "c"]) == ["a", "b", "c"]
     # held by a live process (this one, seen from another owner id): left alone, until the lease ends
-    monkeypatch.setattr(shared_state, "owner_id", lambda: "elsewhere:1")
+    monkeypatch.setattr(store, "owner_id", lambda: "elsewhere:1")
     assert monitor_state.claim_batches(s, ["a", "c", "d"]) == ["d"]
     assert monitor_state.claim_batches(s, ["a"], lease_s=0) == ["a"]
     monitor_state.release_batches(s, ["d"])  # given back: free for anyone

@@ -34,7 +34,7 @@ def test_twenty_concurrent_promotions_lose_no_decision_and_keep_the_aliases_cons
     env = lepton_env_vars(tmp_path)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    from effects.tracking import runs
+    from effects.tracking import runs, tags
     from effects.data.dvc_store import version_dataset
     from effects.tracking.registry import gate_history
     from lepton_core.params import DataParams, Params, TrainParams
@@ -48,7 +48,7 @@ def test_twenty_concurrent_promotions_lose_no_decision_and_keep_the_aliases_cons
         o = train.fn(data, Params(train=TrainParams(epochs=2, model="mlp", width=8, patience=0, seed=seed)),
                      progress=False)
         mv = c.create_model_version(MODEL, f"runs:/{o.run_id}/checkpoint", run_id=o.run_id,
-                                    tags={runs.TAG_DATA_VERSION: data.version})
+                                    tags={tags.DATA_VERSION: data.version})
         versions.append(str(mv.version))
 
     plan = [[versions[(p * 5 + i) % 3] for i in range(5)] for p in range(4)]  # 20 promotions

@@ -23,7 +23,7 @@ GATE = PromoteParams(min_accuracy=0.5)
 
 
 def _runs(experiment: str):
-    from effects.tracking.sweep import TAG_PARENT, TAG_SWEEP
+    from effects.tracking.tags import PARENT as TAG_PARENT, SWEEP as TAG_SWEEP
     from effects.tracking.runs import client
 
     c = client()
@@ -99,10 +99,10 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(lepton_env, prefe
     """Fault: the second trial to start raises inside training. Its run ends FAILED
     with the error, Optuna is told FAIL, and the other three still finish; the best
     of them is registered."""
-    import tasks.sweep as sweep_tasks
+    import effects.training.tracked as tracked  # where a trial's training calls train_stage
     from flows.sweep import sweep
 
-    real, calls, lock = sweep_tasks.train_stage, [], threading.Lock()
+    real, calls, lock = tracked.train_stage, [], threading.Lock()
 
     def flaky(prepared, params, *args, **kwargs):
         with lock:
@@ -112,7 +112,7 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(lepton_env, prefe
             raise FloatingPointError("loss is nan at epoch 1 (injected)")
         return real(prepared, params, *args, **kwargs)
 
-    monkeypatch.setattr(sweep_tasks, "train_stage", flaky)
+    monkeypatch.setattr(tracked, "train_stage", flaky)
     result = sweep(train=TINY, promote=GATE, registry=RegistryParams(experiment="sweep-fault"),
                    sweep=SweepParams(space=SPACE, trials=4, parallel=2, startup_trials=2, seed=1))
     assert len(calls) == 4 and result["failed"] == 1
@@ -128,7 +128,7 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(lepton_env, prefe
 def test_cli_sweep_on_a_local_dask_cluster_of_two_worker_processes(lepton_env, prefect_server):
     """`lepton sweep --trials 4 --dask local`: the trials run in two Dask worker
     processes (not the CLI's), with the same shape of result as on threads."""
-    from effects.tracking.runs import TAG_OWNER
+    from effects.tracking.tags import OWNER as TAG_OWNER
 
     _, env = lepton_env
     r = run_cli(["sweep", "--trials", "4", "--parallel", "2", "--dask", "local", "--json",

@@ -94,3 +94,17 @@ def test_the_sweep_deployment_takes_every_section_and_retrain_takes_no_sweep_sec
     bad["sweep"]["trials"] = "eight"
     with pytest.raises(ValidationError):
         validate(bad, schema, raise_on_error=True, preprocess=True)
+
+
+def test_each_flow_names_every_section_it_takes_in_its_signature():
+    """A section added to `Params` must reach the flows' forms: Prefect reads a
+    deployment's parameters from the flow's source (parameter_schema_from_entrypoint),
+    so the flows name their sections; this fails, naming the flow, when one is missing."""
+    from prefect.utilities.callables import parameter_schema_from_entrypoint
+
+    from lepton_core.params import RETRAIN_SECTIONS, SECTIONS
+
+    for entry, sections in (("flows/retrain.py:retrain", RETRAIN_SECTIONS), ("flows/sweep.py:sweep", SECTIONS)):
+        schema = parameter_schema_from_entrypoint(str(ROOT / entry))
+        missing = set(sections) - set(schema.properties)
+        assert not missing, f"{entry} does not take the params sections {sorted(missing)}"

@@ -1,0 +1,38 @@
+"""One training inside an MLflow run, as the retrain and the sweep's trials both run
+it: the prepared dataset -> `train_stage` with a batched metric logger -> the final
+checkpoint as the run's artifact, with the figures every training run carries."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from effects.tracking import runs, tags
+from effects.training.stages import train_stage
+from lepton_core.checkpoint import remove_partial_writes
+from lepton_core.data.prepare import read_prepared
+from lepton_core.params import TrainParams
+from lepton_core.train import TrainResult
+
+
+def train_in_run(c: Any, run_id: str, prepared_dir: Path, params: TrainParams, final: Path,
+                 work_checkpoint: Path | None, *, progress: bool, **train_kwargs: Any) -> tuple[TrainResult, float]:
+    """Train on the dataset at `prepared_dir`, logging each epoch to `run_id`; write the
+    final checkpoint to `final` and log it. Returns the result and the training's
+    seconds. `train_kwargs`: extra_state, note (see effects.training.stages)."""
+    prepared = read_prepared(prepared_dir)
+    remove_partial_writes(final)  # a killed writer's temporaries
+    logger = runs.BatchedMetricLogger(c, run_id)
+    t0 = time.perf_counter()
+    result = train_stage(prepared, params, final, work_checkpoint, log=logger, progress=progress,
+                         prepared_dir=prepared_dir, **train_kwargs)
+    seconds = time.perf_counter() - t0
+    logger.flush()
+    c.log_artifact(run_id, str(final), "checkpoint")
+    c.log_batch(run_id, metrics=[
+        runs.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch),
+        runs.Metric("epochs_run", result.epochs_run, 0, 0),
+        runs.Metric("train_seconds", seconds, 0, 0),
+    ], tags=[runs.RunTag(tags.DEVICE, result.device)])
+    return result, seconds
