@@ -26,19 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from effects.runtime.procs import die_with_parent, free_port, http_ok, pid_alive, stop_group, wait_healthy
+from effects.runtime.procs import die_with_parent, free_port, http_ok, pid_alive, start_ticks, stop_group, wait_healthy
 from lepton_core.errors import LeptonError
 
 PARENT_GONE = signal.SIGUSR1  # what the kernel sends the watchdog when its starter goes
 POLL_SECONDS = 0.5
-
-
-def _start_ticks(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "?"
 
 
 class LocalPrefectServer:
@@ -51,13 +43,13 @@ class LocalPrefectServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def start(self) -> "LocalPrefectServer":
+    def start(self) -> LocalPrefectServer:
         self.port = free_port()
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
         me = os.getpid()
-        cmd = [sys.executable, "-m", "lepton.local_server", "watch", str(me), _start_ticks(me), "--",
+        cmd = [sys.executable, "-m", "lepton.local_server", "watch", str(me), start_ticks(me), "--",
                sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,7 +81,7 @@ class LocalPrefectServer:
 
 # ---------------------------------------------------------------- the watchdog
 def _parent_gone(parent: int, ticks: str) -> bool:
-    return not pid_alive(parent) or _start_ticks(parent) != ticks or os.getppid() != parent
+    return not pid_alive(parent) or start_ticks(parent) != ticks or os.getppid() != parent
 
 
 def _end_group(child: subprocess.Popen, grace: float = 5.0) -> None:

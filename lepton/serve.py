@@ -13,10 +13,14 @@ beside the old one and swapped in with one reference assignment: requests in
 flight finish on the old model, the next batch uses the new one.
 
     POST /v1/predict   {"instances": [...]} (JSON) or a .npy array (application/x-npy)
+    POST /v1/feedback  {"request_id": ..., "labels": [...]}: true labels of an answered request
     GET  /v1/model     name, version, alias, data version, run id
     GET  /healthz      the process answers
     GET  /readyz       a model is loaded (503 before)
     GET  /metrics      Prometheus text format
+
+The /v1/* routes take the bearer token when the server has one (one dependency,
+`require_token`); the probes and /metrics stay open.
 """
 
 from __future__ import annotations
@@ -28,22 +32,26 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field, JsonValue, StrictStr, ValidationError
 
-from effects.serving.prediction_log import PredictionLog, open_store
-from effects.tracking.variants import TAG_VARIANT, variant_predictor
-from effects.tracking import runs
-from effects.tracking.registry import alias_version, predictor_of
 from effects.runtime.settings import Settings
+from effects.serving.prediction_log import PredictionLog, open_store
+from effects.tracking import runs, tags
+from effects.tracking.registry import alias_version, predictor_of
+from effects.tracking.variants import variant_predictor
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.params import ServeParams
-from lepton_core.predictor import Predictor, softmax
+from lepton_core.predictor import BasePredictor, softmax
 
 JSON_TYPES = ("application/json",)
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
@@ -54,7 +62,7 @@ class Loaded:
     version: str
     run_id: str
     data_version: str
-    predictor: Predictor
+    predictor: BasePredictor  # PyTorch, or ONNX Runtime for a `lepton optimize` variant
 
 
 class BadRequest(Exception):
@@ -108,10 +116,10 @@ class ModelServer:
         if str(mv.version) == c_version:
             return False
         # a variant version (`lepton optimize`) is served through ONNX Runtime
-        predictor = (variant_predictor(mv, self.settings) if mv.tags.get(TAG_VARIANT)
+        predictor = (variant_predictor(mv, self.settings) if mv.tags.get(tags.VARIANT)
                      else predictor_of(mv, self.settings))
         # loaded beside the old one; one assignment swaps it in
-        self.current = Loaded(str(mv.version), mv.run_id, mv.tags.get("lepton.data_version", ""), predictor)
+        self.current = Loaded(str(mv.version), mv.run_id, mv.tags.get(tags.DATA_VERSION, ""), predictor)
         self.metrics.version.labels(self.model_name, self.alias).set(int(mv.version))
         if c_version is not None:
             self.metrics.swaps.inc()
@@ -172,7 +180,7 @@ class ModelServer:
         finally:
             self._inflight -= 1
 
-    async def _predict(self, loaded: "Loaded | None", x: np.ndarray) -> dict:
+    async def _predict(self, loaded: Loaded | None, x: np.ndarray) -> dict:
         if loaded is None:
             raise BadRequest(503, "no model loaded yet")
         try:
@@ -209,7 +217,7 @@ class ModelServer:
                         break
                     try:
                         item = await asyncio.wait_for(self._queue.get(), timeout)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                 items.append(item)
                 n += len(item[0])
@@ -270,110 +278,169 @@ def _by_shape(items: list) -> list[list]:
     return list(groups.values())
 
 
-def create_app(server: ModelServer) -> FastAPI:
-    app = FastAPI(title="Lepton model server", docs_url=None, redoc_url=None, openapi_url=None)
+# ---------------------------------------------------------------- the HTTP app
+class FeedbackBody(BaseModel):
+    """POST /v1/feedback: the true labels of an answered request, one per instance in
+    the request's order, each a class index or a class name. The labels are JSON as
+    sent: which of them are valid depends on the loaded model's classes
+    (`label_indices`)."""
 
-    @app.on_event("startup")
-    async def _startup() -> None:
-        server._queue = asyncio.Queue()
-        app.state.batcher = asyncio.create_task(server.batcher())
-        await asyncio.get_running_loop().run_in_executor(None, server.start)
+    request_id: StrictStr = Field(max_length=64)
+    labels: list[JsonValue] = Field(min_length=1)
 
-    @app.on_event("shutdown")
-    async def _shutdown() -> None:
-        app.state.batcher.cancel()
+    def label_indices(self, classes: list[str], max_labels: int) -> list[int]:
+        if len(self.labels) > max_labels:
+            raise BadRequest(413, f"{len(self.labels)} labels is over the limit of {max_labels}")
+        out = []
+        for v in self.labels:
+            if isinstance(v, str) and v in classes:
+                out.append(classes.index(v))
+            elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(classes):
+                out.append(v)
+            else:
+                raise BadRequest(400, f"label {v!r} is neither a class index nor a class name")
+        return out
+
+
+async def _server(request: Request) -> ModelServer:
+    server: ModelServer = request.app.state.server
+    return server
+
+
+Server = Annotated[ModelServer, Depends(_server)]
+
+
+async def require_token(server: Server, request: Request) -> None:
+    """The one check of every /v1/* route: the bearer token, when the server has one."""
+    if not server.token:
+        return
+    given = request.headers.get("authorization", "")
+    if not secrets.compare_digest(given.encode(), f"Bearer {server.token}".encode()):
+        raise BadRequest(401, "missing or wrong bearer token")
+
+
+async def _json_body(request: Request) -> JsonValue:
+    try:
+        doc: JsonValue = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(400, "malformed JSON") from None
+    return doc
+
+
+async def _loaded(server: Server) -> Loaded:
+    if server.current is None:
+        raise BadRequest(503, "no model loaded yet")
+    return server.current
+
+
+LoadedModel = Annotated[Loaded, Depends(_loaded)]  # one per request: FastAPI caches a dependency's value
+
+
+async def _feedback_body(doc: Annotated[JsonValue, Depends(_json_body)], _model: LoadedModel) -> FeedbackBody:
+    """The body read by these dependencies rather than by FastAPI, so that the token is
+    checked first and the refusals keep their order: malformed JSON (400), no model
+    loaded yet (503), not the expected object (400)."""
+    try:
+        return FeedbackBody.model_validate(doc)
+    except ValidationError:
+        raise BadRequest(400, 'expected {"request_id": "...", "labels": [...]}') from None
+
+
+protected = APIRouter(dependencies=[Depends(require_token)])
+public = APIRouter()
+
+
+@protected.post("/v1/predict")
+async def predict(server: Server, request: Request) -> Response:
+    t0 = time.perf_counter()
+    x = server.parse(request.headers.get("content-type", ""), await request.body())
+    out = await server.predict(x)
+    server.metrics.latency.observe(time.perf_counter() - t0)
+    server.metrics.requests.labels("200").inc()
+    return JSONResponse(out)
+
+
+@protected.post("/v1/feedback")
+async def feedback(server: Server, body: Annotated[FeedbackBody, Depends(_feedback_body)],
+                   cur: LoadedModel) -> Response:
+    """True labels for an answered request: {"request_id": ..., "labels": [...]}."""
+    labels = body.label_indices(cur.predictor.classes, server.params.max_instances)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, server.log.add_feedback, body.request_id, labels)
+    except OSError as e:
+        raise BadRequest(503, f"feedback not stored ({e.__class__.__name__})") from None
+    server.metrics.requests.labels("200").inc()
+    return JSONResponse({"accepted": len(labels)})
+
+
+@protected.get("/v1/model")
+async def model(server: Server) -> Response:
+    cur = server.current
+    if cur is None:
+        raise BadRequest(503, server.load_error or "no model loaded yet")
+    pre = cur.predictor.preprocessing
+    return JSONResponse({"name": server.model_name, "alias": server.alias, "version": cur.version,
+                         "run_id": cur.run_id, "data_version": cur.data_version,
+                         "input_shape": list(pre.input_shape), "dtype": pre.dtype,
+                         "classes": list(pre.classes)})
+
+
+@public.get("/healthz")
+async def healthz() -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+@public.get("/readyz")
+async def readyz(server: Server) -> Response:
+    cur = server.current
+    if cur is None:
+        return JSONResponse({"ready": False, "reason": server.load_error or "loading"}, status_code=503)
+    return JSONResponse({"ready": True, "version": cur.version})
+
+
+@public.get("/metrics")
+async def metrics(server: Server) -> Response:
+    server.metrics.log_dropped.set(server.log.dropped)
+    server.metrics.log_written.set(server.log.written)
+    server.metrics.log_spooled.set(server.log.spooled)
+    return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _error(request: Request, status: int, reason: str) -> JSONResponse:
+    """Every refusal: one line in {"error": ...}, counted by status."""
+    request.app.state.server.metrics.requests.labels(str(status)).inc()
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BadRequest)
+    return _error(request, exc.status, exc.reason)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    return _error(request, 500, f"internal error ({exc.__class__.__name__})")
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The batcher runs for the app's life; the first model loads before it answers."""
+    server: ModelServer = app.state.server
+    server._queue = asyncio.Queue()
+    batcher = asyncio.create_task(server.batcher())
+    await asyncio.get_running_loop().run_in_executor(None, server.start)
+    try:
+        yield
+    finally:
+        batcher.cancel()
         server.stop()
 
-    def _error(status: int, reason: str) -> JSONResponse:
-        server.metrics.requests.labels(str(status)).inc()
-        return JSONResponse({"error": reason}, status_code=status)
 
-    def _authorised(request: Request) -> bool:
-        if not server.token:
-            return True
-        given = request.headers.get("authorization", "")
-        return secrets.compare_digest(given.encode(), f"Bearer {server.token}".encode())
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return _error(500, f"internal error ({exc.__class__.__name__})")
-
-    @app.post("/v1/predict")
-    async def predict(request: Request) -> Response:
-        t0 = time.perf_counter()
-        if not _authorised(request):
-            return _error(401, "missing or wrong bearer token")
-        try:
-            x = server.parse(request.headers.get("content-type", ""), await request.body())
-            out = await server.predict(x)
-        except BadRequest as e:
-            return _error(e.status, e.reason)
-        server.metrics.latency.observe(time.perf_counter() - t0)
-        server.metrics.requests.labels("200").inc()
-        return JSONResponse(out)
-
-    @app.post("/v1/feedback")
-    async def feedback(request: Request) -> Response:
-        """True labels for an answered request: {"request_id": ..., "labels": [...]}, one per
-        instance in the request's order, as class indices or class names."""
-        if not _authorised(request):
-            return _error(401, "missing or wrong bearer token")
-        try:
-            doc = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "malformed JSON")
-        cur = server.current
-        if cur is None:
-            return _error(503, "no model loaded yet")
-        classes = cur.predictor.classes
-        if (not isinstance(doc, dict) or not isinstance(doc.get("request_id"), str) or len(doc["request_id"]) > 64
-                or not isinstance(doc.get("labels"), list) or not doc["labels"]):
-            return _error(400, 'expected {"request_id": "...", "labels": [...]}')
-        if len(doc["labels"]) > server.params.max_instances:
-            return _error(413, f"{len(doc['labels'])} labels is over the limit of {server.params.max_instances}")
-        labels = []
-        for v in doc["labels"]:
-            if isinstance(v, str) and v in classes:
-                labels.append(classes.index(v))
-            elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(classes):
-                labels.append(v)
-            else:
-                return _error(400, f"label {v!r} is neither a class index nor a class name")
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, server.log.add_feedback, doc["request_id"], labels)
-        except OSError as e:
-            return _error(503, f"feedback not stored ({e.__class__.__name__})")
-        server.metrics.requests.labels("200").inc()
-        return JSONResponse({"accepted": len(labels)})
-
-    @app.get("/v1/model")
-    async def model(request: Request) -> Response:
-        if not _authorised(request):
-            return _error(401, "missing or wrong bearer token")
-        cur = server.current
-        if cur is None:
-            return _error(503, server.load_error or "no model loaded yet")
-        pre = cur.predictor.preprocessing
-        return JSONResponse({"name": server.model_name, "alias": server.alias, "version": cur.version,
-                             "run_id": cur.run_id, "data_version": cur.data_version,
-                             "input_shape": list(pre.input_shape), "dtype": pre.dtype,
-                             "classes": list(pre.classes)})
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/readyz")
-    async def readyz() -> Response:
-        if server.current is None:
-            return JSONResponse({"ready": False, "reason": server.load_error or "loading"}, status_code=503)
-        return JSONResponse({"ready": True, "version": server.current.version})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        server.metrics.log_dropped.set(server.log.dropped)
-        server.metrics.log_written.set(server.log.written)
-        server.metrics.log_spooled.set(server.log.spooled)
-        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
+def create_app(server: ModelServer) -> FastAPI:
+    app = FastAPI(title="Lepton model server", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=_lifespan)
+    app.state.server = server
+    app.add_exception_handler(BadRequest, _refused)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(protected)
+    app.include_router(public)
     return app

@@ -1,11 +1,16 @@
 """`lepton up` / `lepton down`: the live platform on one machine.
 
-Four background processes, each with a log and a PID under `<home>/stack/`:
+Five background processes, each with a log and a PID under `<home>/stack/`:
 
     seaweedfs   S3-compatible object store (MLflow artifacts, the DVC remote)
     mlflow      MLflow tracking server + registry (--serve-artifacts to S3)
     prefect     Prefect API server + dashboard
     worker      a Prefect worker on a process work pool
+    serve       the model server (`lepton serve`, @champion, bearer token)
+
+How each is told healthy is one table, `service_checks`, that `up` (keep or
+restart a service, wait for one it started) and `health` (`lepton status`) share.
+The record `up` leaves (`<home>/stack/stack.json`) is a `StackState` here.
 
 Backends: SQLite files under `<home>/stack/` by default, or PostgreSQL with
 `--db postgresql://user@host:port/NAME` (databases NAME_mlflow and NAME_prefect are
@@ -24,21 +29,89 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from effects.runtime.procs import (
-    free_port, http_ok, kill_leftovers, pid_alive, port_free, spawn, stop_group, wait_healthy, wait_port_free,
+    free_port,
+    http_ok,
+    kill_leftovers,
+    pid_alive,
+    port_free,
+    spawn,
+    stop_group,
+    wait_healthy,
+    wait_port_free,
 )
 from effects.runtime.settings import Settings, redact_uri
 from effects.runtime.stack_state import (
-    SERVICES, auth_headers, credentials, read_state, stack_dir, urls, write_private, write_state,
+    SERVICES,
+    Urls,
+    auth_headers,
+    credentials,
+    read_state,
+    stack_dir,
+    urls,
+    write_private,
+    write_state,
 )
 from effects.runtime.stack_state import client_env as _client_env
 from lepton_core.errors import LeptonError
 from lepton_core.fileio import atomic_write
 
 DEFAULT_PORTS = {"prefect": 4200, "mlflow": 5000, "s3": 8333, "serve": 8000}
+
+
+@dataclass
+class StackState:
+    """The stack's record, `<home>/stack/stack.json`. effects.runtime.stack_state reads
+    and writes it as a plain dict (what every other command reads); here, where it is
+    made, it is typed: `from_record` and `record` are the one crossing."""
+
+    ports: dict[str, int] = field(default_factory=dict)  # the ones clients know: prefect, mlflow, s3, serve
+    pids: dict[str, int] = field(default_factory=dict)  # each service's process group leader; 0: none
+    up: bool = False  # a `lepton up` succeeded, and no `lepton down` since
+    db_url: str | None = None  # postgresql://... of both servers; None: SQLite under <home>/stack
+    bucket: str | None = None
+    pool: str | None = None  # the Prefect work pool of the worker
+    sse: str | None = None  # server-side encryption asked for on every S3 write (MLflow's server and DVC)
+    auth: bool | None = None  # authentication on every service; None: a record from before it was kept
+    internal: dict[str, int] | None = None  # SeaweedFS's own ports, chosen afresh at every start
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they are
+
+    @classmethod
+    def from_record(cls, d: Mapping[str, Any]) -> StackState:
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        return cls(ports=dict(d.get("ports") or {}), pids=dict(d.get("pids") or {}), up=bool(d.get("up")),
+                   db_url=d.get("db_url"), bucket=d.get("bucket"), pool=d.get("pool"), sse=d.get("sse"),
+                   auth=d.get("auth"), internal=d.get("internal"),
+                   extra={k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def read(cls, home: Path) -> StackState | None:
+        d = read_state(home)
+        return cls.from_record(d) if d else None
+
+    def record(self) -> dict[str, Any]:
+        out = {**self.extra, "up": self.up, "db_url": self.db_url, "ports": self.ports, "bucket": self.bucket,
+               "pool": self.pool, "sse": self.sse, "pids": self.pids}
+        if self.auth is not None:
+            out["auth"] = self.auth
+        if self.internal:
+            out["internal"] = self.internal
+        return out
+
+    def write(self, home: Path) -> None:
+        write_state(home, self.record())
+
+    def pid(self, name: str) -> int:
+        return int(self.pids.get(name) or 0)
+
+    def urls(self) -> Urls:
+        return urls(self.record())
 
 
 def client_env(s: Settings, state: dict) -> dict[str, str]:
@@ -96,7 +169,8 @@ def _pg_databases(db_url: str) -> tuple[str, str]:
     try:
         conn = psycopg2.connect(admin, connect_timeout=10)
     except psycopg2.OperationalError as e:
-        raise LeptonError(f"cannot reach PostgreSQL at {redact_uri(db_url)}: {str(e).strip().splitlines()[0]}") from None
+        reason = str(e).strip().splitlines()[0]
+        raise LeptonError(f"cannot reach PostgreSQL at {redact_uri(db_url)}: {reason}") from None
     conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
     with conn.cursor() as cur:
         for suffix in ("mlflow", "prefect"):
@@ -139,9 +213,9 @@ def _base_env(s: Settings) -> dict[str, str]:
 SSE_MODES = ("AES256", "aws:kms")
 
 
-def _choose_sse(asked: str | None, stale: dict | None, s: Settings) -> str | None:
+def _choose_sse(asked: str | None, last: str | None, s: Settings) -> str | None:
     """--sse, else LEPTON_S3_SSE, else what the last `up` used; "none" turns it off."""
-    value = asked or s.s3_sse or (stale or {}).get("sse") or None
+    value = asked or s.s3_sse or last or None
     if value is None or value.lower() == "none":
         return None
     if value not in SSE_MODES:
@@ -176,52 +250,89 @@ def _seaweedfs_cmd(d: Path, s3_port: int, internal: dict[str, int], s3_config: P
     ]
 
 
-def _service_ports(name: str, state: dict) -> list[int]:
+def _service_ports(name: str, state: StackState) -> list[int]:
     """The fixed ports of a service (those clients know); SeaweedFS's internal ones
     are chosen afresh at every start."""
-    p = state["ports"]
+    p = state.ports
     return {"seaweedfs": [p["s3"]], "mlflow": [p["mlflow"]], "prefect": [p["prefect"]],
             "serve": [p["serve"]]}.get(name, [])
+
+
+@dataclass(frozen=True)
+class ServiceCheck:
+    name: str  # one of SERVICES
+    where: str  # what `lepton status` shows: the address (the worker: its pool)
+    healthy: Callable[[], bool]
+
+
+def service_checks(home: Path, state: StackState) -> list[ServiceCheck]:
+    """How each service is told healthy, in SERVICES order: the one table that `up`
+    (keep a running service or restart it; wait for one it started) and `health`
+    (`lepton status`) both ask."""
+    u, creds = state.urls(), credentials(home)
+    return [
+        # a signed write, read and delete in the bucket (an S3 port that answers while
+        # writes fail is not healthy)
+        ServiceCheck("seaweedfs", u.s3, lambda: s3_roundtrip(u.s3, state.bucket or "", creds)),
+        ServiceCheck("mlflow", u.mlflow, lambda: http_ok(u.mlflow + "/health")),
+        ServiceCheck("prefect", u.prefect, lambda: http_ok(u.prefect_api + "/health")),
+        ServiceCheck("worker", f"pool {state.pool}",
+                     lambda: _worker_online(u.prefect_api, state.pool or "", home, state.record())),
+        ServiceCheck("serve", u.serve, lambda: http_ok(u.serve + "/healthz")),
+    ]
 
 
 class _Starter:
     """Starts the services of one `up`, each only when it is not already running."""
 
-    def __init__(self, s: Settings, state: dict, mlflow_db: str, prefect_db: str, echo):
+    def __init__(self, s: Settings, state: StackState, mlflow_db: str, prefect_db: str,
+                 echo: Callable[[str], None]):
         self.s, self.state, self.echo = s, state, echo
         self.mlflow_db, self.prefect_db = mlflow_db, prefect_db
         self.d = stack_dir(s.home)
         self.logs = self.d / "logs"
         self.creds = credentials(s.home)
-        self.u = urls(state)
+        self.u = state.urls()
         self.base = _base_env(s)
+        self.checks = {c.name: c.healthy for c in service_checks(s.home, state)}
         self.started: list[str] = []  # by this call
         self.kept: list[str] = []  # found running and healthy
 
     # -- one service: keep it when alive and healthy, else start it
-    def ensure(self, name: str, health, start) -> None:
-        pid = int(self.state["pids"].get(name) or 0)
+    def ensure(self, name: str, start: Callable[[], int]) -> None:
+        pid = self.state.pid(name)
         if pid_alive(pid):
-            if _healthy_within(health, pid, 30 if name != "worker" else 60):
+            if _healthy_within(self.checks[name], pid, 30 if name != "worker" else 60):
                 self.kept.append(name)
                 return
             self.echo(f"{name} (PID {pid}) is running but not healthy: restarting it")
             stop_group(pid, STOP_GRACE[name])
         else:
             kill_leftovers(pid)  # its workers may still hold the port
-            if pid and self.state.get("up"):
+            if pid and self.state.up:
                 self.echo(f"{name} is down: starting it again")
         for port in _service_ports(name, self.state):
             if not wait_port_free(port, name, PORT_RELEASE_WAIT, self.echo):
                 raise LeptonError(f"port {port} ({name}) is already in use; choose another with "
                                   f"--{'s3' if name == 'seaweedfs' else name}-port")
-        self.state["pids"][name] = start()
+        self.state.pids[name] = start()
         self.started.append(name)
-        write_state(self.s.home, self.state)
+        self.state.write(self.s.home)
 
-    def wait(self, name: str, what: str, health, timeout: float) -> None:
+    def wait(self, name: str, what: str, timeout: float) -> None:
+        """Wait for a service this call started to be healthy."""
         if name in self.started:
-            wait_healthy(what, health, self.state["pids"][name], timeout, self.logs / f"{name}.log")
+            wait_healthy(what, self.checks[name], self.state.pid(name), timeout, self.logs / f"{name}.log")
+
+    def wait_seaweedfs(self) -> None:
+        """A new store: its S3 port answers, then the bucket is made, then a write, read
+        and delete in it go through."""
+        if "seaweedfs" not in self.started:
+            return
+        pid, log = self.state.pid("seaweedfs"), self.logs / "seaweedfs.log"
+        wait_healthy("seaweedfs", lambda: s3_answers(self.u.s3), pid, 90, log)
+        _ensure_bucket(self.u.s3, self.state.bucket or "", self.creds)
+        wait_healthy("seaweedfs (a write, read and delete in the bucket)", self.checks["seaweedfs"], pid, 60, log)
 
     # -- the five services
     def seaweedfs(self) -> int:
@@ -234,14 +345,14 @@ class _Starter:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]})
         internal = dict(zip(("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc"),
-                            (free_port(avoid=self.state["ports"].values()) for _ in range(7))))
-        self.state["internal"] = internal
+                            (free_port(avoid=self.state.ports.values()) for _ in range(7))))
+        self.state.internal = internal
         weed_env = {**self.base, "WEED_S3_SSE_KEK_PASSPHRASE": creds["sse_kek_passphrase"],
                     "WEED_S3_SSE_KEK": creds["sse_kek"]}
-        if self.state["auth"]:
+        if self.state.auth:
             weed_env.update(_weed_jwt_env(creds))
         self.echo(f"starting seaweedfs (S3 on {self.u.s3}) ...")
-        return _spawn(self.s, "seaweedfs", _seaweedfs_cmd(d, self.state["ports"]["s3"], internal, s3_config),
+        return _spawn(self.s, "seaweedfs", _seaweedfs_cmd(d, self.state.ports["s3"], internal, s3_config),
                       weed_env)
 
     def mlflow(self) -> int:
@@ -251,18 +362,18 @@ class _Starter:
                "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
                "AWS_DEFAULT_REGION": "us-east-1",
                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        if state["sse"]:
-            env["MLFLOW_S3_UPLOAD_EXTRA_ARGS"] = json.dumps({"ServerSideEncryption": state["sse"]})
+        if state.sse:
+            env["MLFLOW_S3_UPLOAD_EXTRA_ARGS"] = json.dumps({"ServerSideEncryption": state.sse})
         auth = []
-        if state["auth"]:
+        if state.auth:
             env.update({"MLFLOW_AUTH_CONFIG_PATH": str(self._mlflow_auth_ini()),
                         "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["mlflow_flask_secret"]})
             auth = ["--app-name", "basic-auth"]
         self.echo(f"starting mlflow ({u.mlflow}) ...")
         return _spawn(self.s, "mlflow", [
             _bin("mlflow"), "server", "--backend-store-uri", self.mlflow_db,
-            "--artifacts-destination", f"s3://{state['bucket']}/mlflow", "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(state["ports"]["mlflow"]), "--workers", "1", *auth,
+            "--artifacts-destination", f"s3://{state.bucket}/mlflow", "--serve-artifacts",
+            "--host", "127.0.0.1", "--port", str(state.ports["mlflow"]), "--workers", "1", *auth,
         ], env)
 
     def _mlflow_auth_ini(self) -> Path:
@@ -282,30 +393,30 @@ class _Starter:
         u, state = self.u, self.state
         env = {**self.base, "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.prefect_db,
                "PREFECT_UI_API_URL": u.prefect_api, "PREFECT_SERVER_API_HOST": "127.0.0.1",
-               "PREFECT_SERVER_API_PORT": str(state["ports"]["prefect"])}
-        if state["auth"]:
+               "PREFECT_SERVER_API_PORT": str(state.ports["prefect"])}
+        if state.auth:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.creds["prefect_auth_string"]
         self.echo(f"starting prefect ({u.prefect}) ...")
         return _spawn(self.s, "prefect", [
-            _bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(state["ports"]["prefect"]),
+            _bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(state.ports["prefect"]),
         ], env)
 
     def client_env(self) -> dict[str, str]:
-        return {**self.base, **client_env(self.s, self.state)}
+        return {**self.base, **client_env(self.s, self.state.record())}
 
     def worker(self) -> int:
         from lepton.deploy import worker_env  # heartbeats, so a run whose process dies is rerun
 
         self.echo("starting the worker ...")
         return _spawn(self.s, "worker", [
-            _bin("prefect"), "worker", "start", "--pool", self.state["pool"], "--type", "process",
+            _bin("prefect"), "worker", "start", "--pool", self.state.pool or "", "--type", "process",
             "--name", f"lepton-{socket.gethostname()}",
         ], {**self.client_env(), **worker_env()})
 
     def serve(self) -> int:
         self.echo(f"starting the model server ({self.u.serve}) ...")
         return _spawn(self.s, "serve", [
-            _bin("lepton"), "serve", "--host", "127.0.0.1", "--port", str(self.state["ports"]["serve"]),
+            _bin("lepton"), "serve", "--host", "127.0.0.1", "--port", str(self.state.ports["serve"]),
         ], self.client_env())
 
 
@@ -319,7 +430,7 @@ def _weed_jwt_env(creds: dict) -> dict[str, str]:
             "WEED_JWT_FILER_SIGNING_READ_KEY": creds["weed_filer_jwt_read_key"]}
 
 
-def _healthy_within(check, pid: int, timeout: float) -> bool:
+def _healthy_within(check: Callable[[], bool], pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -330,102 +441,121 @@ def _healthy_within(check, pid: int, timeout: float) -> bool:
     return False
 
 
-def up(s: Settings, db_url: str | None, ports: dict[str, int | None], echo=print,
-       sse: str | None = None, auth: bool | None = None) -> dict:
-    """Start the stack, or what is missing of it: services that run and answer keep
-    their processes; dead ones are started again (after their port is released).
-    Returns the state."""
-    stale = read_state(s.home) or {}
-    survivors = [n for n in SERVICES if pid_alive(int(stale.get("pids", {}).get(n) or 0))]
-    d = stack_dir(s.home)
-    d.mkdir(parents=True, exist_ok=True)
-    asked_sse = _choose_sse(sse, stale, s)
-    asked_auth = (stale.get("auth", True) if stale.get("pids") else True) if auth is None else auth
-    chosen = {k: int(ports.get(k) or stale.get("ports", {}).get(k) or DEFAULT_PORTS[k]) for k in DEFAULT_PORTS}
+# ---------------------------------------------------------------- up
+def _choose_ports(asked: Mapping[str, int | None], stale: StackState) -> dict[str, int]:
+    """--PORT options, else the last up's, else the defaults; each service its own."""
+    chosen = {k: int(asked.get(k) or stale.ports.get(k) or DEFAULT_PORTS[k]) for k in DEFAULT_PORTS}
     clash = sorted({p for p in chosen.values() if list(chosen.values()).count(p) > 1})
     if clash:
         names = ", ".join(k for k, p in chosen.items() if p == clash[0])
         raise LeptonError(f"port {clash[0]} is given to more than one service ({names}); "
                           "give each its own with --prefect-port, --mlflow-port, --s3-port and --serve-port")
+    return chosen
+
+
+def _as_running(stale: StackState, chosen: dict[str, int], sse: str | None, asked_sse: str | None,
+                auth: bool | None) -> tuple[str | None, bool]:
+    """With services still running, what is asked must be what they run with; returns
+    their (sse, auth)."""
+    if sse is not None and asked_sse != stale.sse:
+        raise LeptonError("the stack is already running with another encryption setting; `lepton down` first")
+    if auth is not None and auth != bool(stale.auth):
+        raise LeptonError("the stack is already running with another authentication setting; "
+                          "`lepton down` first")
+    if chosen != {**DEFAULT_PORTS, **stale.ports}:
+        raise LeptonError("the stack is already running on other ports; `lepton down` first")
+    return stale.sse, bool(stale.auth)
+
+
+def _claim_ports(stale: StackState, chosen: dict[str, int], echo: Callable[[str], None]) -> None:
+    """Nothing of the last stack runs: end what its servers left, and make sure every
+    chosen port is free."""
+    for name in SERVICES:  # a crashed stack's servers may have left workers holding its ports
+        kill_leftovers(stale.pid(name))
+    for name, port in chosen.items():
+        # a port of this home's last stack may take a moment to be released; any other is taken
+        ours = stale.pids and port == stale.ports.get(name)
+        if not (port_free(port) or (ours and wait_port_free(port, name, PORT_RELEASE_WAIT, echo))):
+            raise LeptonError(f"port {port} ({name}) is already in use; choose another with --{name}-port")
+
+
+def _next_state(s: Settings, stale: StackState, survivors: list[str], db_url: str | None,
+                ports: Mapping[str, int | None], echo: Callable[[str], None], sse: str | None,
+                auth: bool | None) -> StackState:
+    """What this `up` runs with: checked against what still runs of the last one."""
+    asked_sse = _choose_sse(sse, stale.sse, s)
+    # a record from before authentication was kept: on, unless its services still run
+    last_auth = True if stale.auth is None else stale.auth
+    asked_auth = (last_auth if stale.pids else True) if auth is None else auth
+    chosen = _choose_ports(ports, stale)
     if survivors:
-        if sse is not None and asked_sse != stale.get("sse"):
-            raise LeptonError("the stack is already running with another encryption setting; `lepton down` first")
-        if auth is not None and auth != stale.get("auth", False):
-            raise LeptonError("the stack is already running with another authentication setting; "
-                              "`lepton down` first")
-        if chosen != {**DEFAULT_PORTS, **stale["ports"]}:
-            raise LeptonError("the stack is already running on other ports; `lepton down` first")
-        asked_sse, asked_auth = stale.get("sse"), stale.get("auth", False)
+        asked_sse, asked_auth = _as_running(stale, chosen, sse, asked_sse, auth)
     else:
-        for name in SERVICES:  # a crashed stack's servers may have left workers holding its ports
-            kill_leftovers(int(stale.get("pids", {}).get(name) or 0))
-        for name, port in chosen.items():
-            # a port of this home's last stack may take a moment to be released; any other is taken
-            ours = stale.get("pids") and port == stale.get("ports", {}).get(name)
-            if not (port_free(port) or (ours and wait_port_free(port, name, PORT_RELEASE_WAIT, echo))):
-                raise LeptonError(f"port {port} ({name}) is already in use; choose another with --{name}-port")
-    db_url = db_url or stale.get("db_url") or s.db_url
-    if survivors and db_url != stale.get("db_url"):
+        _claim_ports(stale, chosen, echo)
+    db_url = db_url or stale.db_url or s.db_url
+    if survivors and db_url != stale.db_url:
         raise LeptonError("the stack is already running on another database; `lepton down` first")
+    return StackState(
+        up=stale.up, db_url=db_url, ports=chosen,
+        bucket=stale.bucket if survivors else s.s3_bucket,
+        pool=stale.pool if survivors else s.work_pool,
+        sse=asked_sse, auth=bool(asked_auth),
+        pids={n: stale.pid(n) for n in SERVICES},
+        internal=stale.internal or None,
+    )
+
+
+def _databases(db_url: str | None, d: Path) -> tuple[str, str]:
+    """(MLflow's, Prefect's) backend store URLs."""
     if db_url:
-        mlflow_db, prefect_db = _pg_databases(db_url)
-    else:
-        mlflow_db = f"sqlite:///{d / 'mlflow.db'}"
-        prefect_db = f"sqlite+aiosqlite:///{d / 'prefect.db'}"
-    state = {
-        "up": bool(stale.get("up")), "db_url": db_url, "ports": chosen,
-        "bucket": stale.get("bucket") if survivors else s.s3_bucket,
-        "pool": stale.get("pool") if survivors else s.work_pool,
-        # server-side encryption asked for on every write (MLflow's server and DVC)
-        "sse": asked_sse,
-        # authentication on every service (`up --no-auth`: off)
-        "auth": bool(asked_auth),
-        "pids": {n: int(stale.get("pids", {}).get(n) or 0) for n in SERVICES},
-        **({"internal": stale["internal"]} if stale.get("internal") else {}),
-    }
+        return _pg_databases(db_url)
+    return f"sqlite:///{d / 'mlflow.db'}", f"sqlite+aiosqlite:///{d / 'prefect.db'}"
+
+
+def _bring_up(go: _Starter) -> None:
+    # 1. the object store
+    go.ensure("seaweedfs", go.seaweedfs)
+    go.wait_seaweedfs()
+    # 2. both servers at once: they take tens of seconds each to boot
+    go.ensure("mlflow", go.mlflow)
+    go.ensure("prefect", go.prefect)
+    go.wait("prefect", "prefect server", 180)
+    go.wait("mlflow", "mlflow server", 240)
+    # 3. the worker, with everything a flow run needs to reach the stack
+    go.ensure("worker", go.worker)
+    go.wait("worker", "prefect worker", 120)
+    # 4. the model server: follows @champion of the default model, token required
+    go.ensure("serve", go.serve)
+    go.wait("serve", "model server", 120)
+
+
+def up(s: Settings, db_url: str | None, ports: dict[str, int | None], echo=print,
+       sse: str | None = None, auth: bool | None = None) -> dict:
+    """Start the stack, or what is missing of it: services that run and answer keep
+    their processes; dead ones are started again (after their port is released).
+    Returns the state (the record `lepton up` leaves in `<home>/stack/stack.json`)."""
+    stale = StackState.read(s.home) or StackState()
+    survivors = [n for n in SERVICES if pid_alive(stale.pid(n))]
+    d = stack_dir(s.home)
+    d.mkdir(parents=True, exist_ok=True)
+    state = _next_state(s, stale, survivors, db_url, ports, echo, sse, auth)
+    mlflow_db, prefect_db = _databases(state.db_url, d)
     if survivors:
         echo(f"running: {', '.join(survivors)} (kept as they are)")
     go = _Starter(s, state, mlflow_db, prefect_db, echo)
-    u, creds = go.u, go.creds
     try:
-        # 1. the object store, healthy when a signed write, read and delete go through
-        s3_check = lambda: s3_roundtrip(u.s3, state["bucket"], creds)  # noqa: E731
-        go.ensure("seaweedfs", s3_check, go.seaweedfs)
-        if "seaweedfs" in go.started:
-            wait_healthy("seaweedfs", lambda: s3_answers(u.s3), state["pids"]["seaweedfs"], 90,
-                         go.logs / "seaweedfs.log")
-            _ensure_bucket(u.s3, state["bucket"], creds)
-            wait_healthy("seaweedfs (a write, read and delete in the bucket)", s3_check,
-                         state["pids"]["seaweedfs"], 60, go.logs / "seaweedfs.log")
-
-        # 2. both servers at once: they take tens of seconds each to boot
-        prefect_check = lambda: http_ok(u.prefect_api + "/health")  # noqa: E731
-        mlflow_check = lambda: http_ok(u.mlflow + "/health")  # noqa: E731
-        go.ensure("mlflow", mlflow_check, go.mlflow)
-        go.ensure("prefect", prefect_check, go.prefect)
-        go.wait("prefect", "prefect server", prefect_check, 180)
-        go.wait("mlflow", "mlflow server", mlflow_check, 240)
-
-        # 3. the worker, with everything a flow run needs to reach the stack
-        worker_check = lambda: _worker_online(u.prefect_api, state["pool"], s.home, state)  # noqa: E731
-        go.ensure("worker", worker_check, go.worker)
-        go.wait("worker", "prefect worker", worker_check, 120)
-
-        # 4. the model server: follows @champion of the default model, token required
-        serve_check = lambda: http_ok(u.serve + "/healthz")  # noqa: E731
-        go.ensure("serve", serve_check, go.serve)
-        go.wait("serve", "model server", serve_check, 120)
+        _bring_up(go)
     except BaseException:
         # what this call started goes; what was running before stays as it was
         for name in reversed(go.started):
-            stop_group(int(state["pids"].get(name) or 0))
-        write_state(s.home, state)
+            stop_group(state.pid(name))
+        state.write(s.home)
         raise
-    state["up"] = True
-    write_state(s.home, state)
+    state.up = True
+    state.write(s.home)
     if go.started and go.kept:
         echo(f"started again: {', '.join(go.started)}; kept: {', '.join(go.kept)}")
-    return state
+    return state.record()
 
 
 def _ensure_bucket(endpoint: str, bucket: str, creds: dict) -> None:
@@ -435,7 +565,7 @@ def _ensure_bucket(endpoint: str, bucket: str, creds: dict) -> None:
     c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                      aws_access_key_id=creds["aws_access_key_id"],
                      aws_secret_access_key=creds["aws_secret_access_key"])
-    for attempt in range(30):
+    for _ in range(30):
         try:
             c.head_bucket(Bucket=bucket)
             return
@@ -473,39 +603,30 @@ STOP_GRACE = {"serve": 10.0, "worker": 15.0, "prefect": 15.0, "mlflow": 15.0, "s
 
 
 def down(s: Settings) -> list[str]:
-    st = read_state(s.home)
+    st = StackState.read(s.home)
     if not st:
         return []
     stopped = []
     for name in reversed(SERVICES):
-        pid = int(st.get("pids", {}).get(name) or 0)
+        pid = st.pid(name)
         if pid_alive(pid):
             stop_group(pid, STOP_GRACE[name])
             stopped.append(name)
         else:  # a leader killed alone leaves its workers (MLflow's uvicorn) serving
             kill_leftovers(pid)
-    st["up"] = False
-    write_state(s.home, st)
+    st.up = False
+    st.write(s.home)
     return stopped
 
 
 def health(s: Settings) -> dict[str, dict]:
     """Each service: its address, whether its process runs, whether it is healthy
-    (SeaweedFS: a signed write, read and delete in the bucket go through)."""
-    st = read_state(s.home)
+    (by `service_checks`, the checks `up` uses)."""
+    st = StackState.read(s.home)
     if not st:
         return {}
-    u = urls(st)
-    creds = credentials(s.home)
-    checks = {
-        "seaweedfs": (u.s3, lambda: s3_roundtrip(u.s3, st["bucket"], creds)),
-        "mlflow": (u.mlflow, lambda: http_ok(u.mlflow + "/health")),
-        "prefect": (u.prefect, lambda: http_ok(u.prefect_api + "/health")),
-        "worker": (f"pool {st['pool']}", lambda: _worker_online(u.prefect_api, st["pool"], s.home, st)),
-        "serve": (u.serve, lambda: http_ok(u.serve + "/healthz")),
-    }
     out = {}
-    for name, (where, check) in checks.items():
-        alive = pid_alive(int(st.get("pids", {}).get(name) or 0))
-        out[name] = {"url": where, "running": alive, "healthy": bool(alive and check())}
+    for c in service_checks(s.home, st):
+        alive = pid_alive(st.pid(c.name))
+        out[c.name] = {"url": c.where, "running": alive, "healthy": bool(alive and c.healthy())}
     return out

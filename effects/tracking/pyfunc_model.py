@@ -13,7 +13,11 @@ Output: a DataFrame with `label` (class index), `class_name` and `probabilities`
 
 from __future__ import annotations
 
+from typing import Any
+
 import mlflow.pyfunc
+import numpy as np
+import pandas as pd
 from mlflow.models import set_model
 
 
@@ -23,9 +27,10 @@ class LeptonClassifier(mlflow.pyfunc.PythonModel):
 
         self.predictor = Predictor.from_checkpoint(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # The logged signature, not this hint, checks the input: images arrive as an
+    # ndarray, a table's rows as a DataFrame. MLflow validates and converts nothing for
+    # an ndarray hint (it infers no schema from one), and asks for no hint on every load.
+    def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         p = self.predictor.predict(model_input)
         return pd.DataFrame({"label": p.labels, "class_name": p.names,
                              "probabilities": [row.tolist() for row in p.probabilities]})

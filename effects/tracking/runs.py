@@ -112,20 +112,33 @@ def log_params_and_tags(c: MlflowClient, run_id: str, params: dict[str, str], ta
         )
 
 
-def git_commit(project_dir: Path) -> str:
-    """HEAD of the project's git checkout (suffix '-dirty' with local changes)."""
+# the folder that holds Lepton's packages: its checkout, or site-packages when installed
+CODE_DIR = Path(__file__).resolve().parents[2]
+
+
+def _head(folder: Path) -> str | None:
     try:
         head = subprocess.run(
-            ["git", "-C", str(project_dir), "rev-parse", "HEAD"],
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
             capture_output=True, text=True, timeout=10, check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(project_dir), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=10,
         ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+
+
+def git_commit(project_dir: Path, code_dir: Path = CODE_DIR) -> str:
+    """HEAD of the project's git checkout (suffix '-dirty' with local changes); for a
+    command started outside any checkout, HEAD of the checkout whose code ran;
+    "unknown" when neither is a git checkout (an installed package run elsewhere)."""
+    for folder in dict.fromkeys([Path(project_dir), Path(code_dir)]):
+        if (head := _head(folder)) is not None:
+            return head
+    return "unknown"
 
 
 # ---------------------------------------------------------------- runs of killed processes

@@ -34,7 +34,19 @@ def test_batched_logger_sends_few_calls_and_loses_nothing(tmp_path):
 def test_git_commit_of_a_non_repo_is_unknown(tmp_path):
     from effects.tracking.runs import git_commit
 
-    assert git_commit(tmp_path) == "unknown"
+    assert git_commit(tmp_path, code_dir=tmp_path) == "unknown"
+
+
+def test_a_command_started_outside_the_checkout_records_the_commit_of_the_code_that_ran(tmp_path):
+    import subprocess
+
+    from effects.tracking.runs import CODE_DIR, git_commit
+    from tests.conftest import ROOT
+
+    assert CODE_DIR == ROOT  # the tests run the checkout's own code
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert git_commit(tmp_path).removesuffix("-dirty") == head
 
 
 def test_concurrent_runs_log_one_new_data_version_without_a_race(tmp_path):

@@ -136,6 +136,22 @@ def test_champion_loads_with_stock_mlflow_and_predicts(runs, lepton_env):
         model.predict(x.astype(np.float32) / 255.0)
 
 
+def test_stock_mlflow_loads_the_champion_without_asking_for_type_hints(runs, lepton_env, tmp_path):
+    """A load in a new process (another folder) prints none of MLflow's warnings about
+    the pyfunc's `predict` (it has type hints MLflow accepts)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import mlflow, warnings; warnings.simplefilter('always'); "
+            f"mlflow.set_tracking_uri({lepton_env[1]['MLFLOW_TRACKING_URI']!r}); "
+            "m = mlflow.pyfunc.load_model('models:/lepton-digits@champion'); print('loaded', type(m).__name__)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONWARNINGS": "always"})
+    assert r.returncode == 0 and "loaded PyFuncModel" in r.stdout, r.stderr[-2000:]
+    assert "type hint" not in r.stderr.lower(), r.stderr[-2000:]
+
+
 def test_force_promote_then_rollback(runs):
     from flows.registry import promote_flow, rollback_flow
     from effects.tracking.registry import registry_status
