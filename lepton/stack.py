@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from effects.runtime import s3
 from effects.runtime.procs import (
     free_port,
     http_ok,
@@ -129,18 +130,17 @@ def s3_answers(url: str) -> bool:
         return False
 
 
+def _keys(creds: dict) -> dict:
+    return {k: creds[k] for k in ("aws_access_key_id", "aws_secret_access_key")}
+
+
 def s3_roundtrip(endpoint: str, bucket: str, creds: dict, timeout: float = 5.0) -> bool:
     """A signed write, read and delete of a small object in the bucket all go
     through (an S3 port that answers while writes fail is not healthy)."""
-    import boto3
-    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
-    c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                     aws_access_key_id=creds["aws_access_key_id"],
-                     aws_secret_access_key=creds["aws_secret_access_key"],
-                     config=Config(connect_timeout=timeout, read_timeout=timeout,
-                                   retries={"max_attempts": 1, "mode": "standard"}))
+    c = s3.client(endpoint, attempts=2, connect_timeout=timeout, read_timeout=timeout, creds=_keys(creds),
+                  region="us-east-1")
     key = f"_lepton/health/{secrets.token_hex(8)}"
     body = secrets.token_bytes(64)
     try:
@@ -559,12 +559,9 @@ def up(s: Settings, db_url: str | None, ports: dict[str, int | None], echo=print
 
 
 def _ensure_bucket(endpoint: str, bucket: str, creds: dict) -> None:
-    import boto3
     from botocore.exceptions import ClientError
 
-    c = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                     aws_access_key_id=creds["aws_access_key_id"],
-                     aws_secret_access_key=creds["aws_secret_access_key"])
+    c = s3.client(endpoint, creds=_keys(creds), region="us-east-1")
     for _ in range(30):
         try:
             c.head_bucket(Bucket=bucket)
