@@ -92,31 +92,11 @@ def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, feature_col
     are class ids (ints, or labels of any type) and are treated as categorical.
     `prediction_method` and `prediction_threshold` pick the Evidently test for prediction
     drift; a threshold of None means the method's default."""
-    import pandas as pd
-
-    from evidently import DataDefinition, Dataset, MulticlassClassification, Report
-    from evidently import __version__ as evidently_version
-    from evidently.metrics import ValueDrift
-    from evidently.presets import ClassificationPreset, DataDriftPreset, DataSummaryPreset
-
     features = list(dict.fromkeys(feature_columns))
-    if not features:
-        raise ValueError("feature_columns is empty")
-    for name, frame in (("reference", reference), ("current", current)):
-        if len(frame) == 0:
-            raise ValueError(f"the {name} frame has no rows")
-        missing = [c for c in features + [prediction_column] if c not in frame.columns]
-        if missing:
-            raise ValueError(f"the {name} frame lacks columns {missing}")
-    has_conf = confidence_column is not None and all(confidence_column in f.columns for f in (reference, current))
-    has_label = label_column is not None and all(label_column in f.columns for f in (reference, current))
-    roles = [prediction_column] + ([confidence_column] if has_conf else []) + ([label_column] if has_label else [])
-    clash = sorted((set(roles) & set(features)) | {c for c in roles if roles.count(c) > 1})
-    if clash:
-        raise ValueError(f"columns {clash} have more than one role (feature/prediction/confidence/label)")
-
-    numerical = features + ([confidence_column] if has_conf else [])
-    categorical = [prediction_column] + ([label_column] if has_label else [])
+    has_conf, has_label = _check_columns(reference, current, features, prediction_column, confidence_column,
+                                         label_column)
+    numerical = features + ([confidence_column] if has_conf and confidence_column else [])
+    categorical = [prediction_column] + ([label_column] if has_label and label_column else [])
     ref = _prepare(reference, numerical, categorical)
     cur = _prepare(current, numerical, categorical)
 
@@ -128,32 +108,11 @@ def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, feature_col
         log.warning("labels or predictions have missing values: ClassificationPreset left out of the "
                     "Evidently report; quality computed on the %d/%d labelled rows",
                     quality["rows_labelled_reference"], quality["rows_labelled_current"])
-
-    definition = DataDefinition(
-        numerical_columns=numerical, categorical_columns=categorical,
-        classification=[MulticlassClassification(target=label_column, prediction_labels=prediction_column)]
-        if with_classification else None)
-    items: list[Any] = [
-        DataDriftPreset(columns=features),
-        ValueDrift(column=prediction_column, method=prediction_method, threshold=prediction_threshold),
-    ]
-    if has_conf:
-        items.append(ValueDrift(column=confidence_column))
-    items.append(DataSummaryPreset())
-    if with_classification:
-        items.append(ClassificationPreset())
-
-    report = Report(items, include_tests=True, metadata={"title": title})
-    with warnings.catch_warnings():
-        # pandas FutureWarnings raised inside evidently (e.g. downcasting in `replace`)
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"evidently(\.|$)")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"evidently(\.|$)")
-        # a drifted batch may predict no sample of some class: precision 0 there is expected
-        warnings.filterwarnings("ignore", message=".*ill-defined.*")
-        snapshot = report.run(Dataset.from_pandas(cur, data_definition=definition),
-                              Dataset.from_pandas(ref, data_definition=definition), name=title)
-        page = snapshot.get_html_str(as_iframe=False)  # exactly what snapshot.save_html writes
-        raw = json.loads(snapshot.json())               # == snapshot.dict(), numpy types made plain
+    page, raw, version = _evidently_run(
+        ref, cur, features, numerical, categorical, title, prediction_column=prediction_column,
+        confidence_column=confidence_column if has_conf else None,
+        label_column=label_column if with_classification else None,
+        prediction_method=prediction_method, prediction_threshold=prediction_threshold)
 
     drifts = _value_drifts(raw)
     columns = {c: _need(drifts, c) for c in features}
@@ -168,16 +127,79 @@ def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, feature_col
         "rows_reference": int(len(ref)),
         "missing_share": _missing_shares(raw, cur, numerical + categorical),
     }
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = DriftResult(
         columns=columns, share_drifted=share,
         prediction=_need(drifts, prediction_column),
-        confidence=_need(drifts, confidence_column) if has_conf else None,
+        confidence=_need(drifts, confidence_column) if has_conf and confidence_column else None,
         quality=quality, data_quality=data_quality,
         html_path=out / HTML_NAME, json_path=out / JSON_NAME)
+    _write_report(result, page, raw, title, version)
+    return result
 
+
+def _check_columns(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], prediction_column: str,
+                   confidence_column: str | None, label_column: str | None) -> tuple[bool, bool]:
+    """ValueError unless both frames hold rows and the named columns, each column in one
+    role; returns whether the confidence and label columns are there."""
+    if not features:
+        raise ValueError("feature_columns is empty")
+    for name, frame in (("reference", reference), ("current", current)):
+        if len(frame) == 0:
+            raise ValueError(f"the {name} frame has no rows")
+        missing = [c for c in features + [prediction_column] if c not in frame.columns]
+        if missing:
+            raise ValueError(f"the {name} frame lacks columns {missing}")
+    has_conf = confidence_column is not None and all(confidence_column in f.columns for f in (reference, current))
+    has_label = label_column is not None and all(label_column in f.columns for f in (reference, current))
+    roles = [prediction_column] + ([confidence_column] if has_conf else []) + ([label_column] if has_label else [])
+    clash = sorted((set(roles) & set(features)) | {c for c in roles if roles.count(c) > 1})
+    if clash:
+        raise ValueError(f"columns {clash} have more than one role (feature/prediction/confidence/label)")
+    return has_conf, has_label
+
+
+def _evidently_run(ref: pd.DataFrame, cur: pd.DataFrame, features: list[str], numerical: list[str],
+                   categorical: list[str], title: str, *, prediction_column: str, confidence_column: str | None,
+                   label_column: str | None, prediction_method: str,
+                   prediction_threshold: float | None) -> tuple[str, dict, str]:
+    """One Evidently Report (classification quality only with `label_column`): its HTML
+    page, its Snapshot.dict() and Evidently's version."""
+    from evidently import DataDefinition, Dataset, MulticlassClassification, Report
+    from evidently import __version__ as evidently_version
+    from evidently.metrics import ValueDrift
+    from evidently.presets import ClassificationPreset, DataDriftPreset, DataSummaryPreset
+
+    definition = DataDefinition(
+        numerical_columns=numerical, categorical_columns=categorical,
+        classification=[MulticlassClassification(target=label_column, prediction_labels=prediction_column)]
+        if label_column else None)
+    items: list[Any] = [
+        DataDriftPreset(columns=features),
+        ValueDrift(column=prediction_column, method=prediction_method, threshold=prediction_threshold),
+    ]
+    if confidence_column:
+        items.append(ValueDrift(column=confidence_column))
+    items.append(DataSummaryPreset())
+    if label_column:
+        items.append(ClassificationPreset())
+
+    report = Report(items, include_tests=True, metadata={"title": title})
+    with warnings.catch_warnings():
+        # pandas FutureWarnings raised inside evidently (e.g. downcasting in `replace`)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"evidently(\.|$)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"evidently(\.|$)")
+        # a drifted batch may predict no sample of some class: precision 0 there is expected
+        warnings.filterwarnings("ignore", message=".*ill-defined.*")
+        snapshot = report.run(Dataset.from_pandas(cur, data_definition=definition),
+                              Dataset.from_pandas(ref, data_definition=definition), name=title)
+        page = snapshot.get_html_str(as_iframe=False)  # exactly what snapshot.save_html writes
+        raw = json.loads(snapshot.json())               # == snapshot.dict(), numpy types made plain
+    return page, raw, evidently_version
+
+
+def _write_report(result: DriftResult, page: str, raw: dict, title: str, evidently_version: str) -> None:
     head = f"<head>\n    <title>{_html.escape(title)}</title>"
     atomic_write(result.html_path, page.replace("<head>", head, 1))
     payload = {
@@ -188,7 +210,6 @@ def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, feature_col
         **raw,  # Evidently's Snapshot.dict(): "metrics" and "tests"
     }
     atomic_write(result.json_path, json.dumps(payload, indent=1, default=str))
-    return result
 
 
 # --- inputs -----------------------------------------------------------------------------
