@@ -16,14 +16,19 @@ UV_FIND_LINKS_ARGS := $(foreach f,$(FIND_LINKS),--find-links $(f))
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast bench repro lock clean-state help browser
+.PHONY: install demo test test-fast lint docs hooks postgres bench repro lock clean-state help browser
 
 help:
-	@echo "make demo   - set up (first time) and run the retraining loop on the bundled digits"
-	@echo "make test   - set up (first time) and run the whole test suite"
-	@echo "make repro  - dvc repro: prepare -> train -> evaluate from params.yaml, no Prefect"
-	@echo "make bench  - run benchmarks/overhead.py"
-	@echo "make lock   - re-pin requirements.lock from requirements.in"
+	@echo "make demo      - set up (first time) and run the retraining loop on the bundled digits"
+	@echo "make test      - set up (first time), lint, and run the whole test suite"
+	@echo "                 (needs PostgreSQL at 127.0.0.1:5432 and Debian's chromium)"
+	@echo "make test-fast - lint, then the tests that need no PostgreSQL, live stack or browser"
+	@echo "make lint      - ruff check, ruff format --check, mypy, lint-imports"
+	@echo "make docs      - serve the documentation site (mkdocs serve)"
+	@echo "make hooks     - install the git pre-commit hook (.pre-commit-config.yaml)"
+	@echo "make repro     - dvc repro: prepare -> train -> evaluate from params.yaml, no Prefect"
+	@echo "make bench     - run benchmarks/overhead.py"
+	@echo "make lock      - re-pin requirements.lock from requirements.in"
 
 install: $(STAMP)
 
@@ -45,13 +50,46 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || { echo "error: the dashboard tests need Debian's chromium (apt-get install chromium)" >&2; exit 1; }
 
-test: $(STAMP) browser
-	$(BIN)/lint-imports --no-cache
+# PostgreSQL at 127.0.0.1:5432 (the `postgres` tests): started with pg_ctlcluster
+# when it is installed but down; otherwise `make test` stops here, saying so.
+PG_HOST := 127.0.0.1
+PG_PORT := 5432
+PG_UP   := $(BIN)/python -c "import socket; socket.create_connection(('$(PG_HOST)', $(PG_PORT)), 2).close()" 2>/dev/null
+
+postgres: $(STAMP)
+	@$(PG_UP) && exit 0; \
+	down=$$(command -v pg_ctlcluster >/dev/null 2>&1 && command -v pg_lsclusters >/dev/null 2>&1 && \
+	  pg_lsclusters -h | awk '$$3 == $(PG_PORT) && $$4 != "online" {print $$1 "/" $$2}'); \
+	for c in $$down; do \
+	  echo "starting PostgreSQL $$c for the postgres tests"; pg_ctlcluster $${c%/*} $${c#*/} start; done; \
+	if [ -n "$$down" ]; then for i in 1 2 3 4 5 6 7 8 9 10; do $(PG_UP) && exit 0; sleep 1; done; fi; \
+	echo "error: make test needs PostgreSQL at $(PG_HOST):$(PG_PORT) (trust auth) and none answers; start it, or run make test-fast" >&2; \
+	exit 1
+
+# Every check runs, so one pass shows all findings; any finding fails the target.
+lint: $(STAMP)
+	@rc=0; \
+	echo "ruff check ."; $(BIN)/ruff check . || rc=1; \
+	echo "ruff format --check ."; $(BIN)/ruff format --check . || rc=1; \
+	echo "mypy (packages and strictness: pyproject.toml [tool.mypy])"; $(BIN)/mypy || rc=1; \
+	echo "lint-imports --no-cache"; $(BIN)/lint-imports --no-cache || rc=1; \
+	exit $$rc
+
+test: $(STAMP) lint postgres browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
-	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+# No server to provide: the tests marked slow, postgres, live or browser are left
+# out (tests/conftest.py marks them); a few minutes on two cores.
+test-fast: $(STAMP) lint
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow and not postgres and not live and not browser" $(PYTEST_ARGS)
+
+# mkdocs.yml at the root; http://127.0.0.1:8000 by default (MKDOCS_ARGS="-a HOST:PORT")
+docs: $(STAMP)
+	$(BIN)/mkdocs serve $(MKDOCS_ARGS)
+
+# The checks of `make lint`, before each commit, from the virtual environment
+hooks: $(STAMP)
+	$(BIN)/pre-commit install
 
 repro: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

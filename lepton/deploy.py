@@ -33,7 +33,9 @@ project folder (/opt/lepton in lepton:cpu and lepton:cuda).
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
+from typing import Any, cast
 
 from lepton_core.drift import DRIFT_EVENT
 from lepton_core.errors import LeptonError
@@ -42,8 +44,10 @@ from lepton_core.params import SECTIONS, DeployParams, Params
 DEPLOYMENT_NAME = "lepton"
 AUTOMATION_NAME = "lepton-retrain-on-drift"
 POOL_TYPES = ("process", "kubernetes")
-# the base job template of Kubernetes pools: next to the package in a checkout and in the images
-KUBERNETES_TEMPLATE = Path(__file__).resolve().parents[1] / "infra" / "work-pools" / "kubernetes.json"
+# the base job template of Kubernetes pools, relative to infra/ (infra_path)
+KUBERNETES_TEMPLATE = "work-pools/kubernetes.json"
+# infra/ of a checkout (and of the images, which hold one in /opt/lepton)
+CHECKOUT_INFRA = Path(__file__).resolve().parents[1] / "infra"
 GPU_IMAGE = "lepton:cuda"  # infra/Dockerfile.cuda
 
 
@@ -52,17 +56,32 @@ def training_job_variables(deploy: DeployParams) -> dict:
     template turns gpu_count into limits["nvidia.com/gpu"] and memory_* / cpu_request
     into the container's resources. Memory request = limit: a pod above its request
     is the first one evicted under pressure, and a training run should not be."""
-    jv: dict = {"gpu_count": deploy.gpus, "memory_request": deploy.memory, "memory_limit": deploy.memory,
-                "cpu_request": deploy.cpu}
+    jv: dict = {
+        "gpu_count": deploy.gpus,
+        "memory_request": deploy.memory,
+        "memory_limit": deploy.memory,
+        "cpu_request": deploy.cpu,
+    }
     image = deploy.image or (GPU_IMAGE if deploy.gpus else None)
     if image:
         jv["image"] = image
     return jv
 
 
+def infra_path(relative: str) -> Path:
+    """A file of infra/ that Lepton itself reads: the copy an installed package ships
+    (package data under lepton/_infra, pyproject.toml), else the checkout's infra/
+    (a checkout, an editable install, the images)."""
+    shipped = resources.files(__package__ or "lepton") / "_infra" / relative
+    if isinstance(shipped, Path) and shipped.is_file():
+        return shipped
+    return CHECKOUT_INFRA / relative
+
+
 def load_base_job_template(path: str | Path | None = None) -> dict:
-    """A work pool's base job template (`prefect work-pool create --base-job-template FILE`)."""
-    path = Path(path) if path is not None else KUBERNETES_TEMPLATE
+    """A work pool's base job template (`prefect work-pool create --base-job-template FILE`);
+    by default infra/work-pools/kubernetes.json."""
+    path = Path(path) if path is not None else infra_path(KUBERNETES_TEMPLATE)
     try:
         template = json.loads(path.read_text())
     except FileNotFoundError:
@@ -94,32 +113,65 @@ def deployment_specs(params: Params) -> list[dict]:
     tz = params.deploy.timezone
     common = {"tags": ["lepton"], "enforce_parameter_schema": True}
     return [
-        {"name": DEPLOYMENT_NAME, "entrypoint": "flows/retrain.py:retrain",
-         "description": "Prepare -> train -> evaluate -> register -> promote (scheduled).",
-         "schedules": [{"cron": params.deploy.retrain_cron, "timezone": tz}],
-         # every section, so the run records (and the dashboard form shows) all of params.yaml
-         "parameters": {**{k: getattr(params, k).model_dump(mode="json") for k in SECTIONS if k != "sweep"},
-                        "progress": True},
-         "concurrency_limit": 1, "triggers": [drift_trigger()], **common},
-        {"name": DEPLOYMENT_NAME, "entrypoint": "flows/registry.py:promote_flow",
-         "description": "Run the promotion gate for one model version (force overrides it).",
-         "schedules": [], "parameters": sections, "concurrency_limit": None, "triggers": [], **common},
-        {"name": DEPLOYMENT_NAME, "entrypoint": "flows/registry.py:rollback_flow",
-         "description": "Make @previous the champion again.",
-         "schedules": [], "parameters": {"registry": sections["registry"]}, "concurrency_limit": None,
-         "triggers": [], **common},
-        {"name": DEPLOYMENT_NAME, "entrypoint": "flows/sweep.py:sweep",
-         "description": "Search sweep.space (Optuna TPE; threads, or Dask with `dask`: 'local' or a "
-                        "scheduler address); register and gate the best trial.",
-         "schedules": [],
-         "parameters": {**{k: getattr(params, k).model_dump(mode="json") for k in SECTIONS},
-                        "dask": None, "progress": False},
-         "concurrency_limit": 1, "triggers": [], **common},
-        {"name": DEPLOYMENT_NAME, "entrypoint": "flows/monitor.py:monitor",
-         "description": "Check new batches for drift against the champion (Evidently).",
-         "schedules": [{"cron": params.monitor.cron, "timezone": tz}],
-         "parameters": {"monitor": params.monitor.model_dump(mode="json"), "registry": sections["registry"]},
-         "concurrency_limit": 1, "triggers": [], **common},
+        {
+            "name": DEPLOYMENT_NAME,
+            "entrypoint": "flows/retrain.py:retrain",
+            "description": "Prepare -> train -> evaluate -> register -> promote (scheduled).",
+            "schedules": [{"cron": params.deploy.retrain_cron, "timezone": tz}],
+            # every section, so the run records (and the dashboard form shows) all of params.yaml
+            "parameters": {
+                **{k: getattr(params, k).model_dump(mode="json") for k in SECTIONS if k != "sweep"},
+                "progress": True,
+            },
+            "concurrency_limit": 1,
+            "triggers": [drift_trigger()],
+            **common,
+        },
+        {
+            "name": DEPLOYMENT_NAME,
+            "entrypoint": "flows/registry.py:promote_flow",
+            "description": "Run the promotion gate for one model version (force overrides it).",
+            "schedules": [],
+            "parameters": sections,
+            "concurrency_limit": None,
+            "triggers": [],
+            **common,
+        },
+        {
+            "name": DEPLOYMENT_NAME,
+            "entrypoint": "flows/registry.py:rollback_flow",
+            "description": "Make @previous the champion again.",
+            "schedules": [],
+            "parameters": {"registry": sections["registry"]},
+            "concurrency_limit": None,
+            "triggers": [],
+            **common,
+        },
+        {
+            "name": DEPLOYMENT_NAME,
+            "entrypoint": "flows/sweep.py:sweep",
+            "description": "Search sweep.space (Optuna TPE; threads, or Dask with `dask`: 'local' or a "
+            "scheduler address); register and gate the best trial.",
+            "schedules": [],
+            "parameters": {
+                **{k: getattr(params, k).model_dump(mode="json") for k in SECTIONS},
+                "dask": None,
+                "progress": False,
+            },
+            "concurrency_limit": 1,
+            "triggers": [],
+            **common,
+        },
+        {
+            "name": DEPLOYMENT_NAME,
+            "entrypoint": "flows/monitor.py:monitor",
+            "description": "Check new batches for drift against the champion (Evidently).",
+            "schedules": [{"cron": params.monitor.cron, "timezone": tz}],
+            "parameters": {"monitor": params.monitor.model_dump(mode="json"), "registry": sections["registry"]},
+            "concurrency_limit": 1,
+            "triggers": [],
+            **common,
+        },
     ]
 
 
@@ -140,31 +192,40 @@ def prefect_yaml(params: Params, work_pool: str = "lepton", pool_type: str = "pr
     deployments = []
     for spec in deployment_specs(params):
         d = {k: v for k, v in spec.items() if v not in (None, [])}
-        d["work_pool"] = {"name": work_pool, "work_queue_name": None,
-                          "job_variables": _job_variables(spec, params, pool_type)}
+        d["work_pool"] = {
+            "name": work_pool,
+            "work_queue_name": None,
+            "job_variables": _job_variables(spec, params, pool_type),
+        }
         deployments.append(d)
-    return {"name": "lepton", "prefect-version": ">=3", "build": None, "push": None,
-            "deployments": deployments}
+    return {"name": "lepton", "prefect-version": ">=3", "build": None, "push": None, "deployments": deployments}
 
 
 def render_prefect_yaml(params: Params, work_pool: str = "lepton", pool_type: str = "process") -> str:
     import yaml
 
     data = json.loads(json.dumps(prefect_yaml(params, work_pool, pool_type)))  # no shared objects, so no YAML anchors
-    head = ("# Generated by `lepton deploy --write-prefect-yaml prefect.yaml` from params.yaml;\n"
-            "# the tests check that it matches. Deploy with, from the project root and with the\n"
-            "# stack up (`lepton up`):  prefect --no-prompt deploy --all\n"
-            "# `lepton deploy` registers the same deployments, plus the work pool and the\n"
-            "# `lepton-registry` concurrency limit when they are missing.\n")
+    head = (
+        "# Generated by `lepton deploy --write-prefect-yaml prefect.yaml` from params.yaml;\n"
+        "# the tests check that it matches. Deploy with, from the project root and with the\n"
+        "# stack up (`lepton up`):  prefect --no-prompt deploy --all\n"
+        "# `lepton deploy` registers the same deployments, plus the work pool and the\n"
+        "# `lepton-registry` concurrency limit when they are missing.\n"
+    )
     return head + yaml.safe_dump(data, sort_keys=False, width=100)
 
 
-def deploy_all(params: Params, project_dir: str, work_pool: str = "lepton", pool_type: str = "process",
-               base_job_template: dict | None = None) -> dict[str, str]:
+def deploy_all(
+    params: Params,
+    project_dir: str,
+    work_pool: str = "lepton",
+    pool_type: str = "process",
+    base_job_template: dict | None = None,
+) -> dict[str, str]:
     """Register every deployment on `work_pool`, creating the pool (of `pool_type`; a
-    Kubernetes pool with `base_job_template`, by default KUBERNETES_TEMPLATE) and the
+    Kubernetes pool with `base_job_template`, by default infra/work-pools/kubernetes.json) and the
     registry's concurrency limit when they are missing."""
-    from prefect import flow
+    from prefect import Flow, flow
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 
@@ -181,17 +242,32 @@ def deploy_all(params: Params, project_dir: str, work_pool: str = "lepton", pool
     _drop_named_automations()
     ids = {}
     for spec in deployment_specs(params):
-        f = flow.from_source(source=project_dir, entrypoint=spec["entrypoint"])
-        ids[f.name] = str(f.deploy(
-            name=spec["name"], work_pool_name=pool, build=False, push=False, print_next_steps=False,
-            ignore_warnings=True, tags=spec["tags"], enforce_parameter_schema=spec["enforce_parameter_schema"],
-            description=spec["description"], parameters=spec["parameters"],
-            schedules=[CronSchedule(cron=s["cron"], timezone=s["timezone"]) for s in spec["schedules"]] or None,
-            concurrency_limit=spec["concurrency_limit"],
-            job_variables=_job_variables(spec, params, pool_type) or None,
-            triggers=[DeploymentEventTrigger(**{k: v for k, v in t.items() if k != "type"})
-                      for t in spec["triggers"]] or None,
-        ))
+        # from_source is sync_compatible: outside an event loop it returns the Flow itself
+        f = cast("Flow[..., Any]", flow.from_source(source=project_dir, entrypoint=spec["entrypoint"]))
+        # deploy() hands `schedules` to to_deployment(), which takes CronSchedule (prefect
+        # runs it so); deploy's own annotation names only prefect.schedules.Schedule
+        schedules: Any = [CronSchedule(cron=s["cron"], timezone=s["timezone"]) for s in spec["schedules"]] or None
+        ids[f.name] = str(
+            f.deploy(
+                name=spec["name"],
+                work_pool_name=pool,
+                build=False,
+                push=False,
+                print_next_steps=False,
+                ignore_warnings=True,
+                tags=spec["tags"],
+                enforce_parameter_schema=spec["enforce_parameter_schema"],
+                description=spec["description"],
+                parameters=spec["parameters"],
+                schedules=schedules,
+                concurrency_limit=spec["concurrency_limit"],
+                job_variables=_job_variables(spec, params, pool_type) or None,
+                triggers=[
+                    DeploymentEventTrigger(**{k: v for k, v in t.items() if k != "type"}) for t in spec["triggers"]
+                ]
+                or None,
+            )
+        )
     ids["automation"] = _automation_id(ids["retrain"])
     ids.update(ensure_crash_recovery([v for k, v in ids.items() if k != "automation"]))
     return ids
@@ -211,8 +287,12 @@ RETRY_CRASHED_AUTOMATION = "lepton-retry-crashed"
 HEARTBEAT_SECONDS = 30  # Prefect's minimum
 LOST_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
 CRASH_RETRIES = 3
-_RUN_ENDS = ["prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
-             "prefect.flow-run.Crashed"]
+_RUN_ENDS = [
+    "prefect.flow-run.Completed",
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.Cancelled",
+    "prefect.flow-run.Crashed",
+]
 
 
 def worker_env() -> dict[str, str]:
@@ -229,30 +309,51 @@ def crash_recovery_automations(deployment_ids: list[str]) -> list:
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import EventTrigger, Posture
 
-    ours = {"prefect.resource.role": "deployment",
-            "prefect.resource.id": [f"prefect.deployment.{d}" for d in deployment_ids]}
+    ours: dict[str, str | list[str]] = {
+        "prefect.resource.role": "deployment",
+        "prefect.resource.id": [f"prefect.deployment.{d}" for d in deployment_ids],
+    }
     lost = AutomationCore(
         name=LOST_RUNS_AUTOMATION,
         description=f"A Lepton flow run with no heartbeat for {LOST_AFTER_SECONDS} s lost its process: crashed.",
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"}, expect={"prefect.flow-run.heartbeat", *_RUN_ENDS},
-            match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=ours,
-            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
-            within=timedelta(seconds=LOST_AFTER_SECONDS)),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message=f"no heartbeat for {LOST_AFTER_SECONDS} s: its process is gone")],
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *_RUN_ENDS},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related=ours,
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=LOST_AFTER_SECONDS),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED, message=f"no heartbeat for {LOST_AFTER_SECONDS} s: its process is gone"
+            )
+        ],
     )
     retry = AutomationCore(
         name=RETRY_CRASHED_AUTOMATION,
         description=f"Run a crashed Lepton flow run again (at most {CRASH_RETRIES} times); it resumes "
-                    "from its checkpoint.",
+        "from its checkpoint.",
         trigger=EventTrigger(
             expect={"prefect.flow-run.Crashed"},
-            match={"prefect.resource.id": "prefect.flow-run.*",
-                   "prefect.run-count": [str(n) for n in range(1, CRASH_RETRIES + 1)]},
-            match_related=ours, posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-        actions=[ChangeFlowRunState(state=StateType.SCHEDULED, name="AwaitingRetry",
-                                    message=f"rerun after a crash ({RETRY_CRASHED_AUTOMATION})")],
+            match={
+                "prefect.resource.id": "prefect.flow-run.*",
+                "prefect.run-count": [str(n) for n in range(1, CRASH_RETRIES + 1)],
+            },
+            match_related=ours,
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.SCHEDULED,
+                name="AwaitingRetry",
+                message=f"rerun after a crash ({RETRY_CRASHED_AUTOMATION})",
+            )
+        ],
     )
     return [lost, retry]
 
@@ -274,8 +375,11 @@ def _automation_id(deployment_id: str) -> str:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as c:
-        found = [a for a in c.read_automations_by_name(AUTOMATION_NAME)
-                 if any(str(getattr(act, "deployment_id", "")) == deployment_id for act in a.actions)]
+        found = [
+            a
+            for a in c.read_automations_by_name(AUTOMATION_NAME)
+            if any(str(getattr(act, "deployment_id", "")) == deployment_id for act in a.actions)
+        ]
     if len(found) != 1:
         raise RuntimeError(f"expected one automation {AUTOMATION_NAME!r} for retrain/lepton, found {len(found)}")
     return str(found[0].id)
@@ -293,8 +397,9 @@ def _drop_named_automations() -> None:
             c.delete_automation(old.id)
 
 
-def _ensure_pool_and_limit(pool: str, limit_name: str, pool_type: str = "process",
-                           base_job_template: dict | None = None) -> None:
+def _ensure_pool_and_limit(
+    pool: str, limit_name: str, pool_type: str = "process", base_job_template: dict | None = None
+) -> None:
     """`prefect work-pool create NAME --type TYPE [--base-job-template FILE]` when the
     pool is missing. An existing pool keeps its template (it may have been edited in
     the dashboard); asked for kubernetes, it must be a Kubernetes pool."""
@@ -306,12 +411,13 @@ def _ensure_pool_and_limit(pool: str, limit_name: str, pool_type: str = "process
         try:
             existing = c.read_work_pool(pool)
         except ObjectNotFound:
-            c.create_work_pool(WorkPoolCreate(name=pool, type=pool_type,
-                                              base_job_template=base_job_template or {}))
+            c.create_work_pool(WorkPoolCreate(name=pool, type=pool_type, base_job_template=base_job_template or {}))
         else:
             if pool_type == "kubernetes" and existing.type != pool_type:
-                raise LeptonError(f"work pool {pool!r} is a {existing.type} pool, not {pool_type}: "
-                                 f"name another pool (--pool or LEPTON_WORK_POOL)")
+                raise LeptonError(
+                    f"work pool {pool!r} is a {existing.type} pool, not {pool_type}: "
+                    f"name another pool (--pool or LEPTON_WORK_POOL)"
+                )
         try:
             c.read_global_concurrency_limit_by_name(limit_name)
         except ObjectNotFound:
@@ -332,4 +438,5 @@ def _check_job_variables_fit(pool: str, job_variables: dict) -> None:
     if missing:
         raise LeptonError(
             f"work pool {pool!r} has no job variable {', '.join(missing)}: update its template with "
-            f"`prefect work-pool update {pool} --base-job-template infra/work-pools/kubernetes.json`")
+            f"`prefect work-pool update {pool} --base-job-template {infra_path(KUBERNETES_TEMPLATE)}`"
+        )

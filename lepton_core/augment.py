@@ -26,8 +26,9 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch)
 
 
-def augment_batch(x: torch.Tensor, idx: torch.Tensor, epoch: int, flips: torch.Tensor | None, translate: int,
-                  gen: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, idx: torch.Tensor, epoch: int, flips: torch.Tensor | None, translate: int, gen: torch.Generator
+) -> torch.Tensor:
     """x: (B, C, H, W) images of the training set's rows `idx` (B,)."""
     if flips is not None:
         flip = flips[idx] ^ bool(epoch % 2)
@@ -38,8 +39,8 @@ def augment_batch(x: torch.Tensor, idx: torch.Tensor, epoch: int, flips: torch.T
         padded = F.pad(x, (t, t, t, t), mode="reflect")
         dy = torch.randint(0, 2 * t + 1, (b,), device=x.device, generator=gen)
         dx = torch.randint(0, 2 * t + 1, (b,), device=x.device, generator=gen)
-        rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])  # (B, H)
-        cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])  # (B, W)
+        rows = torch.arange(h, device=x.device)[None, :] + dy[:, None]  # (B, H)
+        cols = torch.arange(w, device=x.device)[None, :] + dx[:, None]  # (B, W)
         bi = torch.arange(b, device=x.device)[:, None, None]
         # (B, C, H, W): gather rows, then columns, per image
         x = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

@@ -29,8 +29,19 @@ from lepton_core.fileio import atomic_write
 from lepton_core.models import ModelConfig, build_model
 
 # What every work checkpoint of the training loop holds (lepton_core.train).
-WORK_KEYS = ("model_config", "params", "model", "optimizer", "scheduler", "epoch", "best_epoch",
-             "best_val_accuracy", "bad_epochs", "rng_batches", "rng_torch")
+WORK_KEYS = (
+    "model_config",
+    "params",
+    "model",
+    "optimizer",
+    "scheduler",
+    "epoch",
+    "best_epoch",
+    "best_val_accuracy",
+    "bad_epochs",
+    "rng_batches",
+    "rng_torch",
+)
 
 
 class UnreadableCheckpoint(LeptonError):
@@ -41,7 +52,8 @@ class UnreadableCheckpoint(LeptonError):
         super().__init__(f"{path}: not a readable checkpoint ({reason})")
         self.path, self.reason = Path(path), reason
 
-    def __reduce__(self):  # pickled across processes (Prefect results) with both fields
+    def __reduce__(self) -> tuple[type[UnreadableCheckpoint], tuple[str, str]]:
+        # pickled across processes (Prefect results) with both fields
         return type(self), (str(self.path), self.reason)
 
 
@@ -61,8 +73,7 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}"
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
     """The checkpoint's dict, read with `weights_only=True` (no code from the file
     runs). `mmap`: map the tensors instead of reading them (a cheap look inside)."""
     try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,8 +28,15 @@ if TYPE_CHECKING:
     from lepton_core.predictor import Predictor
 
 IMAGE_FEATURES = (
-    "mean_intensity", "contrast", "ink_fraction", "edge_energy",
-    "center_x", "center_y", "spread_x", "spread_y", "asymmetry",
+    "mean_intensity",
+    "contrast",
+    "ink_fraction",
+    "edge_energy",
+    "center_x",
+    "center_y",
+    "spread_x",
+    "spread_y",
+    "asymmetry",
 )
 
 
@@ -74,8 +81,9 @@ def output_features(logits: np.ndarray) -> dict[str, np.ndarray]:
 DRIFT_EVENT = "lepton.drift.detected"  # the Prefect event the monitor emits and retrain reacts to
 
 
-def feature_frame(x: np.ndarray, logits: np.ndarray, kind: str, feature_names: list[str],
-                  labels: np.ndarray | None) -> "pd.DataFrame":
+def feature_frame(
+    x: np.ndarray, logits: np.ndarray, kind: str, feature_names: list[str], labels: np.ndarray | None
+) -> pd.DataFrame:
     """One row per sample: f_<feature> columns, prediction, confidence (and label).
 
     x: model input, images (N, C, H, W) in [0, 1] or tables (N, F) raw; logits (N, K)."""
@@ -94,7 +102,7 @@ def feature_frame(x: np.ndarray, logits: np.ndarray, kind: str, feature_names: l
     return df
 
 
-def predictor_frame(predictor: "Predictor", samples, labels: np.ndarray | None) -> "pd.DataFrame":
+def predictor_frame(predictor: Predictor, samples: Any, labels: np.ndarray | None) -> pd.DataFrame:
     """The feature frame of raw samples as the predictor reads them (InputError if it cannot)."""
     raw = predictor.check(samples)
     pre = predictor.preprocessing

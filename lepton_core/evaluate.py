@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 from lepton_core.predictor import Predictor
 
@@ -16,9 +19,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     return cm
 
 
-def classification_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]
-) -> dict:
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """accuracy, macro precision/recall/F1 and per-class metrics.
 
     Macro averages are over the classes present in `y_true` (a class absent from
@@ -53,11 +54,12 @@ def classification_metrics(
     }
 
 
-def correct_mask(predictor: Predictor, x_raw: np.ndarray, y: np.ndarray) -> np.ndarray:
+def correct_mask(predictor: Predictor, x_raw: np.ndarray, y: np.ndarray) -> NDArray[np.bool_]:
     """(N,) bool: which raw samples the predictor labels right (what the gate compares)."""
-    return predictor.logits(x_raw).argmax(1) == y
+    correct: NDArray[np.bool_] = predictor.logits(x_raw).argmax(1) == y
+    return correct
 
 
-def evaluate_predictor(predictor: Predictor, x_raw: np.ndarray, y: np.ndarray) -> dict:
+def evaluate_predictor(predictor: Predictor, x_raw: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """classification_metrics of a predictor on raw samples, through its own preprocessing."""
     return classification_metrics(y, predictor.logits(x_raw).argmax(1), predictor.classes)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 
 def current_umask() -> int:
@@ -27,8 +28,9 @@ def current_umask() -> int:
     return old
 
 
-def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], None], mode: int | None = None,
-                 fsync: bool = True) -> Path:
+def atomic_write(
+    path: str | Path, data: bytes | str | Callable[[BinaryIO], None], mode: int | None = None, fsync: bool = True
+) -> Path:
     """Write `data` (bytes, text, or a function that writes to a binary file) to `path`.
 
     `mode` is the final permission (0o600 for files that hold secrets); by default
@@ -55,8 +57,7 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], None
     return path
 
 
-def publish_dir(dst: str | Path, build: Callable[[Path], None], replace: bool = True,
-                mode: int | None = None) -> Path:
+def publish_dir(dst: str | Path, build: Callable[[Path], None], replace: bool = True, mode: int | None = None) -> Path:
     """Build a folder with `build(tmp_dir)` beside `dst`, then move it into place.
 
     An existing `dst` is swapped out (`replace=True`) or kept as it is

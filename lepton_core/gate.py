@@ -71,12 +71,22 @@ def decide_promotion(
     # rounding (0.900 - 0.895 vs 0.005), is within it
     if champ - acc > params.tolerance + TOLERANCE_EPS:
         return Decision(
-            False, f"accuracy {acc:.4f} < champion {champ:.4f} - tolerance {params.tolerance}",
-            acc, champ, p, b, c,
+            False,
+            f"accuracy {acc:.4f} < champion {champ:.4f} - tolerance {params.tolerance}",
+            acc,
+            champ,
+            p,
+            b,
+            c,
         )
     if b > c and p < params.alpha:
         return Decision(
-            False, f"significantly worse than champion (McNemar p={p:.4g} < {params.alpha})",
-            acc, champ, p, b, c,
+            False,
+            f"significantly worse than champion (McNemar p={p:.4g} < {params.alpha})",
+            acc,
+            champ,
+            p,
+            b,
+            c,
         )
     return Decision(True, f"not worse than champion {champ:.4f} (McNemar p={p:.4g})", acc, champ, p, b, c)

@@ -8,11 +8,13 @@ logits (B, n_classes).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+ModelKind = Literal["cnn", "mlp", "fastcnn"]
 
 
 class ModelConfig(BaseModel):
@@ -20,7 +22,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["cnn", "mlp", "fastcnn"]
+    kind: ModelKind
     input_shape: tuple[int, ...]  # (C, H, W) or (F,)
     n_classes: int
     width: int = 32
@@ -52,7 +54,8 @@ class SmallCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K)
-        return self.head(self.features(x))
+        logits: torch.Tensor = self.head(self.features(x))
+        return logits
 
 
 class FastCNN(nn.Module):
@@ -73,12 +76,22 @@ class FastCNN(nn.Module):
         layers: list[nn.Module] = [nn.GELU()]
         ch_in = k
         for ch in widths:
-            layers += [nn.Conv2d(ch_in, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.GELU(),
-                       nn.MaxPool2d(2),
-                       nn.Conv2d(ch, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.GELU()]
+            layers += [
+                nn.Conv2d(ch_in, ch, 3, padding=1, bias=False),
+                nn.BatchNorm2d(ch),
+                nn.GELU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(ch, ch, 3, padding=1, bias=False),
+                nn.BatchNorm2d(ch),
+                nn.GELU(),
+            ]
             ch_in = ch
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(ch_in, cfg.n_classes, bias=False)
+
+    def fit_statistics(self, x_train: torch.Tensor) -> None:
+        """The training loop's hook: fit the whitening layer on the training images."""
+        self.fit_whitening(x_train)
 
     @torch.no_grad()
     def fit_whitening(self, x: torch.Tensor, eps: float = 5e-4, max_images: int = 5000) -> None:
@@ -89,17 +102,22 @@ class FastCNN(nn.Module):
         mean = patches.mean(0)
         cov = torch.cov((patches - mean).T)
         eigval, eigvec = torch.linalg.eigh(cov)
-        w = (eigvec.T / torch.sqrt(eigval.clamp_min(0) + eps)[:, None])  # (C*4, C*4): rows whiten
+        w = eigvec.T / torch.sqrt(eigval.clamp_min(0) + eps)[:, None]  # (C*4, C*4): rows whiten
         w = torch.cat([w, -w])  # (2*C*4, C*4)
         self.whiten.weight.copy_(w.reshape(-1, x.shape[1], 2, 2).float())
+        assert self.whiten.bias is not None  # built with bias=True
         self.whiten.bias.copy_(-(w @ mean).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K)
-        z = self.features(self.whiten(x))
-        return self.head(z.amax(dim=(2, 3))) / 9
+        z: torch.Tensor = self.features(self.whiten(x))  # (B, 8w, H', W')
+        logits: torch.Tensor = self.head(z.amax(dim=(2, 3)))
+        return logits / 9
 
 
 class MLP(nn.Module):
+    mean: torch.Tensor  # (F,) buffers: the training split's feature scaler
+    std: torch.Tensor
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         (f,) = cfg.input_shape
@@ -113,12 +131,17 @@ class MLP(nn.Module):
         layers.append(nn.Linear(d_in, cfg.n_classes))
         self.net = nn.Sequential(*layers)
 
+    def fit_statistics(self, x_train: torch.Tensor) -> None:
+        """The training loop's hook: fit the input scaler on the training rows."""
+        self.fit_scaler(x_train)
+
     def fit_scaler(self, x: torch.Tensor) -> None:
         self.mean.copy_(x.mean(0))
         self.std.copy_(x.std(0).clamp_min(1e-6))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F) -> (B, K)
-        return self.net((x - self.mean) / self.std)
+        logits: torch.Tensor = self.net((x - self.mean) / self.std)
+        return logits
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -133,15 +156,23 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return MLP(cfg)
 
 
-def model_config_for(meta: dict, choice: str, width: int, depth: int, dropout: float) -> ModelConfig:
+def model_config_for(
+    meta: dict[str, Any], choice: Literal["auto"] | ModelKind, width: int, depth: int, dropout: float
+) -> ModelConfig:
     """Pick the model for a prepared dataset's meta (`choice` = auto | cnn | mlp | fastcnn)."""
     shape = tuple(int(s) for s in meta["input_shape"])
-    kind = choice
+    kind: ModelKind
     if choice == "auto":
         kind = "cnn" if meta["kind"] == "image" and len(shape) == 3 else "mlp"
+    else:
+        kind = choice
     if kind == "mlp" and len(shape) > 1:
         shape = (int(torch.tensor(shape).prod()),)
     return ModelConfig(
-        kind=kind, input_shape=shape, n_classes=int(meta["n_classes"]),
-        width=width, depth=depth, dropout=dropout,
+        kind=kind,
+        input_shape=shape,
+        n_classes=int(meta["n_classes"]),
+        width=width,
+        depth=depth,
+        dropout=dropout,
     )

@@ -44,7 +44,7 @@ class Preprocessing(BaseModel):
     label_column: str = "label"
 
     @classmethod
-    def from_meta(cls, meta: dict, label_column: str | None = None) -> "Preprocessing":
+    def from_meta(cls, meta: dict[str, Any], label_column: str | None = None) -> "Preprocessing":
         """From a prepared dataset's meta.json."""
         kind = meta["kind"]
         return cls(
@@ -80,7 +80,8 @@ def _raw_array(x: Any, pre: Preprocessing) -> np.ndarray:
             raise InputError(f"the table lacks feature columns: {', '.join(missing[:5])}")
         x = x.rename(columns=str)[names]
         try:
-            return x.to_numpy(dtype=np.float64)
+            table: np.ndarray = x.to_numpy(dtype=np.float64)
+            return table
         except (TypeError, ValueError):
             raise InputError("feature columns must be numeric") from None
     if isinstance(x, torch.Tensor):
@@ -131,7 +132,8 @@ def model_input(x_raw: np.ndarray, pre: Preprocessing, model_config: ModelConfig
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(1, keepdims=True)
     p = np.exp(z)
-    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+    out: np.ndarray = (p / p.sum(1, keepdims=True)).astype(np.float32)
+    return out
 
 
 class BasePredictor(ABC):
@@ -188,7 +190,7 @@ class Predictor(BasePredictor):
         self.batch_size = batch_size
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path | dict, device: str | torch.device = "cpu",
+    def from_checkpoint(cls, checkpoint: str | Path | dict[str, Any], device: str | torch.device = "cpu",
                         which: str = "model") -> "Predictor":
         """From a checkpoint file or its loaded dict (loaded with weights_only)."""
         state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
@@ -209,7 +211,7 @@ class Predictor(BasePredictor):
         return torch.cat(out).numpy() if out else np.zeros((0, self.model_config.n_classes), np.float32)
 
 
-def preprocessing_of(state: dict) -> Preprocessing:
+def preprocessing_of(state: dict[str, Any]) -> Preprocessing:
     """The checkpoint's preprocessing (older checkpoints: derived from their meta)."""
     if "preprocessing" in state:
         return Preprocessing.model_validate_json(state["preprocessing"])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import TextIO
 
 
 class Progress:
-    def __init__(self, total: int, desc: str = "", enabled: bool = True, stream=None,
-                 tty: bool | None = None):
+    def __init__(
+        self, total: int, desc: str = "", enabled: bool = True, stream: TextIO | None = None, tty: bool | None = None
+    ) -> None:
         self.total, self.desc, self.enabled = max(total, 1), desc, enabled
         self.stream = stream or sys.stderr
         # On a terminal the bar redraws in place; in a log file (CI, Prefect worker)

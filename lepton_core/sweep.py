@@ -61,10 +61,13 @@ def goal(sweep: SweepParams) -> Literal["maximize", "minimize"]:
     return GOALS[sweep.metric]
 
 
-def _number_kind(annotation: Any) -> str | None:
+def _number_kind(annotation: Any) -> Literal["int", "float"] | None:
     """'int' or 'float' for a numeric param (`int | None` counts as int), else None."""
-    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
-        typing.get_origin(annotation) is typing.Union else (annotation,)
+    args = (
+        typing.get_args(annotation)
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        else (annotation,)
+    )
     kinds = {a for a in args if a is not type(None)}
     if kinds == {int}:
         return "int"
@@ -89,12 +92,15 @@ def _dimension(path: str, rng: SweepRange, base: TrainParams) -> Dimension:
     if not dot or section not in Params.model_fields:
         raise ParamsError(f"sweep.space: {path!r} is not a params path (expected train.KEY, e.g. train.lr)")
     if section not in SEARCHABLE:
-        raise ParamsError(f"sweep.space: {path!r}: only {', '.join(s + '.*' for s in SEARCHABLE)} params can be "
-                          "searched (every trial trains on the one prepared dataset)")
+        raise ParamsError(
+            f"sweep.space: {path!r}: only {', '.join(s + '.*' for s in SEARCHABLE)} params can be "
+            "searched (every trial trains on the one prepared dataset)"
+        )
     field = TrainParams.model_fields.get(name)
     if field is None:
-        raise ParamsError(f"sweep.space: unknown params path {path!r} "
-                          f"(train has {', '.join(TrainParams.model_fields)})")
+        raise ParamsError(
+            f"sweep.space: unknown params path {path!r} (train has {', '.join(TrainParams.model_fields)})"
+        )
     if rng.choices is not None:
         for c in rng.choices:
             _check_value(base, path, name, c)
@@ -102,15 +108,24 @@ def _dimension(path: str, rng: SweepRange, base: TrainParams) -> Dimension:
     kind = _number_kind(field.annotation)
     if kind is None:
         raise ParamsError(f"sweep.space: {path} is not a number: give its choices instead of low/high")
+    low, high = rng.low, rng.high
+    if low is None or high is None:  # SweepRange itself refuses that; kept for the types
+        raise ParamsError(f"sweep.space: {path}: a range needs both low and high")
     if kind == "int":
         for v in (rng.low, rng.high, rng.step):
             if v is not None and float(v) != int(v):
                 raise ParamsError(f"sweep.space: {path} is an int param: low, high and step must be whole numbers")
-    for v in (rng.low, rng.high):
+    for v in (low, high):
         _check_value(base, path, name, int(v) if kind == "int" else float(v))
     cast = int if kind == "int" else float
-    return Dimension(path, kind, low=cast(rng.low), high=cast(rng.high), log=rng.log,
-                     step=None if rng.step is None else cast(rng.step))
+    return Dimension(
+        path,
+        kind,
+        low=cast(low),
+        high=cast(high),
+        log=rng.log,
+        step=None if rng.step is None else cast(rng.step),
+    )
 
 
 def search_space(sweep: SweepParams, base: Params | None = None) -> tuple[Dimension, ...]:

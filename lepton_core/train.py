@@ -17,10 +17,11 @@ import json
 import math
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,15 +29,17 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
+from lepton_core.augment import augment_batch, epoch_generator, flip_bits, should_augment
 from lepton_core.checkpoint import load_work_checkpoint, save_checkpoint
 from lepton_core.data.prepare import Prepared
-from lepton_core.augment import augment_batch, epoch_generator, flip_bits, should_augment
-from lepton_core.models import MLP, FastCNN, ModelConfig, build_model, model_config_for
+from lepton_core.models import ModelConfig, build_model, model_config_for
 from lepton_core.params import TrainParams
 from lepton_core.predictor import Preprocessing, check_samples, model_input
 from lepton_core.progress import Progress
 
 LogFn = Callable[[int, dict[str, float]], None]
+# a fresh context per use: bf16 autocast on CUDA, else nothing
+AmpFn = Callable[[], AbstractContextManager[Any]]
 
 
 def _no_log(step: int, metrics: dict[str, float]) -> None:
@@ -61,7 +64,8 @@ class TrainResult:
     compile_seconds: float = 0.0  # torch.compile warm-up (all shapes), not in the epochs' time
     world_size: int = 1  # processes of a data-parallel run (torchrun); 1 = one process
     rank_rows: list[int] | None = None  # data-parallel: the training rows this rank trained on in its first epoch
-    ranks: list[dict] = field(default_factory=list)  # data-parallel: each rank's rows and final-weights digest
+    # data-parallel: each rank's rows and final-weights digest
+    ranks: list[dict[str, Any]] = field(default_factory=list)
 
 
 def choose_device(pref: str = "auto") -> torch.device:
@@ -85,8 +89,6 @@ def distributed_rank() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
-
-
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier on the peak LR at optimizer step `step` of `total`."""
     if schedule == "onecycle":
@@ -103,7 +105,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 @contextmanager
-def _deterministic(enabled: bool):
+def _deterministic(enabled: bool) -> Iterator[None]:
     prev = torch.are_deterministic_algorithms_enabled()
     prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(enabled, warn_only=True)
@@ -114,7 +116,7 @@ def _deterministic(enabled: bool):
 
 
 @contextmanager
-def _cudnn_autotune(enabled: bool):
+def _cudnn_autotune(enabled: bool) -> Iterator[None]:
     prev = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = enabled
     try:
@@ -151,7 +153,7 @@ def _same_run(state: dict[str, Any], model_config: ModelConfig, params: TrainPar
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, amp) -> tuple[float, float]:
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, amp: AmpFn) -> tuple[float, float]:
     model.eval()
     # summed on the device, read once (float64: the same sums as Python floats)
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
@@ -170,8 +172,15 @@ def _batch_sizes(n: int, batch: int) -> list[int]:
     return sorted({min(batch, n), n % batch} - {0}) if n else []
 
 
-def _compile_warm_up(fwd: nn.Module, model: nn.Module, xt: torch.Tensor, yt: torch.Tensor,
-                     xv: torch.Tensor, params: TrainParams, amp) -> float:
+def _compile_warm_up(
+    fwd: nn.Module,
+    model: nn.Module,
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    xv: torch.Tensor,
+    params: TrainParams,
+    amp: AmpFn,
+) -> float:
     """Run the compiled model once on every shape and mode training will use
     (train-mode forward + backward, eval-mode forward), then put the weights,
     buffers, gradients and RNG states back: compilation leaves no trace in the
@@ -195,10 +204,213 @@ def _compile_warm_up(fwd: nn.Module, model: nn.Module, xt: torch.Tensor, yt: tor
     model.zero_grad(set_to_none=True)
     model.load_state_dict(saved)
     torch.set_rng_state(rng_cpu)
-    if cuda:
+    if rng_cuda is not None:  # on CUDA
         torch.cuda.set_rng_state(rng_cuda, xt.device)
         torch.cuda.synchronize(xt.device)
     return time.perf_counter() - start
+
+
+@dataclass
+class _Setup:
+    """What one training holds while it runs: the model (its weights and plain
+    state_dict keys), the module that runs batches (DDP and/or compiled around it),
+    the optimizer, schedule and batch-order generator, and the device-resident data."""
+
+    model: nn.Module
+    fwd: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator
+    device: torch.device
+    amp: AmpFn
+    rank: int
+    world: int
+    xt: torch.Tensor  # (N, C, H, W) or (N, F) float32, on the device
+    yt: torch.Tensor  # (N,) int64
+    xv: torch.Tensor
+    yv: torch.Tensor
+    flips: torch.Tensor | None  # per-image flip bits when augmenting, else None
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+@dataclass
+class _Standing:
+    """Where a training stands after an epoch: what its work checkpoint keeps."""
+
+    epoch: int = 0
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+    finished: bool = False
+    stopped_early: bool = False
+
+
+def _set_up(model_config: ModelConfig, params: TrainParams, x_train: torch.Tensor, y_train: torch.Tensor,
+            x_val: torch.Tensor, y_val: torch.Tensor) -> _Setup:
+    device = choose_device(params.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(params.seed)
+    gen = torch.Generator().manual_seed(params.seed)  # batch order; saved in checkpoints
+
+    model = build_model(model_config)
+    fit_statistics = getattr(model, "fit_statistics", None)
+    if callable(fit_statistics):  # a model that fits part of itself on the training data first
+        fit_statistics(x_train)
+    model.to(device)
+    memory_format = torch.channels_last if cuda and x_train.ndim == 4 else torch.contiguous_format
+    # Module.to takes memory_format (torch's docs); its typed overloads leave it out
+    model.to(memory_format=memory_format)  # type: ignore[call-overload]
+
+    # Tensors live on the device for the whole run: one copy, no per-batch transfers.
+    def _put(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device, non_blocking=True)
+        return t.contiguous(memory_format=memory_format) if t.ndim == 4 else t
+
+    xt = _put(x_train)
+    augment = should_augment(params.augment, xt, cuda)
+    amp: AmpFn = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and params.amp else nullcontext
+    # Data-parallel (under torchrun): every rank holds the whole device-resident data
+    # and the same batch order, trains on its share of each batch (rows rank::world),
+    # and DDP all-reduces the gradients; rank 0 alone logs and checkpoints.
+    rank, world, _ = distributed_rank()
+    fwd: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # CPU (gloo): device_ids=None; BatchNorm buffers follow rank 0 (broadcast_buffers)
+        fwd = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+    if params.compile:  # an OptimizedModule: still a Module, though torch.compile's stubs say Callable
+        fwd = cast(nn.Module, torch.compile(fwd, dynamic=False))
+
+    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay,
+                            fused=True if cuda else None)
+    steps_per_epoch = math.ceil(len(xt) / params.batch_size)
+    total_steps = steps_per_epoch * params.epochs
+    warmup = int(params.warmup_epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup, params.schedule))
+    return _Setup(model=model, fwd=fwd, opt=opt, sched=sched, gen=gen, device=device, amp=amp, rank=rank,
+                  world=world, xt=xt, yt=y_train.to(device), xv=_put(x_val), yv=y_val.to(device),
+                  flips=flip_bits(len(xt), params.seed, device) if augment else None)
+
+
+def _restore(run: _Setup, state: dict[str, Any], model_config: ModelConfig, params: TrainParams,
+             ckpt: Path | None) -> _Standing:
+    """Take up a work checkpoint's weights, optimizer, schedule, random states and
+    standing."""
+    # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
+    if not _same_run(state, model_config, params):
+        raise ValueError(f"{ckpt} was written for another model or params; not resuming")
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    run.gen.set_state(state["rng_batches"])
+    torch.set_rng_state(state["rng_torch"])
+    if run.cuda and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"], run.device)
+    return _Standing(
+        epoch=int(state["epoch"]), best_acc=float(state["best_val_accuracy"]), best_epoch=int(state["best_epoch"]),
+        bad_epochs=int(state["bad_epochs"]), best_state=state["best_model"],
+        history=list(state.get("history", [])), resumed_from=int(state["epoch"]),
+        finished=bool(state.get("finished")), stopped_early=bool(state.get("finished"))
+        and bool(state.get("stopped_early", False)))
+
+
+def _checkpoint_state(run: _Setup, at: _Standing, model_config: ModelConfig, params: TrainParams,
+                      extra_state: dict[str, Any] | None) -> dict[str, Any]:
+    """The work checkpoint's named keys (on the CPU)."""
+    state: dict[str, Any] = _to_cpu({
+        "model_config": model_config.model_dump(mode="json"),
+        "params": params.model_dump(mode="json"),
+        "model": run.model.state_dict(),
+        "best_model": at.best_state,
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "epoch": at.epoch,
+        "best_epoch": at.best_epoch,
+        "best_val_accuracy": at.best_acc,
+        "bad_epochs": at.bad_epochs,
+        "finished": at.finished,
+        "stopped_early": at.stopped_early,
+        "rng_batches": run.gen.get_state(),
+        "rng_torch": torch.get_rng_state(),
+        **({"rng_cuda": torch.cuda.get_rng_state(run.device)} if run.cuda else {}),
+        "history": at.history,
+        **(extra_state or {}),
+    })
+    return state
+
+
+def _train_epoch(run: _Setup, params: TrainParams, epoch: int,
+                 first_rows: list[torch.Tensor] | None) -> dict[str, float]:
+    """One pass over the training split, then the validation split; the epoch's
+    metrics. `first_rows` collects this rank's rows (data-parallel, first epoch)."""
+    xt, yt, world, rank = run.xt, run.yt, run.world, run.rank
+    run.fwd.train()
+    perm = torch.randperm(len(xt), generator=run.gen).to(run.device)
+    # summed on the device and read once per epoch: no host sync per step
+    # (float64: the same sums as adding Python floats)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
+    correct = torch.zeros((), dtype=torch.int64, device=run.device)
+    aug_gen = epoch_generator(params.seed, epoch, run.device) if run.flips is not None else None
+    for i in range(0, len(xt), params.batch_size):
+        idx = perm[i : i + params.batch_size]
+        if world > 1:
+            idx = idx[rank::world]  # this rank's share of the global batch
+            if len(idx) == 0:  # a last batch smaller than the world: wrap around
+                idx = perm[rank % len(perm) : rank % len(perm) + 1]
+            if first_rows is not None:
+                first_rows.append(idx.cpu())
+        xb, yb = xt[idx], yt[idx]
+        if aug_gen is not None:  # augmenting: made above when `augment`
+            xb = augment_batch(xb, idx, epoch, run.flips, params.translate, aug_gen)
+        with run.amp():
+            logits = run.fwd(xb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=params.label_smoothing)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.sched.step()
+        loss_sum += loss.detach().double() * len(idx)
+        correct += (logits.detach().argmax(1) == yb).sum()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(loss_sum)  # every rank's share of the epoch
+        dist.all_reduce(correct)
+        # BatchNorm's running statistics are updated by each rank's own share after DDP
+        # broadcasts them; rank 0's go to every rank before the evaluation, so all
+        # ranks judge (and keep) the same weights
+        for b in run.model.buffers():
+            dist.broadcast(b, 0)
+    # every rank evaluates the same weights on the whole val split: one verdict
+    val_loss, val_acc = _evaluate(run.model if world > 1 else run.fwd, run.xv, run.yv, 1024, run.amp)
+    return {
+        "train_loss": loss_sum.item() / len(xt),
+        "train_accuracy": correct.item() / len(xt),
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "lr": run.opt.param_groups[0]["lr"],
+    }
+
+
+def _judge(run: _Setup, at: _Standing, epoch: int, metrics: dict[str, float], params: TrainParams) -> None:
+    """Record the epoch; keep the best weights; stop early after `patience` epochs
+    without a better validation accuracy."""
+    at.epoch = epoch
+    at.history.append({"epoch": float(epoch), **metrics})
+    if metrics["val_accuracy"] > at.best_acc:
+        at.best_acc, at.best_epoch, at.bad_epochs = metrics["val_accuracy"], epoch, 0
+        at.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    else:
+        at.bad_epochs += 1
+    at.stopped_early = params.patience > 0 and at.bad_epochs >= params.patience
+    at.finished = at.stopped_early or epoch == params.epochs
 
 
 def train_model(
@@ -223,190 +435,50 @@ def train_model(
     cannot be read safely is moved aside (`note` says where, in one line) and
     training starts from scratch.
     """
-    device = choose_device(params.device)
-    cuda = device.type == "cuda"
-    torch.manual_seed(params.seed)
-    gen = torch.Generator().manual_seed(params.seed)  # batch order; saved in checkpoints
-
-    model = build_model(model_config)
-    if isinstance(model, MLP):
-        model.fit_scaler(x_train)
-    elif isinstance(model, FastCNN):
-        model.fit_whitening(x_train)
-    model.to(device)
-    memory_format = torch.channels_last if cuda and x_train.ndim == 4 else torch.contiguous_format
-    model.to(memory_format=memory_format)
-
-    # Tensors live on the device for the whole run: one copy, no per-batch transfers.
-    def _put(t: torch.Tensor) -> torch.Tensor:
-        t = t.to(device, non_blocking=True)
-        return t.contiguous(memory_format=memory_format) if t.ndim == 4 else t
-
-    xt, yt, xv, yv = _put(x_train), y_train.to(device), _put(x_val), y_val.to(device)
-    augment = should_augment(params.augment, xt, cuda)
-    flips = flip_bits(len(xt), params.seed, device) if augment else None
-    amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and params.amp else nullcontext
-    # Data-parallel (under torchrun): every rank holds the whole device-resident data
-    # and the same batch order, trains on its share of each batch (rows rank::world),
-    # and DDP all-reduces the gradients; rank 0 alone logs and checkpoints.
-    rank, world, _ = distributed_rank()
-    lead = rank == 0
+    run = _set_up(model_config, params, x_train, y_train, x_val, y_val)
+    lead = run.rank == 0
     if not lead:
         log, progress = _no_log, False
-    # the module that runs batches; `model` keeps the weights (and plain state_dict keys)
-    fwd: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # CPU (gloo): device_ids=None; BatchNorm buffers follow rank 0 (broadcast_buffers)
-        fwd = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
-    fwd = torch.compile(fwd, dynamic=False) if params.compile else fwd
-
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, **({"fused": True} if cuda else {})
-    )
-    steps_per_epoch = math.ceil(len(xt) / params.batch_size)
-    total_steps = steps_per_epoch * params.epochs
-    warmup = int(params.warmup_epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total_steps, warmup, params.schedule)
-    )
-
-    start_epoch, best_acc, best_epoch, bad_epochs = 0, -1.0, 0, 0
-    best_state: dict[str, torch.Tensor] | None = None
-    history: list[dict[str, float]] = []
-    resumed_from = 0
-    stopped_early = False
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     state, moved = load_work_checkpoint(ckpt) if ckpt is not None and resume else (None, None)
     if moved:
         note(moved)
-    if state is not None:
-        # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
-        if not _same_run(state, model_config, params):
-            raise ValueError(f"{ckpt} was written for another model or params; not resuming")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["rng_batches"])
-        torch.set_rng_state(state["rng_torch"])
-        if cuda and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        start_epoch = resumed_from = int(state["epoch"])
-        best_acc, best_epoch = float(state["best_val_accuracy"]), int(state["best_epoch"])
-        bad_epochs = int(state["bad_epochs"])
-        best_state = state["best_model"]
-        history = list(state.get("history", []))
-        if state.get("finished"):
-            start_epoch = params.epochs  # nothing left to do
-            stopped_early = bool(state.get("stopped_early", False))
+    at = _restore(run, state, model_config, params, ckpt) if state is not None else _Standing()
+    start_epoch = params.epochs if at.finished else at.epoch  # a finished one has nothing left to do
 
     compile_seconds = 0.0
     first_rows: list[torch.Tensor] = []  # data-parallel: this rank's rows in its first epoch
     bar = Progress(params.epochs, "train", enabled=progress)
     bar.update(start_epoch)
-    epoch = start_epoch
-    with _deterministic(not cuda), _cudnn_autotune(cuda):
+    with _deterministic(not run.cuda), _cudnn_autotune(run.cuda):
         if params.compile and start_epoch < params.epochs:
-            compile_seconds = _compile_warm_up(fwd, model, xt, yt, xv, params, amp)
+            compile_seconds = _compile_warm_up(run.fwd, run.model, run.xt, run.yt, run.xv, params, run.amp)
         for epoch in range(start_epoch + 1, params.epochs + 1):
-            fwd.train()
-            perm = torch.randperm(len(xt), generator=gen).to(device)
-            # summed on the device and read once per epoch: no host sync per step
-            # (float64: the same sums as adding Python floats)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            aug_gen = epoch_generator(params.seed, epoch, device) if augment else None
-            for i in range(0, len(xt), params.batch_size):
-                idx = perm[i : i + params.batch_size]
-                if world > 1:
-                    idx = idx[rank::world]  # this rank's share of the global batch
-                    if len(idx) == 0:  # a last batch smaller than the world: wrap around
-                        idx = perm[rank % len(perm) : rank % len(perm) + 1]
-                    if epoch == start_epoch + 1:
-                        first_rows.append(idx.cpu())
-                xb, yb = xt[idx], yt[idx]
-                if augment:
-                    xb = augment_batch(xb, idx, epoch, flips, params.translate, aug_gen)
-                with amp():
-                    logits = fwd(xb)
-                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=params.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum += loss.detach().double() * len(idx)
-                correct += (logits.detach().argmax(1) == yb).sum()
-            if world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(loss_sum)  # every rank's share of the epoch
-                dist.all_reduce(correct)
-                # BatchNorm's running statistics are updated by each rank's own share
-                # after DDP broadcasts them; rank 0's go to every rank before the
-                # evaluation, so all ranks judge (and keep) the same weights
-                for b in model.buffers():
-                    dist.broadcast(b, 0)
-            # every rank evaluates the same weights on the whole val split: one verdict
-            val_loss, val_acc = _evaluate(model if world > 1 else fwd, xv, yv, 1024, amp)
-            metrics = {
-                "train_loss": loss_sum.item() / len(xt),
-                "train_accuracy": correct.item() / len(xt),
-                "val_loss": val_loss,
-                "val_accuracy": val_acc,
-                "lr": opt.param_groups[0]["lr"],
-            }
-            history.append({"epoch": float(epoch), **metrics})
-            if val_acc > best_acc:
-                best_acc, best_epoch, bad_epochs = val_acc, epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_epochs += 1
-            stop = params.patience > 0 and bad_epochs >= params.patience
+            rows = first_rows if run.world > 1 and epoch == start_epoch + 1 else None
+            metrics = _train_epoch(run, params, epoch, rows)
+            _judge(run, at, epoch, metrics, params)
             if ckpt is not None and lead:
-                save_checkpoint(
-                    _to_cpu({
-                        "model_config": model_config.model_dump(mode="json"),
-                        "params": params.model_dump(mode="json"),
-                        "model": model.state_dict(),
-                        "best_model": best_state,
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(),
-                        "epoch": epoch,
-                        "best_epoch": best_epoch,
-                        "best_val_accuracy": best_acc,
-                        "bad_epochs": bad_epochs,
-                        "finished": stop or epoch == params.epochs,
-                        "stopped_early": stop,
-                        "rng_batches": gen.get_state(),
-                        "rng_torch": torch.get_rng_state(),
-                        **({"rng_cuda": torch.cuda.get_rng_state(device)} if cuda else {}),
-                        "history": history,
-                        **(extra_state or {}),
-                    }),
-                    ckpt,
-                )
-            bar.update(1, f"val_acc {val_acc:.3f}")
+                save_checkpoint(_checkpoint_state(run, at, model_config, params, extra_state), ckpt)
+            bar.update(1, f"val_acc {metrics['val_accuracy']:.3f}")
             log(epoch, metrics)
-            if stop:
-                stopped_early = True
+            if at.stopped_early:
                 break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+    if at.best_state is not None:
+        run.model.load_state_dict(at.best_state)
+    run.model.eval()
     return TrainResult(
-        model=model.to("cpu").to(memory_format=torch.contiguous_format),
+        model=run.model.to("cpu").to(memory_format=torch.contiguous_format),  # type: ignore[call-overload]
         model_config=model_config,
-        epochs_run=len(history),
-        best_epoch=best_epoch,
-        best_val_accuracy=best_acc,
-        resumed_from_epoch=resumed_from,
-        stopped_early=stopped_early,
-        history=history,
-        device=str(device),
+        epochs_run=len(at.history),
+        best_epoch=at.best_epoch,
+        best_val_accuracy=at.best_acc,
+        resumed_from_epoch=at.resumed_from,
+        stopped_early=at.stopped_early,
+        history=at.history,
+        device=str(run.device),
         compile_seconds=compile_seconds,
-        world_size=world,
+        world_size=run.world,
         rank_rows=sorted(torch.cat(first_rows).tolist()) if first_rows else None,
     )
 
@@ -449,14 +521,23 @@ def train_on_prepared(
         return model_input(check_samples(x, preprocessing), preprocessing, cfg)
 
     return train_model(
-        cfg, params, inputs(x_tr), torch.from_numpy(y_tr), inputs(prepared.x["val"]),
+        cfg,
+        params,
+        inputs(x_tr),
+        torch.from_numpy(y_tr),
+        inputs(prepared.x["val"]),
         torch.from_numpy(prepared.y["val"]),
-        log=log, checkpoint_path=checkpoint_path, progress=progress, extra_state=extra_state, note=note,
+        log=log,
+        checkpoint_path=checkpoint_path,
+        progress=progress,
+        extra_state=extra_state,
+        note=note,
     )
 
 
-def save_trained_model(result: TrainResult, params: TrainParams, preprocessing: Preprocessing,
-                       meta: dict, path: str | Path) -> Path:
+def save_trained_model(
+    result: TrainResult, params: TrainParams, preprocessing: Preprocessing, meta: dict[str, Any], path: str | Path
+) -> Path:
     """The final, self-describing checkpoint of the best weights: the model config,
     weights, params and the preprocessing the predictor needs (plus the dataset meta)."""
     return save_checkpoint(

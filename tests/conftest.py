@@ -3,7 +3,9 @@ Prefect test server (Prefect's own harness) for the whole session."""
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -12,6 +14,74 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------- markers, applied centrally
+# What a test needs beyond the machine it runs on, found from where it lives, the
+# fixtures and parameters it uses and what its code (or a helper of its module that it
+# calls) does, so that a new test in the same style is marked without anyone having to
+# remember to (`make test-fast` deselects all three; the markers are in pyproject.toml).
+# A live stack: SeaweedFS, an MLflow server and a Prefect server (`lepton up`).
+LIVE_PATHS = ("tests/live/", "tests/faults/test_stack_faults.py")
+# PostgreSQL at 127.0.0.1:5432: the fixture that creates a database per test, a
+# parametrized backend (store_url, backend, live = "postgresql"), or a connection made
+# by the test itself.
+POSTGRES_FIXTURES = {"pg_url"}
+POSTGRES_PARAM = "postgresql"
+POSTGRES_CODE = ("psycopg2.connect(",)
+# Headless Chromium: started by the test, or through tests/live/browser.py.
+BROWSER_CODE = ("chromium", "tests.live.browser")
+_CALL = re.compile(r"\b([A-Za-z_]\w*)\(")
+
+
+def _source(obj: object) -> str:
+    try:
+        return inspect.getsource(obj)  # type: ignore[arg-type]
+    except (OSError, TypeError):  # not Python source
+        return ""
+
+
+def _code_does(item: pytest.Item, needles: tuple[str, ...]) -> bool:
+    """Whether the test function, or a function of its own module that it calls,
+    contains one of `needles`."""
+    fn = getattr(item, "function", None)
+    src = _source(fn)
+    if any(n in src for n in needles):
+        return True
+    module_globals = getattr(fn, "__globals__", {})
+    for name in set(_CALL.findall(src)):
+        helper = module_globals.get(name)
+        if (
+            inspect.isfunction(helper)
+            and helper.__module__ == fn.__module__  # type: ignore[union-attr]
+            and any(n in _source(helper) for n in needles)
+        ):
+            return True
+    return False
+
+
+def needs(item: pytest.Item) -> set[str]:
+    """The markers among live, postgres and browser that this test needs."""
+    path = Path(str(item.path)).resolve()
+    rel = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else ""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    found = set()
+    if rel.startswith(LIVE_PATHS):
+        found.add("live")
+    if (
+        POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ()))
+        or any(isinstance(v, str) and v == POSTGRES_PARAM for v in params.values())
+        or _code_does(item, POSTGRES_CODE)
+    ):
+        found.add("postgres")
+    if _code_does(item, BROWSER_CODE):
+        found.add("browser")
+    return found
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in sorted(needs(item)):
+            item.add_marker(name)
 
 
 def pytest_configure(config):
@@ -40,8 +110,13 @@ def prefect_server():
 def make_project(root: Path) -> Path:
     """A project folder that is a git repository with one commit (for provenance tags)."""
     root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    }
     (root / "README.md").write_text("test project\n")
     subprocess.run(["git", "init", "-q", str(root)], check=True, env=env)
     subprocess.run(["git", "-C", str(root), "add", "README.md"], check=True, env=env)
@@ -76,5 +151,10 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300, **kw) ->
     full = {**os.environ, **env}
     return subprocess.run(
         [sys.executable, "-c", "from lepton.cli import main; main()", *args],
-        env=full, capture_output=True, text=True, timeout=timeout, cwd=env.get("LEPTON_PROJECT_DIR"), **kw,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=env.get("LEPTON_PROJECT_DIR"),
+        **kw,
     )

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from lepton_core.errors import DataError
 from lepton_core.params import DataParams
@@ -55,8 +55,9 @@ def raw_files(params: DataParams, base_dir: Path | None = None) -> tuple[Path, l
     return root.parent, [root]
 
 
-def prepare_fingerprint(params: DataParams, base_dir: Path | None = None, extra_ids: Iterable[str] = (),
-                        code: str | None = None) -> str:
+def prepare_fingerprint(
+    params: DataParams, base_dir: Path | None = None, extra_ids: Iterable[str] = (), code: str | None = None
+) -> str:
     """Hash of the raw bytes, the data params, the folded-in batch ids and the code."""
     h = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
     h.update(json.dumps(sorted(extra_ids)).encode())

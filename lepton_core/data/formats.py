@@ -22,10 +22,13 @@ import pickle
 import struct
 import sys
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from lepton_core.errors import DataError
 
@@ -38,6 +41,9 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 # truncated download but a wrong or crafted header, refused without a record per item.
 IDX_MISSING_SLACK = 1024
 
+# One sample (or file) left out, and why: {"item": str, "reason": str}
+Quarantined = dict[str, str]
+
 
 @dataclass
 class RawDataset:
@@ -46,13 +52,13 @@ class RawDataset:
     classes: list[str]
     kind: str  # "image" | "tabular"
     feature_names: list[str] = field(default_factory=list)
-    quarantined: list[dict] = field(default_factory=list)  # {"item": str, "reason": str}
+    quarantined: list[Quarantined] = field(default_factory=list)
     # (N,) bool: the format's own test split (MNIST's t10k files, CIFAR-10's test_batch);
     # None where the format has none
     test_rows: np.ndarray | None = None
 
 
-def _quarantine(ds_list: list[dict], item: str, reason: str) -> None:
+def _quarantine(ds_list: list[Quarantined], item: str, reason: str) -> None:
     ds_list.append({"item": item, "reason": reason})
 
 
@@ -78,7 +84,14 @@ def load_digits() -> RawDataset:
 
 
 # ---------------------------------------------------------------- MNIST IDX
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 
 
 def _inflate(raw: bytes, limit: int) -> bytes:
@@ -111,7 +124,7 @@ def read_idx(path: Path) -> tuple[np.ndarray, int]:
     data = _inflate(raw, 4) if gz else raw
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise DataError(f"{path.name}: not an IDX file")
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    dtype = _IDX_DTYPES[data[2]]
     ndim = data[3]
     if ndim == 0:
         raise DataError(f"{path.name}: IDX header declares no dimensions")
@@ -132,7 +145,8 @@ def read_idx(path: Path) -> tuple[np.ndarray, int]:
     if dims[0] - complete > max(complete, IDX_MISSING_SLACK):
         raise DataError(
             f"{path.name}: IDX header declares {dims[0]} items of {item} bytes but the file holds "
-            f"{complete} (a wrong header or a file cut short)")
+            f"{complete} (a wrong header or a file cut short)"
+        )
     arr = np.frombuffer(data, dtype=dtype, count=complete * (item // dtype.itemsize), offset=header)
     return arr.reshape((complete, *dims[1:])), dims[0]
 
@@ -153,7 +167,10 @@ def load_mnist(root: Path) -> RawDataset:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: MNIST expects a folder of IDX files")
-    xs, ys, tests, quarantined = [], [], [], []
+    xs: list[NDArray[np.uint8]] = []
+    ys: list[NDArray[np.int64]] = []
+    tests: list[NDArray[np.bool_]] = []
+    quarantined: list[Quarantined] = []
     found = False
     for split in ("train", "t10k"):
         img_path = _find(root, f"{split}-images-idx3-ubyte")
@@ -184,8 +201,11 @@ def load_mnist(root: Path) -> RawDataset:
         raise DataError(f"{root}: no MNIST IDX files (train-images-idx3-ubyte[.gz], ...)")
     test_rows = np.concatenate(tests)
     return RawDataset(
-        x=np.concatenate(xs), y=np.concatenate(ys), classes=[str(i) for i in range(10)],
-        kind="image", quarantined=quarantined,
+        x=np.concatenate(xs),
+        y=np.concatenate(ys),
+        classes=[str(i) for i in range(10)],
+        kind="image",
+        quarantined=quarantined,
         # canonical only when both halves are there
         test_rows=test_rows if test_rows.any() and not test_rows.all() else None,
     )
@@ -197,16 +217,20 @@ class _SafeUnpickler(pickle.Unpickler):
     # so a crafted file cannot run code, and let no array grow beyond the file's size
     # (numpy's pickles start from an empty array whose shape the pickle chooses).
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data), encoding="bytes")
         self._limit = len(data)
 
-    def find_class(self, module: str, name: str):  # noqa: D401
+    def find_class(self, module: str, name: str) -> Any:  # a class, or the bounded reconstruct
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         found = super().find_class(module, name)
@@ -214,7 +238,8 @@ class _SafeUnpickler(pickle.Unpickler):
             return found
         limit = self._limit
 
-        def reconstruct(subtype, shape, dtype):
+        # the arguments come from the pickle: anything at all until checked
+        def reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
             dims = shape if isinstance(shape, tuple) else (shape,)
             n = np.dtype(dtype).itemsize
             for d in dims:
@@ -226,14 +251,16 @@ class _SafeUnpickler(pickle.Unpickler):
         return reconstruct
 
 
-def _load_cifar_batch(path: Path) -> dict:
+def _load_cifar_batch(path: Path) -> dict[str, Any]:
     try:
         # the whole file in memory (bounded by its size): a length inside the pickle
         # can then never make a read allocate more than the file holds
         obj = _SafeUnpickler(path.read_bytes()).load()
     except Exception as e:  # any decode failure is the file's problem, not a crash
-        raise DataError(f"{path.name}: unreadable CIFAR batch ({e.__class__.__name__}: "
-                        f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+        raise DataError(
+            f"{path.name}: unreadable CIFAR batch ({e.__class__.__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else ''})"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path.name}: not a CIFAR batch")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -256,7 +283,10 @@ def load_cifar10(root: Path) -> RawDataset:
             raise DataError("batches.meta: label_names must be a list of class names")
         if names:
             classes = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names]
-    xs, ys, tests, quarantined = [], [], [], []
+    xs: list[NDArray[np.uint8]] = []
+    ys: list[NDArray[np.int64]] = []
+    tests: list[NDArray[np.bool_]] = []
+    quarantined: list[Quarantined] = []
     for path in files:
         try:
             batch = _load_cifar_batch(path)
@@ -282,8 +312,12 @@ def load_cifar10(root: Path) -> RawDataset:
         raise DataError(f"{root}: no readable CIFAR-10 batch")
     test_rows = np.concatenate(tests)
     return RawDataset(
-        x=np.concatenate(xs), y=np.concatenate(ys), classes=classes, kind="image",
-        quarantined=quarantined, test_rows=test_rows if test_rows.any() and not test_rows.all() else None,
+        x=np.concatenate(xs),
+        y=np.concatenate(ys),
+        classes=classes,
+        kind="image",
+        quarantined=quarantined,
+        test_rows=test_rows if test_rows.any() and not test_rows.all() else None,
     )
 
 
@@ -297,7 +331,7 @@ class ImageFolderScan:
     # (rel, label, (h, w), mode) per image in file order; the path is root / rel (no Path
     # objects: a few hundred bytes each, for every file of a large folder)
     found: list[tuple[str, int, tuple[int, int], str]]
-    quarantined: list[dict]
+    quarantined: list[Quarantined]
     size: tuple[int, int]  # the commonest (h, w): images of another size are quarantined
 
 
@@ -318,7 +352,7 @@ def scan_imagefolder(root: Path) -> ImageFolderScan:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{root}: no class sub-folders")
-    quarantined: list[dict] = []
+    quarantined: list[Quarantined] = []
     found: list[tuple[str, int, tuple[int, int], str]] = []
     for label, cdir in enumerate(class_dirs):
         for path in sorted(cdir.rglob("*")):
@@ -360,7 +394,7 @@ def decode_image(path: Path) -> np.ndarray:
         return np.asarray(img.convert(mode), dtype=np.uint8)
 
 
-def iter_imagefolder(scan: ImageFolderScan):
+def iter_imagefolder(scan: ImageFolderScan) -> Iterator[tuple[NDArray[np.uint8], int, str]]:
     """Yield (pixels, label, rel) for each image of the commonest size, in file order,
     decoding one at a time; the others are quarantined into `scan.quarantined` as met."""
     for rel, label, hw, _mode in scan.found:
@@ -394,7 +428,9 @@ def load_imagefolder(root: Path) -> RawDataset:
     return RawDataset(
         x=np.stack([to_planes(a, rgb) for a, _, _ in decoded]),
         y=np.asarray([label for _, label, _ in decoded], dtype=np.int64),
-        classes=scan.classes, kind="image", quarantined=scan.quarantined,
+        classes=scan.classes,
+        kind="image",
+        quarantined=scan.quarantined,
     )
 
 
@@ -425,8 +461,13 @@ def load_table(path: Path, label_column: str, labelled: bool = True) -> RawDatas
         bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
         if bad:
             raise DataError(f"{path.name}: non-numeric feature columns: {', '.join(map(str, bad[:5]))}")
-        return RawDataset(x=df.to_numpy(dtype=np.float32), y=np.full(len(df), -1, np.int64), classes=[],
-                          kind="tabular", feature_names=[str(c) for c in df.columns])
+        return RawDataset(
+            x=df.to_numpy(dtype=np.float32),
+            y=np.full(len(df), -1, np.int64),
+            classes=[],
+            kind="tabular",
+            feature_names=[str(c) for c in df.columns],
+        )
     features = [c for c in df.columns if c != label_column]
     if not features:
         raise DataError(f"{path.name}: no feature columns besides {label_column!r}")
@@ -434,7 +475,7 @@ def load_table(path: Path, label_column: str, labelled: bool = True) -> RawDatas
     if bad:
         raise DataError(f"{path.name}: non-numeric feature columns: {', '.join(map(str, bad[:5]))}")
     labels = df[label_column]
-    quarantined: list[dict] = []
+    quarantined: list[Quarantined] = []
     missing = labels.isna().to_numpy()
     for i in np.flatnonzero(missing):
         _quarantine(quarantined, f"row {i}", "missing label")
@@ -444,8 +485,12 @@ def load_table(path: Path, label_column: str, labelled: bool = True) -> RawDatas
     y = df[label_column].map(index).to_numpy(dtype=np.int64)
     x = df[features].to_numpy(dtype=np.float32)
     return RawDataset(
-        x=x, y=y, classes=[str(c) for c in classes], kind="tabular",
-        feature_names=[str(c) for c in features], quarantined=quarantined,
+        x=x,
+        y=y,
+        classes=[str(c) for c in classes],
+        kind="tabular",
+        feature_names=[str(c) for c in features],
+        quarantined=quarantined,
     )
 
 
@@ -463,8 +508,10 @@ def _check_parquet_size(path: Path) -> None:
     declared = meta.num_rows * max(meta.num_columns, 1) * 8  # as float64/int64 in memory
     budget = max(TABLE_FLOOR_BYTES, TABLE_EXPANSION * path.stat().st_size)
     if declared > budget:
-        raise DataError(f"{path.name}: declares {meta.num_rows} rows x {meta.num_columns} columns "
-                        f"({declared} bytes in memory) in a {path.stat().st_size}-byte file")
+        raise DataError(
+            f"{path.name}: declares {meta.num_rows} rows x {meta.num_columns} columns "
+            f"({declared} bytes in memory) in a {path.stat().st_size}-byte file"
+        )
 
 
 def load_raw(fmt: str, path: str | Path | None, label_column: str = "label", labelled: bool = True) -> RawDataset:
@@ -505,8 +552,14 @@ def combine_datasets(base: RawDataset, others: list[RawDataset], names: list[str
                 quarantined.append({"item": name, "reason": f"lacks feature columns {', '.join(missing[:5])}"})
                 continue
             order = [list(ds.feature_names).index(f) for f in base.feature_names]
-            ds = RawDataset(x=ds.x[:, order], y=ds.y, classes=ds.classes, kind=ds.kind,
-                            feature_names=list(base.feature_names), quarantined=[])
+            ds = RawDataset(
+                x=ds.x[:, order],
+                y=ds.y,
+                classes=ds.classes,
+                kind=ds.kind,
+                feature_names=list(base.feature_names),
+                quarantined=[],
+            )
         if ds.kind != base.kind or ds.x.shape[1:] != base.x.shape[1:]:
             quarantined.append({"item": name, "reason": f"shape {ds.x.shape[1:]} != {base.x.shape[1:]}"})
             continue
@@ -519,7 +572,11 @@ def combine_datasets(base: RawDataset, others: list[RawDataset], names: list[str
         if tests is not None:
             tests.append(np.zeros(int(keep.sum()), dtype=bool))
     return RawDataset(
-        x=np.concatenate(xs), y=np.concatenate(ys), classes=list(base.classes), kind=base.kind,
-        feature_names=list(base.feature_names), quarantined=quarantined,
+        x=np.concatenate(xs),
+        y=np.concatenate(ys),
+        classes=list(base.classes),
+        kind=base.kind,
+        feature_names=list(base.feature_names),
+        quarantined=quarantined,
         test_rows=np.concatenate(tests) if tests is not None else None,
     )

@@ -8,9 +8,12 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
+from lepton_core.data.formats import Quarantined
 from lepton_core.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -91,9 +94,18 @@ class SplitPlan:
     canonical: bool
 
 
-def plan_split(y: np.ndarray, keep: np.ndarray, hashes: list[bytes], classes: list[str], *,
-               val_fraction: float, test_fraction: float, seed: int, test_split: str = "random",
-               test_rows: np.ndarray | None = None) -> SplitPlan:
+def plan_split(
+    y: np.ndarray,
+    keep: np.ndarray,
+    hashes: list[bytes],
+    classes: list[str],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    test_split: str = "random",
+    test_rows: np.ndarray | None = None,
+) -> SplitPlan:
     """Dedup and split the raw rows `keep` marks as valid, given their content hashes
     (`hashes`: one per kept row). Needs no pixels: the in-memory and the streamed
     prepare share it, so both pack the same rows in the same order."""
@@ -126,12 +138,26 @@ def plan_split(y: np.ndarray, keep: np.ndarray, hashes: list[bytes], classes: li
     if len(idx["test"]) == 0 or len(idx["val"]) == 0:
         raise DataError("too few samples per class to split into train/val/test")
     orig = kept[np.flatnonzero(unique)]
-    return SplitPlan(rows={s: orig[idx[s]] for s in SPLITS}, y_kept=y, duplicates=n_dupes,
-                     conflicts=n_conflicts, canonical=canonical is not None)
+    return SplitPlan(
+        rows={s: orig[idx[s]] for s in SPLITS},
+        y_kept=y,
+        duplicates=n_dupes,
+        conflicts=n_conflicts,
+        canonical=canonical is not None,
+    )
 
 
-def describe(plan: SplitPlan, *, kind: str, classes: list[str], feature_names: list[str],
-             sample_shape: tuple, dtype: np.dtype, raw_samples: int, quarantined: list[dict]) -> tuple[dict, dict]:
+def describe(
+    plan: SplitPlan,
+    *,
+    kind: str,
+    classes: list[str],
+    feature_names: list[str],
+    sample_shape: tuple[int, ...],
+    dtype: DTypeLike,
+    raw_samples: int,
+    quarantined: list[Quarantined],
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """meta.json and report.json of a planned split."""
     y = plan.y_kept
     meta = {
@@ -162,5 +188,5 @@ def describe(plan: SplitPlan, *, kind: str, classes: list[str], feature_names: l
     return meta, report
 
 
-def dump_json(obj: dict, path: Path) -> None:
+def dump_json(obj: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

@@ -15,13 +15,20 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lepton_core.data.fingerprint import resolve_path
-from lepton_core.data.formats import RawDataset, combine_datasets, load_raw
+from lepton_core.data.formats import Quarantined, RawDataset, combine_datasets, load_raw
 from lepton_core.data.plan import (  # noqa: F401 - re-exported: prepare's public names
-    SPLITS, SplitPlan, describe, drop_duplicates, dump_json, plan_split, split_dataset,
+    SPLITS,
+    SplitPlan,
+    describe,
+    drop_duplicates,
+    dump_json,
+    plan_split,
+    split_dataset,
 )
 from lepton_core.errors import DataError
 from lepton_core.fileio import publish_dir
@@ -32,11 +39,11 @@ from lepton_core.params import DataParams
 class Prepared:
     x: dict[str, np.ndarray]
     y: dict[str, np.ndarray]
-    meta: dict
-    report: dict
+    meta: dict[str, Any]  # meta.json
+    report: dict[str, Any]  # report.json
 
 
-def validate(ds: RawDataset) -> tuple[np.ndarray, list[dict]]:
+def validate(ds: RawDataset) -> tuple[np.ndarray, list[Quarantined]]:
     """Return a keep-mask over samples and the quarantine records for the rest."""
     n = len(ds.y)
     if ds.x.ndim < 2 or len(ds.x) != n:
@@ -44,7 +51,7 @@ def validate(ds: RawDataset) -> tuple[np.ndarray, list[dict]]:
     if not (np.issubdtype(ds.x.dtype, np.integer) or np.issubdtype(ds.x.dtype, np.floating)):
         raise DataError(f"unsupported sample dtype {ds.x.dtype}")
     keep = np.ones(n, dtype=bool)
-    records: list[dict] = []
+    records: list[Quarantined] = []
     bad_label = (ds.y < 0) | (ds.y >= len(ds.classes))
     for i in np.flatnonzero(bad_label):
         records.append({"item": f"sample {i}", "reason": f"label {int(ds.y[i])} out of range"})
@@ -73,15 +80,33 @@ def prepare_dataset(
     rest. Without such rows, and with "random", the test split is drawn like val."""
     keep, records = validate(ds)
     quarantined = list(ds.quarantined) + records
-    plan = plan_split(ds.y, keep, content_hashes(ds.x[keep]), ds.classes, val_fraction=val_fraction,
-                      test_fraction=test_fraction, seed=seed, test_split=test_split, test_rows=ds.test_rows)
+    plan = plan_split(
+        ds.y,
+        keep,
+        content_hashes(ds.x[keep]),
+        ds.classes,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        test_split=test_split,
+        test_rows=ds.test_rows,
+    )
     dtype = np.uint8 if ds.x.dtype == np.uint8 else np.float32
-    meta, report = describe(plan, kind=ds.kind, classes=ds.classes, feature_names=ds.feature_names,
-                            sample_shape=ds.x.shape[1:], dtype=dtype, raw_samples=len(ds.y),
-                            quarantined=quarantined)
+    meta, report = describe(
+        plan,
+        kind=ds.kind,
+        classes=ds.classes,
+        feature_names=ds.feature_names,
+        sample_shape=ds.x.shape[1:],
+        dtype=dtype,
+        raw_samples=len(ds.y),
+        quarantined=quarantined,
+    )
     return Prepared(
         x={s: ds.x[plan.rows[s]].astype(dtype, copy=False) for s in SPLITS},
-        y={s: ds.y[plan.rows[s]] for s in SPLITS}, meta=meta, report=report,
+        y={s: ds.y[plan.rows[s]] for s in SPLITS},
+        meta=meta,
+        report=report,
     )
 
 
@@ -110,8 +135,9 @@ def read_prepared(path: str | Path) -> Prepared:
     return Prepared(x=x, y=y, meta=meta, report=report)
 
 
-def prepare_from_params(params: DataParams, out_dir: str | Path, base_dir: Path | None = None,
-                        extra: list[dict] | None = None) -> dict:
+def prepare_from_params(
+    params: DataParams, out_dir: str | Path, base_dir: Path | None = None, extra: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """Load the raw data the params name, fold in `extra` labelled batches
     ({"format", "path", "id"}: those the monitor accepted), validate, dedup, split
     and write the packed dataset. The batch ids and the label column are written
@@ -125,19 +151,30 @@ def prepare_from_params(params: DataParams, out_dir: str | Path, base_dir: Path 
 
         loaded, names, unreadable = _load_extra(extra, params)
         root = resolve_path(params.path, base_dir)
+        if root is None:  # as load_raw says it (DataParams already asks for a path)
+            raise DataError(f"format {params.format!r} needs a data path")
         if not root.exists():
             raise DataError(f"{root}: no such file or folder")
         return prepare_imagefolder(
-            root, out_dir, val_fraction=params.val_fraction, test_fraction=params.test_fraction,
-            seed=params.seed, extra=list(zip(loaded, names)), extra_quarantined=unreadable,
-            meta_extra={"label_column": params.label_column, "monitored_batches": names})
+            root,
+            out_dir,
+            val_fraction=params.val_fraction,
+            test_fraction=params.test_fraction,
+            seed=params.seed,
+            extra=list(zip(loaded, names)),
+            extra_quarantined=unreadable,
+            meta_extra={"label_column": params.label_column, "monitored_batches": names},
+        )
     raw = load_raw(params.format, resolve_path(params.path, base_dir), params.label_column)
     loaded, names, unreadable = _load_extra(extra, params)
     if extra:
         raw = combine_datasets(raw, loaded, names)
         raw.quarantined.extend(unreadable)
     prep = prepare_dataset(
-        raw, val_fraction=params.val_fraction, test_fraction=params.test_fraction, seed=params.seed,
+        raw,
+        val_fraction=params.val_fraction,
+        test_fraction=params.test_fraction,
+        seed=params.seed,
         test_split=params.test_split,
     )
     prep.meta["label_column"] = params.label_column
@@ -146,8 +183,12 @@ def prepare_from_params(params: DataParams, out_dir: str | Path, base_dir: Path 
     return prep.report
 
 
-def _load_extra(extra: list[dict], params: DataParams) -> tuple[list[RawDataset], list[str], list[dict]]:
-    loaded, names, unreadable = [], [], []
+def _load_extra(
+    extra: list[dict[str, Any]], params: DataParams
+) -> tuple[list[RawDataset], list[str], list[Quarantined]]:
+    loaded: list[RawDataset] = []
+    names: list[str] = []
+    unreadable: list[Quarantined] = []
     for b in extra:
         try:  # a batch accepted for another model (other label column, format) is set aside
             loaded.append(load_raw(b["format"], b["path"], params.label_column))

@@ -18,11 +18,20 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from lepton_core.data.formats import (
-    RawDataset, combine_datasets, grey_mode, iter_imagefolder, scan_imagefolder, to_planes,
+    ImageFolderScan,
+    Quarantined,
+    RawDataset,
+    combine_datasets,
+    grey_mode,
+    iter_imagefolder,
+    scan_imagefolder,
+    to_planes,
 )
 from lepton_core.data.plan import SPLITS, describe, dump_json, plan_split
 from lepton_core.errors import DataError
@@ -32,7 +41,7 @@ CHUNK = 1024  # images decoded and written at a time
 _SCRATCH = ".decoded.u8"
 
 
-def _npy_header(fh, shape: tuple, dtype: np.dtype) -> int:
+def _npy_header(fh: BinaryIO, shape: tuple[int, ...], dtype: DTypeLike) -> int:
     """Write the header `np.save` writes for an array of this shape and dtype; return
     where the data starts."""
     d = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
@@ -70,7 +79,7 @@ class _Sink:
         self.fh.close()
 
 
-def _decode_base(scan, scratch: Path, chunk: int) -> tuple[_Sink, bool]:
+def _decode_base(scan: ImageFolderScan, scratch: Path, chunk: int) -> tuple[_Sink, bool]:
     """Decode the folder into the scratch file. Whether the set is RGB (grey images
     then join as three equal planes) is planned from the headers' modes and checked
     against the decoded images; should an image decode otherwise, the pass is redone
@@ -90,16 +99,24 @@ def _decode_base(scan, scratch: Path, chunk: int) -> tuple[_Sink, bool]:
     raise DataError(f"{scan.root}: images decode differently on each read")  # pragma: no cover
 
 
-def prepare_imagefolder(root: Path, out_dir: str | Path, *, val_fraction: float, test_fraction: float,
-                        seed: int, extra: list[tuple[RawDataset, str]] | None = None,
-                        extra_quarantined: list[dict] | None = None, meta_extra: dict | None = None,
-                        chunk: int = CHUNK) -> dict:
+def prepare_imagefolder(
+    root: Path,
+    out_dir: str | Path,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    extra: list[tuple[RawDataset, str]] | None = None,
+    extra_quarantined: list[Quarantined] | None = None,
+    meta_extra: dict[str, Any] | None = None,
+    chunk: int = CHUNK,
+) -> dict[str, Any]:
     """Validate, dedup, split and pack an image folder into `out_dir` chunk by chunk
     (published whole or not at all, like prepare.write_prepared). `extra`: labelled
     batches (dataset, name) appended as prepare.combine_datasets would, and
     `extra_quarantined` records after theirs. Returns the report."""
     chunk = max(1, int(chunk))
-    out: dict = {}
+    out: dict[str, dict[str, Any]] = {}
 
     def build(tmp: Path) -> None:
         scan = scan_imagefolder(root)
@@ -113,8 +130,9 @@ def prepare_imagefolder(root: Path, out_dir: str | Path, *, val_fraction: float,
         if extra:
             # the batches (small: accepted monitor batches) in memory, joined to an
             # empty base of the folder's shape: the rows and records combine_datasets keeps
-            base = RawDataset(x=np.zeros((0, *shape), np.uint8), y=np.zeros(0, np.int64),
-                              classes=scan.classes, kind="image")
+            base = RawDataset(
+                x=np.zeros((0, *shape), np.uint8), y=np.zeros(0, np.int64), classes=scan.classes, kind="image"
+            )
             joined = combine_datasets(base, [d for d, _ in extra], [n for _, n in extra])
             quarantined += joined.quarantined
             with scratch.open("ab") as sink.fh:
@@ -125,11 +143,26 @@ def prepare_imagefolder(root: Path, out_dir: str | Path, *, val_fraction: float,
         quarantined += list(extra_quarantined or [])
         y = np.asarray(sink.labels, dtype=np.int64)
         n = len(y)
-        plan = plan_split(y, np.ones(n, dtype=bool), sink.hashes, scan.classes, val_fraction=val_fraction,
-                          test_fraction=test_fraction, seed=seed)
+        plan = plan_split(
+            y,
+            np.ones(n, dtype=bool),
+            sink.hashes,
+            scan.classes,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+        )
         del sink
-        meta, report = describe(plan, kind="image", classes=scan.classes, feature_names=[],
-                                sample_shape=shape, dtype=np.uint8, raw_samples=n, quarantined=quarantined)
+        meta, report = describe(
+            plan,
+            kind="image",
+            classes=scan.classes,
+            feature_names=[],
+            sample_shape=shape,
+            dtype=np.uint8,
+            raw_samples=n,
+            quarantined=quarantined,
+        )
         meta.update(meta_extra or {})
         _write_splits(scratch, tmp, plan.rows, shape, n, chunk)
         scratch.unlink()
@@ -143,8 +176,9 @@ def prepare_imagefolder(root: Path, out_dir: str | Path, *, val_fraction: float,
     return out["report"]
 
 
-def _write_splits(scratch: Path, tmp: Path, rows: dict[str, np.ndarray], shape: tuple, n: int,
-                  chunk: int) -> None:
+def _write_splits(
+    scratch: Path, tmp: Path, rows: dict[str, np.ndarray], shape: tuple[int, ...], n: int, chunk: int
+) -> None:
     """Each split's x_<split>.npy from the scratch file: read in order, `chunk` rows at
     a time, every kept row written (pwrite) at its place in its split."""
     rb = int(np.prod(shape))
@@ -170,7 +204,7 @@ def _write_splits(scratch: Path, tmp: Path, rows: dict[str, np.ndarray], shape: 
                 view = memoryview(buf)
                 for r in np.flatnonzero(where[lo:hi] >= 0).tolist():
                     i = int(where[lo + r])
-                    os.pwrite(fds[i], view[r * rb:(r + 1) * rb], starts[i] + int(pos[lo + r]) * rb)
+                    os.pwrite(fds[i], view[r * rb : (r + 1) * rb], starts[i] + int(pos[lo + r]) * rb)
         for fd in fds:
             os.fsync(fd)
     finally:
