@@ -22,6 +22,23 @@ _FLOW_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 _file_handler: logging.Handler | None = None
 
 
+class ServiceUnreachable(ConnectionError):
+    """A service a command needs does not answer (found before the command's work
+    starts, by a quick check): an infrastructure failure, exit code 1."""
+
+    def __init__(self, service: str, url: str, reason: str):
+        super().__init__(reason)
+        self.service, self.url, self.reason = service, url, reason
+
+
+# service -> (what it is, the variable that says where it is)
+_SERVICES = {
+    "mlflow": ("the MLflow tracking server", "MLFLOW_TRACKING_URI"),
+    "prefect": ("the Prefect API", "PREFECT_API_URL"),
+    "s3": ("S3", "LEPTON_S3_ENDPOINT_URL"),
+}
+
+
 def log_path(home: Path) -> Path:
     return home / "logs" / LOG_NAME
 
@@ -130,14 +147,32 @@ def _first_line(exc: BaseException, limit: int = 240) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_PACKAGES = ("effects", "lepton", "tasks", "flows")
+
+
+def _our_file(filename: str) -> str | None:
+    """`.../effects/data/dvc_store.py` -> `effects/data/dvc_store.py` (from the last of
+    our packages on the path, so sub-packages count); None outside our code. In an
+    installed tree only a top-level package of site-packages is ours."""
+    parts = Path(filename).parts
+    installed = [i for i, p in enumerate(parts) if p in ("site-packages", "dist-packages")]
+    if installed:
+        top = installed[-1] + 1
+        return "/".join(parts[top:]) if top < len(parts) - 1 and parts[top] in _PACKAGES else None
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in _PACKAGES:
+            return "/".join(parts[i:])
+    return None
+
+
 def _our_files(chain: list[BaseException]) -> list[str]:
     """Our modules on the traceback, innermost last (effects/data/dvc_store.py, ...)."""
     files = []
     for e in chain:
         for fr in traceback.extract_tb(e.__traceback__):
-            parts = Path(fr.filename).parts
-            if len(parts) >= 2 and parts[-2] in ("effects", "lepton", "tasks", "flows"):
-                files.append(f"{parts[-2]}/{parts[-1]}")
+            ours = _our_file(fr.filename)
+            if ours:
+                files.append(ours)
     return files
 
 
@@ -162,6 +197,10 @@ def describe(exc: BaseException, settings) -> str:
     inner = files[-1] if files else ""
     msg = _first_line(exc)
     stack = " (`lepton status` shows each service)"
+    for e in chain:
+        if isinstance(e, ServiceUnreachable):
+            what, var = _SERVICES[e.service]
+            return f"{what} at {redact_uri(e.url)} does not answer: {e.reason}; start it or fix {var}{stack}"
     for e in chain:
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             where = f" writing {e.filename}" if e.filename else ""

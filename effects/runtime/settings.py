@@ -23,6 +23,15 @@ The live stack (`lepton up`) adds:
                            default: NAME_lepton beside `lepton up --db`'s databases, else local files)
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY   S3 credentials (never written to params or tags)
 
+How long a command waits for a service (every command that talks to one gives up
+in bounded time with one `error:` line naming it):
+
+    LEPTON_SERVICE_TIMEOUT  seconds one request to MLflow or Prefect may take (default 60;
+                            raise it for large uploads over a slow link). MLflow's and
+                            Prefect's clients try 4 times, about 2, 4 (and 8) s apart, unless
+                            MLFLOW_HTTP_REQUEST_MAX_RETRIES / _BACKOFF_FACTOR / _TIMEOUT,
+                            PREFECT_API_REQUEST_TIMEOUT or PREFECT_CLIENT_MAX_RETRIES are set.
+
 Nothing here runs at import time: call `get_settings()` / `configure_environment()`.
 """
 
@@ -43,7 +52,7 @@ KNOWN_ENV: frozenset[str] = frozenset({
     "LEPTON_DB_URL", "LEPTON_PREFECT_PORT", "LEPTON_MLFLOW_PORT", "LEPTON_S3_PORT",
     "LEPTON_S3_ENDPOINT_URL", "LEPTON_S3_BUCKET", "LEPTON_S3_SSE", "LEPTON_WORK_POOL",
     "LEPTON_DEBUG", "LEPTON_PREFECT_TEMPORARY", "LEPTON_SERVE_TOKEN", "LEPTON_SERVE_PORT",
-    "LEPTON_PREDICTION_LOG", "LEPTON_DDP_RDZV", "LEPTON_STATE_DB",
+    "LEPTON_PREDICTION_LOG", "LEPTON_DDP_RDZV", "LEPTON_STATE_DB", "LEPTON_SERVICE_TIMEOUT",
     "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_UPLOAD_EXTRA_ARGS",
     "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
     "PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_HOME", "PREFECT_SERVER_DATABASE_CONNECTION_URL",
@@ -59,6 +68,12 @@ KNOWN_ENV: frozenset[str] = frozenset({
     "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING",
     "WEED_S3_SSE_KEK", "WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY",
     "WEED_JWT_FILER_SIGNING_KEY", "WEED_JWT_FILER_SIGNING_READ_KEY",
+    # how long a command waits for a service (configure_environment's bounded defaults)
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "PREFECT_API_REQUEST_TIMEOUT", "PREFECT_CLIENT_MAX_RETRIES",
+    # printed by `lepton env` for a user's own clients (the model server's address, S3 for
+    # the AWS CLI and SDKs)
+    "LEPTON_SERVE_URL", "AWS_ENDPOINT_URL",
 })
 
 # Telemetry to outside services is off unless the user turns it on themselves.
@@ -70,6 +85,16 @@ _QUIET_ENV = {
     "GIT_PYTHON_REFRESH": "quiet",
     "DVC_NO_ANALYTICS": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+# A service that does not answer ends a command in bounded time. MLflow's own defaults
+# (7 retries, backoff factor 2, 120 s a request) kept `lepton status` silent for about
+# 2 minutes against a closed port; Prefect's (5 retries, 2**n s apart, 60 s) about 1.
+SERVICE_TIMEOUT_S = 60  # LEPTON_SERVICE_TIMEOUT: one request to MLflow or Prefect (whole seconds)
+_RETRY_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",  # 4 tries, about 0 + 2 + 4 s apart (urllib3, + up to 1 s jitter)
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "PREFECT_CLIENT_MAX_RETRIES": "3",  # 4 tries, about 2, 4, 8 s apart (its 503/429 retries included)
 }
 
 
@@ -205,8 +230,28 @@ def private_home(home: Path) -> None:
         home.chmod(0o700)
 
 
+def service_timeout() -> int:
+    """LEPTON_SERVICE_TIMEOUT in whole seconds (MLflow reads its timeout as an int)."""
+    raw = os.environ.get("LEPTON_SERVICE_TIMEOUT", "").strip()
+    if not raw:
+        return SERVICE_TIMEOUT_S
+    if not raw.isdigit() or int(raw) < 1:
+        raise LeptonError(f"LEPTON_SERVICE_TIMEOUT={raw!r}: a whole number of seconds, at least 1")
+    return int(raw)
+
+
+def bound_service_calls(timeout: int | None = None) -> None:
+    """Make MLflow's and Prefect's clients give up in bounded time (see _RETRY_ENV):
+    `timeout` seconds a request (default LEPTON_SERVICE_TIMEOUT, and never more),
+    a few quick retries. Variables the user set win."""
+    t = service_timeout() if timeout is None else min(timeout, service_timeout())
+    for k, v in {**_RETRY_ENV, "MLFLOW_HTTP_REQUEST_TIMEOUT": str(t), "PREFECT_API_REQUEST_TIMEOUT": str(t)}.items():
+        os.environ.setdefault(k, v)
+
+
 def configure_environment(settings: Settings | None = None, use_stack: bool = True,
-                          allow_down: bool = False) -> Settings:
+                          allow_down: bool = False, bounded: bool = True,
+                          timeout: int | None = None) -> Settings:
     """Point MLflow and Prefect at the settings (before they are imported) and turn
     telemetry off. Only fills in variables the user has not set.
 
@@ -216,11 +261,18 @@ def configure_environment(settings: Settings | None = None, use_stack: bool = Tr
     an error naming it (StackDown), never a quiet switch to local state;
     `allow_down` (for `lepton status`) returns the settings anyway. Local state
     (SQLite, a temporary Prefect server) is used only when no stack is configured.
+
+    `bounded`: this process's MLflow and Prefect clients give up in bounded time
+    (`bound_service_calls`, with `timeout` seconds a request at most); `lepton up`
+    passes False, so the flow runs of the stack's worker (long, unattended) keep
+    the clients' own patient retries.
     """
     s = settings or get_settings()
     private_home(s.home)
     for k, v in _QUIET_ENV.items():
         os.environ.setdefault(k, v)
+    if bounded:
+        bound_service_calls(timeout)
     if use_stack:
         state = stack_state.configured(s.home)
         if state is not None:

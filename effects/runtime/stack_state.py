@@ -137,6 +137,26 @@ def client_env(home: Path, state: dict) -> dict[str, str]:
     return env
 
 
+# What a user's own clients need to reach the stack (`lepton env`): the mlflow and
+# prefect CLIs and SDKs, the AWS CLI and SDKs (AWS_ENDPOINT_URL, read by boto3 >= 1.28
+# and the AWS CLI v2), and curl to the model server. In the order they are printed.
+USER_ENV: tuple[str, ...] = (
+    "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+    "PREFECT_API_URL", "PREFECT_API_AUTH_STRING",
+    "LEPTON_SERVE_URL", "LEPTON_SERVE_TOKEN",
+    "LEPTON_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+)
+
+
+def user_env(home: Path, state: dict) -> dict[str, str]:
+    """`client_env` narrowed to USER_ENV, plus what only outside clients need: the
+    model server's address and S3's endpoint under the AWS SDKs' own name."""
+    u = urls(state)
+    env = {**client_env(home, state), "LEPTON_SERVE_URL": u.serve, "AWS_ENDPOINT_URL": u.s3}
+    return {k: env[k] for k in USER_ENV if k in env}
+
+
 def state_db_url(db_url: str) -> str:
     """postgresql://u@h:p/NAME (`lepton up --db`) -> the monitor's shared state
     database beside MLflow's and Prefect's: postgresql://u@h:p/NAME_lepton."""

@@ -129,7 +129,7 @@ def test_drift_in_cooldown_says_until_when_and_accepted_batches_can_be_rejected(
     run_id = re.search(r"MLflow monitoring run\s+(\w+)", r.stdout).group(1)
     uri = env["MLFLOW_TRACKING_URI"]
     tags = MlflowClient(uri, registry_uri=uri).get_run(run_id).data.tags
-    assert tags["lepton.monitor.event"].startswith(f"suppressed: cool-down until ")
+    assert tags["lepton.monitor.event"].startswith("suppressed: cool-down until ")
     assert until in tags["lepton.monitor.event"]
 
     listed = run_cli(["monitor", "accepted"], env, timeout=60)
@@ -146,8 +146,8 @@ def test_drift_in_cooldown_says_until_when_and_accepted_batches_can_be_rejected(
     assert again.returncode == 2
     one_error_line(again, "is not an accepted batch")
     # a rejected batch is not accepted again when it is checked again
-    from effects.state import monitor_state
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
 
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():

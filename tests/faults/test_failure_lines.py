@@ -63,6 +63,17 @@ CASES = {
     "disk-full": (lambda: OSError(errno.ENOSPC, "No space left on device", "/data/x.npy"),
                   ["no space left on the device writing /data/x.npy", "free some space"]),
     "other": (lambda: RuntimeError("boom\nsecond line"), ["RuntimeError: boom second line"]),
+    # found by the command's quick check before its work (lepton/cli/services.py)
+    "mlflow-silent": (lambda: failures.ServiceUnreachable("mlflow", "http://user:secret@127.0.0.1:9", "no answer "
+                                                         "within 3 s"),
+                      ["the MLflow tracking server at http://user:***@127.0.0.1:9 does not answer: no answer within "
+                       "3 s", "start it or fix MLFLOW_TRACKING_URI"]),
+    "prefect-refused": (lambda: failures.ServiceUnreachable("prefect", "http://127.0.0.1:7/api", "connection refused"),
+                        ["the Prefect API at http://127.0.0.1:7/api does not answer: connection refused",
+                         "start it or fix PREFECT_API_URL"]),
+    "s3-refused": (lambda: failures.ServiceUnreachable("s3", "http://127.0.0.1:8", "connection refused"),
+                   ["S3 at http://127.0.0.1:8 does not answer: connection refused",
+                    "start it or fix LEPTON_S3_ENDPOINT_URL"]),
 }
 
 
@@ -89,6 +100,36 @@ def _fresh_handler():
         logging.getLogger("lepton.failures").removeHandler(h)
         h.close()
     failures._file_handler = None
+
+
+def raised_in(filename: str, exc: BaseException) -> BaseException:
+    """`exc` raised by code whose frame says it is in `filename` (as in the installed tree)."""
+    code = compile("def adapter(e):\n    raise e\n", filename, "exec")
+    scope: dict = {}
+    exec(code, scope)
+    try:
+        scope["adapter"](exc)
+    except BaseException as e:  # noqa: BLE001
+        return e
+    raise AssertionError("not raised")
+
+
+@pytest.mark.parametrize("filename, exc, needle", [
+    # an OSError of the DVC adapter is the remote's failure, not a bare path
+    ("/srv/app/effects/data/dvc_store.py", NotADirectoryError(20, "Not a directory", "/r/files/md5/8c/x"),
+     "the DVC remote s3://lepton/dvc failed: [Errno 20] Not a directory"),
+    # a connection error inside the MLflow adapter names the tracking server
+    ("/srv/lepton/effects/tracking/runs.py", ConnectionError("Connection refused"),
+     "the MLflow tracking server at http://user:***@127.0.0.1:9 does not answer: Connection refused"),
+    # an installed tree (pip install ., as in the images) is ours too; a third party's
+    # folder that happens to be called `tasks` is not
+    ("/venv/lib/python3.11/site-packages/effects/tracking/registry.py", ValueError("odd"),
+     "the MLflow tracking server at http://user:***@127.0.0.1:9 failed: odd"),
+    ("/venv/lib/python3.11/site-packages/celery/tasks/effects.py", ValueError("odd"), "error: ValueError: odd"),
+])
+def test_the_adapter_a_failure_came_through_is_named(tmp_path, filename, exc, needle):
+    line = failures.error_line(raised_in(filename, exc), settings(tmp_path), debug=False)
+    assert needle in line, line
 
 
 def test_with_lepton_debug_the_line_does_not_send_you_to_the_log(tmp_path):

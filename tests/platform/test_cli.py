@@ -41,7 +41,10 @@ def _assert_one_line_error(r: subprocess.CompletedProcess, needle: str, code: in
 
 
 def test_help_for_every_command(env):
-    for args in ([], ["demo"], ["retrain"], ["status"], ["promote"], ["rollback"], ["data", "restore"]):
+    commands = ["demo", "retrain", "sweep", "status", "promote", "rollback", "optimize", "up", "down", "env",
+                "deploy", "simulate-drift", "serve", "predict", "data", "monitor"]
+    subcommands = [["data", "restore"], ["monitor", "check"], ["monitor", "accepted"], ["monitor", "reject"]]
+    for args in ([], *([c] for c in commands), *subcommands):
         r = run_cli([*args, "--help"], env, timeout=60)
         assert r.returncode == 0, r.stderr
         assert "Usage" in r.stdout

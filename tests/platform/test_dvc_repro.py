@@ -71,8 +71,8 @@ def test_dvc_repro_on_default_params_then_restore(tmp_path):
         assert (tmp_path / "restored" / f.name).read_bytes() == f.read_bytes()
 
     # The Prefect path versions the same bytes under the same id.
-    from lepton_core.params import DataParams
     from effects.data.dvc_store import version_dataset
+    from lepton_core.params import DataParams
 
     old = dict(os.environ)
     try:

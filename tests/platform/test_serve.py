@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 import pytest
 
 from lepton_core.params import DataParams, ServeParams, TrainParams
@@ -43,7 +42,7 @@ class Running:
                                                 log_level="warning"))
         self.thread = threading.Thread(target=self.uv.run, daemon=True)
 
-    def __enter__(self) -> "Running":
+    def __enter__(self) -> Running:
         self.thread.start()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -333,8 +332,8 @@ def test_the_s3_prediction_log_survives_an_s3_outage_without_a_failed_prediction
     import pandas as pd
 
     from effects.monitoring.monitor import prediction_log_window
-    from effects.serving.prediction_log import open_store
     from effects.runtime.settings import get_settings
+    from effects.serving.prediction_log import open_store
 
     s3 = SeaweedS3(tmp_path)
     s3.start()

@@ -37,9 +37,9 @@ def optimized(champion, lepton_env):
 
 
 def test_optimize_registers_both_variants_with_their_figures(champion, optimized):
+    from effects.runtime.settings import get_settings
     from effects.tracking import runs
     from effects.tracking.registry import alias_version
-    from effects.runtime.settings import get_settings
 
     first, _ = champion
     assert optimized["version"] == first["version"]
@@ -66,9 +66,9 @@ def test_optimize_registers_both_variants_with_their_figures(champion, optimized
 def test_stock_mlflow_loads_each_variant_and_reproduces_its_accuracy_on_raw_digits(champion, optimized, kind):
     import mlflow
 
-    from effects.tracking.registry import alias_version
-    from effects.tracking import runs
     from effects.runtime.settings import get_settings
+    from effects.tracking import runs
+    from effects.tracking.registry import alias_version
 
     _, prepared = champion
     x, y = prepared.x["test"], prepared.y["test"]  # raw uint8 (N, 1, 8, 8)
@@ -109,8 +109,8 @@ def test_a_variant_that_loses_too_much_accuracy_is_refused_in_one_line(champion,
     import subprocess
     import sys
 
-    from effects.tracking import runs
     from effects.runtime.settings import get_settings
+    from effects.tracking import runs
 
     c = runs.client(get_settings())
     before = len(c.search_model_versions("name='lepton-digits'"))
@@ -130,9 +130,9 @@ def test_a_variant_that_loses_too_much_accuracy_is_refused_in_one_line(champion,
 
 
 def test_variant_aliases_follow_the_champion(champion, optimized, lepton_env):
+    from effects.runtime.settings import get_settings
     from effects.tracking import runs
     from effects.tracking.registry import alias_version
-    from effects.runtime.settings import get_settings
     from effects.tracking.variants import follow_champion
 
     c = runs.client(get_settings())

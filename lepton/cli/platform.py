@@ -1,0 +1,198 @@
+"""`lepton up`, `down`, `status`, `env`, `deploy`: the live stack, what it serves, and
+the Prefect deployments that run on it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import typer
+
+from lepton.cli import render
+from lepton.cli.options import ParamsOpt, SetOpt, echo_json, echo_lines, load_params
+from lepton_core.errors import LeptonError
+
+STATUS_TIMEOUT_S = 10  # a request of `lepton status` to MLflow: it is a health check
+
+
+def _port_option(name: str, default: int):
+    return typer.Option(
+        None, f"--{name}-port", help=f"{name} port (default {default}, or LEPTON_{name.upper()}_PORT)",
+        show_default=False, min=1, max=65535)
+
+
+PORT_OPTS = {name: _port_option(name, default) for name, default in
+             (("prefect", 4200), ("mlflow", 5000), ("s3", 8333), ("serve", 8000))}
+
+
+def up(
+    db: str | None = typer.Option(
+        None, "--db", help="postgresql://USER@HOST:PORT/NAME for both servers (default: SQLite; or LEPTON_DB_URL)"),
+    prefect_port: int | None = PORT_OPTS["prefect"],
+    mlflow_port: int | None = PORT_OPTS["mlflow"],
+    s3_port: int | None = PORT_OPTS["s3"],
+    serve_port: int | None = PORT_OPTS["serve"],
+    sse: str | None = typer.Option(
+        None, "--sse", metavar="AES256|aws:kms|none",
+        help="server-side encryption asked for on every S3 write (default: LEPTON_S3_SSE, else as at the last up)"),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="no authentication on S3's filer, MLflow and Prefect (default: on, "
+                                 "credentials in <home>/stack/credentials.json)"),
+):
+    """Start the live stack: S3 store, MLflow server, Prefect server, a worker and the model server."""
+    from effects.runtime.settings import configure_environment, redact_uri
+    from lepton import stack
+
+    # bounded=False: the worker started here inherits this environment, and its flow
+    # runs (long, unattended) keep the clients' own patient retries
+    s = configure_environment(use_stack=False, bounded=False)
+    state = stack.up(s, db, {
+        "prefect": prefect_port or s.ports.get("prefect"),
+        "mlflow": mlflow_port or s.ports.get("mlflow"),
+        "s3": s3_port or s.ports.get("s3"),
+        "serve": serve_port or s.ports.get("serve"),
+    }, echo=lambda m: typer.echo(m, err=True), sse=sse, auth=False if no_auth else None)
+    urls = dataclasses.asdict(stack.urls(state))
+    backend = redact_uri(state["db_url"]) if state["db_url"] else ""
+    echo_lines(render.up_summary(state, urls, str(stack.stack_dir(s.home)), backend))
+
+
+def down():
+    """Stop what `lepton up` started (by PID). Data, runs and models stay."""
+    from effects.runtime.settings import configure_environment
+    from lepton import stack
+
+    typer.echo(render.down_line(stack.down(configure_environment(use_stack=False))))
+
+
+def status(
+    as_json: bool = typer.Option(False, "--json", help="one JSON object (for scripts and CI)"),
+    model: str | None = typer.Option(None, help="registered model (default: registry.model_name)"),
+    params_file: Path | None = ParamsOpt,
+):
+    """Show the champion and previous versions of the registered model."""
+    from effects.runtime.settings import StackDown, configure_environment, registry_label
+    from lepton import stack
+    from lepton.cli.services import require
+
+    s = configure_environment(allow_down=True, timeout=STATUS_TIMEOUT_S)
+    name = model or load_params(params_file, [], s).registry.model_name
+    services = stack.health(s)
+    sick = [svc for svc, h in services.items() if not h["healthy"]] if s.stack else []
+    if sick:  # a configured stack with a service down: say which, never show local state
+        if as_json:
+            echo_json({"services": services, "registry": None})
+        else:
+            echo_lines(render.services_table(services))
+        h = services[sick[0]]
+        raise StackDown(f"the stack's {sick[0]} is {'not healthy' if h['running'] else 'down'} ({h['url']}); "
+                        "run `lepton up` to start it again")
+    require(s, ("mlflow",))
+    from effects.tracking.registry import registry_status
+
+    st = registry_status(name, s)
+    if as_json:
+        echo_json({**st, "registry": registry_label(s), **({"services": services} if services else {})})
+        return
+    echo_lines(render.services_table(services))
+    echo_lines(render.registry_table(st, registry_label(s)))
+
+
+def _local_env(s) -> dict[str, str]:
+    """Without a stack: what Lepton's own commands use here, the user's variables over
+    the embedded defaults (the local SQLite registry)."""
+    from effects.runtime.stack_state import USER_ENV
+
+    env = {k: os.environ[k] for k in USER_ENV if os.environ.get(k)}
+    env["MLFLOW_TRACKING_URI"] = s.tracking_uri
+    if s.prefect_api_url and not s.prefect_temporary:
+        env["PREFECT_API_URL"] = s.prefect_api_url
+    if s.s3_endpoint_url:
+        env.update(LEPTON_S3_ENDPOINT_URL=s.s3_endpoint_url, AWS_ENDPOINT_URL=s.s3_endpoint_url)
+    return {k: env[k] for k in USER_ENV if k in env}
+
+
+def env(as_json: bool = typer.Option(False, "--json", help="print the variables as one JSON object")):
+    """Print shell exports of the stack's addresses and credentials: eval "$(lepton env)".
+
+    Your own clients then reach the stack with authentication on: mlflow and prefect
+    (MLFLOW_TRACKING_*, PREFECT_API_*), the AWS CLI and SDKs (AWS_ENDPOINT_URL, AWS_*),
+    curl to the model server ($LEPTON_SERVE_URL with $LEPTON_SERVE_TOKEN as bearer
+    token). Without a stack: the local defaults, and a note on stderr."""
+    from effects.runtime import stack_state
+    from effects.runtime.settings import get_settings
+
+    s = get_settings()
+    state = stack_state.configured(s.home)
+    if state is None:
+        values = _local_env(s)
+        notes = render.env_notes(False, differing=[k for k in values if os.environ.get(k)])
+    else:
+        values = stack_state.user_env(s.home, state)
+        differing = [k for k, v in values.items() if os.environ.get(k) not in (None, v)]
+        notes = render.env_notes(True, stack_state.dead(state), differing)
+    echo_lines(notes, err=True)
+    if as_json:
+        echo_json(values)
+    else:
+        echo_lines(render.env_exports(values))
+
+
+def deploy(
+    params_file: Path | None = ParamsOpt,
+    set_: list[str] = SetOpt,
+    write_prefect_yaml: Path | None = typer.Option(
+        None, "--write-prefect-yaml", metavar="FILE",
+        help="write the same deployments as a prefect.yaml (for `prefect deploy --all`) and stop"),
+    pool_type: str = typer.Option(
+        "process", "--pool-type", metavar="TYPE",
+        help="process, or kubernetes: flow runs as Jobs; retrain asks for params.deploy's gpus, memory, cpu"),
+    pool: str | None = typer.Option(None, "--pool", help="work pool name (default: LEPTON_WORK_POOL or lepton)"),
+    base_job_template: Path | None = typer.Option(
+        None, "--base-job-template", metavar="FILE",
+        help="template of a new kubernetes pool (default: infra/work-pools/kubernetes.json)"),
+):
+    """Register the retrain (scheduled), promote, rollback and monitor deployments and the drift trigger."""
+    from effects.runtime.settings import configure_environment
+    from lepton.deploy import POOL_TYPES
+
+    if pool_type not in POOL_TYPES:
+        raise LeptonError(f"--pool-type {pool_type!r}: one of {', '.join(POOL_TYPES)}")
+    if write_prefect_yaml is not None:
+        _write_prefect_yaml(write_prefect_yaml, params_file, list(set_), pool, pool_type)
+        return
+    s = configure_environment()
+    if not s.prefect_api_url:
+        raise LeptonError("no Prefect server: run `lepton up` first (or set PREFECT_API_URL)")
+    params = load_params(params_file, list(set_), s)
+    from lepton.cli.services import require
+
+    require(s, ("prefect",))
+    import prefect  # noqa: F401
+
+    from lepton.deploy import (
+        CRASH_RETRIES,
+        LOST_RUNS_AUTOMATION,
+        RETRY_CRASHED_AUTOMATION,
+        deploy_all,
+        load_base_job_template,
+    )
+
+    template = load_base_job_template(base_job_template) if pool_type == "kubernetes" else None
+    ids = deploy_all(params, str(s.project_dir), pool or s.work_pool, pool_type, template)
+    automation = ids.pop("automation")
+    recovery = [k for k in (LOST_RUNS_AUTOMATION, RETRY_CRASHED_AUTOMATION) if ids.pop(k, None)]
+    echo_lines(render.deploy_summary(ids, automation, recovery, CRASH_RETRIES, deploy=params.deploy.model_dump(),
+                                     monitor_cron=params.monitor.cron, pool=pool or s.work_pool, pool_type=pool_type))
+
+
+def _write_prefect_yaml(path: Path, params_file: Path | None, overrides: list[str], pool: str | None,
+                        pool_type: str) -> None:
+    from effects.runtime.settings import configure_environment
+    from lepton.deploy import render_prefect_yaml
+    from lepton_core.fileio import atomic_write
+
+    s = configure_environment(use_stack=False)
+    atomic_write(path, render_prefect_yaml(load_params(params_file, overrides, s), pool or s.work_pool, pool_type))
+    typer.echo(render.wrote_line(path))

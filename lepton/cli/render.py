@@ -1,0 +1,227 @@
+"""Every line the `lepton` command prints for a person, as pure functions of plain
+dicts and values: no settings, no services, no printing. The commands gather the
+facts and echo what these return (users and scripts read these lines: change them
+only on purpose; tests/platform/test_cli_render.py holds each one).
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Iterable
+
+NaN = float("nan")
+
+
+def verdict(promoted: bool) -> str:
+    return "promoted to @champion" if promoted else "registered, not promoted"
+
+
+# ---------------------------------------------------------------- training
+def retrain_summary(result: dict, status: dict, registry: str) -> list[str]:
+    """After `lepton retrain` / `lepton demo`: the new version, the gate's reason, the
+    champion, this run, where it is. (Then `browse`.)"""
+    d = result["decision"]
+    lines = ["", f"model version   {status['registered_model']} v{result['version']}: {verdict(d['promoted'])}",
+             f"gate            {d['reason']}"]
+    champ = status["champion"]
+    if champ:
+        m = champ["metrics"]
+        lines.append(f"champion        v{champ['version']}  test accuracy {m.get('accuracy', NaN):.4f}"
+                     f"  macro-F1 {m.get('f1_macro', NaN):.4f}")
+    lines += [f"this run        test accuracy {result['metrics']['test_accuracy']:.4f}"
+              f"  macro-F1 {result['metrics']['test_f1_macro']:.4f}",
+              f"data version    {result['data_version']}",
+              f"MLflow run      {result['run_id']}",
+              f"registry        {registry}"]
+    return lines
+
+
+def browse(tracking_uri: str, run_link: str | None, local_link: str | None = None) -> list[str]:
+    """Where to look at a run: `mlflow ui` over a local SQLite store (then `local_link`,
+    the run's page on that UI), else the run's page on the tracking server."""
+    if tracking_uri.startswith("sqlite:"):
+        lines = [f"browse          mlflow ui --backend-store-uri {tracking_uri}"]
+        if local_link:
+            lines.append(f"                then {local_link}")
+        return lines
+    return [f"browse          {run_link or tracking_uri}"]
+
+
+def _trial_values(values: dict) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+def sweep_summary(result: dict, model_name: str) -> list[str]:
+    """After `lepton sweep`: one line per trial (* the best), then the best trial's
+    version and the gate's reason. (Then `browse`.)"""
+    best, d = result["best"], result["decision"]
+    lines = ["", f"sweep           {len(result['trials'])} trials ({result['failed']} failed) on {result['runner']}; "
+                 f"parent MLflow run {result['parent_run_id']}"]
+    for t in result["trials"]:
+        value = "failed" if t["value"] is None else f"{result['metric']} {t['value']:.4f}"
+        mark = "*" if t["number"] == best["number"] else " "
+        lines.append(f"  {mark} trial {t['number']:<3} {value:<24} {_trial_values(t['values'])}")
+    lines += [f"model version   {model_name} v{result['version']} (trial {best['number']}): {verdict(d['promoted'])}",
+              f"gate            {d['reason']}",
+              f"best trial      test accuracy {result['metrics']['test_accuracy']:.4f}  run {best['run_id']}"]
+    return lines
+
+
+# ---------------------------------------------------------------- status
+def services_table(services: dict) -> list[str]:
+    """One line per service of the stack: its name, health and address."""
+    lines = []
+    for svc, h in services.items():
+        word = "healthy" if h["healthy"] else ("running, not healthy" if h["running"] else "down")
+        lines.append(f"{svc:<17} {word:<22} {h['url']}")
+    return lines
+
+
+def registry_table(st: dict, registry: str) -> list[str]:
+    """The registered model, the registry, and the @champion and @previous versions."""
+    lines = [f"registered model  {st['registered_model']}", f"registry          {registry}"]
+    for alias in ("champion", "previous"):
+        v = st[alias]
+        if v is None:
+            lines.append(f"@{alias:<9}        none")
+            continue
+        m = ", ".join(f"{k} {val:.4f}" for k, val in sorted(v["metrics"].items()))
+        lines.append(f"@{alias:<9}        v{v['version']}  {m}  data {str(v['data_version'])[:12]}  run {v['run_id']}")
+    return lines
+
+
+# ---------------------------------------------------------------- registry
+def promote_line(r: dict) -> str:
+    return f"v{r['version']} {'promoted' if r['promoted'] else 'not promoted'}: {r['reason']}"
+
+
+def rollback_line(r: dict) -> str:
+    return f"@champion is v{r['champion']} again (v{r['demoted']} demoted)"
+
+
+# ---------------------------------------------------------------- platform
+def up_summary(state: dict, urls: dict, stack_dir: str, backend: str) -> list[str]:
+    """After `lepton up`: each service's address, the pool, encryption, auth and
+    backend. `urls`: prefect, mlflow, s3, serve; `backend`: the database (redacted)
+    or '' for SQLite files."""
+    creds = f"{stack_dir}/credentials.json"
+    auth = f"on (credentials in {creds})" if state.get("auth") else "off (--no-auth)"
+    return [
+        f"Prefect dashboard  {urls['prefect']}",
+        f"MLflow UI          {urls['mlflow']}",
+        f"S3 (SeaweedFS)     {urls['s3']}  bucket {state['bucket']}",
+        f"model server       {urls['serve']}  (@champion; bearer token in {creds})",
+        f"work pool          {state['pool']}",
+        f"S3 encryption      {state.get('sse') or 'none requested'}",
+        f"authentication     {auth}",
+        f"backend            {backend or 'SQLite under ' + stack_dir}",
+        "every lepton command now uses this stack; `lepton deploy` registers the deployments",
+    ]
+
+
+def down_line(stopped: list[str]) -> str:
+    return "stopped " + ", ".join(stopped) if stopped else "nothing was running"
+
+
+def wrote_line(path) -> str:
+    return f"wrote {path}"
+
+
+def deploy_summary(deployed: dict, automation, recovery: list[str], crash_retries: int, *,
+                   deploy: dict, monitor_cron: str, pool: str, pool_type: str) -> list[str]:
+    """After `lepton deploy`: each deployment's id, the schedules, the drift trigger,
+    the crash-recovery automations and (kubernetes) what a retrain Job asks for.
+    `deploy`: the params' deploy section as a dict."""
+    lines = [f"deployed {flow_name}/lepton  ({dep_id})" for flow_name, dep_id in deployed.items()]
+    lines += [f"retrain runs on cron '{deploy['retrain_cron']}', monitor on '{monitor_cron}' ({deploy['timezone']})",
+              f"trigger lepton-retrain-on-drift ({automation}): lepton.drift.detected -> retrain/lepton"]
+    if recovery:
+        lines.append(f"automations {' and '.join(recovery)}: a run whose process died is marked crashed and "
+                     f"run again (at most {crash_retries} times), resuming from its checkpoint")
+    if pool_type == "kubernetes":
+        lines.append(f"work pool {pool} (kubernetes): retrain runs as a Job with {deploy['gpus']} GPU(s), "
+                     f"{deploy['memory']} memory, {deploy['cpu']} CPU(s)")
+    return lines
+
+
+def env_exports(env: dict) -> list[str]:
+    """`export NAME=value` lines for a POSIX shell (`eval "$(lepton env)"`), each value
+    quoted so that nothing in it runs."""
+    return [f"export {k}={shlex.quote(str(v))}" for k, v in env.items()]
+
+
+def env_notes(stack: bool, down: Iterable[str] = (), differing: Iterable[str] = ()) -> list[str]:
+    """What `lepton env` says on stderr. With a stack: which of its services are down,
+    which variables this shell sets otherwise. Without: that no stack is up, and which
+    variables this shell sets itself (they win over the local defaults, and may be
+    left from an earlier `eval`)."""
+    differing = list(differing)
+    if not stack:
+        lines = ["no stack is up (`lepton up` starts one): these are the local defaults"]
+        if differing:
+            lines.append(f"set in this shell, so used over the local defaults: {', '.join(differing)} "
+                         "(`unset` for the defaults)")
+        return lines
+    lines = [f"the stack's {name} is down: `lepton up` starts it again" for name in down]
+    if differing:
+        lines.append(f"this shell sets {', '.join(differing)} otherwise; eval the exports to use the stack's")
+    return lines
+
+
+# ---------------------------------------------------------------- monitoring
+def drift_batch_line(r: dict) -> str:
+    return f"wrote {r['samples']} images ({r['kind']}, strength {r['strength']}) to {r['path']}"
+
+
+def monitor_results(r: dict) -> list[str]:
+    """After `lepton monitor`: each batch's verdict, report and run, and the event."""
+    lines = [] if r["results"] else ["no new batches"]
+    for res in r["results"]:
+        lines.append(f"{res['batch_id']}: {res['verdict']}")
+        if res["report_html"]:
+            lines.append(f"  report  {res['report_html']}")
+        if res.get("report_url"):
+            lines.append(f"  in MLflow  {res['report_url']}")
+        lines.append(f"  MLflow monitoring run  {res['mlflow_run_id']}")
+        if res.get("accepted_for_training"):
+            lines.append(f"  accepted for the next retrain (`lepton monitor reject {res['batch_id']}` to refuse it)")
+    if r["event_emitted"]:
+        lines.append("drift event emitted")
+    elif r.get("event_suppressed"):
+        lines.append(f"drift event {r['event_suppressed']}")
+    else:
+        lines.append("no drift event")
+    return lines
+
+
+def accepted_table(batches: list[dict]) -> list[str]:
+    """The accepted batches: id, when (UTC), rows, path."""
+    if not batches:
+        return ["no accepted batches"]
+    lines = [f"{'batch':<28} {'accepted (UTC)':<17} {'rows':>6}  path"]
+    for b in batches:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(b["accepted_at"])) if b.get("accepted_at") else "-"
+        rows = "-" if b.get("rows") is None else str(b["rows"])
+        lines.append(f"{b['id']:<28} {when:<17} {rows:>6}  {b['path']}")
+    return lines
+
+
+def rejected_line(b: dict) -> str:
+    return f"rejected {b['id']}: the next retrain will not fold it in ({b['path']})"
+
+
+# ---------------------------------------------------------------- serving and data
+def serving_line(model_name: str, alias: str, host: str, port: int, auth: bool, log_folder) -> str:
+    return (f"serving {model_name}@{alias} on http://{host}:{port}  (POST /v1/predict; "
+            f"auth {'on' if auth else 'off'}; prediction log {log_folder})")
+
+
+def predict_line(r: dict) -> str:
+    acc = f", accuracy {r['accuracy']:.4f} against the labels in the data" if "accuracy" in r else ""
+    return (f"scored {r['rows']} samples with {r['model']} v{r['version']} ({r['quarantined']} quarantined)"
+            f"{acc} -> {r['out']}")
+
+
+def restored_line(version: str, path, files: int) -> str:
+    return f"restored data version {version} to {path} ({files} files)"
