@@ -64,15 +64,16 @@ def _rss_now() -> int:
 
 def step(name: str, images: Path, work: Path, version: str | None) -> dict:
     """One step in this (fresh) process; returns its figures."""
-    os.environ.update({"LEPTON_HOME": str(work / "home"), "LEPTON_DVC_REMOTE": str(work / "remote"),
-                       "LEPTON_PROJECT_DIR": str(work)})
+    os.environ.update(
+        {"LEPTON_HOME": str(work / "home"), "LEPTON_DVC_REMOTE": str(work / "remote"), "LEPTON_PROJECT_DIR": str(work)}
+    )
+    import dvc.repo  # noqa: F401 - loaded before the baseline, as in a running worker
+
     from effects.data import dvc_store
     from effects.runtime.settings import get_settings
-    from lepton_core.data.prepare import prepare_dataset, write_prepared
     from lepton_core.data.formats import load_imagefolder
+    from lepton_core.data.prepare import prepare_dataset, write_prepared
     from lepton_core.params import DataParams
-
-    import dvc.repo  # noqa: F401 - loaded before the baseline, as in a running worker
 
     s = get_settings()
     params = DataParams(format="imagefolder", path=str(images), include_monitored=False)
@@ -132,13 +133,18 @@ def main() -> None:
     try:
         t = time.perf_counter()
         make_images(work / "images", args.n, args.size)
-        print(f"wrote {args.n:,} {args.size}x{args.size} PNGs in {time.perf_counter() - t:.1f} s "
-              f"({sum(f.stat().st_size for f in (work / 'images').rglob('*.png')) / 2**20:.1f} MiB on disk)")
-        steps = ["version", "restore"] + (["memory"] if args.compare_memory else []) + (
-            ["raw-dvc"] if args.raw_dvc else [])
+        print(
+            f"wrote {args.n:,} {args.size}x{args.size} PNGs in {time.perf_counter() - t:.1f} s "
+            f"({sum(f.stat().st_size for f in (work / 'images').rglob('*.png')) / 2**20:.1f} MiB on disk)"
+        )
+        steps = (
+            ["version", "restore"] + (["memory"] if args.compare_memory else []) + (["raw-dvc"] if args.raw_dvc else [])
+        )
         version = None
-        print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python "
-              f"{platform.python_version()}")
+        print(
+            f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python "
+            f"{platform.python_version()}"
+        )
         for name in steps:
             cmd = [sys.executable, __file__, "--step", name, "--workdir", str(work)]
             if version:
@@ -151,13 +157,17 @@ def main() -> None:
             version = fig.get("version", version)
             extra = ""
             if name == "version":
-                extra = (f"  (prepare {fig['prepare_s']:.1f} s, DVC add+push {fig['seconds'] - fig['prepare_s']:.1f} s; "
-                         f"{fig['kept']:,} images kept, {fig['prepared_bytes'] / 2**20:.1f} MiB packed; "
-                         f"version {fig['version']})")
+                extra = (
+                    f"  (prepare {fig['prepare_s']:.1f} s, DVC add+push {fig['seconds'] - fig['prepare_s']:.1f} s; "
+                    f"{fig['kept']:,} images kept, {fig['prepared_bytes'] / 2**20:.1f} MiB packed; "
+                    f"version {fig['version']})"
+                )
             elif name == "restore":
                 extra = f"  ({len(fig['files'])} files: {', '.join(fig['files'])})"
-            print(f"{name:<8} {fig['seconds']:7.1f} s   peak RSS {fig['peak_rss_mb']:7.1f} MiB "
-                  f"(after imports {fig['rss_import_mb']:.1f} MiB){extra}")
+            print(
+                f"{name:<8} {fig['seconds']:7.1f} s   peak RSS {fig['peak_rss_mb']:7.1f} MiB "
+                f"(after imports {fig['rss_import_mb']:.1f} MiB){extra}"
+            )
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -46,28 +46,47 @@ def main() -> None:
 
     n_total = int(args.n / 0.65)  # train is 65% of the split (val 15%, test 20%)
     x, y = synthetic_images(n_total, seed=0)
-    prepared = prepare_dataset(RawDataset(x=x, y=y, classes=[str(i) for i in range(10)], kind="image"),
-                               val_fraction=0.15, test_fraction=0.2, seed=0)
+    prepared = prepare_dataset(
+        RawDataset(x=x, y=y, classes=[str(i) for i in range(10)], kind="image"),
+        val_fraction=0.15,
+        test_fraction=0.2,
+        seed=0,
+    )
     n_train = len(prepared.y["train"])
     rows = []
     with tempfile.TemporaryDirectory(prefix="lepton-bench-ddp-") as d:
         for procs in (1, args.processes):
-            params = TrainParams(devices=procs, epochs=args.epochs, width=args.width, batch_size=args.batch_size,
-                                 patience=0, device=args.device)
+            params = TrainParams(
+                devices=procs,
+                epochs=args.epochs,
+                width=args.width,
+                batch_size=args.batch_size,
+                patience=0,
+                device=args.device,
+            )
             t0 = time.perf_counter()
             r = train_stage(prepared, params, Path(d) / f"m{procs}.pt", Path(d) / f"w{procs}.pt", progress=False)
             wall = time.perf_counter() - t0
-            acc = float((Predictor.from_checkpoint(Path(d) / f"m{procs}.pt").predict(prepared.x["test"]).labels
-                         == prepared.y["test"]).mean())
+            acc = float(
+                (
+                    Predictor.from_checkpoint(Path(d) / f"m{procs}.pt").predict(prepared.x["test"]).labels
+                    == prepared.y["test"]
+                ).mean()
+            )
             rows.append((procs, r.world_size, wall, n_train * r.epochs_run / wall, r.best_val_accuracy, acc))
-            print(f"{procs} process(es): {wall:6.1f} s wall, {n_train * r.epochs_run / wall:8.0f} images/s, "
-                  f"val {r.best_val_accuracy:.4f}, test {acc:.4f}", flush=True)
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"device {args.device}; {n_train:,} training images 3x32x32, {args.epochs} epochs, batch {args.batch_size} "
-          f"(global), SmallCNN width {args.width}\n")
+            print(
+                f"{procs} process(es): {wall:6.1f} s wall, {n_train * r.epochs_run / wall:8.0f} images/s, "
+                f"val {r.best_val_accuracy:.4f}, test {acc:.4f}",
+                flush=True,
+            )
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"device {args.device}; {n_train:,} training images 3x32x32, {args.epochs} epochs, batch {args.batch_size} "
+        f"(global), SmallCNN width {args.width}\n"
+    )
     print("| processes | wall s | images/s (wall) | best val accuracy | test accuracy |")
     print("|---:|---:|---:|---:|---:|")
-    for procs, world, wall, ips, val, acc in rows:
+    for _procs, world, wall, ips, val, acc in rows:
         print(f"| {world} | {wall:.1f} | {ips:,.0f} | {val:.4f} | {acc:.4f} |")
     print(f"\nspeed-up of {rows[1][1]} processes: {rows[0][2] / rows[1][2]:.2f}x (wall)")
 

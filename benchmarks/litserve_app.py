@@ -38,11 +38,16 @@ class ChampionAPI(ls.LitAPI):
         p = softmax(logits)
         labels = p.argmax(1)
         classes = self.predictor.classes
-        return {"version": str(self.mv.version), "labels": labels.tolist(),
-                "class_names": [classes[i] for i in labels], "probabilities": p.astype(np.float64).round(6).tolist()}
+        return {
+            "version": str(self.mv.version),
+            "labels": labels.tolist(),
+            "class_names": [classes[i] for i in labels],
+            "probabilities": p.astype(np.float64).round(6).tolist(),
+        }
 
 
 if __name__ == "__main__":
-    server = ls.LitServer(ChampionAPI(), accelerator="cpu", workers_per_device=1, max_batch_size=64,
-                          batch_timeout=0.005)
+    server = ls.LitServer(
+        ChampionAPI(), accelerator="cpu", workers_per_device=1, max_batch_size=64, batch_timeout=0.005
+    )
     server.run(host="127.0.0.1", port=int(sys.argv[1]), generate_client_file=False, log_level="warning")

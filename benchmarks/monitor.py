@@ -38,8 +38,12 @@ def synthetic_table(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lepton-bench-monitor-"))
-    os.environ.update(LEPTON_PROJECT_DIR=str(ROOT), LEPTON_HOME=str(tmp / "home"),
-                      LEPTON_DVC_REMOTE=str(tmp / "remote"), PREFECT_LOGGING_LEVEL="WARNING")
+    os.environ.update(
+        LEPTON_PROJECT_DIR=str(ROOT),
+        LEPTON_HOME=str(tmp / "home"),
+        LEPTON_DVC_REMOTE=str(tmp / "remote"),
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
     for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
         os.environ.pop(k, None)
     from effects.runtime.settings import configure_environment
@@ -53,19 +57,23 @@ def main() -> None:
     from evidently.metrics import ValueDrift
     from evidently.presets import DataDriftPreset, DataSummaryPreset
 
+    from effects.monitoring.monitor import _reference
+    from effects.tracking import runs
     from flows.monitor import monitor
     from flows.retrain import retrain
     from lepton_core.params import DataParams, MonitorParams, PromoteParams, RegistryParams, TrainParams
-    from effects.tracking import runs
-    from effects.monitoring.monitor import _reference
 
     server.wait_healthy()
     train_csv = tmp / "train.csv"
     synthetic_table(3000, 0).to_csv(train_csv, index=False)
     registry = RegistryParams(model_name="bench-tabular")
-    first = retrain(data=DataParams(format="csv", path=str(train_csv), include_monitored=False),
-            train=TrainParams(epochs=5, width=32), promote=PromoteParams(min_accuracy=0.5),
-            registry=registry, progress=False)
+    first = retrain(
+        data=DataParams(format="csv", path=str(train_csv), include_monitored=False),
+        train=TrainParams(epochs=5, width=32),
+        promote=PromoteParams(min_accuracy=0.5),
+        registry=registry,
+        progress=False,
+    )
     print("champion:", first["decision"]["reason"])
     c = runs.client(s)
     champ = c.get_model_version_by_alias(registry.model_name, "champion")
@@ -90,7 +98,8 @@ def main() -> None:
         t0 = time.perf_counter()
         Report([DataDriftPreset(columns=features), ValueDrift(column="prediction"), DataSummaryPreset()]).run(
             Dataset.from_pandas(cur[features + ["prediction", "confidence"]], data_definition=dd),
-            Dataset.from_pandas(ref_frame[features + ["prediction", "confidence"]], data_definition=dd))
+            Dataset.from_pandas(ref_frame[features + ["prediction", "confidence"]], data_definition=dd),
+        )
         bare = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -99,8 +108,10 @@ def main() -> None:
         verdict = out["results"][0]["verdict"]
         if rows == 2_000:
             continue
-        print(f"{rows:>7} rows: bare Evidently {bare:6.2f} s | lepton monitor flow {flow:6.2f} s | "
-              f"overhead {flow - bare:5.2f} s ({flow / bare:.2f}x) | verdict: {verdict}")
+        print(
+            f"{rows:>7} rows: bare Evidently {bare:6.2f} s | lepton monitor flow {flow:6.2f} s | "
+            f"overhead {flow - bare:5.2f} s ({flow / bare:.2f}x) | verdict: {verdict}"
+        )
     server.stop()
 
 

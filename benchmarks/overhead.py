@@ -64,8 +64,9 @@ def _env(base: Path) -> dict[str, str]:
 
 def bare_loop(env: dict[str, str]) -> dict:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", BARE, str(ROOT / "params.yaml")], env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", BARE, str(ROOT / "params.yaml")], env=env, capture_output=True, text=True, check=True
+    )
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["process_s"] = time.perf_counter() - t0
     return res
@@ -77,16 +78,17 @@ def lepton_retrain(env: dict[str, str]) -> dict:
     t0 = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", "from lepton.cli import main; main()", "retrain", "--no-progress", "--json"],
-        env=env, capture_output=True, text=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         sys.exit(f"lepton retrain failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout[out.stdout.index("{"):])["result"]
+    result = json.loads(out.stdout[out.stdout.index("{") :])["result"]
     home = Path(env["LEPTON_HOME"])
     run = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").get_run(result["run_id"])
-    return {"wall_s": wall, "train_s": run.data.metrics["train_seconds"],
-            "epochs": int(run.data.metrics["epochs_run"])}
+    return {"wall_s": wall, "train_s": run.data.metrics["train_seconds"], "epochs": int(run.data.metrics["epochs_run"])}
 
 
 def in_process_flow(env: dict[str, str], repeats: int) -> list[dict]:
@@ -113,8 +115,7 @@ def in_process_flow(env: dict[str, str], repeats: int) -> list[dict]:
             r = retrain(data=p.data, train=p.train, promote=p.promote, registry=p.registry, progress=False)
             wall = time.perf_counter() - t0
             if i:  # the first call warms torch.export and the clients
-                out.append({"wall_s": wall,
-                            "train_s": client.get_run(r["run_id"]).data.metrics["train_seconds"]})
+                out.append({"wall_s": wall, "train_s": client.get_run(r["run_id"]).data.metrics["train_seconds"]})
     finally:
         server.stop()
     return out
@@ -141,7 +142,9 @@ def main() -> None:
     print(f"bare training loop                 {bare_train:6.2f} s  (median of {len(bare)})")
     print(f"bare script, whole process         {bare_proc:6.2f} s  (imports + prepare + loop)")
     print(f"lepton retrain, cold (new state)   {cold['wall_s']:6.2f} s  (training inside: {cold['train_s']:.2f} s)")
-    print(f"lepton retrain, warm               {warm_wall:6.2f} s  (training inside: {warm_train:.2f} s; median of {len(warm)})")
+    print(
+        f"lepton retrain, warm               {warm_wall:6.2f} s  (training inside: {warm_train:.2f} s; median of {len(warm)})"
+    )
     flow_wall = med(f["wall_s"] for f in flows)
     flow_train = med(f["train_s"] for f in flows)
     print(f"retrain flow in-process (no imports, server up) {flow_wall:6.2f} s  (training inside: {flow_train:.2f} s)")

@@ -67,10 +67,14 @@ def _load(port: int, path: str, body: bytes, headers: dict, concurrency: int, se
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    all_lat = np.array([x for l in lat for x in l]) * 1000
-    return {"rps": len(all_lat) / wall, "p50": float(np.percentile(all_lat, 50)) if len(all_lat) else float("nan"),
-            "p99": float(np.percentile(all_lat, 99)) if len(all_lat) else float("nan"), "errors": sum(errors),
-            "n": len(all_lat)}
+    all_lat = np.array([x for per_thread in lat for x in per_thread]) * 1000
+    return {
+        "rps": len(all_lat) / wall,
+        "p50": float(np.percentile(all_lat, 50)) if len(all_lat) else float("nan"),
+        "p99": float(np.percentile(all_lat, 99)) if len(all_lat) else float("nan"),
+        "errors": sum(errors),
+        "n": len(all_lat),
+    }
 
 
 def _wait(port: int, path: str, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -105,24 +109,40 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell (default 8)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
-    ap.add_argument("--litserve", action="store_true",
-                    help="also serve it with LitServe (benchmarks/litserve_app.py): the library comparison")
-    ap.add_argument("--variants", action="store_true",
-                    help="also serve the champion's ONNX and int8 variants (lepton optimize first)")
+    ap.add_argument(
+        "--litserve",
+        action="store_true",
+        help="also serve it with LitServe (benchmarks/litserve_app.py): the library comparison",
+    )
+    ap.add_argument(
+        "--variants",
+        action="store_true",
+        help="also serve the champion's ONNX and int8 variants (lepton optimize first)",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from effects.runtime.procs import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="lepton-bench-serve-"))
-    env = {**os.environ, "LEPTON_HOME": str(tmp / "home"), "LEPTON_PROJECT_DIR": str(ROOT),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'home' / 'mlflow.db'}",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "1"}
+    env = {
+        **os.environ,
+        "LEPTON_HOME": str(tmp / "home"),
+        "LEPTON_PROJECT_DIR": str(ROOT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'home' / 'mlflow.db'}",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+    }
     for k in ("PREFECT_API_URL", "LEPTON_SERVE_TOKEN"):
         env.pop(k, None)
     print("training the champion ...", flush=True)
-    r = subprocess.run([str(BIN / "lepton"), "retrain", "--no-progress", "--set", "train.epochs=8"], env=env,
-                       cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [str(BIN / "lepton"), "retrain", "--no-progress", "--set", "train.epochs=8"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         raise SystemExit(r.stderr[-3000:])
     x = np.load(next((tmp / "home" / "datasets").iterdir()) / "x_test.npy")[:1]  # (1, 1, 8, 8) uint8
@@ -135,49 +155,105 @@ def main() -> None:
 
     lp, mp, sp = free_port(), free_port(), free_port()
     procs = {
-        "lepton serve": (subprocess.Popen([str(BIN / "lepton"), "serve", "--port", str(lp)], env=env, cwd=ROOT,
-                                          stdout=open(tmp / "lepton.log", "wb"), stderr=subprocess.STDOUT,
-                                          start_new_session=True), lp, "/readyz", "/v1/predict",
-                         json.dumps({"instances": x.tolist()}).encode()),
-        "mlflow models serve": (subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", "models:/lepton-digits@champion", "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(mp)], env=env, cwd=tmp, stdout=open(tmp / "mlflow.log", "wb"),
-            stderr=subprocess.STDOUT, start_new_session=True), mp, "/ping", "/invocations",
-            json.dumps({"inputs": x.tolist()}).encode()),
+        "lepton serve": (
+            subprocess.Popen(
+                [str(BIN / "lepton"), "serve", "--port", str(lp)],
+                env=env,
+                cwd=ROOT,
+                stdout=open(tmp / "lepton.log", "wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ),
+            lp,
+            "/readyz",
+            "/v1/predict",
+            json.dumps({"instances": x.tolist()}).encode(),
+        ),
+        "mlflow models serve": (
+            subprocess.Popen(
+                [
+                    str(BIN / "mlflow"),
+                    "models",
+                    "serve",
+                    "-m",
+                    "models:/lepton-digits@champion",
+                    "--env-manager",
+                    "local",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(mp),
+                ],
+                env=env,
+                cwd=tmp,
+                stdout=open(tmp / "mlflow.log", "wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ),
+            mp,
+            "/ping",
+            "/invocations",
+            json.dumps({"inputs": x.tolist()}).encode(),
+        ),
     }
     if args.litserve:
-        procs["litserve"] = (subprocess.Popen(
-            [sys.executable, str(ROOT / "benchmarks" / "litserve_app.py"), str(sp)], env=env, cwd=tmp,
-            stdout=open(tmp / "litserve.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True),
-            sp, "/health", "/predict", json.dumps({"instances": x.tolist()}).encode())
+        procs["litserve"] = (
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "benchmarks" / "litserve_app.py"), str(sp)],
+                env=env,
+                cwd=tmp,
+                stdout=open(tmp / "litserve.log", "wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ),
+            sp,
+            "/health",
+            "/predict",
+            json.dumps({"instances": x.tolist()}).encode(),
+        )
     if args.variants:
         for variant in ("onnx", "int8"):
             port = free_port()
-            procs[f"lepton serve {variant}"] = (subprocess.Popen(
-                [str(BIN / "lepton"), "serve", "--port", str(port), "--variant", variant], env=env, cwd=ROOT,
-                stdout=open(tmp / f"lepton-{variant}.log", "wb"), stderr=subprocess.STDOUT,
-                start_new_session=True), port, "/readyz", "/v1/predict", json.dumps({"instances": x.tolist()}).encode())
+            procs[f"lepton serve {variant}"] = (
+                subprocess.Popen(
+                    [str(BIN / "lepton"), "serve", "--port", str(port), "--variant", variant],
+                    env=env,
+                    cwd=ROOT,
+                    stdout=open(tmp / f"lepton-{variant}.log", "wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ),
+                port,
+                "/readyz",
+                "/v1/predict",
+                json.dumps({"instances": x.tolist()}).encode(),
+            )
     headers = {"Content-Type": "application/json"}
     results: dict[str, dict[int, dict]] = {}
     ctx = multiprocessing.get_context("spawn")
     try:
-        for name, (proc, port, ready, path, body) in procs.items():
+        for proc, port, ready, _path, _body in procs.values():
             _wait(port, ready, proc)
         with ctx.Pool(1) as pool:
-            for name, (proc, port, ready, path, body) in procs.items():
+            for name, (_proc, port, _ready, path, body) in procs.items():
                 pool.apply(_load, (port, path, body, headers, 4, 2.0))  # warm-up
                 results[name] = {}
                 for c in args.concurrency:
                     results[name][c] = pool.apply(_load, (port, path, body, headers, c, args.seconds))
                     res = results[name][c]
-                    print(f"{name:<20} c={c:<3} {res['rps']:8.1f} req/s  p50 {res['p50']:7.2f} ms  "
-                          f"p99 {res['p99']:8.2f} ms  errors {res['errors']}", flush=True)
+                    print(
+                        f"{name:<20} c={c:<3} {res['rps']:8.1f} req/s  p50 {res['p50']:7.2f} ms  "
+                        f"p99 {res['p99']:8.2f} ms  errors {res['errors']}",
+                        flush=True,
+                    )
     finally:
         for proc, *_ in procs.values():
             _stop(proc)
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"{args.seconds:g} s per cell; 1-instance JSON requests\n")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"{args.seconds:g} s per cell; 1-instance JSON requests\n"
+    )
     print("| concurrency | server | req/s | p50 ms | p99 ms | errors |")  # a row per server
     print("|---|---|---:|---:|---:|---:|")
     for c in args.concurrency:

@@ -44,8 +44,10 @@ def _machine() -> str:
         pass
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads)")
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads)"
+    )
 
 
 def _trials(experiment: str) -> tuple[float, float]:
@@ -53,15 +55,16 @@ def _trials(experiment: str) -> tuple[float, float]:
     own end, not the best one's later registration), and the median training time."""
     import statistics
 
-    from effects.tracking.tags import SWEEP as TAG_SWEEP
     from effects.tracking.runs import client
+    from effects.tracking.tags import SWEEP as TAG_SWEEP
 
     c = client()
     exp = c.get_experiment_by_name(experiment)
     runs = [r for r in c.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get(TAG_SWEEP) == "trial"]
     end = max(r.info.start_time / 1000 + r.data.metrics["trial_seconds"] for r in runs)
-    return end - min(r.info.start_time for r in runs) / 1000, statistics.median(r.data.metrics["train_seconds"]
-                                                                               for r in runs)
+    return end - min(r.info.start_time for r in runs) / 1000, statistics.median(
+        r.data.metrics["train_seconds"] for r in runs
+    )
 
 
 def main() -> None:
@@ -73,9 +76,13 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="lepton-bench-sweep-"))
     for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         os.environ.pop(k, None)
-    os.environ.update(LEPTON_PROJECT_DIR=str(ROOT), LEPTON_HOME=str(base / "home"),
-                      LEPTON_DVC_REMOTE=str(base / "remote"), PREFECT_HOME=str(base / "prefect"),
-                      PREFECT_LOGGING_LEVEL="WARNING")
+    os.environ.update(
+        LEPTON_PROJECT_DIR=str(ROOT),
+        LEPTON_HOME=str(base / "home"),
+        LEPTON_DVC_REMOTE=str(base / "remote"),
+        PREFECT_HOME=str(base / "prefect"),
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
     from effects.runtime.settings import configure_environment
 
     configure_environment()
@@ -88,41 +95,71 @@ def main() -> None:
         from flows.sweep import sweep
         from lepton_core.params import load_params
 
-        params = load_params(ROOT / "params.yaml", [f"train.epochs={args.epochs}", "train.patience=0",
-                                                     "promote.min_accuracy=0"])
+        params = load_params(
+            ROOT / "params.yaml", [f"train.epochs={args.epochs}", "train.patience=0", "promote.min_accuracy=0"]
+        )
 
         def run(name: str, parallel: int, dask: str | None, trials: int, epochs: int | None = None) -> dict:
             train = params.train if epochs is None else params.train.model_copy(update={"epochs": epochs})
             sw = params.sweep.model_copy(update={"trials": trials, "parallel": parallel})
             reg = params.registry.model_copy(update={"experiment": f"bench-sweep-{name}"})
             load0, t0 = os.getloadavg()[0], time.perf_counter()
-            r = sweep(data=params.data, train=train, promote=params.promote, registry=reg, deploy=params.deploy,
-                      monitor=params.monitor, serve=params.serve, optimize=params.optimize, sweep=sw, dask=dask,
-                      progress=False)
+            r = sweep(
+                data=params.data,
+                train=train,
+                promote=params.promote,
+                registry=reg,
+                deploy=params.deploy,
+                monitor=params.monitor,
+                serve=params.serve,
+                optimize=params.optimize,
+                sweep=sw,
+                dask=dask,
+                progress=False,
+            )
             wall = time.perf_counter() - t0
             span, train_median = _trials(reg.experiment)
-            return {"name": name, "wall": wall, "span": span, "train": train_median, "best": r["best"]["value"],
-                    "failed": r["failed"], "load": (load0 + os.getloadavg()[0]) / 2}
+            return {
+                "name": name,
+                "wall": wall,
+                "span": span,
+                "train": train_median,
+                "best": r["best"]["value"],
+                "failed": r["failed"],
+                "load": (load0 + os.getloadavg()[0]) / 2,
+            }
 
         run("warmup", 1, None, trials=1, epochs=1)
-        rows = [run("sequential", 1, None, args.trials), run("threads", 2, None, args.trials),
-                run("dask", 2, "local", args.trials)]
+        rows = [
+            run("sequential", 1, None, args.trials),
+            run("threads", 2, None, args.trials),
+            run("dask", 2, "local", args.trials),
+        ]
     finally:
         server.stop()
 
     seq = rows[0]
-    print(f"\n{args.trials} trials x {args.epochs} epochs on digits (sweep.space of params.yaml, TPE seed "
-          f"{params.sweep.seed}); {_machine()}\n")
-    print("| runner | trials at once | wall time (s) | trials span (s) | speed-up (wall) | speed-up (span) "
-          "| median training of a trial (s) | best val accuracy | failed | load average |")
+    print(
+        f"\n{args.trials} trials x {args.epochs} epochs on digits (sweep.space of params.yaml, TPE seed "
+        f"{params.sweep.seed}); {_machine()}\n"
+    )
+    print(
+        "| runner | trials at once | wall time (s) | trials span (s) | speed-up (wall) | speed-up (span) "
+        "| median training of a trial (s) | best val accuracy | failed | load average |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    labels = {"sequential": ("sequential (1 thread)", 1), "threads": ("ThreadPoolTaskRunner", 2),
-              "dask": ("DaskTaskRunner, LocalCluster 2 processes", 2)}
+    labels = {
+        "sequential": ("sequential (1 thread)", 1),
+        "threads": ("ThreadPoolTaskRunner", 2),
+        "dask": ("DaskTaskRunner, LocalCluster 2 processes", 2),
+    }
     for r in rows:
         label, k = labels[r["name"]]
-        print(f"| {label} | {k} | {r['wall']:.1f} | {r['span']:.1f} | {seq['wall'] / r['wall']:.2f}x "
-              f"| {seq['span'] / r['span']:.2f}x | {r['train']:.1f} | {r['best']:.4f} | {r['failed']} "
-              f"| {r['load']:.1f} |")
+        print(
+            f"| {label} | {k} | {r['wall']:.1f} | {r['span']:.1f} | {seq['wall'] / r['wall']:.2f}x "
+            f"| {seq['span'] / r['span']:.2f}x | {r['train']:.1f} | {r['best']:.4f} | {r['failed']} "
+            f"| {r['load']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

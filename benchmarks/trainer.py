@@ -53,8 +53,9 @@ from lepton_core.params import TrainParams  # noqa: E402
 from lepton_core.predictor import Preprocessing, model_input  # noqa: E402
 from lepton_core.train import choose_device, train_model  # noqa: E402
 
-PRE = Preprocessing(kind="image", input_shape=(3, 32, 32), dtype="uint8", scale=1 / 255,
-                    classes=tuple(str(i) for i in range(10)))
+PRE = Preprocessing(
+    kind="image", input_shape=(3, 32, 32), dtype="uint8", scale=1 / 255, classes=tuple(str(i) for i in range(10))
+)
 
 
 def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,11 +89,16 @@ def run_lepton(cfg: ModelConfig, params: TrainParams, data, device: torch.device
     stamps: list[float] = []
     _sync(device)
     t0 = time.perf_counter()
-    res = train_model(cfg, params, xt, yt, xv, yv, progress=False,
-                      log=lambda step, metrics: stamps.append(time.perf_counter()))  # metrics read: synced
+    res = train_model(
+        cfg, params, xt, yt, xv, yv, progress=False, log=lambda step, metrics: stamps.append(time.perf_counter())
+    )  # metrics read: synced
     epochs = [b - a for a, b in zip([t0 + res.compile_seconds, *stamps], stamps)]
-    return {"epoch_s": epochs, "compile_s": res.compile_seconds, "compile_estimated": False,
-            "val_accuracy": res.history[-1]["val_accuracy"]}
+    return {
+        "epoch_s": epochs,
+        "compile_s": res.compile_seconds,
+        "compile_estimated": False,
+        "val_accuracy": res.history[-1]["val_accuracy"],
+    }
 
 
 def run_bare(cfg: ModelConfig, params: TrainParams, data, device: torch.device) -> dict:
@@ -109,8 +115,9 @@ def run_bare(cfg: ModelConfig, params: TrainParams, data, device: torch.device) 
     model = model.to(device).to(memory_format=fmt)
     xt, yt = x.to(device).contiguous(memory_format=fmt), y.to(device)
     xv, yv = xv_cpu.to(device).contiguous(memory_format=fmt), yv_cpu.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay,
-                            **({"fused": True} if cuda else {}))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, **({"fused": True} if cuda else {})
+    )
     fwd = torch.compile(model, dynamic=False) if params.compile else model
     amp = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda and params.amp else nullcontext
     gen = torch.Generator().manual_seed(params.seed)
@@ -152,7 +159,9 @@ def one(loop: str, cfg: ModelConfig, params: TrainParams, data, device: torch.de
     n = len(data[0])
     steady = out["epoch_s"][1:]
     out.update(
-        loop=loop, amp=params.amp and device.type == "cuda", compile=params.compile,
+        loop=loop,
+        amp=params.amp and device.type == "cuda",
+        compile=params.compile,
         images_per_s=n * len(steady) / sum(steady),
         first_epoch_s=out["epoch_s"][0],
         steady_epoch_s=sum(steady) / len(steady),
@@ -169,8 +178,10 @@ def device_name(device: torch.device) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| loop | bf16 | compile | images/s | steady epoch s | first epoch s | compile s | GPU peak MiB | val acc |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| loop | bf16 | compile | images/s | steady epoch s | first epoch s | compile s | GPU peak MiB | val acc |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in rows:
         comp = "-" if not r["compile"] else ("≈" if r["compile_estimated"] else "") + f"{r['compile_s']:.1f}"
         peak = "-" if r["peak_mib"] is None else f"{r['peak_mib']:,.0f}"
@@ -205,21 +216,34 @@ def _onoff(text: str) -> list[bool]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description="images/s of Lepton's train_model vs a bare loop on synthetic 3x32x32 data "
-                    "(bf16 on/off x torch.compile on/off on CUDA); prints a markdown table.")
+        "(bf16 on/off x torch.compile on/off on CUDA); prints a markdown table."
+    )
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--n", type=int, default=50_000, help="training images (default 50,000)")
     ap.add_argument("--n-val", type=int, default=None, help="validation images (default n/10)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per run, >= 2; the first is not timed (default 3)")
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--model", choices=["cnn", "fastcnn"], default="cnn",
-                    help="cnn: SmallCNN; fastcnn: the fast CIFAR-shaped network (default cnn)")
+    ap.add_argument(
+        "--model",
+        choices=["cnn", "fastcnn"],
+        default="cnn",
+        help="cnn: SmallCNN; fastcnn: the fast CIFAR-shaped network (default cnn)",
+    )
     ap.add_argument("--width", type=int, default=32, help="base channels (default 32)")
     ap.add_argument("--depth", type=int, default=2, help="convs per block (default 2)")
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--amp", type=_onoff, default=None,
-                    help="bf16 autocast settings to run, e.g. on,off (default: on,off on CUDA; off on CPU)")
-    ap.add_argument("--compile", type=_onoff, default=None,
-                    help="torch.compile settings to run (default: off,on on CUDA; off on CPU)")
+    ap.add_argument(
+        "--amp",
+        type=_onoff,
+        default=None,
+        help="bf16 autocast settings to run, e.g. on,off (default: on,off on CUDA; off on CPU)",
+    )
+    ap.add_argument(
+        "--compile",
+        type=_onoff,
+        default=None,
+        help="torch.compile settings to run (default: off,on on CUDA; off on CPU)",
+    )
     ap.add_argument("--loops", default="lepton,bare", help="which loops, comma list of lepton,bare")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="write every figure here as JSON")
@@ -248,35 +272,60 @@ def main(argv: list[str] | None = None) -> None:
     del x_tr, x_va
 
     setup = {
-        "device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-        "n": args.n, "n_val": n_val, "epochs": args.epochs, "batch_size": args.batch_size,
-        "model": args.model, "width": args.width, "depth": args.depth, "lr": args.lr,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "n": args.n,
+        "n_val": n_val,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "model": args.model,
+        "width": args.width,
+        "depth": args.depth,
+        "lr": args.lr,
         "params": sum(p.numel() for p in build_model(cfg).parameters()),
         "command": "python benchmarks/trainer.py " + " ".join(_figure_args(sys.argv[1:] if argv is None else argv)),
     }
-    print(f"device: {setup['device']}; torch {setup['torch']}; N={args.n:,} train + {n_val:,} val images, "
-          f"{args.epochs} epochs, batch {args.batch_size}, {args.model} width {args.width} depth {args.depth} "
-          f"({setup['params']:,} parameters)", flush=True)
+    print(
+        f"device: {setup['device']}; torch {setup['torch']}; N={args.n:,} train + {n_val:,} val images, "
+        f"{args.epochs} epochs, batch {args.batch_size}, {args.model} width {args.width} depth {args.depth} "
+        f"({setup['params']:,} parameters)",
+        flush=True,
+    )
     rows = []
     for compile_ in compiles:
         for amp in amps:
             for loop in loops:
-                params = TrainParams(model=args.model, augment="off", width=args.width, depth=args.depth,
-                                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=0,
-                                     seed=args.seed,
-                                     device=device.type, amp=amp, compile=compile_)
+                params = TrainParams(
+                    model=args.model,
+                    augment="off",
+                    width=args.width,
+                    depth=args.depth,
+                    epochs=args.epochs,
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    patience=0,
+                    seed=args.seed,
+                    device=device.type,
+                    amp=amp,
+                    compile=compile_,
+                )
                 r = one(loop, cfg, params, data, device)
                 rows.append(r)
-                print(f"  {loop:6s} bf16={'on ' if r['amp'] else 'off'} compile={'on ' if compile_ else 'off'}: "
-                      f"{r['images_per_s']:,.0f} images/s, epochs {[round(e, 3) for e in r['epoch_s']]}, "
-                      f"compile {r['compile_s']:.1f} s", flush=True)
+                print(
+                    f"  {loop:6s} bf16={'on ' if r['amp'] else 'off'} compile={'on ' if compile_ else 'off'}: "
+                    f"{r['images_per_s']:,.0f} images/s, epochs {[round(e, 3) for e in r['epoch_s']]}, "
+                    f"compile {r['compile_s']:.1f} s",
+                    flush=True,
+                )
     md = table(rows)
     print()
     print(md)
     if args.markdown:
         args.markdown.write_text(
             f"Device: {setup['device']} (torch {setup['torch']}, Python {setup['python']})\n\n"
-            f"Command: `{setup['command']}`\n\n{md}\n")
+            f"Command: `{setup['command']}`\n\n{md}\n"
+        )
     if args.json:
         args.json.write_text(json.dumps({"setup": setup, "rows": rows}, indent=2) + "\n")
 

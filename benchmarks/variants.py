@@ -57,19 +57,23 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from effects.tracking.onnx_variants import OnnxPredictor, accuracy, export_onnx, latency, quantize_int8
     from lepton_core.data.prepare import prepare_dataset
     from lepton_core.params import load_params
     from lepton_core.predictor import Predictor, Preprocessing
     from lepton_core.train import save_trained_model, train_on_prepared
-    from effects.tracking.onnx_variants import OnnxPredictor, accuracy, export_onnx, latency, quantize_int8
 
     params = load_params(ROOT / "params.yaml", [f"train.epochs={args.epochs}"] if args.epochs else [])
     rows = []
     with tempfile.TemporaryDirectory(prefix="lepton-bench-variants-") as d:
         d = Path(d)
         for name, raw in _datasets():
-            prepared = prepare_dataset(raw, val_fraction=params.data.val_fraction,
-                                       test_fraction=params.data.test_fraction, seed=params.data.seed)
+            prepared = prepare_dataset(
+                raw,
+                val_fraction=params.data.val_fraction,
+                test_fraction=params.data.test_fraction,
+                seed=params.data.seed,
+            )
             t0 = time.perf_counter()
             pre = Preprocessing.from_meta(prepared.meta)
             result = train_on_prepared(prepared, params.train, pre, progress=False)
@@ -93,12 +97,17 @@ def main() -> None:
                 b1 = latency(pred.logits, x[:64], 1, repeats=args.repeats).ms
                 b64 = latency(pred.logits, x[:64], 64, repeats=args.repeats).ms
                 rows.append((name, vname, size, acc, b1, b64, len(y)))
-                print(f"  {vname:<13} {size / 1024:8.1f} KiB  accuracy {acc:.4f}  batch 1 {b1:7.3f} ms  "
-                      f"batch 64 {b64:7.3f} ms", flush=True)
+                print(
+                    f"  {vname:<13} {size / 1024:8.1f} KiB  accuracy {acc:.4f}  batch 1 {b1:7.3f} ms  "
+                    f"batch 64 {b64:7.3f} ms",
+                    flush=True,
+                )
 
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}; "
-          f"median of {args.repeats} calls\n")
+    print(
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, onnxruntime {__import__('onnxruntime').__version__}; "
+        f"median of {args.repeats} calls\n"
+    )
     print("| model | variant | size KiB | test accuracy | batch 1 ms | batch 64 ms |")
     print("|---|---|---:|---:|---:|---:|")
     for name, vname, size, acc, b1, b64, n in rows:

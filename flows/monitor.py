@@ -18,9 +18,10 @@ def monitor(
     """Check one batch (`batch`), or every unprocessed batch in the inbox, for drift
     against the champion; emit `lepton.drift.detected` when the thresholds say so."""
     batches = [batch] if batch else find_new_batches(monitor.inbox, monitor.prediction_log, monitor.min_rows)
-    results = [check_batch_task(b, batch_format, monitor, registry.model_name, registry.experiment,
-                                from_inbox=batch is None)
-               for b in batches]
+    results = [
+        check_batch_task(b, batch_format, monitor, registry.model_name, registry.experiment, from_inbox=batch is None)
+        for b in batches
+    ]
     event = emit_drift_event(results, monitor, registry.model_name)
     publish_monitor_summary(results, registry.model_name, event)
     return {"results": results, "event_emitted": event["emitted"], "event_suppressed": event["suppressed"]}

@@ -5,8 +5,15 @@ from __future__ import annotations
 from prefect import flow
 
 from lepton_core.params import (
-    DataParams, DeployParams, MonitorParams, OptimizeParams, PromoteParams, RegistryParams, ServeParams,
-    TrainParams, params_of,
+    DataParams,
+    DeployParams,
+    MonitorParams,
+    OptimizeParams,
+    PromoteParams,
+    RegistryParams,
+    ServeParams,
+    TrainParams,
+    params_of,
 )
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate

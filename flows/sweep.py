@@ -8,8 +8,16 @@ from prefect.futures import as_completed
 
 from lepton_core.errors import LeptonError
 from lepton_core.params import (
-    DataParams, DeployParams, MonitorParams, OptimizeParams, PromoteParams, RegistryParams, ServeParams,
-    SweepParams, TrainParams, params_of,
+    DataParams,
+    DeployParams,
+    MonitorParams,
+    OptimizeParams,
+    PromoteParams,
+    RegistryParams,
+    ServeParams,
+    SweepParams,
+    TrainParams,
+    params_of,
 )
 from lepton_core.sweep import search_space
 from tasks.data import prepare_data
@@ -17,8 +25,17 @@ from tasks.evaluate import evaluate
 from tasks.registry import promote as promote_task
 from tasks.registry import register
 from tasks.sweep import (
-    Search, abandon_sweep, check_dask_address, close_sweep, local_checkpoint, open_sweep, outcome_of,
-    publish_sweep_summary, tag_version, train_trial, trial_runner,
+    Search,
+    abandon_sweep,
+    check_dask_address,
+    close_sweep,
+    local_checkpoint,
+    open_sweep,
+    outcome_of,
+    publish_sweep_summary,
+    tag_version,
+    train_trial,
+    trial_runner,
 )
 
 
@@ -55,9 +72,19 @@ def sweep(
             while search.more or running:
                 while search.more and len(running) < sweep.parallel:
                     s = search.ask()
-                    running[runner.submit(train_trial, {
-                        "data": dataset, "params": params, "values": s.values, "parent_run_id": parent,
-                        "number": s.number, "progress": progress})] = s.number
+                    running[
+                        runner.submit(
+                            train_trial,
+                            {
+                                "data": dataset,
+                                "params": params,
+                                "values": s.values,
+                                "parent_run_id": parent,
+                                "number": s.number,
+                                "progress": progress,
+                            },
+                        )
+                    ] = s.number
                 done = next(as_completed(list(running)))
                 search.tell(running.pop(done), outcome_of(done))
         best = search.best_outcome()
@@ -74,9 +101,17 @@ def sweep(
         abandon_sweep(parent, f"{type(e).__name__}: {e}")
         raise
     result = {
-        "parent_run_id": parent, "runner": dask or "threads", "data_version": dataset.version,
-        "metric": sweep.metric, "best": report["best"], "trials": report["trials"], "failed": report["failed"],
-        "run_id": best.run_id, "version": version, "metrics": metrics, "decision": decision,
+        "parent_run_id": parent,
+        "runner": dask or "threads",
+        "data_version": dataset.version,
+        "metric": sweep.metric,
+        "best": report["best"],
+        "trials": report["trials"],
+        "failed": report["failed"],
+        "run_id": best.run_id,
+        "version": version,
+        "metrics": metrics,
+        "decision": decision,
     }
     publish_sweep_summary(result, registry.model_name)
     return result

@@ -1,1 +1,1 @@
-"""The platform: the `lepton` command, the live stack (`lepton up/down`), deployments, the dvc.yaml stage entry points."""
+"""The platform: the `lepton` command, the live stack, the model server, deployments, dvc.yaml stages."""

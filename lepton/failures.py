@@ -52,8 +52,9 @@ def _open_handler(home: Path) -> logging.Handler | None:
             path = log_path(home)
             path.parent.mkdir(parents=True, exist_ok=True)
             # 5 MB, then one older file: every command appends, so it must not grow forever
-            h = logging.handlers.RotatingFileHandler(path, maxBytes=5 << 20, backupCount=1, encoding="utf-8",
-                                                     delay=True)
+            h = logging.handlers.RotatingFileHandler(
+                path, maxBytes=5 << 20, backupCount=1, encoding="utf-8", delay=True
+            )
         except OSError:
             return None
         h.setLevel(logging.INFO)
@@ -179,11 +180,25 @@ def _our_files(chain: list[BaseException]) -> list[str]:
 def _is_connection_error(chain: list[BaseException]) -> bool:
     names = {f"{type(e).__module__}.{type(e).__name__}" for e in chain}
     text = " ".join(str(e) for e in chain)
-    return (any(isinstance(e, (ConnectionError, TimeoutError)) for e in chain)
-            or any(n.endswith(("ConnectionError", "ConnectError", "ConnectTimeout", "ReadTimeout",
-                               "EndpointConnectionError", "MaxRetryError", "NewConnectionError"))
-                   for n in names)
-            or "Connection refused" in text or "Max retries exceeded" in text)
+    return (
+        any(isinstance(e, (ConnectionError, TimeoutError)) for e in chain)
+        or any(
+            n.endswith(
+                (
+                    "ConnectionError",
+                    "ConnectError",
+                    "ConnectTimeout",
+                    "ReadTimeout",
+                    "EndpointConnectionError",
+                    "MaxRetryError",
+                    "NewConnectionError",
+                )
+            )
+            for n in names
+        )
+        or "Connection refused" in text
+        or "Max retries exceeded" in text
+    )
 
 
 def describe(exc: BaseException, settings) -> str:
@@ -206,11 +221,15 @@ def describe(exc: BaseException, settings) -> str:
             where = f" writing {e.filename}" if e.filename else ""
             return f"no space left on the device{where}; free some space and run the command again"
     if "dvc" in mods or "dvc_data" in mods or "dvc_objects" in mods or inner == "effects/data/dvc_store.py":
-        return (f"the DVC remote {redact_uri(settings.dvc_remote)} failed: {msg}; check that it exists, "
-                f"is reachable and is writable (LEPTON_DVC_REMOTE)")
+        return (
+            f"the DVC remote {redact_uri(settings.dvc_remote)} failed: {msg}; check that it exists, "
+            f"is reachable and is writable (LEPTON_DVC_REMOTE)"
+        )
     if "botocore" in mods or "boto3" in mods or "s3fs" in mods:
-        return (f"S3 at {settings.s3_endpoint_url or 'AWS'} failed: {msg}; check that the store is "
-                f"running and the credentials are right{stack}")
+        return (
+            f"S3 at {settings.s3_endpoint_url or 'AWS'} failed: {msg}; check that the store is "
+            f"running and the credentials are right{stack}"
+        )
     if "mlflow" in mods or inner in ("effects/tracking/runs.py", "effects/tracking/registry.py"):
         what = f"the MLflow tracking server at {redact_uri(settings.tracking_uri)}"
         if _is_connection_error(chain):

@@ -45,19 +45,41 @@ class LocalPrefectServer:
 
     def start(self) -> LocalPrefectServer:
         self.port = free_port()
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-               "PREFECT__SERVER_FINAL": "1"}
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
         me = os.getpid()
-        cmd = [sys.executable, "-m", "lepton.local_server", "watch", str(me), start_ticks(me), "--",
-               sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lepton.local_server",
+            "watch",
+            str(me),
+            start_ticks(me),
+            "--",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "prefect.server.api.server:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--lifespan",
+            "on",
+        ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting the temporary server\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own group: the watchdog ends the whole of it
                 preexec_fn=lambda: die_with_parent(PARENT_GONE),
             )
@@ -68,8 +90,14 @@ class LocalPrefectServer:
         if self.proc is None:
             raise RuntimeError("the local Prefect server was not started")
         try:
-            wait_healthy("the local Prefect server", lambda: http_ok(self.api_url + "/health"), self.proc.pid,
-                         timeout, self.log_path, interval=0.1)
+            wait_healthy(
+                "the local Prefect server",
+                lambda: http_ok(self.api_url + "/health"),
+                self.proc.pid,
+                timeout,
+                self.log_path,
+                interval=0.1,
+            )
         except LeptonError as e:
             raise RuntimeError(str(e)) from None
 

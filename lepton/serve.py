@@ -76,30 +76,47 @@ class _Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("lepton_requests", "requests answered, by HTTP status", ["code"], registry=r)
-        self.latency = Histogram("lepton_request_seconds", "predict request latency", registry=r,
-                                 buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5))
-        self.batch = Histogram("lepton_batch_size", "instances per forward pass", registry=r,
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096))
+        self.latency = Histogram(
+            "lepton_request_seconds",
+            "predict request latency",
+            registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+        )
+        self.batch = Histogram(
+            "lepton_batch_size",
+            "instances per forward pass",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+        )
         self.instances = Counter("lepton_instances", "instances scored", registry=r)
         self.version = Gauge("lepton_model_version", "the loaded registry version", ["model", "alias"], registry=r)
         self.swaps = Counter("lepton_model_swaps", "model versions swapped in", registry=r)
         self.log_dropped = Gauge("lepton_prediction_log_dropped_rows", "rows the prediction log dropped", registry=r)
         self.log_written = Gauge("lepton_prediction_log_written_rows", "rows the prediction log wrote", registry=r)
-        self.log_spooled = Gauge("lepton_prediction_log_spooled_rows",
-                                 "rows waiting in the local spool for S3 to answer again", registry=r)
+        self.log_spooled = Gauge(
+            "lepton_prediction_log_spooled_rows", "rows waiting in the local spool for S3 to answer again", registry=r
+        )
 
 
 class ModelServer:
-    def __init__(self, model_name: str, alias: str, params: ServeParams, settings: Settings,
-                 token: str | None = None, log_folder: Path | str | None = None):
+    def __init__(
+        self,
+        model_name: str,
+        alias: str,
+        params: ServeParams,
+        settings: Settings,
+        token: str | None = None,
+        log_folder: Path | str | None = None,
+    ):
         self.model_name, self.alias, self.params, self.settings = model_name, alias, params, settings
         self.token = token or None
         self.current: Loaded | None = None
         self.metrics = _Metrics()
         # a folder or s3://bucket/prefix; parts S3 cannot take wait in the spool
         store = open_store(str(log_folder or settings.prediction_log), settings)
-        self.log = PredictionLog(store, settings.home / "serve" / "spool", params.log_flush_seconds,
-                                 params.log_flush_rows)
+        self.log = PredictionLog(
+            store, settings.home / "serve" / "spool", params.log_flush_seconds, params.log_flush_rows
+        )
         self._queue: asyncio.Queue | None = None
         self._inflight = 0  # predict requests checked and not yet answered (event loop only)
         self._stop = threading.Event()
@@ -116,8 +133,9 @@ class ModelServer:
         if str(mv.version) == c_version:
             return False
         # a variant version (`lepton optimize`) is served through ONNX Runtime
-        predictor = (variant_predictor(mv, self.settings) if mv.tags.get(tags.VARIANT)
-                     else predictor_of(mv, self.settings))
+        predictor = (
+            variant_predictor(mv, self.settings) if mv.tags.get(tags.VARIANT) else predictor_of(mv, self.settings)
+        )
         # loaded beside the old one; one assignment swaps it in
         self.current = Loaded(str(mv.version), mv.run_id, mv.tags.get(tags.DATA_VERSION, ""), predictor)
         self.metrics.version.labels(self.model_name, self.alias).set(int(mv.version))
@@ -194,9 +212,14 @@ class ModelServer:
         p = softmax(logits)
         labels = p.argmax(1)
         classes = answered.predictor.classes
-        return {"model": self.model_name, "version": answered.version, "request_id": request_id,
-                "labels": labels.tolist(), "class_names": [classes[i] for i in labels],
-                "probabilities": p.astype(np.float64).round(6).tolist()}
+        return {
+            "model": self.model_name,
+            "version": answered.version,
+            "request_id": request_id,
+            "labels": labels.tolist(),
+            "class_names": [classes[i] for i in labels],
+            "probabilities": p.astype(np.float64).round(6).tolist(),
+        }
 
     async def batcher(self) -> None:
         """Gather queued requests into one forward pass."""
@@ -237,8 +260,14 @@ class ModelServer:
                         end = start + len(raw)
                         if not fut.done():
                             fut.set_result((loaded, logits[start:end]))
-                        self.log.add(loaded.version, request_id, x_log[start:end], logits[start:end], pre.kind,
-                                     list(pre.feature_names))
+                        self.log.add(
+                            loaded.version,
+                            request_id,
+                            x_log[start:end],
+                            logits[start:end],
+                            pre.kind,
+                            list(pre.feature_names),
+                        )
                         start = end
             except Exception as e:  # noqa: BLE001 - answer every waiting request
                 for _, fut, _ in items:
@@ -261,10 +290,13 @@ def _read_npy(body: bytes) -> np.ndarray:
     if dtype.hasobject:
         raise BadRequest(400, "not a .npy array of numbers (object arrays are refused)")
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    data = memoryview(body)[f.tell():]
+    data = memoryview(body)[f.tell() :]
     if count * dtype.itemsize != len(data):
-        raise BadRequest(400, f".npy header declares shape {tuple(shape)} ({count * dtype.itemsize} bytes) "
-                              f"but the body holds {len(data)}")
+        raise BadRequest(
+            400,
+            f".npy header declares shape {tuple(shape)} ({count * dtype.itemsize} bytes) "
+            f"but the body holds {len(data)}",
+        )
     x = np.frombuffer(data, dtype=dtype, count=count)
     return x.reshape(shape, order="F" if fortran else "C")
 
@@ -361,8 +393,9 @@ async def predict(server: Server, request: Request) -> Response:
 
 
 @protected.post("/v1/feedback")
-async def feedback(server: Server, body: Annotated[FeedbackBody, Depends(_feedback_body)],
-                   cur: LoadedModel) -> Response:
+async def feedback(
+    server: Server, body: Annotated[FeedbackBody, Depends(_feedback_body)], cur: LoadedModel
+) -> Response:
     """True labels for an answered request: {"request_id": ..., "labels": [...]}."""
     labels = body.label_indices(cur.predictor.classes, server.params.max_instances)
     try:
@@ -379,10 +412,18 @@ async def model(server: Server) -> Response:
     if cur is None:
         raise BadRequest(503, server.load_error or "no model loaded yet")
     pre = cur.predictor.preprocessing
-    return JSONResponse({"name": server.model_name, "alias": server.alias, "version": cur.version,
-                         "run_id": cur.run_id, "data_version": cur.data_version,
-                         "input_shape": list(pre.input_shape), "dtype": pre.dtype,
-                         "classes": list(pre.classes)})
+    return JSONResponse(
+        {
+            "name": server.model_name,
+            "alias": server.alias,
+            "version": cur.version,
+            "run_id": cur.run_id,
+            "data_version": cur.data_version,
+            "input_shape": list(pre.input_shape),
+            "dtype": pre.dtype,
+            "classes": list(pre.classes),
+        }
+    )
 
 
 @public.get("/healthz")
@@ -436,8 +477,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(server: ModelServer) -> FastAPI:
-    app = FastAPI(title="Lepton model server", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=_lifespan)
+    app = FastAPI(title="Lepton model server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
     app.state.server = server
     app.add_exception_handler(BadRequest, _refused)
     app.add_exception_handler(Exception, _unexpected)

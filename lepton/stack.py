@@ -86,10 +86,18 @@ class StackState:
     @classmethod
     def from_record(cls, d: Mapping[str, Any]) -> StackState:
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
-        return cls(ports=dict(d.get("ports") or {}), pids=dict(d.get("pids") or {}), up=bool(d.get("up")),
-                   db_url=d.get("db_url"), bucket=d.get("bucket"), pool=d.get("pool"), sse=d.get("sse"),
-                   auth=d.get("auth"), internal=d.get("internal"),
-                   extra={k: v for k, v in d.items() if k not in known})
+        return cls(
+            ports=dict(d.get("ports") or {}),
+            pids=dict(d.get("pids") or {}),
+            up=bool(d.get("up")),
+            db_url=d.get("db_url"),
+            bucket=d.get("bucket"),
+            pool=d.get("pool"),
+            sse=d.get("sse"),
+            auth=d.get("auth"),
+            internal=d.get("internal"),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
 
     @classmethod
     def read(cls, home: Path) -> StackState | None:
@@ -97,8 +105,16 @@ class StackState:
         return cls.from_record(d) if d else None
 
     def record(self) -> dict[str, Any]:
-        out = {**self.extra, "up": self.up, "db_url": self.db_url, "ports": self.ports, "bucket": self.bucket,
-               "pool": self.pool, "sse": self.sse, "pids": self.pids}
+        out = {
+            **self.extra,
+            "up": self.up,
+            "db_url": self.db_url,
+            "ports": self.ports,
+            "bucket": self.bucket,
+            "pool": self.pool,
+            "sse": self.sse,
+            "pids": self.pids,
+        }
         if self.auth is not None:
             out["auth"] = self.auth
         if self.internal:
@@ -139,8 +155,9 @@ def s3_roundtrip(endpoint: str, bucket: str, creds: dict, timeout: float = 5.0) 
     through (an S3 port that answers while writes fail is not healthy)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    c = s3.client(endpoint, attempts=2, connect_timeout=timeout, read_timeout=timeout, creds=_keys(creds),
-                  region="us-east-1")
+    c = s3.client(
+        endpoint, attempts=2, connect_timeout=timeout, read_timeout=timeout, creds=_keys(creds), region="us-east-1"
+    )
     key = f"_lepton/health/{secrets.token_hex(8)}"
     body = secrets.token_bytes(64)
     try:
@@ -198,15 +215,17 @@ def _base_env(s: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for k in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI"):
         env.pop(k, None)
-    env.update({
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "LEPTON_HOME": str(s.home),
-        "LEPTON_PROJECT_DIR": str(s.project_dir),
-        "PREFECT_HOME": str(s.prefect_home),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    })
+    env.update(
+        {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+            "LEPTON_HOME": str(s.home),
+            "LEPTON_PROJECT_DIR": str(s.project_dir),
+            "PREFECT_HOME": str(s.prefect_home),
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+    )
     return env
 
 
@@ -237,16 +256,29 @@ PORT_RELEASE_WAIT = 60.0
 
 def _seaweedfs_cmd(d: Path, s3_port: int, internal: dict[str, int], s3_config: Path) -> list[str]:
     return [
-        _bin("weed"), "server", f"-dir={d / 'seaweedfs'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-master.port={internal['master']}", f"-master.port.grpc={internal['master_grpc']}",
-        f"-volume.port={internal['volume']}", f"-volume.port.grpc={internal['volume_grpc']}",
-        "-filer", f"-filer.port={internal['filer']}", f"-filer.port.grpc={internal['filer_grpc']}",
+        _bin("weed"),
+        "server",
+        f"-dir={d / 'seaweedfs'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={internal['master']}",
+        f"-master.port.grpc={internal['master_grpc']}",
+        f"-volume.port={internal['volume']}",
+        f"-volume.port.grpc={internal['volume_grpc']}",
+        "-filer",
+        f"-filer.port={internal['filer']}",
+        f"-filer.port.grpc={internal['filer_grpc']}",
         f"-filer.localSocket={d / 'seaweedfs' / 'filer.sock'}",
-        "-s3", f"-s3.port={s3_port}", f"-s3.port.grpc={internal['s3_grpc']}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={s3_config}",
+        "-s3",
+        f"-s3.port={s3_port}",
+        f"-s3.port.grpc={internal['s3_grpc']}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.config={s3_config}",
         f"-s3.localSocket={d / 'seaweedfs' / 's3.sock'}",
         "-master.telemetry=false",
-        f"-master.volumeSizeLimitMB={WEED_VOLUME_SIZE_MB}", f"-volume.max={WEED_VOLUME_MAX}",
+        f"-master.volumeSizeLimitMB={WEED_VOLUME_SIZE_MB}",
+        f"-volume.max={WEED_VOLUME_MAX}",
     ]
 
 
@@ -254,8 +286,9 @@ def _service_ports(name: str, state: StackState) -> list[int]:
     """The fixed ports of a service (those clients know); SeaweedFS's internal ones
     are chosen afresh at every start."""
     p = state.ports
-    return {"seaweedfs": [p["s3"]], "mlflow": [p["mlflow"]], "prefect": [p["prefect"]],
-            "serve": [p["serve"]]}.get(name, [])
+    return {"seaweedfs": [p["s3"]], "mlflow": [p["mlflow"]], "prefect": [p["prefect"]], "serve": [p["serve"]]}.get(
+        name, []
+    )
 
 
 @dataclass(frozen=True)
@@ -276,8 +309,11 @@ def service_checks(home: Path, state: StackState) -> list[ServiceCheck]:
         ServiceCheck("seaweedfs", u.s3, lambda: s3_roundtrip(u.s3, state.bucket or "", creds)),
         ServiceCheck("mlflow", u.mlflow, lambda: http_ok(u.mlflow + "/health")),
         ServiceCheck("prefect", u.prefect, lambda: http_ok(u.prefect_api + "/health")),
-        ServiceCheck("worker", f"pool {state.pool}",
-                     lambda: _worker_online(u.prefect_api, state.pool or "", home, state.record())),
+        ServiceCheck(
+            "worker",
+            f"pool {state.pool}",
+            lambda: _worker_online(u.prefect_api, state.pool or "", home, state.record()),
+        ),
         ServiceCheck("serve", u.serve, lambda: http_ok(u.serve + "/healthz")),
     ]
 
@@ -285,8 +321,7 @@ def service_checks(home: Path, state: StackState) -> list[ServiceCheck]:
 class _Starter:
     """Starts the services of one `up`, each only when it is not already running."""
 
-    def __init__(self, s: Settings, state: StackState, mlflow_db: str, prefect_db: str,
-                 echo: Callable[[str], None]):
+    def __init__(self, s: Settings, state: StackState, mlflow_db: str, prefect_db: str, echo: Callable[[str], None]):
         self.s, self.state, self.echo = s, state, echo
         self.mlflow_db, self.prefect_db = mlflow_db, prefect_db
         self.d = stack_dir(s.home)
@@ -313,8 +348,10 @@ class _Starter:
                 self.echo(f"{name} is down: starting it again")
         for port in _service_ports(name, self.state):
             if not wait_port_free(port, name, PORT_RELEASE_WAIT, self.echo):
-                raise LeptonError(f"port {port} ({name}) is already in use; choose another with "
-                                  f"--{'s3' if name == 'seaweedfs' else name}-port")
+                raise LeptonError(
+                    f"port {port} ({name}) is already in use; choose another with "
+                    f"--{'s3' if name == 'seaweedfs' else name}-port"
+                )
         self.state.pids[name] = start()
         self.started.append(name)
         self.state.write(self.s.home)
@@ -339,42 +376,80 @@ class _Starter:
         d, creds = self.d, self.creds
         (d / "seaweedfs").mkdir(exist_ok=True)
         s3_config = d / "s3.json"
-        write_private(s3_config, {"identities": [{
-            "name": "lepton",
-            "credentials": [{"accessKey": creds["aws_access_key_id"], "secretKey": creds["aws_secret_access_key"]}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }]})
-        internal = dict(zip(("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc"),
-                            (free_port(avoid=self.state.ports.values()) for _ in range(7))))
+        write_private(
+            s3_config,
+            {
+                "identities": [
+                    {
+                        "name": "lepton",
+                        "credentials": [
+                            {"accessKey": creds["aws_access_key_id"], "secretKey": creds["aws_secret_access_key"]}
+                        ],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            },
+        )
+        internal = dict(
+            zip(
+                ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc"),
+                (free_port(avoid=self.state.ports.values()) for _ in range(7)),
+            )
+        )
         self.state.internal = internal
-        weed_env = {**self.base, "WEED_S3_SSE_KEK_PASSPHRASE": creds["sse_kek_passphrase"],
-                    "WEED_S3_SSE_KEK": creds["sse_kek"]}
+        weed_env = {
+            **self.base,
+            "WEED_S3_SSE_KEK_PASSPHRASE": creds["sse_kek_passphrase"],
+            "WEED_S3_SSE_KEK": creds["sse_kek"],
+        }
         if self.state.auth:
             weed_env.update(_weed_jwt_env(creds))
         self.echo(f"starting seaweedfs (S3 on {self.u.s3}) ...")
-        return _spawn(self.s, "seaweedfs", _seaweedfs_cmd(d, self.state.ports["s3"], internal, s3_config),
-                      weed_env)
+        return _spawn(self.s, "seaweedfs", _seaweedfs_cmd(d, self.state.ports["s3"], internal, s3_config), weed_env)
 
     def mlflow(self) -> int:
         creds, u, state = self.creds, self.u, self.state
-        env = {**self.base, "MLFLOW_S3_ENDPOINT_URL": u.s3,
-               "AWS_ACCESS_KEY_ID": creds["aws_access_key_id"],
-               "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
-               "AWS_DEFAULT_REGION": "us-east-1",
-               "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {
+            **self.base,
+            "MLFLOW_S3_ENDPOINT_URL": u.s3,
+            "AWS_ACCESS_KEY_ID": creds["aws_access_key_id"],
+            "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
         if state.sse:
             env["MLFLOW_S3_UPLOAD_EXTRA_ARGS"] = json.dumps({"ServerSideEncryption": state.sse})
         auth = []
         if state.auth:
-            env.update({"MLFLOW_AUTH_CONFIG_PATH": str(self._mlflow_auth_ini()),
-                        "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["mlflow_flask_secret"]})
+            env.update(
+                {
+                    "MLFLOW_AUTH_CONFIG_PATH": str(self._mlflow_auth_ini()),
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["mlflow_flask_secret"],
+                }
+            )
             auth = ["--app-name", "basic-auth"]
         self.echo(f"starting mlflow ({u.mlflow}) ...")
-        return _spawn(self.s, "mlflow", [
-            _bin("mlflow"), "server", "--backend-store-uri", self.mlflow_db,
-            "--artifacts-destination", f"s3://{state.bucket}/mlflow", "--serve-artifacts",
-            "--host", "127.0.0.1", "--port", str(state.ports["mlflow"]), "--workers", "1", *auth,
-        ], env)
+        return _spawn(
+            self.s,
+            "mlflow",
+            [
+                _bin("mlflow"),
+                "server",
+                "--backend-store-uri",
+                self.mlflow_db,
+                "--artifacts-destination",
+                f"s3://{state.bucket}/mlflow",
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(state.ports["mlflow"]),
+                "--workers",
+                "1",
+                *auth,
+            ],
+            env,
+        )
 
     def _mlflow_auth_ini(self) -> Path:
         """MLflow's basic-auth config: its user database beside the stack's others, the
@@ -382,24 +457,50 @@ class _Starter:
         creds = self.creds
         ini = self.d / "mlflow-auth.ini"
         db = f"sqlite:///{self.d / 'mlflow-auth.db'}"
-        atomic_write(ini, "\n".join([
-            "[mlflow]", "default_permission = READ", f"database_uri = {db}",
-            f"admin_username = {creds['mlflow_username']}", f"admin_password = {creds['mlflow_password']}",
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth", "",
-        ]), mode=0o600, fsync=False)
+        atomic_write(
+            ini,
+            "\n".join(
+                [
+                    "[mlflow]",
+                    "default_permission = READ",
+                    f"database_uri = {db}",
+                    f"admin_username = {creds['mlflow_username']}",
+                    f"admin_password = {creds['mlflow_password']}",
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+                    "",
+                ]
+            ),
+            mode=0o600,
+            fsync=False,
+        )
         return ini
 
     def prefect(self) -> int:
         u, state = self.u, self.state
-        env = {**self.base, "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.prefect_db,
-               "PREFECT_UI_API_URL": u.prefect_api, "PREFECT_SERVER_API_HOST": "127.0.0.1",
-               "PREFECT_SERVER_API_PORT": str(state.ports["prefect"])}
+        env = {
+            **self.base,
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.prefect_db,
+            "PREFECT_UI_API_URL": u.prefect_api,
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(state.ports["prefect"]),
+        }
         if state.auth:
             env["PREFECT_SERVER_API_AUTH_STRING"] = self.creds["prefect_auth_string"]
         self.echo(f"starting prefect ({u.prefect}) ...")
-        return _spawn(self.s, "prefect", [
-            _bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(state.ports["prefect"]),
-        ], env)
+        return _spawn(
+            self.s,
+            "prefect",
+            [
+                _bin("prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(state.ports["prefect"]),
+            ],
+            env,
+        )
 
     def client_env(self) -> dict[str, str]:
         return {**self.base, **client_env(self.s, self.state.record())}
@@ -408,26 +509,50 @@ class _Starter:
         from lepton.deploy import worker_env  # heartbeats, so a run whose process dies is rerun
 
         self.echo("starting the worker ...")
-        return _spawn(self.s, "worker", [
-            _bin("prefect"), "worker", "start", "--pool", self.state.pool or "", "--type", "process",
-            "--name", f"lepton-{socket.gethostname()}",
-        ], {**self.client_env(), **worker_env()})
+        return _spawn(
+            self.s,
+            "worker",
+            [
+                _bin("prefect"),
+                "worker",
+                "start",
+                "--pool",
+                self.state.pool or "",
+                "--type",
+                "process",
+                "--name",
+                f"lepton-{socket.gethostname()}",
+            ],
+            {**self.client_env(), **worker_env()},
+        )
 
     def serve(self) -> int:
         self.echo(f"starting the model server ({self.u.serve}) ...")
-        return _spawn(self.s, "serve", [
-            _bin("lepton"), "serve", "--host", "127.0.0.1", "--port", str(self.state.ports["serve"]),
-        ], self.client_env())
+        return _spawn(
+            self.s,
+            "serve",
+            [
+                _bin("lepton"),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.state.ports["serve"]),
+            ],
+            self.client_env(),
+        )
 
 
 def _weed_jwt_env(creds: dict) -> dict[str, str]:
     """SeaweedFS's security.toml as environment variables: its volume server takes
     reads and writes only with a JWT from its master, its filer only with one from
     its S3 gateway (which checks the S3 signature first)."""
-    return {"WEED_JWT_SIGNING_KEY": creds["weed_jwt_key"],
-            "WEED_JWT_SIGNING_READ_KEY": creds["weed_jwt_read_key"],
-            "WEED_JWT_FILER_SIGNING_KEY": creds["weed_filer_jwt_key"],
-            "WEED_JWT_FILER_SIGNING_READ_KEY": creds["weed_filer_jwt_read_key"]}
+    return {
+        "WEED_JWT_SIGNING_KEY": creds["weed_jwt_key"],
+        "WEED_JWT_SIGNING_READ_KEY": creds["weed_jwt_read_key"],
+        "WEED_JWT_FILER_SIGNING_KEY": creds["weed_filer_jwt_key"],
+        "WEED_JWT_FILER_SIGNING_READ_KEY": creds["weed_filer_jwt_read_key"],
+    }
 
 
 def _healthy_within(check: Callable[[], bool], pid: int, timeout: float) -> bool:
@@ -448,20 +573,22 @@ def _choose_ports(asked: Mapping[str, int | None], stale: StackState) -> dict[st
     clash = sorted({p for p in chosen.values() if list(chosen.values()).count(p) > 1})
     if clash:
         names = ", ".join(k for k, p in chosen.items() if p == clash[0])
-        raise LeptonError(f"port {clash[0]} is given to more than one service ({names}); "
-                          "give each its own with --prefect-port, --mlflow-port, --s3-port and --serve-port")
+        raise LeptonError(
+            f"port {clash[0]} is given to more than one service ({names}); "
+            "give each its own with --prefect-port, --mlflow-port, --s3-port and --serve-port"
+        )
     return chosen
 
 
-def _as_running(stale: StackState, chosen: dict[str, int], sse: str | None, asked_sse: str | None,
-                auth: bool | None) -> tuple[str | None, bool]:
+def _as_running(
+    stale: StackState, chosen: dict[str, int], sse: str | None, asked_sse: str | None, auth: bool | None
+) -> tuple[str | None, bool]:
     """With services still running, what is asked must be what they run with; returns
     their (sse, auth)."""
     if sse is not None and asked_sse != stale.sse:
         raise LeptonError("the stack is already running with another encryption setting; `lepton down` first")
     if auth is not None and auth != bool(stale.auth):
-        raise LeptonError("the stack is already running with another authentication setting; "
-                          "`lepton down` first")
+        raise LeptonError("the stack is already running with another authentication setting; `lepton down` first")
     if chosen != {**DEFAULT_PORTS, **stale.ports}:
         raise LeptonError("the stack is already running on other ports; `lepton down` first")
     return stale.sse, bool(stale.auth)
@@ -479,9 +606,16 @@ def _claim_ports(stale: StackState, chosen: dict[str, int], echo: Callable[[str]
             raise LeptonError(f"port {port} ({name}) is already in use; choose another with --{name}-port")
 
 
-def _next_state(s: Settings, stale: StackState, survivors: list[str], db_url: str | None,
-                ports: Mapping[str, int | None], echo: Callable[[str], None], sse: str | None,
-                auth: bool | None) -> StackState:
+def _next_state(
+    s: Settings,
+    stale: StackState,
+    survivors: list[str],
+    db_url: str | None,
+    ports: Mapping[str, int | None],
+    echo: Callable[[str], None],
+    sse: str | None,
+    auth: bool | None,
+) -> StackState:
     """What this `up` runs with: checked against what still runs of the last one."""
     asked_sse = _choose_sse(sse, stale.sse, s)
     # a record from before authentication was kept: on, unless its services still run
@@ -496,10 +630,13 @@ def _next_state(s: Settings, stale: StackState, survivors: list[str], db_url: st
     if survivors and db_url != stale.db_url:
         raise LeptonError("the stack is already running on another database; `lepton down` first")
     return StackState(
-        up=stale.up, db_url=db_url, ports=chosen,
+        up=stale.up,
+        db_url=db_url,
+        ports=chosen,
         bucket=stale.bucket if survivors else s.s3_bucket,
         pool=stale.pool if survivors else s.work_pool,
-        sse=asked_sse, auth=bool(asked_auth),
+        sse=asked_sse,
+        auth=bool(asked_auth),
         pids={n: stale.pid(n) for n in SERVICES},
         internal=stale.internal or None,
     )
@@ -529,8 +666,14 @@ def _bring_up(go: _Starter) -> None:
     go.wait("serve", "model server", 120)
 
 
-def up(s: Settings, db_url: str | None, ports: dict[str, int | None], echo=print,
-       sse: str | None = None, auth: bool | None = None) -> dict:
+def up(
+    s: Settings,
+    db_url: str | None,
+    ports: dict[str, int | None],
+    echo=print,
+    sse: str | None = None,
+    auth: bool | None = None,
+) -> dict:
     """Start the stack, or what is missing of it: services that run and answer keep
     their processes; dead ones are started again (after their port is released).
     Returns the state (the record `lepton up` leaves in `<home>/stack/stack.json`)."""
@@ -579,7 +722,9 @@ def _ensure_bucket(endpoint: str, bucket: str, creds: dict) -> None:
 
 def _worker_online(api: str, pool: str, home: Path, state: dict) -> bool:
     req = urllib.request.Request(
-        f"{api}/work_pools/{pool}/workers/filter", data=b"{}", method="POST",
+        f"{api}/work_pools/{pool}/workers/filter",
+        data=b"{}",
+        method="POST",
         headers={"Content-Type": "application/json", **auth_headers(home, state, "prefect")},
     )
     try:

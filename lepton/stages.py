@@ -28,25 +28,26 @@ def main(argv: list[str] | None = None) -> int:
 
         params = load_params(args.params)
         if args.stage == "prepare":
-            from effects.state import monitor_state
             from effects.data.data_source import local_data_path
             from effects.runtime.settings import get_settings
+            from effects.state import monitor_state
             from lepton_core.data.prepare import prepare_from_params
 
             # the same accepted monitor batches the Prefect path folds in
             extra = monitor_state.accepted_batches(get_settings()) if params.data.include_monitored else []
             data = params.data.model_copy(update={"path": local_data_path(params.data.path)})  # s3:// -> mirror
             report = prepare_from_params(data, PREPARED, base_dir=Path.cwd(), extra=extra)
-            print(f"prepared {report['kept']} samples ({report['quarantined']} quarantined, "
-                  f"{report['duplicates_dropped']} duplicates dropped, {len(extra)} monitor batches "
-                  f"folded in) -> {PREPARED}")
+            print(
+                f"prepared {report['kept']} samples ({report['quarantined']} quarantined, "
+                f"{report['duplicates_dropped']} duplicates dropped, {len(extra)} monitor batches "
+                f"folded in) -> {PREPARED}"
+            )
         elif args.stage == "train":
             from effects.training.stages import train_stage
             from lepton_core.data.prepare import read_prepared
 
             result = train_stage(read_prepared(PREPARED), params.train, MODEL)
-            print(f"trained {result.epochs_run} epochs, best val accuracy "
-                  f"{result.best_val_accuracy:.4f} -> {MODEL}")
+            print(f"trained {result.epochs_run} epochs, best val accuracy {result.best_val_accuracy:.4f} -> {MODEL}")
         else:
             from effects.training.stages import evaluate_stage
             from lepton_core.data.prepare import read_prepared

@@ -6,11 +6,10 @@ and what `dvc.yaml` stages list under `params:`.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-
-import posixpath
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,14 +38,14 @@ class DataParams(_Section):
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     seed: int = Field(0, ge=SEED_MIN, le=SEED_MAX, description="seed of the stratified split")
     test_split: Literal["canonical", "random"] = Field(
-        "canonical", description="canonical: the format's own test files (MNIST t10k, CIFAR-10 test_batch) "
-        "are the test split when present; random: drawn like val (test_fraction)")
-    include_monitored: bool = Field(
-        True, description="fold labelled batches accepted by the monitor into the dataset"
+        "canonical",
+        description="canonical: the format's own test files (MNIST t10k, CIFAR-10 test_batch) "
+        "are the test split when present; random: drawn like val (test_fraction)",
     )
+    include_monitored: bool = Field(True, description="fold labelled batches accepted by the monitor into the dataset")
 
     @model_validator(mode="after")
-    def _check(self) -> "DataParams":
+    def _check(self) -> DataParams:
         if self.format != "digits" and not self.path:
             raise ValueError(f"data.path is required for format {self.format!r}")
         return self
@@ -56,7 +55,8 @@ class TrainParams(_Section):
     """How the model is built and trained (never where things live)."""
 
     model: Literal["auto", "cnn", "mlp", "fastcnn"] = Field(
-        "auto", description="auto: cnn for images, mlp for tables; fastcnn: the fast CIFAR-shaped network")
+        "auto", description="auto: cnn for images, mlp for tables; fastcnn: the fast CIFAR-shaped network"
+    )
     width: int = Field(32, ge=4, le=1024, description="CNN base channels / MLP hidden units")
     depth: int = Field(2, ge=1, le=8, description="MLP hidden layers / CNN convs per block")
     dropout: float = Field(0.1, ge=0, lt=1)
@@ -76,22 +76,28 @@ class TrainParams(_Section):
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     compile: bool = Field(False, description="torch.compile the model (compile time is reported apart)")
     augment: Literal["auto", "on", "off"] = Field(
-        "auto", description="random translation and alternating flips on the device; auto: on for colour "
-        "images on CUDA, off otherwise (a flipped digit is another digit)")
+        "auto",
+        description="random translation and alternating flips on the device; auto: on for colour "
+        "images on CUDA, off otherwise (a flipped digit is another digit)",
+    )
     translate: int = Field(2, ge=0, le=8, description="largest random shift in pixels when augmenting")
-    devices: int = Field(1, ge=1, le=64, description="processes per node; > 1 trains data-parallel through "
-                         "torchrun (DDP: gloo on the CPU, NCCL on GPUs)")
-    nodes: int = Field(1, ge=1, le=1024, description="nodes of a data-parallel run (LEPTON_DDP_RDZV names "
-                       "the rendezvous when > 1)")
+    devices: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="processes per node; > 1 trains data-parallel through "
+        "torchrun (DDP: gloo on the CPU, NCCL on GPUs)",
+    )
+    nodes: int = Field(
+        1, ge=1, le=1024, description="nodes of a data-parallel run (LEPTON_DDP_RDZV names the rendezvous when > 1)"
+    )
 
 
 class PromoteParams(_Section):
     """The promotion gate."""
 
     min_accuracy: float = Field(0.9, ge=0, le=1, description="absolute floor on test accuracy")
-    tolerance: float = Field(
-        0.005, ge=0, le=1, description="largest accepted drop in accuracy vs the champion"
-    )
+    tolerance: float = Field(0.005, ge=0, le=1, description="largest accepted drop in accuracy vs the champion")
     alpha: float = Field(0.05, gt=0, lt=1, description="McNemar significance level")
 
 
@@ -132,11 +138,15 @@ class MonitorParams(_Section):
     prediction_drift: bool = Field(True, description="a drifted predicted-class distribution is drift")
     max_accuracy_drop: float = Field(0.1, gt=0, le=1, description="accuracy drop (labelled batches) that is drift")
     min_rows: int = Field(50, ge=1, le=10**9, description="fewer usable rows: insufficient data")
-    cooldown_minutes: float = Field(60, ge=0, le=525_600, description="no second drift event within this time (at most a year)")
+    cooldown_minutes: float = Field(
+        60, ge=0, le=525_600, description="no second drift event within this time (at most a year)"
+    )
     inbox: str | None = Field(None, description="folder of new batches (default <home>/monitor/inbox)")
     prediction_log: bool = Field(
-        True, description="with the default inbox, also check the model server's prediction log: "
-        "the part files no run has checked, as one window")
+        True,
+        description="with the default inbox, also check the model server's prediction log: "
+        "the part files no run has checked, as one window",
+    )
     cron: str = Field("0 * * * *", description="schedule of the monitor deployment (hourly)")
 
 
@@ -147,11 +157,15 @@ class DeployParams(_Section):
     timezone: str = "UTC"
     # The training flow-run pod on a Kubernetes work pool (`lepton deploy --pool-type kubernetes`)
     gpus: int = Field(0, ge=0, le=64, description='NVIDIA GPUs of the training pod: limits["nvidia.com/gpu"]')
-    memory: str = Field("8Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$",
-                        description="memory of the training pod, requested and its limit (Kubernetes quantity)")
+    memory: str = Field(
+        "8Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$",
+        description="memory of the training pod, requested and its limit (Kubernetes quantity)",
+    )
     cpu: str = Field("2", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPUs requested by the training pod")
     image: str | None = Field(
-        None, min_length=1, description="image of the training pod; null: lepton:cuda with gpus, else the pool's")
+        None, min_length=1, description="image of the training pod; null: lepton:cuda with gpus, else the pool's"
+    )
 
 
 class ServeParams(_Section):
@@ -171,9 +185,11 @@ class OptimizeParams(_Section):
 
     enabled: bool = Field(False, description="build the variants after each promotion in the retrain flow")
     variants: tuple[Literal["onnx", "int8"], ...] = Field(
-        ("onnx", "int8"), min_length=1, description="which variants to build")
+        ("onnx", "int8"), min_length=1, description="which variants to build"
+    )
     max_accuracy_drop: float = Field(
-        0.01, ge=0, le=1, description="largest test-accuracy loss against the PyTorch model a variant may have")
+        0.01, ge=0, le=1, description="largest test-accuracy loss against the PyTorch model a variant may have"
+    )
     calibration_samples: int = Field(256, ge=1, description="training samples that calibrate int8 quantisation")
     threads: int | None = Field(None, ge=1, description="ONNX Runtime threads per session (default: all cores)")
 
@@ -183,14 +199,15 @@ class SweepRange(_Section):
     with `log: true`, on a grid with `step`). Ints or floats follow the param's type."""
 
     choices: tuple[bool | int | float | str | None, ...] | None = Field(
-        None, min_length=1, description="the values to choose from")
+        None, min_length=1, description="the values to choose from"
+    )
     low: int | float | None = Field(None, description="lower end of a range")
     high: int | float | None = Field(None, description="upper end of a range")
     log: bool = Field(False, description="sample the range on a log scale")
     step: int | float | None = Field(None, gt=0, description="grid step of a linear range")
 
     @model_validator(mode="after")
-    def _check(self) -> "SweepRange":
+    def _check(self) -> SweepRange:
         ranged = self.low is not None or self.high is not None
         if (self.choices is None) == (not ranged):
             raise ValueError("give either choices or low and high")
@@ -222,9 +239,11 @@ class SweepParams(_Section):
 
     space: dict[str, SweepRange] = Field(
         default_factory=_default_space,
-        description="params path (train.KEY) -> choices, or low/high (log: on a log scale)")
+        description="params path (train.KEY) -> choices, or low/high (log: on a log scale)",
+    )
     metric: Literal["val_accuracy", "val_loss"] = Field(
-        "val_accuracy", description="at each trial's best epoch: val_accuracy is maximised, val_loss minimised")
+        "val_accuracy", description="at each trial's best epoch: val_accuracy is maximised, val_loss minimised"
+    )
     trials: int = Field(8, ge=1, le=10_000, description="trials in all")
     parallel: int = Field(2, ge=1, le=1024, description="trials at once (threads, or Dask workers)")
     startup_trials: int = Field(4, ge=1, le=10_000, description="random trials before TPE models the space")
@@ -289,9 +308,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not dot or not name:
             raise ParamsError(f"bad --set {item!r}: expected section.key=value")
         if section not in SECTIONS:
-            raise ParamsError(
-                f"bad --set {item!r}: unknown section {section!r} (one of {', '.join(SECTIONS)})"
-            )
+            raise ParamsError(f"bad --set {item!r}: unknown section {section!r} (one of {', '.join(SECTIONS)})")
         if _is_text_field(section, name) and value.strip() not in ("null", "~", ""):
             parsed: Any = value  # a name like 123 or yes stays text
         else:
@@ -346,8 +363,10 @@ def check_device(train: TrainParams) -> None:
         import torch  # only here: reading params stays light
 
         if not torch.cuda.is_available():
-            raise ParamsError("train.device=cuda but torch sees no CUDA device on this machine; "
-                              "use train.device=auto (the GPU when there is one) or cpu")
+            raise ParamsError(
+                "train.device=cuda but torch sees no CUDA device on this machine; "
+                "use train.device=auto (the GPU when there is one) or cpu"
+            )
 
 
 def flatten_params(params: Params) -> dict[str, str]:

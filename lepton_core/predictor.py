@@ -44,7 +44,7 @@ class Preprocessing(BaseModel):
     label_column: str = "label"
 
     @classmethod
-    def from_meta(cls, meta: dict[str, Any], label_column: str | None = None) -> "Preprocessing":
+    def from_meta(cls, meta: dict[str, Any], label_column: str | None = None) -> Preprocessing:
         """From a prepared dataset's meta.json."""
         kind = meta["kind"]
         return cls(
@@ -53,8 +53,7 @@ class Preprocessing(BaseModel):
             dtype="uint8" if meta.get("dtype") == "uint8" else "float32",
             scale=float(meta["x_scale"]),
             classes=tuple(str(c) for c in meta["classes"]),
-            feature_names=tuple(str(f) for f in meta.get("feature_names") or ())
-            if kind == "tabular" else (),
+            feature_names=tuple(str(f) for f in meta.get("feature_names") or ()) if kind == "tabular" else (),
             label_column=label_column or meta.get("label_column") or "label",
         )
 
@@ -178,11 +177,18 @@ class BasePredictor(ABC):
 class Predictor(BasePredictor):
     """A PyTorch model with its preprocessing."""
 
-    def __init__(self, model: nn.Module, model_config: ModelConfig, preprocessing: Preprocessing,
-                 device: str | torch.device = "cpu", batch_size: int = 1024):
+    def __init__(
+        self,
+        model: nn.Module,
+        model_config: ModelConfig,
+        preprocessing: Preprocessing,
+        device: str | torch.device = "cpu",
+        batch_size: int = 1024,
+    ):
         if len(preprocessing.classes) != model_config.n_classes:
             raise InputError(
-                f"{len(preprocessing.classes)} class names for a model of {model_config.n_classes} classes")
+                f"{len(preprocessing.classes)} class names for a model of {model_config.n_classes} classes"
+            )
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.model_config = model_config
@@ -190,8 +196,9 @@ class Predictor(BasePredictor):
         self.batch_size = batch_size
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path | dict[str, Any], device: str | torch.device = "cpu",
-                        which: str = "model") -> "Predictor":
+    def from_checkpoint(
+        cls, checkpoint: str | Path | dict[str, Any], device: str | torch.device = "cpu", which: str = "model"
+    ) -> Predictor:
         """From a checkpoint file or its loaded dict (loaded with weights_only)."""
         state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
         model, cfg = model_from_checkpoint(state, which)
@@ -206,8 +213,10 @@ class Predictor(BasePredictor):
 
     @torch.no_grad()
     def forward(self, t: torch.Tensor) -> np.ndarray:
-        out = [self.model(t[i : i + self.batch_size].to(self.device)).float().cpu()
-               for i in range(0, len(t), self.batch_size)]
+        out = [
+            self.model(t[i : i + self.batch_size].to(self.device)).float().cpu()
+            for i in range(0, len(t), self.batch_size)
+        ]
         return torch.cat(out).numpy() if out else np.zeros((0, self.model_config.n_classes), np.float32)
 
 

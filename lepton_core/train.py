@@ -251,8 +251,14 @@ class _Standing:
     stopped_early: bool = False
 
 
-def _set_up(model_config: ModelConfig, params: TrainParams, x_train: torch.Tensor, y_train: torch.Tensor,
-            x_val: torch.Tensor, y_val: torch.Tensor) -> _Setup:
+def _set_up(
+    model_config: ModelConfig,
+    params: TrainParams,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+) -> _Setup:
     device = choose_device(params.device)
     cuda = device.type == "cuda"
     torch.manual_seed(params.seed)
@@ -288,19 +294,34 @@ def _set_up(model_config: ModelConfig, params: TrainParams, x_train: torch.Tenso
     if params.compile:  # an OptimizedModule: still a Module, though torch.compile's stubs say Callable
         fwd = cast(nn.Module, torch.compile(fwd, dynamic=False))
 
-    opt = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay,
-                            fused=True if cuda else None)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True if cuda else None
+    )
     steps_per_epoch = math.ceil(len(xt) / params.batch_size)
     total_steps = steps_per_epoch * params.epochs
     warmup = int(params.warmup_epochs * steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup, params.schedule))
-    return _Setup(model=model, fwd=fwd, opt=opt, sched=sched, gen=gen, device=device, amp=amp, rank=rank,
-                  world=world, xt=xt, yt=y_train.to(device), xv=_put(x_val), yv=y_val.to(device),
-                  flips=flip_bits(len(xt), params.seed, device) if augment else None)
+    return _Setup(
+        model=model,
+        fwd=fwd,
+        opt=opt,
+        sched=sched,
+        gen=gen,
+        device=device,
+        amp=amp,
+        rank=rank,
+        world=world,
+        xt=xt,
+        yt=y_train.to(device),
+        xv=_put(x_val),
+        yv=y_val.to(device),
+        flips=flip_bits(len(xt), params.seed, device) if augment else None,
+    )
 
 
-def _restore(run: _Setup, state: dict[str, Any], model_config: ModelConfig, params: TrainParams,
-             ckpt: Path | None) -> _Standing:
+def _restore(
+    run: _Setup, state: dict[str, Any], model_config: ModelConfig, params: TrainParams, ckpt: Path | None
+) -> _Standing:
     """Take up a work checkpoint's weights, optimizer, schedule, random states and
     standing."""
     # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest.
@@ -314,40 +335,49 @@ def _restore(run: _Setup, state: dict[str, Any], model_config: ModelConfig, para
     if run.cuda and "rng_cuda" in state:
         torch.cuda.set_rng_state(state["rng_cuda"], run.device)
     return _Standing(
-        epoch=int(state["epoch"]), best_acc=float(state["best_val_accuracy"]), best_epoch=int(state["best_epoch"]),
-        bad_epochs=int(state["bad_epochs"]), best_state=state["best_model"],
-        history=list(state.get("history", [])), resumed_from=int(state["epoch"]),
-        finished=bool(state.get("finished")), stopped_early=bool(state.get("finished"))
-        and bool(state.get("stopped_early", False)))
+        epoch=int(state["epoch"]),
+        best_acc=float(state["best_val_accuracy"]),
+        best_epoch=int(state["best_epoch"]),
+        bad_epochs=int(state["bad_epochs"]),
+        best_state=state["best_model"],
+        history=list(state.get("history", [])),
+        resumed_from=int(state["epoch"]),
+        finished=bool(state.get("finished")),
+        stopped_early=bool(state.get("finished")) and bool(state.get("stopped_early", False)),
+    )
 
 
-def _checkpoint_state(run: _Setup, at: _Standing, model_config: ModelConfig, params: TrainParams,
-                      extra_state: dict[str, Any] | None) -> dict[str, Any]:
+def _checkpoint_state(
+    run: _Setup, at: _Standing, model_config: ModelConfig, params: TrainParams, extra_state: dict[str, Any] | None
+) -> dict[str, Any]:
     """The work checkpoint's named keys (on the CPU)."""
-    state: dict[str, Any] = _to_cpu({
-        "model_config": model_config.model_dump(mode="json"),
-        "params": params.model_dump(mode="json"),
-        "model": run.model.state_dict(),
-        "best_model": at.best_state,
-        "optimizer": run.opt.state_dict(),
-        "scheduler": run.sched.state_dict(),
-        "epoch": at.epoch,
-        "best_epoch": at.best_epoch,
-        "best_val_accuracy": at.best_acc,
-        "bad_epochs": at.bad_epochs,
-        "finished": at.finished,
-        "stopped_early": at.stopped_early,
-        "rng_batches": run.gen.get_state(),
-        "rng_torch": torch.get_rng_state(),
-        **({"rng_cuda": torch.cuda.get_rng_state(run.device)} if run.cuda else {}),
-        "history": at.history,
-        **(extra_state or {}),
-    })
+    state: dict[str, Any] = _to_cpu(
+        {
+            "model_config": model_config.model_dump(mode="json"),
+            "params": params.model_dump(mode="json"),
+            "model": run.model.state_dict(),
+            "best_model": at.best_state,
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "epoch": at.epoch,
+            "best_epoch": at.best_epoch,
+            "best_val_accuracy": at.best_acc,
+            "bad_epochs": at.bad_epochs,
+            "finished": at.finished,
+            "stopped_early": at.stopped_early,
+            "rng_batches": run.gen.get_state(),
+            "rng_torch": torch.get_rng_state(),
+            **({"rng_cuda": torch.cuda.get_rng_state(run.device)} if run.cuda else {}),
+            "history": at.history,
+            **(extra_state or {}),
+        }
+    )
     return state
 
 
-def _train_epoch(run: _Setup, params: TrainParams, epoch: int,
-                 first_rows: list[torch.Tensor] | None) -> dict[str, float]:
+def _train_epoch(
+    run: _Setup, params: TrainParams, epoch: int, first_rows: list[torch.Tensor] | None
+) -> dict[str, float]:
     """One pass over the training split, then the validation split; the epoch's
     metrics. `first_rows` collects this rank's rows (data-parallel, first epoch)."""
     xt, yt, world, rank = run.xt, run.yt, run.world, run.rank

@@ -7,10 +7,10 @@ import json
 
 from prefect import task
 
-from effects.tracking import runs
 from effects.data.dvc_store import DataVersion, dataset_path
 from effects.monitoring.monitor import REFERENCE_ARTIFACT, reference_profile
 from effects.runtime.settings import get_settings
+from effects.tracking import runs
 from effects.training.stages import evaluate_stage
 from lepton_core.data.prepare import read_prepared
 from lepton_core.evaluate import SUMMARY_KEYS
@@ -26,11 +26,11 @@ def evaluate(run_id: str, checkpoint: str, data: DataVersion) -> dict[str, float
     metrics = evaluate_stage(prepared, checkpoint, out)
     summary = {f"test_{k}": float(metrics[k]) for k in SUMMARY_KEYS}
     per_class = {
-        f"test_f1_class_{name}": v["f1"] for name, v in metrics["per_class"].items() if name.isidentifier() or name.isalnum()
+        f"test_f1_class_{name}": v["f1"]
+        for name, v in metrics["per_class"].items()
+        if name.isidentifier() or name.isalnum()
     }
-    c.log_batch(
-        run_id, metrics=[runs.Metric(k, v, 0, 0) for k, v in {**summary, **per_class}.items()]
-    )
+    c.log_batch(run_id, metrics=[runs.Metric(k, v, 0, 0) for k, v in {**summary, **per_class}.items()])
     c.log_artifact(run_id, str(out / "metrics.json"), "evaluation")
     c.log_artifact(run_id, str(out / "confusion_matrix.png"), "evaluation")
     # What the drift monitor compares new batches with (features + outputs on the test split).

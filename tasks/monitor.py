@@ -11,10 +11,18 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from effects.state import monitor_state
-from effects.monitoring.monitor import (REPORT_ARTIFACT, check_batch, claim_new, cooldown_line, new_batches,
-                             prediction_log_window, record_event_outcome, s3_batches)
+from effects.monitoring.monitor import (
+    REPORT_ARTIFACT,
+    check_batch,
+    claim_new,
+    cooldown_line,
+    new_batches,
+    prediction_log_window,
+    record_event_outcome,
+    s3_batches,
+)
 from effects.runtime.settings import get_settings
+from effects.state import monitor_state
 from effects.tracking.summaries import monitor_markdown
 from lepton_core.drift import DRIFT_EVENT
 from lepton_core.params import MonitorParams
@@ -42,8 +50,9 @@ def find_new_batches(inbox: str | None, prediction_log: bool = True, min_rows: i
 
 
 @task(name="check-batch", retries=1, retry_delay_seconds=5, timeout_seconds=1800)
-def check_batch_task(batch: str, fmt: str | None, params: MonitorParams, model_name: str, experiment: str,
-                     from_inbox: bool = True) -> dict:
+def check_batch_task(
+    batch: str, fmt: str | None, params: MonitorParams, model_name: str, experiment: str, from_inbox: bool = True
+) -> dict:
     r = check_batch(batch, fmt, params, model_name, experiment, flow_run_id=str(flow_run.id or ""))
     if from_inbox:  # a batch named on the command line leaves the inbox's record alone
         s3 = batch.startswith("s3://")
@@ -71,8 +80,11 @@ def emit_drift_event(results: list[dict], params: MonitorParams, model_name: str
         line = cooldown_line(*cooldown)
         record_event_outcome(payload["mlflow_run_ids"], line)
         return {"emitted": False, "suppressed": line}
-    emit_event(event=DRIFT_EVENT, resource={"prefect.resource.id": f"lepton.model.{model_name}",
-                                            "prefect.resource.name": model_name}, payload=payload)
+    emit_event(
+        event=DRIFT_EVENT,
+        resource={"prefect.resource.id": f"lepton.model.{model_name}", "prefect.resource.name": model_name},
+        payload=payload,
+    )
     record_event_outcome(payload["mlflow_run_ids"], "emitted")
     return {"emitted": True, "suppressed": None}
 

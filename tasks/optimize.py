@@ -10,8 +10,7 @@ from effects.tracking.variants import optimize_version
 from lepton_core.params import OptimizeParams
 
 
-@task(name="optimize", retries=1, retry_delay_seconds=[5], timeout_seconds=1800,
-      retry_condition_fn=not_user_error)
+@task(name="optimize", retries=1, retry_delay_seconds=[5], timeout_seconds=1800, retry_condition_fn=not_user_error)
 def optimize(model_name: str, version: str | None, params: OptimizeParams) -> dict:
     log = get_run_logger()
     return optimize_version(model_name, version, params, echo=log.info)

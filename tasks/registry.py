@@ -13,12 +13,11 @@ from contextlib import nullcontext
 from prefect import task
 from prefect.runtime import flow_run
 
-from effects.tracking import tags
-from effects.tracking import runs
 from effects.data.dvc_store import DataVersion, dataset_path
-from effects.tracking.registry import log_and_register, promote_version, rollback_champion
 from effects.runtime.retry import not_user_error
 from effects.runtime.settings import get_settings
+from effects.tracking import runs, tags
+from effects.tracking.registry import log_and_register, promote_version, rollback_champion
 from effects.tracking.variants import follow_champion
 from lepton_core.data.prepare import read_prepared
 from lepton_core.params import Params, PromoteParams
@@ -58,18 +57,21 @@ def register(outcome: TrainOutcome, data: DataVersion, params: Params, metrics: 
         tags.TEST_ACCURACY: f"{metrics['test_accuracy']:.4f}",
     }
     provenance = {
-        "run_id": outcome.run_id, "data_version": data.version, "git_commit": commit,
+        "run_id": outcome.run_id,
+        "data_version": data.version,
+        "git_commit": commit,
         "prefect_flow_run_id": run_flow,
         "monitored_batches": data.meta.get("monitored_batches", []),
-        "metrics": metrics, "params": params.model_dump(mode="json"),
+        "metrics": metrics,
+        "params": params.model_dump(mode="json"),
     }
     description = "Provenance:\n\n```json\n" + json.dumps(provenance, indent=1, sort_keys=True) + "\n```"
-    return log_and_register(outcome.run_id, outcome.checkpoint, prepared, params.registry.model_name, version_tags,
-                            description, s)
+    return log_and_register(
+        outcome.run_id, outcome.checkpoint, prepared, params.registry.model_name, version_tags, description, s
+    )
 
 
-@task(name="promote", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=1800,
-      retry_condition_fn=not_user_error)
+@task(name="promote", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=1800, retry_condition_fn=not_user_error)
 def promote(model_name: str, version: str, params: PromoteParams, force: bool = False) -> dict:
     with registry_slot():
         result = promote_version(model_name, version, params, force)
@@ -80,8 +82,7 @@ def promote(model_name: str, version: str, params: PromoteParams, force: bool = 
         return result
 
 
-@task(name="rollback", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=600,
-      retry_condition_fn=not_user_error)
+@task(name="rollback", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=600, retry_condition_fn=not_user_error)
 def rollback(model_name: str) -> dict:
     with registry_slot():
         result = rollback_champion(model_name)

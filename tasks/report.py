@@ -11,8 +11,9 @@ from effects.tracking.summaries import registry_markdown, retrain_markdown
 @task(name="publish-summary", retries=2, retry_delay_seconds=[2, 5])
 def publish_retrain_summary(result: dict, model_name: str) -> str:
     md = retrain_markdown(result, model_name)
-    create_markdown_artifact(markdown=md, key="lepton-retrain-summary",
-                             description=f"{model_name} v{result['version']}")
+    create_markdown_artifact(
+        markdown=md, key="lepton-retrain-summary", description=f"{model_name} v{result['version']}"
+    )
     return md
 
 

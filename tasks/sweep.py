@@ -11,8 +11,9 @@ and its task run fails, which the flow tells Optuna as a failed trial.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -20,17 +21,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from effects.tracking import tags
-from effects.tracking import sweep as sweep_runs
-from effects.tracking import runs
 from effects.data.dvc_store import DataVersion, dataset_path
 from effects.runtime.settings import get_settings
-from effects.training.tracked import train_in_run
+from effects.tracking import runs, tags
+from effects.tracking import sweep as sweep_runs
 from effects.tracking.sweep import Search  # noqa: F401  (the flow's ask/tell object)
+from effects.training.tracked import train_in_run
 from lepton_core.errors import LeptonError
 from lepton_core.params import Params, flatten_params
 from lepton_core.sweep import LOCAL, Dimension, check_dask_address, with_values  # noqa: F401
 from tasks.train import TrainOutcome
+
 
 class TrialOutcome(BaseModel):
     number: int
@@ -59,17 +60,25 @@ def trial_runner(parallel: int, dask: str | None) -> Iterator[Any]:
 
     logging.getLogger("distributed").setLevel(logging.WARNING)  # its INFO lines are for cluster admins
     if dask == LOCAL:
-        runner = DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs={
-            "n_workers": parallel, "threads_per_worker": 1, "processes": True, "dashboard_address": None,
-            "host": "127.0.0.1"})
+        runner = DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": parallel,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+                "host": "127.0.0.1",
+            },
+        )
     else:
         runner = DaskTaskRunner(address=dask)
     with runner:
         try:
-            runner.client  # connect (or start the cluster) now, not at the first trial
+            _ = runner.client  # connect (or start the cluster) now, not at the first trial
         except (OSError, TimeoutError) as e:
-            raise LeptonError(f"no Dask scheduler answers at {dask} ({type(e).__name__}: {e})".splitlines()[0]) \
-                from None
+            raise LeptonError(
+                f"no Dask scheduler answers at {dask} ({type(e).__name__}: {e})".splitlines()[0]
+            ) from None
         yield runner
 
 
@@ -80,13 +89,15 @@ def open_sweep(data: DataVersion, params: Params, dims: tuple[Dimension, ...], r
     c = runs.client(s)
     exp = runs.ensure_experiment(c, params.registry.experiment, s)
     runs.end_dead_runs(c, exp)
-    return sweep_runs.open_parent_run(c, exp, params, dims, data, runner=runner,
-                                      flow_run_id=str(flow_run.id or ""), s=s)
+    return sweep_runs.open_parent_run(
+        c, exp, params, dims, data, runner=runner, flow_run_id=str(flow_run.id or ""), s=s
+    )
 
 
 @task(name="trial", task_run_name="trial-{number}", retries=0, cache_policy=NO_CACHE)
-def train_trial(data: DataVersion, params: Params, values: dict[str, Any], parent_run_id: str, number: int,
-                progress: bool = False) -> TrialOutcome:
+def train_trial(
+    data: DataVersion, params: Params, values: dict[str, Any], parent_run_id: str, number: int, progress: bool = False
+) -> TrialOutcome:
     """Train one trial in a run nested under the sweep's parent run; return its metric."""
     s = get_settings()
     c = runs.client(s)
@@ -97,18 +108,26 @@ def train_trial(data: DataVersion, params: Params, values: dict[str, Any], paren
     with runs.failing_run(c, run_id, tag_error=True):
         trial = with_values(params, values)
         runs.log_params_and_tags(c, run_id, flatten_params(trial), {})
-        result, _ = train_in_run(c, run_id, dataset_path(data.version, s), trial.train, final, None,
-                                 progress=progress)
+        result, _ = train_in_run(c, run_id, dataset_path(data.version, s), trial.train, final, None, progress=progress)
         best = next((h for h in result.history if int(h["epoch"]) == result.best_epoch), {})
         value = result.best_val_accuracy if params.sweep.metric == "val_accuracy" else float(best["val_loss"])
-        c.log_batch(run_id, metrics=[
-            runs.Metric(f"objective_{params.sweep.metric}", value, 0, result.best_epoch),
-            runs.Metric("trial_seconds", time.perf_counter() - started, 0, 0),  # the whole task, logging too
-        ])
+        c.log_batch(
+            run_id,
+            metrics=[
+                runs.Metric(f"objective_{params.sweep.metric}", value, 0, result.best_epoch),
+                runs.Metric("trial_seconds", time.perf_counter() - started, 0, 0),  # the whole task, logging too
+            ],
+        )
         c.set_terminated(run_id, "FINISHED")
-    outcome = TrainOutcome(run_id=run_id, checkpoint=str(final), epochs_run=result.epochs_run,
-                           best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy,
-                           resumed_from_epoch=0, device=result.device)
+    outcome = TrainOutcome(
+        run_id=run_id,
+        checkpoint=str(final),
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        best_val_accuracy=result.best_val_accuracy,
+        resumed_from_epoch=0,
+        device=result.device,
+    )
     return TrialOutcome(number=number, values=values, run_id=run_id, value=value, params=trial, train=outcome)
 
 
@@ -133,13 +152,19 @@ def local_checkpoint(outcome: TrainOutcome) -> TrainOutcome:
 
 
 @task(name="close-sweep", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=600, cache_policy=NO_CACHE)
-def close_sweep(parent_run_id: str, search: Search, version: str | None = None, decision: dict | None = None,
-                test_metrics: dict[str, float] | None = None) -> dict:
+def close_sweep(
+    parent_run_id: str,
+    search: Search,
+    version: str | None = None,
+    decision: dict | None = None,
+    test_metrics: dict[str, float] | None = None,
+) -> dict:
     """The best trial, the counts and the trials' table on the parent run, which ends
     FINISHED (FAILED when no trial finished)."""
     c = runs.client(get_settings())
-    return sweep_runs.close_parent_run(c, parent_run_id, search, version=version, decision=decision,
-                                       test_metrics=test_metrics)
+    return sweep_runs.close_parent_run(
+        c, parent_run_id, search, version=version, decision=decision, test_metrics=test_metrics
+    )
 
 
 @task(name="abandon-sweep", retries=1, timeout_seconds=120)
@@ -160,6 +185,7 @@ def tag_version(model_name: str, version: str, parent_run_id: str, trial: int) -
 @task(name="publish-summary", retries=2, retry_delay_seconds=[2, 5])
 def publish_sweep_summary(result: dict, model_name: str) -> str:
     md = sweep_runs.sweep_markdown(result, model_name)
-    create_markdown_artifact(markdown=md, key="lepton-sweep-summary",
-                             description=f"{model_name} v{result['version']} from a sweep")
+    create_markdown_artifact(
+        markdown=md, key="lepton-sweep-summary", description=f"{model_name} v{result['version']} from a sweep"
+    )
     return md

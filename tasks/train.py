@@ -13,14 +13,12 @@ from prefect.logging import get_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
-from effects.tracking import tags
-from effects.state import monitor_state
-
-from effects.runtime.procs import process_identity
-from effects.tracking import runs
 from effects.data.dvc_store import DataVersion, dataset_path
 from effects.runtime.locks import first_free_slot
+from effects.runtime.procs import process_identity
 from effects.runtime.settings import get_settings
+from effects.state import monitor_state
+from effects.tracking import runs, tags
 from effects.training.tracked import train_in_run
 from lepton_core.checkpoint import load_work_checkpoint, remove_partial_writes
 from lepton_core.params import Params, TrainParams, flatten_params
@@ -51,7 +49,7 @@ def work_checkpoint(checkpoints_dir: Path, version: str, params: TrainParams, sl
 def _slots_with_checkpoints(checkpoints_dir: Path, key: str) -> list[int]:
     found = []
     for p in checkpoints_dir.glob(f"{key}*.pt"):
-        mid = p.name[len(key):-3]  # "" for slot 0, ".N" for slot N
+        mid = p.name[len(key) : -3]  # "" for slot 0, ".N" for slot N
         if mid == "" or (mid.startswith(".") and mid[1:].isdigit()):
             found.append(int(mid[1:] or 0))
     return sorted(found)
@@ -101,36 +99,65 @@ def _new_run(c, exp: str, data: DataVersion, params: Params, s) -> str:
     run_flow = str(flow_run.id or "")
     commit = runs.git_commit(s.project_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    run = c.create_run(exp, run_name=f"retrain-{stamp}-data-{data.version[:8]}", tags={
-        tags.DATA_VERSION: data.version,
-        tags.GIT_COMMIT: commit,
-        tags.OWNER: process_identity(),
-        tags.DATA_FORMAT: data.meta.get("kind", ""),
-    })
+    run = c.create_run(
+        exp,
+        run_name=f"retrain-{stamp}-data-{data.version[:8]}",
+        tags={
+            tags.DATA_VERSION: data.version,
+            tags.GIT_COMMIT: commit,
+            tags.OWNER: process_identity(),
+            tags.DATA_FORMAT: data.meta.get("kind", ""),
+        },
+    )
     run_id = run.info.run_id
     with runs.failing_run(c, run_id):
         runs.log_params_and_tags(c, run_id, flatten_params(params), {})
         batches = set(data.meta.get("monitored_batches", []))
         runs.log_lineage(
-            c, run_id, data_version=data.version, meta=data.meta, dvc_remote=s.dvc_remote,
-            git_commit=commit, source_name="flows/retrain.py",
-            flow_run_id=run_flow, flow_run_url=runs.flow_run_url(s.prefect_ui_api_url, run_flow),
+            c,
+            run_id,
+            data_version=data.version,
+            meta=data.meta,
+            dvc_remote=s.dvc_remote,
+            git_commit=commit,
+            source_name="flows/retrain.py",
+            flow_run_id=run_flow,
+            flow_run_url=runs.flow_run_url(s.prefect_ui_api_url, run_flow),
             monitored=[b for b in monitor_state.accepted_batches(s) if b["id"] in batches],
         )
     return run_id
 
 
-def _train_in_run(c, run_id: str, data: DataVersion, params: Params, ckpt: Path, progress: bool,
-                  note, s) -> TrainOutcome:
+def _train_in_run(
+    c, run_id: str, data: DataVersion, params: Params, ckpt: Path, progress: bool, note, s
+) -> TrainOutcome:
     final = s.home / "runs" / run_id / "model.pt"
     with runs.failing_run(c, run_id):
-        result, _ = train_in_run(c, run_id, dataset_path(data.version, s), params.train, final, ckpt,
-                                 progress=progress, extra_state={"mlflow_run_id": run_id}, note=note)
-        c.log_batch(run_id, tags=[runs.RunTag(tags.RESUMED_FROM_EPOCH, str(result.resumed_from_epoch)),
-                                  runs.RunTag(tags.WORLD_SIZE, str(result.world_size))])
+        result, _ = train_in_run(
+            c,
+            run_id,
+            dataset_path(data.version, s),
+            params.train,
+            final,
+            ckpt,
+            progress=progress,
+            extra_state={"mlflow_run_id": run_id},
+            note=note,
+        )
+        c.log_batch(
+            run_id,
+            tags=[
+                runs.RunTag(tags.RESUMED_FROM_EPOCH, str(result.resumed_from_epoch)),
+                runs.RunTag(tags.WORLD_SIZE, str(result.world_size)),
+            ],
+        )
         ckpt.unlink(missing_ok=True)  # finished: the next identical retrain starts fresh
     return TrainOutcome(
-        run_id=run_id, checkpoint=str(final), epochs_run=result.epochs_run,
-        best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy,
-        resumed_from_epoch=result.resumed_from_epoch, device=result.device,
+        run_id=run_id,
+        checkpoint=str(final),
+        epochs_run=result.epochs_run,
+        best_epoch=result.best_epoch,
+        best_val_accuracy=result.best_val_accuracy,
+        resumed_from_epoch=result.resumed_from_epoch,
+        device=result.device,
     )

@@ -23,9 +23,19 @@ class SeaweedS3:
         self.url = f"http://127.0.0.1:{self.ports[0]}"
         self.key, self.secret = "lepton-test", "lepton-test-secret"
         self.config = base / "s3.json"
-        self.config.write_text(json.dumps({"identities": [{
-            "name": "t", "credentials": [{"accessKey": self.key, "secretKey": self.secret}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        self.config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "t",
+                            "credentials": [{"accessKey": self.key, "secretKey": self.secret}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
         self.proc = None
 
     def start(self) -> None:
@@ -35,14 +45,33 @@ class SeaweedS3:
         from effects.runtime.procs import spawn
 
         p = self.ports
-        self.proc = spawn([
-            shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed", "server", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={p[1]}", f"-master.port.grpc={p[2]}", f"-volume.port={p[3]}",
-            f"-volume.port.grpc={p[4]}", "-filer", f"-filer.port={p[5]}", f"-filer.port.grpc={p[6]}",
-            "-s3", f"-s3.port={p[0]}", f"-s3.port.grpc={p[7]}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-s3.config={self.config}", "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=64", "-volume.max=16",
-        ], dict(os.environ), self.log)
+        self.proc = spawn(
+            [
+                shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed",
+                "server",
+                f"-dir={self.dir}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={p[1]}",
+                f"-master.port.grpc={p[2]}",
+                f"-volume.port={p[3]}",
+                f"-volume.port.grpc={p[4]}",
+                "-filer",
+                f"-filer.port={p[5]}",
+                f"-filer.port.grpc={p[6]}",
+                "-s3",
+                f"-s3.port={p[0]}",
+                f"-s3.port.grpc={p[7]}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                f"-s3.config={self.config}",
+                "-master.telemetry=false",
+                "-master.volumeSizeLimitMB=64",
+                "-volume.max=16",
+            ],
+            dict(os.environ),
+            self.log,
+        )
         c = self.client()
         deadline = time.monotonic() + 90
         while True:  # writable, not merely listening: a put round trip
@@ -58,8 +87,13 @@ class SeaweedS3:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
-                            aws_access_key_id=self.key, aws_secret_access_key=self.secret)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+        )
 
     def kill(self) -> None:
         from effects.runtime.procs import pid_alive, stop_group

@@ -19,8 +19,14 @@ PACKAGES = ("lepton", "flows", "tasks", "effects", "lepton_core")
 def _lint(cwd: Path) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("lint-imports")
     env = {**os.environ, "PYTHONPATH": str(cwd)}
-    return subprocess.run([str(exe), "--config", str(cwd / "pyproject.toml"), "--no-cache"], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(exe), "--config", str(cwd / "pyproject.toml"), "--no-cache"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_contracts_hold():
@@ -37,19 +43,22 @@ def tree_copy(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("module, line, broken", [
-    ("lepton_core/evaluate.py", "import effects.runtime.settings", "Layers"),  # core -> effects: upward
-    ("effects/training/stages.py", "import tasks.train", "Layers"),  # effects -> tasks: upward
-    ("lepton_core/gate.py", "import mlflow", "The core imports no"),
-    ("effects/tracking/plots.py", "import prefect", "Effects run without Prefect"),
-    ("effects/training/stages.py", "import effects.tracking.runs", "dvc repro stages"),  # would pull in MLflow
-    ("effects/runtime/locks.py", "from effects.state import monitor_state", "No import cycles"),
-    ("effects/runtime/procs.py", "from effects.runtime import settings", "No import cycles"),  # inside one room
-    # the rooms of effects/: runtime < state < data < tracking < training | serving < monitoring
-    ("effects/runtime/locks.py", "import effects.tracking.runs", "Effects rooms point down"),
-    ("effects/data/dvc_store.py", "import effects.monitoring.monitor", "Effects rooms point down"),
-    ("effects/training/stages.py", "import effects.serving.prediction_log", "Effects rooms point down"),  # siblings
-])
+@pytest.mark.parametrize(
+    "module, line, broken",
+    [
+        ("lepton_core/evaluate.py", "import effects.runtime.settings", "Layers"),  # core -> effects: upward
+        ("effects/training/stages.py", "import tasks.train", "Layers"),  # effects -> tasks: upward
+        ("lepton_core/gate.py", "import mlflow", "The core imports no"),
+        ("effects/tracking/plots.py", "import prefect", "Effects run without Prefect"),
+        ("effects/training/stages.py", "import effects.tracking.runs", "dvc repro stages"),  # would pull in MLflow
+        ("effects/runtime/locks.py", "from effects.state import monitor_state", "No import cycles"),
+        ("effects/runtime/procs.py", "from effects.runtime import settings", "No import cycles"),  # inside one room
+        # the rooms of effects/: runtime < state < data < tracking < training | serving < monitoring
+        ("effects/runtime/locks.py", "import effects.tracking.runs", "Effects rooms point down"),
+        ("effects/data/dvc_store.py", "import effects.monitoring.monitor", "Effects rooms point down"),
+        ("effects/training/stages.py", "import effects.serving.prediction_log", "Effects rooms point down"),  # siblings
+    ],
+)
 def test_a_violation_breaks_a_contract(tree_copy, module, line, broken):
     f = tree_copy / module
     f.write_text(f.read_text() + f"\n\ndef _violation():\n    {line}  # inside a function still counts\n")

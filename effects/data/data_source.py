@@ -49,8 +49,9 @@ def cache_dir(uri: str, s: Settings) -> Path:
     return s.home / "data-cache" / "s3" / bucket / (key or "_root")
 
 
-def fetch(uri: str, settings: Settings | None = None, *, workers: int = WORKERS, page_size: int | None = None,
-          client=None) -> Path:
+def fetch(
+    uri: str, settings: Settings | None = None, *, workers: int = WORKERS, page_size: int | None = None, client=None
+) -> Path:
     """Mirror `uri` into the local cache and return the local folder (a prefix) or
     file (a single object). Raises DataError when there is nothing there."""
     s = settings or get_settings()
@@ -72,10 +73,15 @@ def fetch(uri: str, settings: Settings | None = None, *, workers: int = WORKERS,
         raise
     wanted: dict[str, dict] = {}
     for k, meta in objects.items():
-        rel = PurePosixPath(k).name if single else k[len(prefix):]
+        rel = PurePosixPath(k).name if single else k[len(prefix) :]
         parts = PurePosixPath(rel).parts
-        if (not rel or k.endswith("/") or rel.startswith("/") or ".." in parts
-                or any(p.startswith(".lepton-") for p in parts)):
+        if (
+            not rel
+            or k.endswith("/")
+            or rel.startswith("/")
+            or ".." in parts
+            or any(p.startswith(".lepton-") for p in parts)
+        ):
             continue  # folder markers; nothing may land outside the cache folder
         wanted[rel] = {**meta, "Key": k}
     if not wanted:
@@ -97,9 +103,11 @@ def _mirror(c, bucket: str, root: Path, wanted: dict[str, dict], workers: int) -
     for rel in set(have) - set(wanted):
         (root / rel).unlink(missing_ok=True)
         have.pop(rel)
-    todo = [rel for rel, m in sorted(wanted.items())
-            if have.get(rel) != m["ETag"] or not (root / rel).is_file()
-            or (root / rel).stat().st_size != m["Size"]]
+    todo = [
+        rel
+        for rel, m in sorted(wanted.items())
+        if have.get(rel) != m["ETag"] or not (root / rel).is_file() or (root / rel).stat().st_size != m["Size"]
+    ]
 
     def get(rel: str) -> str:
         m = wanted[rel]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from effects.state import monitor_state
 from effects.data.data_source import is_s3, local_data_path
 from effects.runtime.locks import file_lock
 from effects.runtime.settings import Settings, get_settings
+from effects.state import monitor_state
 from lepton_core.data.fingerprint import prepare_fingerprint
 from lepton_core.data.prepare import prepare_from_params
 from lepton_core.errors import DataError

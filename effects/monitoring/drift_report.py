@@ -46,7 +46,7 @@ import logging
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,12 +64,12 @@ PREDICTION_METHOD = "jensenshannon"
 
 @dataclass
 class DriftResult:
-    columns: dict[str, dict]   # feature -> {"score", "method", "threshold", "drifted"}
-    share_drifted: float       # drifted feature columns / feature columns
-    prediction: dict           # {"score", "method", "threshold", "drifted"} (categorical)
-    confidence: dict | None    # same for the confidence column (numerical), None if absent
-    quality: dict | None       # accuracy / macro-F1 on both frames; None without labels
-    data_quality: dict         # {"rows_current", "rows_reference", "missing_share": {col: share}}
+    columns: dict[str, dict]  # feature -> {"score", "method", "threshold", "drifted"}
+    share_drifted: float  # drifted feature columns / feature columns
+    prediction: dict  # {"score", "method", "threshold", "drifted"} (categorical)
+    confidence: dict | None  # same for the confidence column (numerical), None if absent
+    quality: dict | None  # accuracy / macro-F1 on both frames; None without labels
+    data_quality: dict  # {"rows_current", "rows_reference", "missing_share": {col: share}}
     html_path: Path
     json_path: Path
 
@@ -79,12 +79,19 @@ class DriftResult:
         return d
 
 
-def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, feature_columns: list[str],
-                     out_dir: Path, prediction_column: str = "prediction",
-                     confidence_column: str | None = "confidence", label_column: str | None = "label",
-                     title: str = "Lepton drift report", *,
-                     prediction_method: str = PREDICTION_METHOD,
-                     prediction_threshold: float | None = None) -> DriftResult:
+def run_drift_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    feature_columns: list[str],
+    out_dir: Path,
+    prediction_column: str = "prediction",
+    confidence_column: str | None = "confidence",
+    label_column: str | None = "label",
+    title: str = "Lepton drift report",
+    *,
+    prediction_method: str = PREDICTION_METHOD,
+    prediction_threshold: float | None = None,
+) -> DriftResult:
     """Run one Evidently report of `current` against `reference`.
 
     This writes `out_dir/report.html` and `out_dir/report.json`. Only the named columns are
@@ -93,8 +100,9 @@ def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, feature_col
     `prediction_method` and `prediction_threshold` pick the Evidently test for prediction
     drift; a threshold of None means the method's default."""
     features = list(dict.fromkeys(feature_columns))
-    has_conf, has_label = _check_columns(reference, current, features, prediction_column, confidence_column,
-                                         label_column)
+    has_conf, has_label = _check_columns(
+        reference, current, features, prediction_column, confidence_column, label_column
+    )
     numerical = features + ([confidence_column] if has_conf and confidence_column else [])
     categorical = [prediction_column] + ([label_column] if has_label and label_column else [])
     ref = _prepare(reference, numerical, categorical)
@@ -103,24 +111,35 @@ def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, feature_col
     quality = _quality(ref, cur, label_column, prediction_column) if has_label else None
     # Evidently's classification metrics raise on null labels or predictions.
     with_classification = quality is not None and not any(
-        f[c].isna().any() for f in (ref, cur) for c in (label_column, prediction_column))
+        f[c].isna().any() for f in (ref, cur) for c in (label_column, prediction_column)
+    )
     if quality is not None and not with_classification:
-        log.warning("labels or predictions have missing values: ClassificationPreset left out of the "
-                    "Evidently report; quality computed on the %d/%d labelled rows",
-                    quality["rows_labelled_reference"], quality["rows_labelled_current"])
+        log.warning(
+            "labels or predictions have missing values: ClassificationPreset left out of the "
+            "Evidently report; quality computed on the %d/%d labelled rows",
+            quality["rows_labelled_reference"],
+            quality["rows_labelled_current"],
+        )
     page, raw, version = _evidently_run(
-        ref, cur, features, numerical, categorical, title, prediction_column=prediction_column,
+        ref,
+        cur,
+        features,
+        numerical,
+        categorical,
+        title,
+        prediction_column=prediction_column,
         confidence_column=confidence_column if has_conf else None,
         label_column=label_column if with_classification else None,
-        prediction_method=prediction_method, prediction_threshold=prediction_threshold)
+        prediction_method=prediction_method,
+        prediction_threshold=prediction_threshold,
+    )
 
     drifts = _value_drifts(raw)
     columns = {c: _need(drifts, c) for c in features}
     share = sum(v["drifted"] for v in columns.values()) / len(columns)
     evidently_share = _drifted_columns_share(raw)
     if evidently_share is not None and not math.isclose(evidently_share, share, abs_tol=1e-9):
-        log.warning("DriftedColumnsCount share %.4f differs from the per-column verdicts %.4f",
-                    evidently_share, share)
+        log.warning("DriftedColumnsCount share %.4f differs from the per-column verdicts %.4f", evidently_share, share)
 
     data_quality = {
         "rows_current": int(len(cur)),
@@ -130,17 +149,27 @@ def run_drift_report(reference: pd.DataFrame, current: pd.DataFrame, feature_col
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = DriftResult(
-        columns=columns, share_drifted=share,
+        columns=columns,
+        share_drifted=share,
         prediction=_need(drifts, prediction_column),
         confidence=_need(drifts, confidence_column) if has_conf and confidence_column else None,
-        quality=quality, data_quality=data_quality,
-        html_path=out / HTML_NAME, json_path=out / JSON_NAME)
+        quality=quality,
+        data_quality=data_quality,
+        html_path=out / HTML_NAME,
+        json_path=out / JSON_NAME,
+    )
     _write_report(result, page, raw, title, version)
     return result
 
 
-def _check_columns(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], prediction_column: str,
-                   confidence_column: str | None, label_column: str | None) -> tuple[bool, bool]:
+def _check_columns(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    features: list[str],
+    prediction_column: str,
+    confidence_column: str | None,
+    label_column: str | None,
+) -> tuple[bool, bool]:
     """ValueError unless both frames hold rows and the named columns, each column in one
     role; returns whether the confidence and label columns are there."""
     if not features:
@@ -160,10 +189,20 @@ def _check_columns(reference: pd.DataFrame, current: pd.DataFrame, features: lis
     return has_conf, has_label
 
 
-def _evidently_run(ref: pd.DataFrame, cur: pd.DataFrame, features: list[str], numerical: list[str],
-                   categorical: list[str], title: str, *, prediction_column: str, confidence_column: str | None,
-                   label_column: str | None, prediction_method: str,
-                   prediction_threshold: float | None) -> tuple[str, dict, str]:
+def _evidently_run(
+    ref: pd.DataFrame,
+    cur: pd.DataFrame,
+    features: list[str],
+    numerical: list[str],
+    categorical: list[str],
+    title: str,
+    *,
+    prediction_column: str,
+    confidence_column: str | None,
+    label_column: str | None,
+    prediction_method: str,
+    prediction_threshold: float | None,
+) -> tuple[str, dict, str]:
     """One Evidently Report (classification quality only with `label_column`): its HTML
     page, its Snapshot.dict() and Evidently's version."""
     from evidently import DataDefinition, Dataset, MulticlassClassification, Report
@@ -172,9 +211,12 @@ def _evidently_run(ref: pd.DataFrame, cur: pd.DataFrame, features: list[str], nu
     from evidently.presets import ClassificationPreset, DataDriftPreset, DataSummaryPreset
 
     definition = DataDefinition(
-        numerical_columns=numerical, categorical_columns=categorical,
+        numerical_columns=numerical,
+        categorical_columns=categorical,
         classification=[MulticlassClassification(target=label_column, prediction_labels=prediction_column)]
-        if label_column else None)
+        if label_column
+        else None,
+    )
     items: list[Any] = [
         DataDriftPreset(columns=features),
         ValueDrift(column=prediction_column, method=prediction_method, threshold=prediction_threshold),
@@ -192,10 +234,13 @@ def _evidently_run(ref: pd.DataFrame, cur: pd.DataFrame, features: list[str], nu
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"evidently(\.|$)")
         # a drifted batch may predict no sample of some class: precision 0 there is expected
         warnings.filterwarnings("ignore", message=".*ill-defined.*")
-        snapshot = report.run(Dataset.from_pandas(cur, data_definition=definition),
-                              Dataset.from_pandas(ref, data_definition=definition), name=title)
+        snapshot = report.run(
+            Dataset.from_pandas(cur, data_definition=definition),
+            Dataset.from_pandas(ref, data_definition=definition),
+            name=title,
+        )
         page = snapshot.get_html_str(as_iframe=False)  # exactly what snapshot.save_html writes
-        raw = json.loads(snapshot.json())               # == snapshot.dict(), numpy types made plain
+        raw = json.loads(snapshot.json())  # == snapshot.dict(), numpy types made plain
     return page, raw, evidently_version
 
 
@@ -204,7 +249,7 @@ def _write_report(result: DriftResult, page: str, raw: dict, title: str, evident
     atomic_write(result.html_path, page.replace("<head>", head, 1))
     payload = {
         "title": title,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "evidently_version": evidently_version,
         "summary": result.to_dict(),
         **raw,  # Evidently's Snapshot.dict(): "metrics" and "tests"
@@ -213,6 +258,7 @@ def _write_report(result: DriftResult, page: str, raw: dict, title: str, evident
 
 
 # --- inputs -----------------------------------------------------------------------------
+
 
 def _prepare(frame: pd.DataFrame, numerical: list[str], categorical: list[str]) -> pd.DataFrame:
     """Only the used columns: numerical as float64, categorical as labels Evidently accepts."""
@@ -245,8 +291,9 @@ def _as_labels(s: pd.Series) -> pd.Series:
         if np.all(np.isfinite(ok)) and np.all(ok == np.round(ok)):
             if not missing.any():
                 return pd.Series(vals.astype("int64"), index=s.index, name=s.name)
-            return pd.Series([None if m else int(v) for v, m in zip(vals, missing)],
-                             index=s.index, name=s.name, dtype=object)
+            return pd.Series(
+                [None if m else int(v) for v, m in zip(vals, missing)], index=s.index, name=s.name, dtype=object
+            )
 
     def label(v):
         if isinstance(v, (bool, np.bool_, int, np.integer)):
@@ -255,8 +302,9 @@ def _as_labels(s: pd.Series) -> pd.Series:
             return int(v)
         return v if isinstance(v, str) else str(v)
 
-    return pd.Series([None if m else label(v) for v, m in zip(s.tolist(), missing)],
-                     index=s.index, name=s.name, dtype=object)
+    return pd.Series(
+        [None if m else label(v) for v, m in zip(s.tolist(), missing)], index=s.index, name=s.name, dtype=object
+    )
 
 
 def _quality(ref: pd.DataFrame, cur: pd.DataFrame, label: str, pred: str) -> dict | None:
@@ -279,9 +327,14 @@ def _quality(ref: pd.DataFrame, cur: pd.DataFrame, label: str, pred: str) -> dic
     if r is None or c is None:
         return None
     return {
-        "reference_accuracy": r[0], "current_accuracy": c[0], "accuracy_drop": r[0] - c[0],
-        "reference_macro_f1": r[1], "current_macro_f1": c[1], "macro_f1_drop": r[1] - c[1],
-        "rows_labelled_reference": r[2], "rows_labelled_current": c[2],
+        "reference_accuracy": r[0],
+        "current_accuracy": c[0],
+        "accuracy_drop": r[0] - c[0],
+        "reference_macro_f1": r[1],
+        "current_macro_f1": c[1],
+        "macro_f1_drop": r[1] - c[1],
+        "rows_labelled_reference": r[2],
+        "rows_labelled_current": c[2],
     }
 
 
@@ -300,6 +353,7 @@ def _quality(ref: pd.DataFrame, cur: pd.DataFrame, label: str, pred: str) -> dic
 #                 "metric_config": {"metric_id": <metric fingerprint>, "params": {...}}, ...}, ...]}
 # Every metric, including those generated by presets, is listed once. Only the current
 # frame's values appear. A ValueDrift test FAILs exactly when Evidently detected drift.
+
 
 def _metric_type(m: dict) -> str:
     return str((m.get("config") or {}).get("type", "")).rsplit(":", 1)[-1]
@@ -321,8 +375,9 @@ def _value_drifts(raw: dict) -> dict[str, dict]:
         drifted = verdicts.get(m.get("id"))
         if drifted is None:  # no test result: the direction follows the method's kind
             log.warning("no drift test for column %r; judging from score and threshold", cfg.get("column"))
-            drifted = bool(threshold is not None and (
-                score <= threshold if "p_value" in method else score >= threshold))
+            drifted = bool(
+                threshold is not None and (score <= threshold if "p_value" in method else score >= threshold)
+            )
         out[cfg["column"]] = {"score": score, "method": method, "threshold": threshold, "drifted": bool(drifted)}
     return out
 
@@ -362,5 +417,3 @@ def _missing_shares(raw: dict, cur: pd.DataFrame, columns: list[str]) -> dict[st
         if _metric_type(m) == "MissingValueCount" and isinstance(m.get("value"), dict):
             found[m["config"].get("column")] = float(m["value"]["share"])
     return {c: found[c] if c in found else float(cur[c].isna().mean()) for c in columns}
-
-

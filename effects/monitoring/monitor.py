@@ -25,15 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from effects.tracking import tags
 from effects.data.data_source import detect_format
 from effects.runtime import s3
-from effects.state import monitor_state
-
-from effects.tracking import runs
-from effects.serving.prediction_log import feedback_folder, open_store
-from effects.tracking.registry import champion, checkpoint_of
 from effects.runtime.settings import Settings, get_settings
+from effects.serving.prediction_log import feedback_folder, open_store
+from effects.state import monitor_state
+from effects.tracking import runs, tags
+from effects.tracking.registry import champion, checkpoint_of
 from lepton_core.data.formats import load_raw
 from lepton_core.data.prepare import Prepared
 from lepton_core.drift import DriftThresholds, Verdict, decide_drift, predictor_frame
@@ -59,7 +57,7 @@ def fetch_s3_batch(uri: str, s: Settings) -> Path:
     c = s3.client(s.s3_endpoint_url)
     n = 0
     for key, meta in s3.list_objects(c, bucket, prefix + "/" if prefix else "").items():
-        rel = key[len(prefix) + 1 if prefix else 0:]
+        rel = key[len(prefix) + 1 if prefix else 0 :]
         if not rel or rel.endswith("/"):
             continue
         target = dst / rel
@@ -156,8 +154,13 @@ def _reference(c, run_id: str, s: Settings) -> pd.DataFrame:
 
 
 def check_batch(
-    batch: str | Path, fmt: str | None, params: MonitorParams, model_name: str, experiment: str,
-    flow_run_id: str = "", settings: Settings | None = None,
+    batch: str | Path,
+    fmt: str | None,
+    params: MonitorParams,
+    model_name: str,
+    experiment: str,
+    flow_run_id: str = "",
+    settings: Settings | None = None,
 ) -> MonitorResult:
     """Compare one batch with the champion's reference profile; log the report."""
     from effects.monitoring.drift_report import run_drift_report
@@ -171,8 +174,7 @@ def check_batch(
     champ = champion(c, model_name)
     if champ is None:
         raise LeptonError(f"model {model_name!r} has no @champion to monitor; run `lepton retrain` first")
-    result = MonitorResult(batch=str(path), batch_id=bid, champion_version=str(champ.version),
-                           verdict="", status="")
+    result = MonitorResult(batch=str(path), batch_id=bid, champion_version=str(champ.version), verdict="", status="")
     reference = _reference(c, champ.run_id, s)
     out = s.home / "monitor" / "reports" / bid
     thresholds = DriftThresholds(params.drift_share, params.max_accuracy_drop, params.min_rows, params.prediction_drift)
@@ -189,8 +191,14 @@ def check_batch(
         result.rows = int(len(usable))
         if len(usable) < params.min_rows:
             raise DataError(f"insufficient data: {len(usable)} usable rows (< {params.min_rows})")
-        drift = run_drift_report(reference, usable, features, out, title=f"{model_name} v{champ.version}: {bid}",
-                                 label_column="label" if "label" in usable.columns else None)
+        drift = run_drift_report(
+            reference,
+            usable,
+            features,
+            out,
+            title=f"{model_name} v{champ.version}: {bid}",
+            label_column="label" if "label" in usable.columns else None,
+        )
         acc_drop = drift.quality["accuracy_drop"] if drift.quality else None
         verdict = decide_drift(drift.share_drifted, bool(drift.prediction["drifted"]), acc_drop, thresholds)
         result.drifted_features = [
@@ -212,8 +220,9 @@ def check_batch(
 
 
 def cooldown_line(last: float, until: float, now: float | None = None) -> str:
-    """"suppressed: cool-down until 15:42 UTC (the last event was at 14:42 UTC)"; the
+    """ "suppressed: cool-down until 15:42 UTC (the last event was at 14:42 UTC)"; the
     date too when the cool-down ends on another day."""
+
     def hm(t: float) -> str:
         same_day = time.gmtime(t)[:3] == time.gmtime(now if now is not None else time.time())[:3]
         return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", time.gmtime(t)) + " UTC"
@@ -237,8 +246,9 @@ def record_event_outcome(run_ids: list[str], outcome: str, settings: Settings | 
             note = c.get_run(rid).data.tags.get("mlflow.note.content", "")
             c.set_tag(rid, "mlflow.note.content", f"{note}\n\nDrift event: {outcome}".strip())
         except MlflowException as e:  # bookkeeping: the event itself has gone out (or not) already
-            logging.getLogger(__name__).warning("monitoring run %s not tagged with its drift event: %s", rid,
-                                                str(e).splitlines()[0][:200])
+            logging.getLogger(__name__).warning(
+                "monitoring run %s not tagged with its drift event: %s", rid, str(e).splitlines()[0][:200]
+            )
 
 
 REPORT_ARTIFACT = "monitoring/report.html"
@@ -265,35 +275,47 @@ def _with_report_line(description: str | None, line: str) -> str:
 
 def _log_monitoring_run(c, s: Settings, experiment: str, champ, r: MonitorResult, flow_run_id: str) -> str:
     exp = runs.ensure_experiment(c, f"{experiment}-monitoring", s)
-    run = c.create_run(exp, run_name=f"monitor-{r.batch_id}", tags={
-        tags.MONITORED_MODEL_VERSION: str(champ.version),
-        tags.MONITORED_RUN_ID: champ.run_id,
-        tags.BATCH_ID: r.batch_id,
-        tags.MONITOR_VERDICT: r.verdict[:4000],
-        tags.MONITOR_STATUS: r.status,
-        tags.FLOW_RUN: flow_run_id,
-    })
+    run = c.create_run(
+        exp,
+        run_name=f"monitor-{r.batch_id}",
+        tags={
+            tags.MONITORED_MODEL_VERSION: str(champ.version),
+            tags.MONITORED_RUN_ID: champ.run_id,
+            tags.BATCH_ID: r.batch_id,
+            tags.MONITOR_VERDICT: r.verdict[:4000],
+            tags.MONITOR_STATUS: r.status,
+            tags.FLOW_RUN: flow_run_id,
+        },
+    )
     rid = run.info.run_id
     ts = int(time.time() * 1000)
-    c.log_batch(rid, metrics=[runs.Metric(k, float(v), ts, 0) for k, v in r.scores.items()]
-                + [runs.Metric("rows", float(r.rows), ts, 0)])
+    c.log_batch(
+        rid,
+        metrics=[runs.Metric(k, float(v), ts, 0) for k, v in r.scores.items()]
+        + [runs.Metric("rows", float(r.rows), ts, 0)],
+    )
     if r.report_html:
         c.log_artifact(rid, r.report_html, "monitoring")
         c.log_artifact(rid, r.report_json, "monitoring")
         r.report_url = report_ui_url(s.tracking_uri, exp, rid)
     # The run's description (markdown, shown on its page) leads to the report in one
     # click; so does the champion version's description, on the model's page.
-    link = (f"[{REPORT_ARTIFACT}]({r.report_url})" if r.report_url
-            else f"artifact {REPORT_ARTIFACT}" if r.report_html else None)
-    c.set_tag(rid, "mlflow.note.content",
-              f"**{r.verdict}**\n\nEvidently report: {link}" if link else f"**{r.verdict}**")
+    link = (
+        f"[{REPORT_ARTIFACT}]({r.report_url})"
+        if r.report_url
+        else f"artifact {REPORT_ARTIFACT}"
+        if r.report_html
+        else None
+    )
+    c.set_tag(
+        rid, "mlflow.note.content", f"**{r.verdict}**\n\nEvidently report: {link}" if link else f"**{r.verdict}**"
+    )
     c.set_terminated(rid, "FINISHED")
     c.set_model_version_tag(champ.name, str(champ.version), tags.MONITOR_LAST_RUN_ID, rid)
     c.set_model_version_tag(champ.name, str(champ.version), tags.MONITOR_LAST_VERDICT, r.status)
     if link:
         line = f"{_REPORT_LINE} {link} ({r.status}, batch {r.batch_id})"
-        c.update_model_version(champ.name, str(champ.version),
-                               description=_with_report_line(champ.description, line))
+        c.update_model_version(champ.name, str(champ.version), description=_with_report_line(champ.description, line))
     return rid
 
 

@@ -1,1 +1,1 @@
-"""Runtime: where things live (settings), the live stack's records, processes and their identity, locks, retries and the one S3 helper."""
+"""Runtime: settings, the live stack's records, processes and their identity, locks, retries, the S3 helper."""

@@ -15,8 +15,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from lepton_core.errors import LeptonError
 
@@ -128,8 +128,9 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def spawn(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None,
-          new_session: bool = True) -> subprocess.Popen:
+def spawn(
+    cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None, new_session: bool = True
+) -> subprocess.Popen:
     """Start `cmd` in the background, appending its output to `log_path`.
 
     `new_session`: its own process group, so `stop_group` ends its children too."""
@@ -138,8 +139,13 @@ def spawn(cmd: list[str], env: dict[str, str], log_path: Path, cwd: Path | None 
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {Path(cmd[0]).name}\n".encode())
         log.flush()
         return subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=new_session, cwd=str(cwd) if cwd else None,
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=new_session,
+            cwd=str(cwd) if cwd else None,
             umask=0o077,  # what a server writes (databases, objects, logs) is its user's alone
         )
 
@@ -185,8 +191,9 @@ def kill_leftovers(pgid: int) -> None:
         time.sleep(0.1)
 
 
-def wait_healthy(what: str, check: Callable[[], bool], pid: int, timeout: float, log: Path,
-                 interval: float = 0.3) -> None:
+def wait_healthy(
+    what: str, check: Callable[[], bool], pid: int, timeout: float, log: Path, interval: float = 0.3
+) -> None:
     """Poll `check` until it passes; a LeptonError naming the log if the process
     exits or the time runs out."""
     deadline = time.monotonic() + timeout

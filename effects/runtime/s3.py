@@ -19,16 +19,28 @@ from lepton_core.errors import LeptonError
 DOWNLOAD_TRIES = 3  # whole-object attempts (each with the client's own retries inside)
 
 
-def client(endpoint_url: str | None, *, attempts: int = 5, connect_timeout: float = 10, read_timeout: float = 60,
-           pool: int = 10, creds: dict | None = None, region: str | None = None) -> Any:
+def client(
+    endpoint_url: str | None,
+    *,
+    attempts: int = 5,
+    connect_timeout: float = 10,
+    read_timeout: float = 60,
+    pool: int = 10,
+    creds: dict | None = None,
+    region: str | None = None,
+) -> Any:
     """A boto3 S3 client. `attempts` counts botocore's tries of one request, the
     first included ("standard" mode: 5xx, throttling, dropped connections);
     `creds` ({"aws_access_key_id", "aws_secret_access_key"}) overrides AWS_*."""
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"total_max_attempts": attempts, "mode": "standard"}, max_pool_connections=pool,
-                    connect_timeout=connect_timeout, read_timeout=read_timeout)
+    config = Config(
+        retries={"total_max_attempts": attempts, "mode": "standard"},
+        max_pool_connections=pool,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
     return boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config, **(creds or {}))
 
 
@@ -41,8 +53,9 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def pages(c: Any, bucket: str, prefix: str, delimiter: str | None = None,
-          page_size: int | None = None) -> Iterator[dict]:
+def pages(
+    c: Any, bucket: str, prefix: str, delimiter: str | None = None, page_size: int | None = None
+) -> Iterator[dict]:
     """Every page of a `list_objects_v2` listing."""
     kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
     if delimiter:
@@ -52,8 +65,9 @@ def pages(c: Any, bucket: str, prefix: str, delimiter: str | None = None,
     yield from c.get_paginator("list_objects_v2").paginate(**kw)
 
 
-def list_objects(c: Any, bucket: str, prefix: str, page_size: int | None = None,
-                 delimiter: str | None = None) -> dict[str, dict]:
+def list_objects(
+    c: Any, bucket: str, prefix: str, page_size: int | None = None, delimiter: str | None = None
+) -> dict[str, dict]:
     """{key: {"ETag", "Size"}} of every object under `prefix` (with a delimiter: only
     those directly under it), over all pages."""
     out: dict[str, dict] = {}
@@ -68,8 +82,7 @@ def list_prefixes(c: Any, bucket: str, prefix: str) -> list[str]:
     return sorted(p["Prefix"] for page in pages(c, bucket, prefix, "/") for p in page.get("CommonPrefixes", []))
 
 
-def download(c: Any, bucket: str, key: str, target: Path, size: int | None = None,
-             tries: int = DOWNLOAD_TRIES) -> None:
+def download(c: Any, bucket: str, key: str, target: Path, size: int | None = None, tries: int = DOWNLOAD_TRIES) -> None:
     """Fetch one object into `target`: written beside it and renamed into place, tried
     again as a whole when its body arrives cut short (`size`, when known)."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +91,7 @@ def download(c: Any, bucket: str, key: str, target: Path, size: int | None = Non
         try:
             body = c.get_object(Bucket=bucket, Key=key)["Body"]  # one request, no HEAD first
             with tmp.open("wb") as fh:
-                for piece in iter(lambda: body.read(1 << 20), b""):
+                while piece := body.read(1 << 20):
                     fh.write(piece)
             if size is not None and tmp.stat().st_size != size:
                 raise OSError(f"{key}: {tmp.stat().st_size} of {size} bytes")

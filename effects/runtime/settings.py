@@ -47,34 +47,77 @@ from lepton_core.errors import LeptonError
 
 # Every variable Lepton itself reads or sets for its services; infra/ files may use
 # no others (tests/infra checks this).
-KNOWN_ENV: frozenset[str] = frozenset({
-    "LEPTON_PROJECT_DIR", "LEPTON_HOME", "LEPTON_ARTIFACT_ROOT", "LEPTON_DVC_REMOTE",
-    "LEPTON_DB_URL", "LEPTON_PREFECT_PORT", "LEPTON_MLFLOW_PORT", "LEPTON_S3_PORT",
-    "LEPTON_S3_ENDPOINT_URL", "LEPTON_S3_BUCKET", "LEPTON_S3_SSE", "LEPTON_WORK_POOL",
-    "LEPTON_DEBUG", "LEPTON_PREFECT_TEMPORARY", "LEPTON_SERVE_TOKEN", "LEPTON_SERVE_PORT",
-    "LEPTON_PREDICTION_LOG", "LEPTON_DDP_RDZV", "LEPTON_STATE_DB", "LEPTON_SERVICE_TIMEOUT",
-    "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_UPLOAD_EXTRA_ARGS",
-    "MLFLOW_DISABLE_TELEMETRY", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
-    "PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_HOME", "PREFECT_SERVER_DATABASE_CONNECTION_URL",
-    "PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_API_DATABASE_CONNECTION_URL",
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-    "DO_NOT_TRACK",
-    # set by Lepton for the processes it starts (telemetry off, quiet CLIs, server wiring)
-    "PREFECT_CLI_PROMPT", "GIT_PYTHON_REFRESH", "DVC_NO_ANALYTICS", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "WEED_S3_SSE_KEK_PASSPHRASE",
-    "PREFECT_SERVER_API_HOST", "PREFECT_SERVER_API_PORT", "PREFECT_UI_ENABLED",
-    # authentication of the stack's services (`lepton up`; off with --no-auth)
-    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_AUTH_CONFIG_PATH",
-    "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING",
-    "WEED_S3_SSE_KEK", "WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY",
-    "WEED_JWT_FILER_SIGNING_KEY", "WEED_JWT_FILER_SIGNING_READ_KEY",
-    # how long a command waits for a service (configure_environment's bounded defaults)
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
-    "PREFECT_API_REQUEST_TIMEOUT", "PREFECT_CLIENT_MAX_RETRIES",
-    # printed by `lepton env` for a user's own clients (the model server's address, S3 for
-    # the AWS CLI and SDKs)
-    "LEPTON_SERVE_URL", "AWS_ENDPOINT_URL",
-})
+KNOWN_ENV: frozenset[str] = frozenset(
+    {
+        "LEPTON_PROJECT_DIR",
+        "LEPTON_HOME",
+        "LEPTON_ARTIFACT_ROOT",
+        "LEPTON_DVC_REMOTE",
+        "LEPTON_DB_URL",
+        "LEPTON_PREFECT_PORT",
+        "LEPTON_MLFLOW_PORT",
+        "LEPTON_S3_PORT",
+        "LEPTON_S3_ENDPOINT_URL",
+        "LEPTON_S3_BUCKET",
+        "LEPTON_S3_SSE",
+        "LEPTON_WORK_POOL",
+        "LEPTON_DEBUG",
+        "LEPTON_PREFECT_TEMPORARY",
+        "LEPTON_SERVE_TOKEN",
+        "LEPTON_SERVE_PORT",
+        "LEPTON_PREDICTION_LOG",
+        "LEPTON_DDP_RDZV",
+        "LEPTON_STATE_DB",
+        "LEPTON_SERVICE_TIMEOUT",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "MLFLOW_S3_UPLOAD_EXTRA_ARGS",
+        "MLFLOW_DISABLE_TELEMETRY",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
+        "PREFECT_API_URL",
+        "PREFECT_UI_API_URL",
+        "PREFECT_HOME",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+        "PREFECT_SERVER_ANALYTICS_ENABLED",
+        "PREFECT_API_DATABASE_CONNECTION_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_DEFAULT_REGION",
+        "DO_NOT_TRACK",
+        # set by Lepton for the processes it starts (telemetry off, quiet CLIs, server wiring)
+        "PREFECT_CLI_PROMPT",
+        "GIT_PYTHON_REFRESH",
+        "DVC_NO_ANALYTICS",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+        "WEED_S3_SSE_KEK_PASSPHRASE",
+        "PREFECT_SERVER_API_HOST",
+        "PREFECT_SERVER_API_PORT",
+        "PREFECT_UI_ENABLED",
+        # authentication of the stack's services (`lepton up`; off with --no-auth)
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_AUTH_CONFIG_PATH",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+        "PREFECT_SERVER_API_AUTH_STRING",
+        "PREFECT_API_AUTH_STRING",
+        "WEED_S3_SSE_KEK",
+        "WEED_JWT_SIGNING_KEY",
+        "WEED_JWT_SIGNING_READ_KEY",
+        "WEED_JWT_FILER_SIGNING_KEY",
+        "WEED_JWT_FILER_SIGNING_READ_KEY",
+        # how long a command waits for a service (configure_environment's bounded defaults)
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+        "PREFECT_API_REQUEST_TIMEOUT",
+        "PREFECT_CLIENT_MAX_RETRIES",
+        # printed by `lepton env` for a user's own clients (the model server's address, S3 for
+        # the AWS CLI and SDKs)
+        "LEPTON_SERVE_URL",
+        "AWS_ENDPOINT_URL",
+    }
+)
 
 # Telemetry to outside services is off unless the user turns it on themselves.
 _QUIET_ENV = {
@@ -198,8 +241,11 @@ def get_settings() -> Settings:
         prediction_log_uri=env.get("LEPTON_PREDICTION_LOG") or None,
         ddp_rendezvous=env.get("LEPTON_DDP_RDZV") or None,
         state_db=env.get("LEPTON_STATE_DB") or None,
-        ports={k: int(env[f"LEPTON_{k.upper()}_PORT"]) for k in ("prefect", "mlflow", "s3", "serve")
-               if env.get(f"LEPTON_{k.upper()}_PORT", "").isdigit()},
+        ports={
+            k: int(env[f"LEPTON_{k.upper()}_PORT"])
+            for k in ("prefect", "mlflow", "s3", "serve")
+            if env.get(f"LEPTON_{k.upper()}_PORT", "").isdigit()
+        },
     )
 
 
@@ -249,9 +295,13 @@ def bound_service_calls(timeout: int | None = None) -> None:
         os.environ.setdefault(k, v)
 
 
-def configure_environment(settings: Settings | None = None, use_stack: bool = True,
-                          allow_down: bool = False, bounded: bool = True,
-                          timeout: int | None = None) -> Settings:
+def configure_environment(
+    settings: Settings | None = None,
+    use_stack: bool = True,
+    allow_down: bool = False,
+    bounded: bool = True,
+    timeout: int | None = None,
+) -> Settings:
     """Point MLflow and Prefect at the settings (before they are imported) and turn
     telemetry off. Only fills in variables the user has not set.
 
@@ -278,8 +328,10 @@ def configure_environment(settings: Settings | None = None, use_stack: bool = Tr
         if state is not None:
             down = stack_state.dead(state, stack_state.NEEDED)
             if down and not allow_down:
-                raise StackDown(f"the stack's {down[0]} is down ({stack_state.describe(state, down[0])}); "
-                                "run `lepton up` to start it again (`lepton down` to use local state instead)")
+                raise StackDown(
+                    f"the stack's {down[0]} is down ({stack_state.describe(state, down[0])}); "
+                    "run `lepton up` to start it again (`lepton down` to use local state instead)"
+                )
             for k, v in stack_state.client_env(s.home, state).items():
                 os.environ.setdefault(k, v)
             s = replace(get_settings(), stack=True)

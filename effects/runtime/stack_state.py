@@ -129,11 +129,13 @@ def client_env(home: Path, state: dict) -> dict[str, str]:
         **({"LEPTON_STATE_DB": state_db_url(state["db_url"])} if state.get("db_url") else {}),
     }
     if auth_on(state):
-        env.update({
-            "MLFLOW_TRACKING_USERNAME": creds["mlflow_username"],
-            "MLFLOW_TRACKING_PASSWORD": creds["mlflow_password"],
-            "PREFECT_API_AUTH_STRING": creds["prefect_auth_string"],
-        })
+        env.update(
+            {
+                "MLFLOW_TRACKING_USERNAME": creds["mlflow_username"],
+                "MLFLOW_TRACKING_PASSWORD": creds["mlflow_password"],
+                "PREFECT_API_AUTH_STRING": creds["prefect_auth_string"],
+            }
+        )
     return env
 
 
@@ -141,10 +143,17 @@ def client_env(home: Path, state: dict) -> dict[str, str]:
 # prefect CLIs and SDKs, the AWS CLI and SDKs (AWS_ENDPOINT_URL, read by boto3 >= 1.28
 # and the AWS CLI v2), and curl to the model server. In the order they are printed.
 USER_ENV: tuple[str, ...] = (
-    "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-    "PREFECT_API_URL", "PREFECT_API_AUTH_STRING",
-    "LEPTON_SERVE_URL", "LEPTON_SERVE_TOKEN",
-    "LEPTON_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "PREFECT_API_URL",
+    "PREFECT_API_AUTH_STRING",
+    "LEPTON_SERVE_URL",
+    "LEPTON_SERVE_TOKEN",
+    "LEPTON_S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
 )
 
@@ -172,8 +181,11 @@ def auth_headers(home: Path, state: dict, service: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {creds['serve_token']}"}
     if not auth_on(state):
         return {}
-    user_pass = (f"{creds['mlflow_username']}:{creds['mlflow_password']}" if service == "mlflow"
-                 else creds["prefect_auth_string"])
+    user_pass = (
+        f"{creds['mlflow_username']}:{creds['mlflow_password']}"
+        if service == "mlflow"
+        else creds["prefect_auth_string"]
+    )
     return {"Authorization": "Basic " + base64.b64encode(user_pass.encode()).decode()}
 
 
@@ -191,8 +203,12 @@ def configured(home: Path) -> dict | None:
 
 def dead(state: dict, names=SERVICES) -> list[str]:
     """Those of `names` whose process is gone or whose port does not answer."""
-    ports = {"seaweedfs": state["ports"]["s3"], "mlflow": state["ports"]["mlflow"],
-             "prefect": state["ports"]["prefect"], "serve": state["ports"].get("serve")}
+    ports = {
+        "seaweedfs": state["ports"]["s3"],
+        "mlflow": state["ports"]["mlflow"],
+        "prefect": state["ports"]["prefect"],
+        "serve": state["ports"].get("serve"),
+    }
     out = []
     for name in names:
         if not pid_alive(state.get("pids", {}).get(name)) or (ports.get(name) and not port_open(ports[name])):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from effects.data.data_source import detect_format
-from effects.tracking.registry import load_alias
 from effects.runtime.settings import Settings, get_settings
+from effects.tracking.registry import load_alias
 from lepton_core.data.formats import load_raw
 from lepton_core.errors import DataError, LeptonError
 from lepton_core.fileio import atomic_write
@@ -18,8 +18,16 @@ from lepton_core.predictor import softmax
 from lepton_core.progress import Progress
 
 
-def score_data(data: Path, fmt: str | None, out: Path, model_name: str, alias: str = "champion",
-               chunk: int = 4096, progress: bool = True, settings: Settings | None = None) -> dict:
+def score_data(
+    data: Path,
+    fmt: str | None,
+    out: Path,
+    model_name: str,
+    alias: str = "champion",
+    chunk: int = 4096,
+    progress: bool = True,
+    settings: Settings | None = None,
+) -> dict:
     """Score every readable sample of `data`; returns a summary. Samples the loaders
     quarantine (unreadable images, rows without a label) are counted, not scored."""
     import pandas as pd
@@ -43,18 +51,20 @@ def score_data(data: Path, fmt: str | None, out: Path, model_name: str, alias: s
     probs = []
     bar = Progress(max(n, 1), "predict", enabled=progress)
     for i in range(0, n, chunk):
-        part = samples.iloc[i:i + chunk] if raw.kind == "tabular" else samples[i:i + chunk]
+        part = samples.iloc[i : i + chunk] if raw.kind == "tabular" else samples[i : i + chunk]
         probs.append(softmax(predictor.logits(part)))
         bar.update(min(chunk, n - i))
     bar.close()
     p = np.concatenate(probs) if probs else np.zeros((0, len(pre.classes)), np.float32)
     labels = p.argmax(1)
-    table = pd.DataFrame({
-        "label": labels.astype(np.int64),
-        "class_name": [pre.classes[i] for i in labels],
-        "confidence": p.max(1) if len(p) else np.zeros(0),
-        "probabilities": [row.tolist() for row in p],
-    })
+    table = pd.DataFrame(
+        {
+            "label": labels.astype(np.int64),
+            "class_name": [pre.classes[i] for i in labels],
+            "confidence": p.max(1) if len(p) else np.zeros(0),
+            "probabilities": [row.tolist() for row in p],
+        }
+    )
     known = raw.y is not None and len(raw.y) == n and len(raw.classes) > 0
     if known:  # the file carried labels: keep them by name, in the model's class indices
         index = {c: i for i, c in enumerate(pre.classes)}
@@ -62,8 +72,13 @@ def score_data(data: Path, fmt: str | None, out: Path, model_name: str, alias: s
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     atomic_write(out, buf.getvalue())
-    summary = {"rows": n, "quarantined": len(raw.quarantined), "model": model_name, "version": str(mv.version),
-               "out": str(out)}
+    summary = {
+        "rows": n,
+        "quarantined": len(raw.quarantined),
+        "model": model_name,
+        "version": str(mv.version),
+        "out": str(out),
+    }
     if known and n and (table["true_label"] >= 0).all():
         summary["accuracy"] = float((table["true_label"] == table["label"]).mean())
     return summary

@@ -107,11 +107,12 @@ class S3Store:
         base = self._key(sub + "/" if sub else "")
         base = base if base.endswith("/") or not base else base + "/"
         objects = s3.list_objects(self.client, self.bucket, base, delimiter="/")
-        return sorted(k[len(base):] for k in objects if k.endswith(".parquet"))
+        return sorted(k[len(base) :] for k in objects if k.endswith(".parquet"))
 
     def rows(self, name: str) -> int:
-        return part_rows(name, lambda: io.BytesIO(self.client.get_object(
-            Bucket=self.bucket, Key=self._key(name))["Body"].read()))
+        return part_rows(
+            name, lambda: io.BytesIO(self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read())
+        )
 
     def fetch(self, rel: str, dest: Path) -> None:
         s3.download(self.client, self.bucket, self._key(rel), dest)
@@ -149,8 +150,14 @@ class _Entry:
 
 
 class PredictionLog:
-    def __init__(self, store: LocalStore | S3Store, spool: Path | None = None, flush_seconds: float = 5.0,
-                 flush_rows: int = 2048, max_queued: int = 1000):
+    def __init__(
+        self,
+        store: LocalStore | S3Store,
+        spool: Path | None = None,
+        flush_seconds: float = 5.0,
+        flush_rows: int = 2048,
+        max_queued: int = 1000,
+    ):
         self.store = store
         # parts S3 could not take wait here (a local store needs no spool)
         self.spool = Path(spool) if spool is not None and not isinstance(store, LocalStore) else None
@@ -169,8 +176,9 @@ class PredictionLog:
     def folder(self) -> str:
         return str(self.store)
 
-    def add(self, version: str, request_id: str, x: np.ndarray, logits: np.ndarray, kind: str,
-            feature_names: list[str]) -> None:
+    def add(
+        self, version: str, request_id: str, x: np.ndarray, logits: np.ndarray, kind: str, feature_names: list[str]
+    ) -> None:
         """Queue the instances of one answered request (never blocks)."""
         try:
             self._queue.put_nowait(_Entry(time.time(), version, request_id, x, logits, kind, feature_names))
@@ -183,8 +191,9 @@ class PredictionLog:
         only when neither the store nor the spool would take them."""
         import pandas as pd
 
-        table = pd.DataFrame({"request_id": request_id, "instance": np.arange(len(labels)),
-                              "label": np.asarray(labels, dtype=np.int64)})
+        table = pd.DataFrame(
+            {"request_id": request_id, "instance": np.arange(len(labels)), "label": np.asarray(labels, dtype=np.int64)}
+        )
         buf = io.BytesIO()
         table.to_parquet(buf, index=False)
         if not self._write("feedback/" + part_name(len(labels)), buf.getvalue(), len(labels), count=False):
@@ -236,7 +245,7 @@ class PredictionLog:
                     self.store.put(rel, p.read_bytes())
                 except Exception:  # noqa: BLE001 - still out: try again at the next flush
                     break
-                n = 0 if rel.startswith("feedback/") else part_rows(p.name, lambda: p)
+                n = 0 if rel.startswith("feedback/") else part_rows(p.name, lambda part=p: part)
                 p.unlink()
                 sent += n
                 with self._lock:
@@ -289,8 +298,9 @@ class PredictionLog:
                 df.insert(0, "instance", np.concatenate([np.arange(c) for c in counts]))
                 df.insert(0, "request_id", np.repeat([e.request_id for e in group], counts))
                 df.insert(0, "model_version", version)
-                df.insert(0, "timestamp", pd.to_datetime(np.repeat([e.timestamp for e in group], counts), unit="s",
-                                                         utc=True))
+                df.insert(
+                    0, "timestamp", pd.to_datetime(np.repeat([e.timestamp for e in group], counts), unit="s", utc=True)
+                )
                 frames.append(df)
             table = pd.concat(frames, ignore_index=True)
             buf = io.BytesIO()

@@ -1,1 +1,1 @@
-"""State: the drift monitor's claims, accepted and rejected batches and events, behind one interface with a file and a SQL backend."""
+"""State: the drift monitor's claims, batches and events, behind one interface (file and SQL backends)."""

@@ -50,9 +50,14 @@ class FileStore(MonitorStore):
         with self._locked():
             done, held = set(self._read("processed.json", [])), self._read("claims.json", {})
             dead = store.dead_owners({c["owner"] for c in held.values()})
-            mine = [n for n in dict.fromkeys(names) if n not in done and (
-                n not in held or held[n]["owner"] in dead or held[n]["owner"] == me
-                or held[n]["at"] < now - lease_s)]
+            mine = [
+                n
+                for n in dict.fromkeys(names)
+                if n not in done
+                and (
+                    n not in held or held[n]["owner"] in dead or held[n]["owner"] == me or held[n]["at"] < now - lease_s
+                )
+            ]
             if mine:
                 self._write("claims.json", {**held, **{n: {"owner": me, "at": now} for n in mine}})
         return mine
@@ -84,8 +89,13 @@ class FileStore(MonitorStore):
             accepted = self._read("accepted.json", [])
             entry = store.pick_accepted(accepted, batch)
             self._write("accepted.json", [b for b in accepted if b["id"] != entry["id"]])
-            self._write("rejected.json", [*self._read("rejected.json", []),
-                                          {"id": entry["id"], "path": entry["path"], "rejected_at": time.time()}])
+            self._write(
+                "rejected.json",
+                [
+                    *self._read("rejected.json", []),
+                    {"id": entry["id"], "path": entry["path"], "rejected_at": time.time()},
+                ],
+            )
         return entry
 
     # ------------------------------------------------------------ drift events

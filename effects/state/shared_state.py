@@ -49,8 +49,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import (Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, func,
-                        select)
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, create_engine, delete, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -64,14 +63,16 @@ from lepton_core.errors import LeptonError
 
 meta = MetaData()
 batches_t = Table(
-    "lepton_monitor_batches", meta,
+    "lepton_monitor_batches",
+    meta,
     Column("name", String(512), primary_key=True),
     Column("status", String(16), nullable=False),  # "claimed" or "done"
     Column("owner", String(256), nullable=False),  # the claimer: host:pid:start-ticks (effects.runtime.procs)
     Column("at", Float, nullable=False),
 )
 accepted_t = Table(
-    "lepton_monitor_accepted", meta,
+    "lepton_monitor_accepted",
+    meta,
     Column("id", String(512), primary_key=True),
     Column("seq", Integer, nullable=False),
     Column("format", String(64)),
@@ -80,13 +81,15 @@ accepted_t = Table(
     Column("rows", Integer),
 )
 rejected_t = Table(
-    "lepton_monitor_rejected", meta,
+    "lepton_monitor_rejected",
+    meta,
     Column("id", String(512), primary_key=True),
     Column("path", Text, nullable=False),
     Column("rejected_at", Float, nullable=False),
 )
 meta_t = Table(
-    "lepton_monitor_meta", meta,
+    "lepton_monitor_meta",
+    meta,
     Column("key", String(1024), primary_key=True),
     Column("at", Float, nullable=False),
     Column("value", Text),
@@ -140,18 +143,21 @@ def _create_pg_database(url: str) -> None:
 
 def _failed(url: str, e: DBAPIError) -> LeptonError:
     first = (str(e.orig).strip().splitlines() or ["no answer"])[0]
-    return LeptonError(f"the monitor's shared state database {redact_uri(url)} failed: {first} "
-                       "(LEPTON_STATE_DB, or `lepton up --db`)")
+    return LeptonError(
+        f"the monitor's shared state database {redact_uri(url)} failed: {first} (LEPTON_STATE_DB, or `lepton up --db`)"
+    )
 
 
 def _one_line_errors(method):
     """A database that cannot be reached is one line naming it, not a traceback."""
+
     @functools.wraps(method)
     def wrapper(self, *a, **kw):
         try:
             return method(self, *a, **kw)
         except DBAPIError as e:
             raise _failed(self.url, e) from None
+
     return wrapper
 
 
@@ -213,8 +219,14 @@ class SharedState(MonitorStore):
         with self._locked() as conn:
             meta.create_all(conn, checkfirst=True)
             key = f"imported:{self.home}"
-            first = conn.execute(self._insert(meta_t).values(key=key, at=time.time(), value=None)
-                                 .on_conflict_do_nothing(index_elements=[meta_t.c.key])).rowcount == 1
+            first = (
+                conn.execute(
+                    self._insert(meta_t)
+                    .values(key=key, at=time.time(), value=None)
+                    .on_conflict_do_nothing(index_elements=[meta_t.c.key])
+                ).rowcount
+                == 1
+            )
             if first:
                 self._import_local(conn)
 
@@ -229,11 +241,17 @@ class SharedState(MonitorStore):
 
         now = time.time()
         for name in read("processed.json", []):
-            conn.execute(self._insert(batches_t).values(name=name, status="done", owner="imported", at=now)
-                         .on_conflict_do_update(index_elements=[batches_t.c.name], set_={"status": "done"}))
+            conn.execute(
+                self._insert(batches_t)
+                .values(name=name, status="done", owner="imported", at=now)
+                .on_conflict_do_update(index_elements=[batches_t.c.name], set_={"status": "done"})
+            )
         for r in read("rejected.json", []):
-            conn.execute(self._insert(rejected_t).values(id=r["id"], path=r["path"], rejected_at=r["rejected_at"])
-                         .on_conflict_do_nothing(index_elements=[rejected_t.c.id]))
+            conn.execute(
+                self._insert(rejected_t)
+                .values(id=r["id"], path=r["path"], rejected_at=r["rejected_at"])
+                .on_conflict_do_nothing(index_elements=[rejected_t.c.id])
+            )
         rejected = {r[0] for r in conn.execute(select(rejected_t.c.id))}
         for b in read("accepted.json", []):
             if b["id"] not in rejected:
@@ -242,9 +260,13 @@ class SharedState(MonitorStore):
         if last is not None:
             t = float(last["time"])
             payload = json.dumps({k: v for k, v in last.items() if k != "time"})
-            conn.execute(self._insert(meta_t).values(key="last_event", at=t, value=payload)
-                         .on_conflict_do_update(index_elements=[meta_t.c.key], set_={"at": t, "value": payload},
-                                                where=meta_t.c.at < t))
+            conn.execute(
+                self._insert(meta_t)
+                .values(key="last_event", at=t, value=payload)
+                .on_conflict_do_update(
+                    index_elements=[meta_t.c.key], set_={"at": t, "value": payload}, where=meta_t.c.at < t
+                )
+            )
 
     # ------------------------------------------------------------ batches
     @_one_line_errors
@@ -257,9 +279,13 @@ class SharedState(MonitorStore):
         now, me = time.time(), store.owner_id()
         with self.engine.begin() as conn:
             for name in sorted(set(names)):
-                conn.execute(self._insert(batches_t).values(name=name, status="done", owner=me, at=now)
-                             .on_conflict_do_update(index_elements=[batches_t.c.name],
-                                                    set_={"status": "done", "owner": me, "at": now}))
+                conn.execute(
+                    self._insert(batches_t)
+                    .values(name=name, status="done", owner=me, at=now)
+                    .on_conflict_do_update(
+                        index_elements=[batches_t.c.name], set_={"status": "done", "owner": me, "at": now}
+                    )
+                )
 
     @_one_line_errors
     def claim(self, names: list[str], lease_s: float = CLAIM_LEASE_S) -> list[str]:
@@ -268,8 +294,12 @@ class SharedState(MonitorStore):
             return []
         now, me = time.time(), store.owner_id()
         with self.engine.connect() as conn:
-            held = {r[0] for r in conn.execute(select(batches_t.c.owner).where(
-                batches_t.c.name.in_(names), batches_t.c.status == "claimed"))}
+            held = {
+                r[0]
+                for r in conn.execute(
+                    select(batches_t.c.owner).where(batches_t.c.name.in_(names), batches_t.c.status == "claimed")
+                )
+            }
         dead = sorted(store.dead_owners(held))
         won = set()
         takeover = (batches_t.c.at < now - lease_s) | (batches_t.c.owner == me)
@@ -278,9 +308,15 @@ class SharedState(MonitorStore):
         for name in dict.fromkeys(names):
             # one transaction per batch: two workers listing the same batches at once
             # share them out, rather than the first taking them all
-            stmt = (self._insert(batches_t).values(name=name, status="claimed", owner=me, at=now)
-                    .on_conflict_do_update(index_elements=[batches_t.c.name], set_={"owner": me, "at": now},
-                                           where=(batches_t.c.status == "claimed") & takeover))
+            stmt = (
+                self._insert(batches_t)
+                .values(name=name, status="claimed", owner=me, at=now)
+                .on_conflict_do_update(
+                    index_elements=[batches_t.c.name],
+                    set_={"owner": me, "at": now},
+                    where=(batches_t.c.status == "claimed") & takeover,
+                )
+            )
             with self.engine.begin() as conn:
                 if conn.execute(stmt).rowcount == 1:
                     won.add(name)
@@ -290,8 +326,11 @@ class SharedState(MonitorStore):
     def release(self, names: list[str]) -> None:
         """Give back claims this process holds and did not process."""
         with self.engine.begin() as conn:
-            conn.execute(delete(batches_t).where(batches_t.c.name.in_(names), batches_t.c.status == "claimed",
-                                                 batches_t.c.owner == store.owner_id()))
+            conn.execute(
+                delete(batches_t).where(
+                    batches_t.c.name.in_(names), batches_t.c.status == "claimed", batches_t.c.owner == store.owner_id()
+                )
+            )
 
     # ------------------------------------------------------------ accepted / rejected
     @_one_line_errors
@@ -309,8 +348,16 @@ class SharedState(MonitorStore):
     def _append_accepted(self, conn: Connection, b: dict) -> None:
         if conn.execute(select(accepted_t.c.id).where(accepted_t.c.id == b["id"])).first() is None:
             seq = conn.execute(select(func.coalesce(func.max(accepted_t.c.seq), 0))).scalar() + 1
-            conn.execute(accepted_t.insert().values(id=b["id"], seq=seq, format=b.get("format"), path=b["path"],
-                                                    accepted_at=b.get("accepted_at"), rows=b.get("rows")))
+            conn.execute(
+                accepted_t.insert().values(
+                    id=b["id"],
+                    seq=seq,
+                    format=b.get("format"),
+                    path=b["path"],
+                    accepted_at=b.get("accepted_at"),
+                    rows=b.get("rows"),
+                )
+            )
 
     @_one_line_errors
     def accept(self, entry: dict) -> bool:
@@ -327,8 +374,11 @@ class SharedState(MonitorStore):
             accepted = [dict(r) for r in conn.execute(select(accepted_t).order_by(accepted_t.c.seq)).mappings()]
             entry = store.pick_accepted(accepted, batch)
             conn.execute(delete(accepted_t).where(accepted_t.c.id == entry["id"]))
-            conn.execute(self._insert(rejected_t).values(id=entry["id"], path=entry["path"], rejected_at=time.time())
-                         .on_conflict_do_nothing(index_elements=[rejected_t.c.id]))
+            conn.execute(
+                self._insert(rejected_t)
+                .values(id=entry["id"], path=entry["path"], rejected_at=time.time())
+                .on_conflict_do_nothing(index_elements=[rejected_t.c.id])
+            )
         return entry
 
     # ------------------------------------------------------------ drift events
@@ -343,12 +393,15 @@ class SharedState(MonitorStore):
         """One conditional upsert."""
         now, window = time.time(), minutes * 60
         value = json.dumps(payload, sort_keys=True, default=str)
-        stmt = (self._insert(meta_t).values(key="last_event", at=now, value=value)
-                .on_conflict_do_update(index_elements=[meta_t.c.key], set_={"at": now, "value": value},
-                                       where=meta_t.c.at <= now - window))
+        stmt = (
+            self._insert(meta_t)
+            .values(key="last_event", at=now, value=value)
+            .on_conflict_do_update(
+                index_elements=[meta_t.c.key], set_={"at": now, "value": value}, where=meta_t.c.at <= now - window
+            )
+        )
         with self.engine.begin() as conn:
             if conn.execute(stmt).rowcount == 1:
                 return None
             last = conn.execute(select(meta_t.c.at).where(meta_t.c.key == "last_event")).scalar()
         return float(last), float(last) + window
-

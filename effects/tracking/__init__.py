@@ -1,1 +1,1 @@
-"""Tracking and registry: MLflow runs, tags, the logged pyfunc, the promotion gate, variants, sweep runs, figures and summaries."""
+"""Tracking and registry: MLflow runs, tags, the pyfunc, the gate, variants, sweeps, figures, summaries."""

@@ -81,8 +81,13 @@ def export_onnx(predictor: Predictor, path: str | Path, example: np.ndarray) -> 
 def _export(module, raw, path: Path, predictor: Predictor, quiet, level) -> Path:
     try:
         program = torch.onnx.export(
-            module, (raw,), dynamo=True, input_names=["x"], output_names=list(OUTPUTS),
-            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}}, verbose=False,
+            module,
+            (raw,),
+            dynamo=True,
+            input_names=["x"],
+            output_names=list(OUTPUTS),
+            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+            verbose=False,
         )
     finally:
         quiet.setLevel(level)
@@ -124,7 +129,7 @@ def quantize_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarr
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter({"x": calibration[i:i + batch]} for i in range(0, len(calibration), batch))
+            self._it = iter({"x": calibration[i : i + batch]} for i in range(0, len(calibration), batch))
 
         def get_next(self):
             return next(self._it, None)
@@ -134,11 +139,18 @@ def quantize_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarr
         pre = Path(d) / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         out = Path(d) / "int8.onnx"
-        quantize_static(str(pre), str(out), _Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        # the layers with weights; the softmax and argmax at the end stay
-                        # float (a uint8 softmax would answer in steps of 1/255)
-                        op_types_to_quantize=["Conv", "Gemm", "MatMul"])
+        quantize_static(
+            str(pre),
+            str(out),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            # the layers with weights; the softmax and argmax at the end stay
+            # float (a uint8 softmax would answer in steps of 1/255)
+            op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+        )
         os.replace(out, path)
     return path
 
@@ -147,8 +159,9 @@ class OnnxPredictor(BasePredictor):
     """An ONNX variant with the `Predictor` contract: raw samples in; `to_input`
     checks them (the graph does the rest), `forward` gives logits."""
 
-    def __init__(self, model: str | Path | bytes, preprocessing: Preprocessing | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self, model: str | Path | bytes, preprocessing: Preprocessing | None = None, threads: int | None = None
+    ):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()

@@ -32,8 +32,9 @@ class LeptonClassifier(mlflow.pyfunc.PythonModel):
     # an ndarray hint (it infers no schema from one), and asks for no hint on every load.
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         p = self.predictor.predict(model_input)
-        return pd.DataFrame({"label": p.labels, "class_name": p.names,
-                             "probabilities": [row.tolist() for row in p.probabilities]})
+        return pd.DataFrame(
+            {"label": p.labels, "class_name": p.names, "probabilities": [row.tolist() for row in p.probabilities]}
+        )
 
 
 set_model(LeptonClassifier())

@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from effects.tracking import tags
-from effects.tracking import runs
 from effects.data.dvc_store import dataset_path
 from effects.runtime.locks import file_lock
 from effects.runtime.settings import Settings, get_settings, redact_uri
+from effects.tracking import runs, tags
 from lepton_core.data.prepare import Prepared, read_prepared
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.evaluate import SUMMARY_KEYS, correct_mask
@@ -68,14 +67,20 @@ def _signature_and_example(predictor: Predictor, prepared: Prepared):
         names = list(pre.feature_names) or [str(i) for i in range(pre.n_features)]
         inputs = Schema([ColSpec("double", n) for n in names])
         example = pd.DataFrame(raw.astype(np.float64), columns=names)
-    outputs = Schema([ColSpec("long", "label"), ColSpec("string", "class_name"),
-                      ColSpec(Array("float"), "probabilities")])
+    outputs = Schema(
+        [ColSpec("long", "label"), ColSpec("string", "class_name"), ColSpec(Array("float"), "probabilities")]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs), example
 
 
 def log_and_register(
-    run_id: str, checkpoint: str | Path, prepared: Prepared, model_name: str, tags: dict[str, str],
-    description: str = "", settings: Settings | None = None,
+    run_id: str,
+    checkpoint: str | Path,
+    prepared: Prepared,
+    model_name: str,
+    tags: dict[str, str],
+    description: str = "",
+    settings: Settings | None = None,
 ) -> str:
     """Log the checkpoint as a pyfunc model that reads raw samples (Lepton's
     predictor, see effects/tracking/pyfunc_model.py) and register it. Returns the version."""
@@ -88,8 +93,12 @@ def log_and_register(
     signature, example = _signature_and_example(predictor, prepared)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(PYFUNC_CODE), artifacts={"checkpoint": str(checkpoint)},
-            code_paths=[str(LEPTON_CORE)], signature=signature, input_example=example,
+            name="model",
+            python_model=str(PYFUNC_CODE),
+            artifacts={"checkpoint": str(checkpoint)},
+            code_paths=[str(LEPTON_CORE)],
+            signature=signature,
+            input_example=example,
             pip_requirements=_pip_requirements(),
         )
     mv = mlflow.register_model(info.model_uri, model_name, tags=tags)
@@ -126,8 +135,9 @@ def source_version(c, name: str, version: str | None, instead: str):
             raise LeptonError(f"model {name!r} has no version {version!r}") from None
     if mv.tags.get(tags.VARIANT):
         source = mv.tags.get(tags.VARIANT_OF)
-        raise LeptonError(f"v{mv.version} is the {mv.tags[tags.VARIANT]} variant of v{source}; "
-                          + instead.format(source=f"v{source}"))
+        raise LeptonError(
+            f"v{mv.version} is the {mv.tags[tags.VARIANT]} variant of v{source}; " + instead.format(source=f"v{source}")
+        )
     return mv
 
 
@@ -148,8 +158,7 @@ def checkpoint_of(c, run_id: str, s: Settings) -> Path:
     return runs.run_artifact(c, run_id, "checkpoint/model.pt", s.home)
 
 
-GATE_TAGS = (tags.GATE_PROMOTE, tags.GATE_FORCED, tags.GATE_REASON, tags.GATE_P_VALUE,
-             tags.GATE_CHAMPION_ACCURACY)
+GATE_TAGS = (tags.GATE_PROMOTE, tags.GATE_FORCED, tags.GATE_REASON, tags.GATE_P_VALUE, tags.GATE_CHAMPION_ACCURACY)
 
 
 def _with_block(description: str | None, heading: str, block: str) -> str:
@@ -214,7 +223,10 @@ def _registry_lock(s: Settings, name: str):
 
 
 def promote_version(
-    model_name: str, version: str, params: PromoteParams, force: bool = False,
+    model_name: str,
+    version: str,
+    params: PromoteParams,
+    force: bool = False,
     settings: Settings | None = None,
 ) -> dict:
     """Run the gate for `version` against the current champion on the challenger's
@@ -225,21 +237,26 @@ def promote_version(
         mv = source_version(c, model_name, version, "promote {source} (its variants follow it)")
         champ = alias_version(c, model_name, CHAMPION)
         if champ is not None and str(champ.version) == str(mv.version):
-            return {"version": str(mv.version), "promoted": False, "reason": "already the champion",
-                    "champion": str(mv.version), "previous": _ver(alias_version(c, model_name, PREVIOUS))}
+            return {
+                "version": str(mv.version),
+                "promoted": False,
+                "reason": "already the champion",
+                "champion": str(mv.version),
+                "previous": _ver(alias_version(c, model_name, PREVIOUS)),
+            }
         data_version = mv.tags.get(tags.DATA_VERSION)
         if not data_version:
             raise LeptonError(f"version {mv.version} has no data version tag; cannot evaluate it")
         prepared = read_prepared(dataset_path(data_version, s))
         y = prepared.y["test"]
         # each model reads the samples through its own preprocessing (its own scale)
-        chal_correct = correct_mask(Predictor.from_checkpoint(checkpoint_of(c, mv.run_id, s)),
-                                    prepared.x["test"], y)
+        chal_correct = correct_mask(Predictor.from_checkpoint(checkpoint_of(c, mv.run_id, s)), prepared.x["test"], y)
         champ_correct, note = None, ""
         if champ is not None:
             try:
                 champ_correct = correct_mask(
-                    Predictor.from_checkpoint(checkpoint_of(c, champ.run_id, s)), prepared.x["test"], y)
+                    Predictor.from_checkpoint(checkpoint_of(c, champ.run_id, s)), prepared.x["test"], y
+                )
             except InputError as e:  # the champion cannot read this data (other input shape)
                 note = f"; champion v{champ.version} not comparable: {e}"
         decision: Decision = decide_promotion(chal_correct, champ_correct, params)
@@ -252,7 +269,7 @@ def promote_version(
         gate[tags.GATE_CHAMPION_VERSION] = str(champ.version) if champ is not None else ""
         gate[tags.GATE_TEST_DATA_VERSION] = data_version
         record = {k.removeprefix(tags.GATE_PREFIX): v for k, v in gate.items()}
-        record["decided_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record["decided_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         # every decision is kept, newest last, in the version's run (written first: if
         # that fails, nothing below has changed)
         history = [*gate_history(c, mv, s), record]
@@ -261,10 +278,13 @@ def promote_version(
         # the version's description, as JSON
         for k in GATE_TAGS:
             c.set_model_version_tag(model_name, str(mv.version), k, gate[k])
-        block = (f"Promotion gate:\n\nThe latest of {len(history)} decisions (all of them: the run's "
-                 f"artifact {GATE_HISTORY}).\n\n```json\n" + json.dumps(record, indent=1, sort_keys=True) + "\n```")
-        c.update_model_version(model_name, str(mv.version),
-                               description=_with_block(mv.description, "Promotion gate:", block))
+        block = (
+            f"Promotion gate:\n\nThe latest of {len(history)} decisions (all of them: the run's "
+            f"artifact {GATE_HISTORY}).\n\n```json\n" + json.dumps(record, indent=1, sort_keys=True) + "\n```"
+        )
+        c.update_model_version(
+            model_name, str(mv.version), description=_with_block(mv.description, "Promotion gate:", block)
+        )
         if decision.promote:
             if champ is not None:
                 c.set_registered_model_alias(model_name, PREVIOUS, str(champ.version))
@@ -305,8 +325,11 @@ def _describe(c, mv) -> dict | None:
     metrics: dict[str, float] = {}
     try:
         run = c.get_run(mv.run_id)
-        metrics = {k.removeprefix("test_"): v for k, v in run.data.metrics.items()
-                   if k.startswith("test_") and k.removeprefix("test_") in SUMMARY_KEYS}
+        metrics = {
+            k.removeprefix("test_"): v
+            for k, v in run.data.metrics.items()
+            if k.startswith("test_") and k.removeprefix("test_") in SUMMARY_KEYS
+        }
     except Exception:  # the run may have been deleted; the version still stands
         acc = mv.tags.get(tags.TEST_ACCURACY)
         metrics = {"accuracy": float(acc)} if acc else {}

@@ -13,9 +13,9 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag  # noqa: F401 (re-exported)
 from mlflow.tracking import MlflowClient
 
-from effects.tracking import tags
 from effects.runtime.procs import identity_alive, process_identity
 from effects.runtime.settings import Settings, get_settings
+from effects.tracking import tags
 
 # host:pid:start-time of the process working on a run, so the next one can tell a
 # run whose process was killed (left RUNNING) from one still going.
@@ -56,8 +56,9 @@ def ensure_experiment(c: MlflowClient, name: str, settings: Settings | None = No
     exp = c.get_experiment_by_name(name)
     if exp is None:
         try:
-            exp_id = c.create_experiment(name, artifact_location=_artifact_location(s, name),
-                                         tags={EXPERIMENT_KIND: TRAINING_KIND})
+            exp_id = c.create_experiment(
+                name, artifact_location=_artifact_location(s, name), tags={EXPERIMENT_KIND: TRAINING_KIND}
+            )
             return exp_id
         except Exception:
             exp = c.get_experiment_by_name(name)  # another process created it meanwhile
@@ -120,11 +121,16 @@ def _head(folder: Path) -> str | None:
     try:
         head = subprocess.run(
             ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -209,8 +215,6 @@ def run_artifact(c: MlflowClient, run_id: str, path: str, home: Path) -> Path:
     return Path(c.download_artifacts(run_id, path, str(dst)))
 
 
-
-
 # ---------------------------------------------------------------- lineage
 def dvc_object_uri(dvc_remote: str, version: str) -> str:
     """Where a data version's directory listing lives in the DVC remote (DVC 3 layout)."""
@@ -239,9 +243,19 @@ def _log_inputs(c: MlflowClient, run_id: str, inputs: list, tries: int = 5) -> N
             time.sleep(0.05 * (attempt + 1))
 
 
-def log_lineage(c: MlflowClient, run_id: str, *, data_version: str, meta: dict, dvc_remote: str,
-                git_commit: str, source_name: str, flow_run_id: str = "",
-                flow_run_url: str | None = None, monitored: list[dict] | None = None) -> None:
+def log_lineage(
+    c: MlflowClient,
+    run_id: str,
+    *,
+    data_version: str,
+    meta: dict,
+    dvc_remote: str,
+    git_commit: str,
+    source_name: str,
+    flow_run_id: str = "",
+    flow_run_url: str | None = None,
+    monitored: list[dict] | None = None,
+) -> None:
     """Lineage in MLflow's own fields: the dataset as a run input (its source the data
     version in the DVC remote), each folded-in monitor batch as a second input, the
     git commit as the run's source version, and a link to the Prefect flow run."""
@@ -254,14 +268,25 @@ def log_lineage(c: MlflowClient, run_id: str, *, data_version: str, meta: dict, 
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(uri)
         ds = MetaDataset(source=source, name=name, digest=digest[:36])
-        return DatasetInput(dataset=ds._to_mlflow_entity(),
-                            tags=[InputTag(key="mlflow.data.context", value=context)])
+        return DatasetInput(dataset=ds._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value=context)])
 
-    inputs = [dataset_input(dvc_object_uri(dvc_remote, data_version), f"{meta.get('kind', 'data')}-{data_version[:8]}",
-                            data_version, "training")]
+    inputs = [
+        dataset_input(
+            dvc_object_uri(dvc_remote, data_version),
+            f"{meta.get('kind', 'data')}-{data_version[:8]}",
+            data_version,
+            "training",
+        )
+    ]
     for b in monitored or []:
-        inputs.append(dataset_input(Path(b["path"]).resolve().as_uri(), f"monitor-batch-{b['id']}",
-                                    b["id"].rsplit("-", 1)[-1], "monitored-batch"))
+        inputs.append(
+            dataset_input(
+                Path(b["path"]).resolve().as_uri(),
+                f"monitor-batch-{b['id']}",
+                b["id"].rsplit("-", 1)[-1],
+                "monitored-batch",
+            )
+        )
     _log_inputs(c, run_id, inputs)
     run_tags = [
         RunTag("mlflow.source.type", "JOB"),

@@ -3,24 +3,27 @@ with links to the MLflow run and model version (clickable when MLflow is a serve
 
 from __future__ import annotations
 
-from effects.tracking import runs
 from effects.runtime.settings import get_settings
+from effects.tracking import runs
 
 
 def _links(run_id: str | None, model_name: str, version: str | None) -> tuple[str, str]:
     """(run link, version link); the run link leads with its experiment's training runs."""
     uri = get_settings().tracking_uri
     if not uri.startswith(("http://", "https://")):
-        return (f"`{run_id}` (browse with `mlflow ui --backend-store-uri {uri}`)" if run_id else "",
-                f"`{model_name}` v{version}" if version else "")
+        return (
+            f"`{run_id}` (browse with `mlflow ui --backend-store-uri {uri}`)" if run_id else "",
+            f"`{model_name}` v{version}" if version else "",
+        )
     base = uri.rstrip("/")
     run_link = ""
     if run_id:
         c = runs.client()
         exp = c.get_run(run_id).info.experiment_id
         name = c.get_experiment(exp).name
-        run_link = (f"[{run_id}]({runs.run_url(uri, exp, run_id)}) "
-                    f"(experiment [{name}]({runs.experiment_url(uri, exp)}))")
+        run_link = (
+            f"[{run_id}]({runs.run_url(uri, exp, run_id)}) (experiment [{name}]({runs.experiment_url(uri, exp)}))"
+        )
     version_link = f"[{model_name} v{version}]({base}/#/models/{model_name}/versions/{version})" if version else ""
     return run_link, version_link
 
@@ -31,16 +34,17 @@ def retrain_markdown(result: dict, model_name: str) -> str:
     rows = "\n".join(f"| {k.removeprefix('test_')} | {v:.4f} |" for k, v in result["metrics"].items())
     verdict = "**promoted to @champion**" if d["promoted"] else "**not promoted**"
     champ = d.get("champion_accuracy")
-    return f"""# Retrain: {model_name} v{result['version']} {verdict}
+    champ_text = "" if champ is None else f"{champ:.4f}"
+    return f"""# Retrain: {model_name} v{result["version"]} {verdict}
 
-Gate: {d['reason']}
+Gate: {d["reason"]}
 
 | test metric | value |
 |---|---|
 {rows}
 
-- challenger accuracy: {d['challenger_accuracy']:.4f}; champion accuracy: {'' if champ is None else f'{champ:.4f}'}; McNemar p: {d.get('p_value')}
-- data version: `{result['data_version']}`
+- challenger accuracy: {d["challenger_accuracy"]:.4f}; champion accuracy: {champ_text}; McNemar p: {d.get("p_value")}
+- data version: `{result["data_version"]}`
 - MLflow run: {run_link}
 - model version: {version_link}
 """
@@ -56,8 +60,9 @@ def registry_markdown(action: str, result: dict, model_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def monitor_markdown(results: list[dict], model_name: str, event: dict | bool, tracking_uri: str,
-                     report_artifact: str) -> str:
+def monitor_markdown(
+    results: list[dict], model_name: str, event: dict | bool, tracking_uri: str, report_artifact: str
+) -> str:
     """`event`: {"emitted": bool, "suppressed": None or the cool-down line} (or a bool)."""
     if isinstance(event, bool):
         event = {"emitted": event, "suppressed": None}
@@ -74,8 +79,10 @@ def monitor_markdown(results: list[dict], model_name: str, event: dict | bool, t
             lines += [f"Evidently report: [{r['report_html']}]({r['report_html']})", ""]
         if r["drifted_features"]:
             lines += ["| drifted feature | score | method | threshold |", "|---|---|---|---|"]
-            lines += [f"| {d['feature']} | {d['score']:.4g} | {d['method']} | {d['threshold']} |"
-                      for d in r["drifted_features"]]
+            lines += [
+                f"| {d['feature']} | {d['score']:.4g} | {d['method']} | {d['threshold']} |"
+                for d in r["drifted_features"]
+            ]
             lines.append("")
         if r["scores"]:
             lines.append("scores: " + ", ".join(f"{k} {v:.3g}" for k, v in r["scores"].items()))

@@ -17,13 +17,11 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from effects.tracking import tags
 from effects.runtime.procs import process_identity
-from effects.tracking import runs
 from effects.runtime.settings import Settings
+from effects.tracking import runs, tags
 from lepton_core.params import Params, SweepParams, flatten_params
 from lepton_core.sweep import Dimension, goal, space_record
-
 
 
 # ---------------------------------------------------------------- the search
@@ -55,7 +53,8 @@ class Search:
     def __post_init__(self) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = optuna.samplers.TPESampler(
-            seed=self.sweep.seed, n_startup_trials=self.sweep.startup_trials,
+            seed=self.sweep.seed,
+            n_startup_trials=self.sweep.startup_trials,
             constant_liar=True,  # trials still running count as (pessimistic) results, so parallel asks spread out
         )
         self.study = optuna.create_study(direction=goal(self.sweep), sampler=sampler)
@@ -89,13 +88,22 @@ class Search:
 
     def best(self) -> dict[str, Any] | None:
         o = self.best_outcome()
-        return None if o is None else {"number": o.number, "value": o.value, "values": dict(o.values),
-                                       "run_id": o.run_id}
+        return (
+            None if o is None else {"number": o.number, "value": o.value, "values": dict(o.values), "run_id": o.run_id}
+        )
 
     def table(self) -> list[dict[str, Any]]:
-        return [{"number": t.number, "state": t.state.name, "value": t.value, "values": dict(t.params),
-                 "run_id": getattr(self.outcomes.get(t.number), "run_id", None), "error": self.errors.get(t.number)}
-                for t in self.study.trials]
+        return [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "values": dict(t.params),
+                "run_id": getattr(self.outcomes.get(t.number), "run_id", None),
+                "error": self.errors.get(t.number),
+            }
+            for t in self.study.trials
+        ]
 
 
 # ---------------------------------------------------------------- the runs
@@ -103,59 +111,100 @@ def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
 
 
-def open_parent_run(c, experiment_id: str, params: Params, dims: tuple[Dimension, ...], data, *,
-                    runner: str, flow_run_id: str, s: Settings) -> str:
+def open_parent_run(
+    c,
+    experiment_id: str,
+    params: Params,
+    dims: tuple[Dimension, ...],
+    data,
+    *,
+    runner: str,
+    flow_run_id: str,
+    s: Settings,
+) -> str:
     """The sweep's parent run: every section's params, the search space (as params
     `space.<path>` and as sweep/search_space.json) and the dataset as its input."""
     commit = runs.git_commit(s.project_dir)
-    run = c.create_run(experiment_id, run_name=f"sweep-{_stamp()}-data-{data.version[:8]}", tags={
-        tags.SWEEP: "parent",
-        tags.DATA_VERSION: data.version,
-        tags.GIT_COMMIT: commit,
-        tags.OWNER: process_identity(),
-        tags.SWEEP_RUNNER: runner,
-    })
+    run = c.create_run(
+        experiment_id,
+        run_name=f"sweep-{_stamp()}-data-{data.version[:8]}",
+        tags={
+            tags.SWEEP: "parent",
+            tags.DATA_VERSION: data.version,
+            tags.GIT_COMMIT: commit,
+            tags.OWNER: process_identity(),
+            tags.SWEEP_RUNNER: runner,
+        },
+    )
     run_id = run.info.run_id
     with runs.failing_run(c, run_id):
         sweep = params.sweep
-        flat = {**flatten_params(params), **{f"space.{d.path}": d.describe() for d in dims},
-                "sweep.metric": sweep.metric, "sweep.goal": goal(sweep), "sweep.trials": str(sweep.trials),
-                "sweep.parallel": str(sweep.parallel), "sweep.startup_trials": str(sweep.startup_trials),
-                "sweep.seed": str(sweep.seed), "sweep.sampler": "optuna.TPESampler"}
+        flat = {
+            **flatten_params(params),
+            **{f"space.{d.path}": d.describe() for d in dims},
+            "sweep.metric": sweep.metric,
+            "sweep.goal": goal(sweep),
+            "sweep.trials": str(sweep.trials),
+            "sweep.parallel": str(sweep.parallel),
+            "sweep.startup_trials": str(sweep.startup_trials),
+            "sweep.seed": str(sweep.seed),
+            "sweep.sampler": "optuna.TPESampler",
+        }
         runs.log_params_and_tags(c, run_id, flat, {})
-        c.log_dict(run_id, {"metric": sweep.metric, "goal": goal(sweep), "space": space_record(dims)},
-                   "sweep/search_space.json")
+        c.log_dict(
+            run_id,
+            {"metric": sweep.metric, "goal": goal(sweep), "space": space_record(dims)},
+            "sweep/search_space.json",
+        )
         runs.log_lineage(
-            c, run_id, data_version=data.version, meta=data.meta, dvc_remote=s.dvc_remote, git_commit=commit,
-            source_name="flows/sweep.py", flow_run_id=flow_run_id,
-            flow_run_url=runs.flow_run_url(s.prefect_ui_api_url, flow_run_id))
+            c,
+            run_id,
+            data_version=data.version,
+            meta=data.meta,
+            dvc_remote=s.dvc_remote,
+            git_commit=commit,
+            source_name="flows/sweep.py",
+            flow_run_id=flow_run_id,
+            flow_run_url=runs.flow_run_url(s.prefect_ui_api_url, flow_run_id),
+        )
     return run_id
 
 
-def open_trial_run(c, experiment_id: str, parent_run_id: str, number: int, values: dict[str, Any], data,
-                   s: Settings) -> str:
+def open_trial_run(
+    c, experiment_id: str, parent_run_id: str, number: int, values: dict[str, Any], data, s: Settings
+) -> str:
     """A trial's run, nested under the parent; its searched values as tags until its
     full params are known (they are logged once they validate)."""
-    run = c.create_run(experiment_id, run_name=f"trial-{number:03d}", tags={
-        tags.PARENT: parent_run_id,
-        tags.SWEEP: "trial",
-        tags.SWEEP_TRIAL: str(number),
-        tags.DATA_VERSION: data.version,
-        tags.GIT_COMMIT: runs.git_commit(s.project_dir),
-        tags.OWNER: process_identity(),
-        "mlflow.source.name": "flows/sweep.py",
-        **{tags.TRIAL_PREFIX + k: json.dumps(v) for k, v in values.items()},
-    })
+    run = c.create_run(
+        experiment_id,
+        run_name=f"trial-{number:03d}",
+        tags={
+            tags.PARENT: parent_run_id,
+            tags.SWEEP: "trial",
+            tags.SWEEP_TRIAL: str(number),
+            tags.DATA_VERSION: data.version,
+            tags.GIT_COMMIT: runs.git_commit(s.project_dir),
+            tags.OWNER: process_identity(),
+            "mlflow.source.name": "flows/sweep.py",
+            **{tags.TRIAL_PREFIX + k: json.dumps(v) for k, v in values.items()},
+        },
+    )
     return run.info.run_id
 
 
 def child_runs(c, experiment_id: str, parent_run_id: str) -> list:
-    return c.search_runs([experiment_id], filter_string=f"tags.`{tags.PARENT}` = '{parent_run_id}'",
-                         max_results=10_000)
+    return c.search_runs([experiment_id], filter_string=f"tags.`{tags.PARENT}` = '{parent_run_id}'", max_results=10_000)
 
 
-def close_parent_run(c, parent_run_id: str, search: Search, *, version: str | None = None,
-                     decision: dict | None = None, test_metrics: dict[str, float] | None = None) -> dict:
+def close_parent_run(
+    c,
+    parent_run_id: str,
+    search: Search,
+    *,
+    version: str | None = None,
+    decision: dict | None = None,
+    test_metrics: dict[str, float] | None = None,
+) -> dict:
     """Record the outcome on the parent run (best trial, counts, the table of
     trials, the registered version and the gate's word) and finish it. Failed
     trials get their child run's id from MLflow (their task never returned one)."""
@@ -167,20 +216,23 @@ def close_parent_run(c, parent_run_id: str, search: Search, *, version: str | No
     best = search.best()
     metric = search.sweep.metric
     failed = sum(1 for r in table if r["state"] == "FAIL")
-    metrics = [runs.Metric("trials_complete", sum(1 for r in table if r["state"] == "COMPLETE"), 0, 0),
-               runs.Metric("trials_failed", failed, 0, 0)]
+    metrics = [
+        runs.Metric("trials_complete", sum(1 for r in table if r["state"] == "COMPLETE"), 0, 0),
+        runs.Metric("trials_failed", failed, 0, 0),
+    ]
     run_tags = []
     if best is not None:
         metrics.append(runs.Metric(f"best_{metric}", float(best["value"]), 0, 0))
         metrics += [runs.Metric(f"best_{k}", float(v), 0, 0) for k, v in (test_metrics or {}).items()]
-        run_tags += [runs.RunTag(tags.BEST_TRIAL, str(best["number"])),
-                 runs.RunTag(tags.BEST_RUN_ID, best["run_id"])]
+        run_tags += [runs.RunTag(tags.BEST_TRIAL, str(best["number"])), runs.RunTag(tags.BEST_RUN_ID, best["run_id"])]
         run_tags += [runs.RunTag(tags.BEST_PREFIX + k, json.dumps(v)) for k, v in best["values"].items()]
     if version is not None:
         run_tags.append(runs.RunTag(tags.REGISTERED_VERSION, str(version)))
     if decision is not None:
-        run_tags += [runs.RunTag(tags.GATE_PROMOTED, str(bool(decision.get("promoted")))),
-                 runs.RunTag(tags.GATE_REASON, str(decision.get("reason", ""))[:5000])]
+        run_tags += [
+            runs.RunTag(tags.GATE_PROMOTED, str(bool(decision.get("promoted")))),
+            runs.RunTag(tags.GATE_REASON, str(decision.get("reason", ""))[:5000]),
+        ]
     c.log_batch(parent_run_id, metrics=metrics, tags=run_tags)
     c.log_dict(parent_run_id, {"best": best, "trials": table}, "sweep/trials.json")
     c.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
@@ -191,14 +243,23 @@ def sweep_markdown(result: dict, model_name: str) -> str:
     """The Prefect UI's summary of a sweep: the trials' table and the best one's fate."""
     d, best = result["decision"], result["best"]
     verdict = "**promoted to @champion**" if d["promoted"] else "**not promoted**"
-    lines = [f"# Sweep: {len(result['trials'])} trials, best trial {best['number']} -> "
-             f"{model_name} v{result['version']} {verdict}", "", f"Gate: {d['reason']}", "",
-             f"| trial | state | {result['metric']} | values | MLflow run |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Sweep: {len(result['trials'])} trials, best trial {best['number']} -> "
+        f"{model_name} v{result['version']} {verdict}",
+        "",
+        f"Gate: {d['reason']}",
+        "",
+        f"| trial | state | {result['metric']} | values | MLflow run |",
+        "|---|---|---|---|---|",
+    ]
     for t in result["trials"]:
         value = "" if t["value"] is None else f"{t['value']:.4f}"
         values = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["values"].items())
         lines.append(f"| {t['number']} | {t['state']} | {value} | {values} | `{t['run_id']}` |")
-    lines += ["", f"- parent MLflow run: `{result['parent_run_id']}` (runner: {result['runner']})",
-              f"- test accuracy of the best: {result['metrics']['test_accuracy']:.4f}",
-              f"- data version: `{result['data_version']}`"]
+    lines += [
+        "",
+        f"- parent MLflow run: `{result['parent_run_id']}` (runner: {result['runner']})",
+        f"- test accuracy of the best: {result['metrics']['test_accuracy']:.4f}",
+        f"- data version: `{result['data_version']}`",
+    ]
     return "\n".join(lines) + "\n"

@@ -21,15 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from effects.tracking import tags
-from effects.tracking import runs
 from effects.data.dvc_store import dataset_path
-from effects.tracking.registry import CHAMPION, alias_version, predictor_of, source_version
 from effects.runtime.settings import Settings, get_settings
+from effects.tracking import runs, tags
+from effects.tracking.onnx_variants import VARIANTS, OnnxPredictor, accuracy, export_onnx, latency, quantize_int8
+from effects.tracking.registry import CHAMPION, alias_version, predictor_of, source_version
 from lepton_core.data.prepare import read_prepared
 from lepton_core.errors import LeptonError
 from lepton_core.params import OptimizeParams
-from effects.tracking.onnx_variants import VARIANTS, OnnxPredictor, accuracy, export_onnx, latency, quantize_int8
 
 VARIANT_ARTIFACT = "variant/model.onnx"
 
@@ -44,24 +43,43 @@ def _signature(pre, kind_example: np.ndarray):
 
     k = len(pre.classes)
     inputs = Schema([TensorSpec(np.dtype(pre.dtype), (-1, *pre.input_shape), "x")])
-    outputs = Schema([TensorSpec(np.dtype("float32"), (-1, k), "logits"),
-                      TensorSpec(np.dtype("float32"), (-1, k), "probabilities"),
-                      TensorSpec(np.dtype("int64"), (-1,), "label")])
+    outputs = Schema(
+        [
+            TensorSpec(np.dtype("float32"), (-1, k), "logits"),
+            TensorSpec(np.dtype("float32"), (-1, k), "probabilities"),
+            TensorSpec(np.dtype("int64"), (-1,), "label"),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def _register(c, s: Settings, model_name: str, mv, kind: str, path: Path, pre, example: np.ndarray,
-              figures: dict, experiment_id: str) -> str:
+def _register(
+    c,
+    s: Settings,
+    model_name: str,
+    mv,
+    kind: str,
+    path: Path,
+    pre,
+    example: np.ndarray,
+    figures: dict,
+    experiment_id: str,
+) -> str:
     import mlflow
     import onnx
 
     mlflow.set_tracking_uri(s.tracking_uri)
     mlflow.set_registry_uri(s.tracking_uri)
-    run = c.create_run(experiment_id, run_name=f"v{mv.version}-{kind}", tags={
-        "mlflow.parentRunId": mv.run_id,  # nested under the training run in the UI
-        tags.VARIANT: kind, tags.VARIANT_OF: str(mv.version),
-        tags.DATA_VERSION: mv.tags.get(tags.DATA_VERSION, ""),
-    })
+    run = c.create_run(
+        experiment_id,
+        run_name=f"v{mv.version}-{kind}",
+        tags={
+            "mlflow.parentRunId": mv.run_id,  # nested under the training run in the UI
+            tags.VARIANT: kind,
+            tags.VARIANT_OF: str(mv.version),
+            tags.DATA_VERSION: mv.tags.get(tags.DATA_VERSION, ""),
+        },
+    )
     rid = run.info.run_id
     ts = int(time.time() * 1000)
     c.log_batch(rid, metrics=[runs.Metric(k, float(v), ts, 0) for k, v in figures.items()])
@@ -70,14 +88,20 @@ def _register(c, s: Settings, model_name: str, mv, kind: str, path: Path, pre, e
         shutil.copyfile(path, named)
         c.log_artifact(rid, str(named), str(Path(VARIANT_ARTIFACT).parent))
     with mlflow.start_run(run_id=rid):
-        info = mlflow.onnx.log_model(onnx.load(str(path)), name="model", signature=_signature(pre, example),
-                                     input_example=example[:4],
-                                     # CPU: what the variants are for (and no warning
-                                     # about a missing CUDA provider on every load)
-                                     onnx_execution_providers=["CPUExecutionProvider"])
+        info = mlflow.onnx.log_model(
+            onnx.load(str(path)),
+            name="model",
+            signature=_signature(pre, example),
+            input_example=example[:4],
+            # CPU: what the variants are for (and no warning
+            # about a missing CUDA provider on every load)
+            onnx_execution_providers=["CPUExecutionProvider"],
+        )
     c.set_terminated(rid, "FINISHED")
     version_tags = {
-        tags.VARIANT: kind, tags.VARIANT_OF: str(mv.version), tags.RUN_ID: rid,
+        tags.VARIANT: kind,
+        tags.VARIANT_OF: str(mv.version),
+        tags.RUN_ID: rid,
         tags.DATA_VERSION: mv.tags.get(tags.DATA_VERSION, ""),
         tags.TEST_ACCURACY: f"{figures['test_accuracy']:.4f}",
         tags.ACCURACY_DELTA: f"{figures['accuracy_delta']:+.4f}",
@@ -86,14 +110,24 @@ def _register(c, s: Settings, model_name: str, mv, kind: str, path: Path, pre, e
         tags.LATENCY_B64_MS: f"{figures['latency_b64_ms']:.3f}",
     }
     new = mlflow.register_model(info.model_uri, model_name, tags=version_tags)
-    c.update_model_version(model_name, str(new.version), description=(
-        f"The {kind} variant of v{mv.version} (ONNX; raw samples in; outputs logits, probabilities, label)."
-        "\n\n```json\n" + json.dumps({k: round(v, 6) for k, v in figures.items()}, indent=1) + "\n```"))
+    c.update_model_version(
+        model_name,
+        str(new.version),
+        description=(
+            f"The {kind} variant of v{mv.version} (ONNX; raw samples in; outputs logits, probabilities, label)."
+            "\n\n```json\n" + json.dumps({k: round(v, 6) for k, v in figures.items()}, indent=1) + "\n```"
+        ),
+    )
     return str(new.version)
 
 
-def optimize_version(model_name: str, version: str | None, params: OptimizeParams,
-                     settings: Settings | None = None, echo=lambda line: None) -> dict:
+def optimize_version(
+    model_name: str,
+    version: str | None,
+    params: OptimizeParams,
+    settings: Settings | None = None,
+    echo=lambda line: None,
+) -> dict:
     """Build, check and register the variants of `version` (default: the champion).
     Returns {"version", "variants": [{"variant", "registered", "version"?, "reason", figures...}]}."""
     s = settings or get_settings()
@@ -119,22 +153,32 @@ def optimize_version(model_name: str, version: str | None, params: OptimizeParam
             vp = OnnxPredictor(path, threads=params.threads)
             acc = accuracy(vp.logits(x_test), y_test)
             figures = {
-                "test_accuracy": acc, "accuracy_delta": acc - base, "size_bytes": float(path.stat().st_size),
+                "test_accuracy": acc,
+                "accuracy_delta": acc - base,
+                "size_bytes": float(path.stat().st_size),
                 "latency_b1_ms": latency(vp.logits, x_test[:64], 1).ms,
                 "latency_b64_ms": latency(vp.logits, x_test[:64], 64).ms,
             }
             row = {"variant": kind, **figures}
             drop = base - acc
             if drop > params.max_accuracy_drop:
-                row.update(registered=False, reason=(
-                    f"{kind} variant refused: accuracy {acc:.4f} is {drop:.4f} below the PyTorch model's "
-                    f"{base:.4f} (optimize.max_accuracy_drop = {params.max_accuracy_drop:g})"))
+                row.update(
+                    registered=False,
+                    reason=(
+                        f"{kind} variant refused: accuracy {acc:.4f} is {drop:.4f} below the PyTorch model's "
+                        f"{base:.4f} (optimize.max_accuracy_drop = {params.max_accuracy_drop:g})"
+                    ),
+                )
             else:
-                v = _register(c, s, model_name, mv, kind, path, predictor.preprocessing, x_test, figures,
-                              experiment_id)
-                row.update(registered=True, version=v, reason=(
-                    f"{kind} variant registered as v{v}: accuracy {acc:.4f} ({acc - base:+.4f}), "
-                    f"{figures['size_bytes'] / 1024:.1f} KiB, {figures['latency_b1_ms']:.2f} ms at batch 1"))
+                v = _register(c, s, model_name, mv, kind, path, predictor.preprocessing, x_test, figures, experiment_id)
+                row.update(
+                    registered=True,
+                    version=v,
+                    reason=(
+                        f"{kind} variant registered as v{v}: accuracy {acc:.4f} ({acc - base:+.4f}), "
+                        f"{figures['size_bytes'] / 1024:.1f} KiB, {figures['latency_b1_ms']:.2f} ms at batch 1"
+                    ),
+                )
             echo(row["reason"])
             out.append(row)
     follow_champion(model_name, s)

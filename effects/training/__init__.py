@@ -1,1 +1,1 @@
-"""Training: the plain stage functions that dvc repro and the tasks share, and data-parallel training through torchrun."""
+"""Training: the plain stage functions that dvc repro and the tasks share, and data-parallel training."""

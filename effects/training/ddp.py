@@ -38,9 +38,17 @@ def world_size(params: TrainParams) -> int:
     return params.devices * params.nodes
 
 
-def launch(prepared: Prepared, params: TrainParams, model_path: str | Path, work_checkpoint: str | Path | None,
-           *, prepared_dir: str | Path | None = None, progress: bool = True, extra_state: dict | None = None,
-           timeout: float | None = None) -> TrainResult:
+def launch(
+    prepared: Prepared,
+    params: TrainParams,
+    model_path: str | Path,
+    work_checkpoint: str | Path | None,
+    *,
+    prepared_dir: str | Path | None = None,
+    progress: bool = True,
+    extra_state: dict | None = None,
+    timeout: float | None = None,
+) -> TrainResult:
     """Run the training on `train.devices` x `train.nodes` processes; wait; return
     rank 0's result (the final checkpoint is at `model_path`)."""
     from lepton_core.checkpoint import load_checkpoint, model_from_checkpoint
@@ -52,13 +60,22 @@ def launch(prepared: Prepared, params: TrainParams, model_path: str | Path, work
             prepared_dir = d / "prepared"
             write_prepared(prepared, prepared_dir)
         args = {
-            "prepared": str(prepared_dir), "params": params.model_dump(mode="json"),
-            "model_path": str(model_path), "work_checkpoint": str(work_checkpoint) if work_checkpoint else None,
-            "progress": progress, "extra_state": extra_state or {}, "result": str(d / "result.json"),
+            "prepared": str(prepared_dir),
+            "params": params.model_dump(mode="json"),
+            "model_path": str(model_path),
+            "work_checkpoint": str(work_checkpoint) if work_checkpoint else None,
+            "progress": progress,
+            "extra_state": extra_state or {},
+            "result": str(d / "result.json"),
         }
         (d / "args.json").write_text(json.dumps(args))
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={params.devices}",
-               f"--nnodes={params.nodes}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={params.devices}",
+            f"--nnodes={params.nodes}",
+        ]
         if params.nodes == 1:
             cmd += ["--standalone"]
         else:
@@ -77,20 +94,39 @@ def launch(prepared: Prepared, params: TrainParams, model_path: str | Path, work
         with open(log, "wb") as out:
             # rank 0's progress bar and notes reach the terminal; the ranks' logs are kept
             # torchrun dies with this process (its ranks die with torchrun: effects/training/ddp_worker.py)
-            proc = subprocess.run(cmd, stdout=out, stderr=None if progress else out, env=env, timeout=timeout,
-                                  cwd=s.project_dir, preexec_fn=die_with_parent)
+            proc = subprocess.run(
+                cmd,
+                stdout=out,
+                stderr=None if progress else out,
+                env=env,
+                timeout=timeout,
+                cwd=s.project_dir,
+                preexec_fn=die_with_parent,
+            )
         if proc.returncode != 0 or not (d / "result.json").exists():
             tail = log.read_text(errors="replace").strip().splitlines()[-12:]
             reason = next((ln for ln in reversed(tail) if "Error" in ln or "error" in ln), tail[-1] if tail else "")
-            raise RuntimeError(f"data-parallel training on {world_size(params)} processes failed "
-                               f"(exit {proc.returncode}): {reason.strip()[:300]}")
+            raise RuntimeError(
+                f"data-parallel training on {world_size(params)} processes failed "
+                f"(exit {proc.returncode}): {reason.strip()[:300]}"
+            )
         r = json.loads((d / "result.json").read_text())
     state = load_checkpoint(model_path)
     model, cfg = model_from_checkpoint(state)
-    return TrainResult(model=model, model_config=cfg, epochs_run=r["epochs_run"], best_epoch=r["best_epoch"],
-                       best_val_accuracy=r["best_val_accuracy"], resumed_from_epoch=r["resumed_from_epoch"],
-                       stopped_early=r["stopped_early"], history=r["history"], device=r["device"],
-                       compile_seconds=r["compile_seconds"], world_size=r["world_size"], ranks=r["ranks"])
+    return TrainResult(
+        model=model,
+        model_config=cfg,
+        epochs_run=r["epochs_run"],
+        best_epoch=r["best_epoch"],
+        best_val_accuracy=r["best_val_accuracy"],
+        resumed_from_epoch=r["resumed_from_epoch"],
+        stopped_early=r["stopped_early"],
+        history=r["history"],
+        device=r["device"],
+        compile_seconds=r["compile_seconds"],
+        world_size=r["world_size"],
+        ranks=r["ranks"],
+    )
 
 
 def _loopback() -> str:

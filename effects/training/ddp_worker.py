@@ -1,6 +1,6 @@
 """One rank of a data-parallel training (started by torchrun; see effects/training/ddp.py).
 
-    python -m effects.training.ddp_worker ARGS.json
+python -m effects.training.ddp_worker ARGS.json
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         if rank == 0 and extra.get("mlflow_run_id"):
             log = runs.BatchedMetricLogger(runs.client(get_settings()), extra["mlflow_run_id"])
         kwargs = {"log": log} if log is not None else {}
-        result = train_on_prepared(prepared, params, pre, args["work_checkpoint"], progress=args["progress"],
-                                   extra_state=extra, **kwargs)
+        result = train_on_prepared(
+            prepared, params, pre, args["work_checkpoint"], progress=args["progress"], extra_state=extra, **kwargs
+        )
         if log is not None:
             log.flush()
         # every rank's account: the rows it trained on first and a digest of its final
@@ -58,9 +59,20 @@ def main(argv: list[str] | None = None) -> None:
         dist.barrier()
         if rank == 0:
             save_trained_model(result, params, pre, prepared.meta, args["model_path"])
-            out = {k: getattr(result, k) for k in ("epochs_run", "best_epoch", "best_val_accuracy",
-                                                   "resumed_from_epoch", "stopped_early", "history", "device",
-                                                   "compile_seconds", "world_size")}
+            out = {
+                k: getattr(result, k)
+                for k in (
+                    "epochs_run",
+                    "best_epoch",
+                    "best_val_accuracy",
+                    "resumed_from_epoch",
+                    "stopped_early",
+                    "history",
+                    "device",
+                    "compile_seconds",
+                    "world_size",
+                )
+            }
             out["ranks"] = [json.loads(Path(f"{args['result']}.rank{r}").read_text()) for r in range(world)]
             tmp = Path(args["result"] + ".tmp")
             tmp.write_text(json.dumps(out))
@@ -68,7 +80,6 @@ def main(argv: list[str] | None = None) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
 
 
 def _weights_digest(model) -> str:

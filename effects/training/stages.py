@@ -23,9 +23,16 @@ from lepton_core.predictor import Predictor, Preprocessing
 from lepton_core.train import LogFn, TrainResult, save_trained_model, train_on_prepared
 
 
-def train_stage(prepared: Prepared, params: TrainParams, model_path: str | Path,
-                work_checkpoint: str | Path | None = None, log: LogFn | None = None,
-                progress: bool = True, prepared_dir: str | Path | None = None, **train_kwargs) -> TrainResult:
+def train_stage(
+    prepared: Prepared,
+    params: TrainParams,
+    model_path: str | Path,
+    work_checkpoint: str | Path | None = None,
+    log: LogFn | None = None,
+    progress: bool = True,
+    prepared_dir: str | Path | None = None,
+    **train_kwargs,
+) -> TrainResult:
     """Train on the prepared splits and write the final checkpoint to `model_path`
     (`train_kwargs`: extra_state, note; see lepton_core.train.train_on_prepared).
     With `train.devices` x `train.nodes` > 1 the training runs data-parallel under
@@ -34,8 +41,15 @@ def train_stage(prepared: Prepared, params: TrainParams, model_path: str | Path,
     from effects.training import ddp
 
     if ddp.world_size(params) > 1:
-        return ddp.launch(prepared, params, model_path, work_checkpoint, prepared_dir=prepared_dir,
-                          progress=progress, extra_state=train_kwargs.get("extra_state"))
+        return ddp.launch(
+            prepared,
+            params,
+            model_path,
+            work_checkpoint,
+            prepared_dir=prepared_dir,
+            progress=progress,
+            extra_state=train_kwargs.get("extra_state"),
+        )
     pre = Preprocessing.from_meta(prepared.meta)
     kwargs = {"log": log, **train_kwargs} if log is not None else train_kwargs
     result = train_on_prepared(prepared, params, pre, work_checkpoint, progress=progress, **kwargs)
@@ -51,7 +65,9 @@ def evaluate_stage(prepared: Prepared, checkpoint_path: str | Path, out_dir: str
     metrics = evaluate_predictor(predictor, prepared.x["test"], prepared.y["test"])
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     save_confusion_matrix(
-        np.asarray(metrics["confusion_matrix"]), predictor.classes, out / "confusion_matrix.png",
+        np.asarray(metrics["confusion_matrix"]),
+        predictor.classes,
+        out / "confusion_matrix.png",
         title=f"test split: accuracy {metrics['accuracy']:.3f}",
     )
     return metrics

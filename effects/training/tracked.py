@@ -16,8 +16,17 @@ from lepton_core.params import TrainParams
 from lepton_core.train import TrainResult
 
 
-def train_in_run(c: Any, run_id: str, prepared_dir: Path, params: TrainParams, final: Path,
-                 work_checkpoint: Path | None, *, progress: bool, **train_kwargs: Any) -> tuple[TrainResult, float]:
+def train_in_run(
+    c: Any,
+    run_id: str,
+    prepared_dir: Path,
+    params: TrainParams,
+    final: Path,
+    work_checkpoint: Path | None,
+    *,
+    progress: bool,
+    **train_kwargs: Any,
+) -> tuple[TrainResult, float]:
     """Train on the dataset at `prepared_dir`, logging each epoch to `run_id`; write the
     final checkpoint to `final` and log it. Returns the result and the training's
     seconds. `train_kwargs`: extra_state, note (see effects.training.stages)."""
@@ -25,14 +34,26 @@ def train_in_run(c: Any, run_id: str, prepared_dir: Path, params: TrainParams, f
     remove_partial_writes(final)  # a killed writer's temporaries
     logger = runs.BatchedMetricLogger(c, run_id)
     t0 = time.perf_counter()
-    result = train_stage(prepared, params, final, work_checkpoint, log=logger, progress=progress,
-                         prepared_dir=prepared_dir, **train_kwargs)
+    result = train_stage(
+        prepared,
+        params,
+        final,
+        work_checkpoint,
+        log=logger,
+        progress=progress,
+        prepared_dir=prepared_dir,
+        **train_kwargs,
+    )
     seconds = time.perf_counter() - t0
     logger.flush()
     c.log_artifact(run_id, str(final), "checkpoint")
-    c.log_batch(run_id, metrics=[
-        runs.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch),
-        runs.Metric("epochs_run", result.epochs_run, 0, 0),
-        runs.Metric("train_seconds", seconds, 0, 0),
-    ], tags=[runs.RunTag(tags.DEVICE, result.device)])
+    c.log_batch(
+        run_id,
+        metrics=[
+            runs.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch),
+            runs.Metric("epochs_run", result.epochs_run, 0, 0),
+            runs.Metric("train_seconds", seconds, 0, 0),
+        ],
+        tags=[runs.RunTag(tags.DEVICE, result.device)],
+    )
     return result, seconds

@@ -50,16 +50,19 @@ class _MonitorGroup(TyperGroup):
 
 
 monitor_app = typer.Typer(
-    cls=_MonitorGroup, no_args_is_help=False,
+    cls=_MonitorGroup,
+    no_args_is_help=False,
     help="Check new data for drift: `lepton monitor [BATCH] [--format F] [--set k=v] [--json]` runs "
-         "`check` (see `lepton monitor check --help`). `accepted` lists the labelled batches the next "
-         "retrain folds in; `reject BATCH` takes one off that list.")
+    "`check` (see `lepton monitor check --help`). `accepted` lists the labelled batches the next "
+    "retrain folds in; `reject BATCH` takes one off that list.",
+)
 
 
 @monitor_app.command("check")
 def monitor(
     batch: str | None = typer.Argument(
-        None, help="a batch folder or file, or s3://bucket/prefix (default: new batches in the inbox)"),
+        None, help="a batch folder or file, or s3://bucket/prefix (default: new batches in the inbox)"
+    ),
     fmt: str | None = typer.Option(None, "--format", help="batch format (default: detected)"),
     set_: list[str] = SetOpt,
     params_file: Path | None = ParamsOpt,

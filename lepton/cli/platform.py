@@ -18,27 +18,41 @@ STATUS_TIMEOUT_S = 10  # a request of `lepton status` to MLflow: it is a health 
 
 def _port_option(name: str, default: int):
     return typer.Option(
-        None, f"--{name}-port", help=f"{name} port (default {default}, or LEPTON_{name.upper()}_PORT)",
-        show_default=False, min=1, max=65535)
+        None,
+        f"--{name}-port",
+        help=f"{name} port (default {default}, or LEPTON_{name.upper()}_PORT)",
+        show_default=False,
+        min=1,
+        max=65535,
+    )
 
 
-PORT_OPTS = {name: _port_option(name, default) for name, default in
-             (("prefect", 4200), ("mlflow", 5000), ("s3", 8333), ("serve", 8000))}
+PORT_OPTS = {
+    name: _port_option(name, default)
+    for name, default in (("prefect", 4200), ("mlflow", 5000), ("s3", 8333), ("serve", 8000))
+}
 
 
 def up(
     db: str | None = typer.Option(
-        None, "--db", help="postgresql://USER@HOST:PORT/NAME for both servers (default: SQLite; or LEPTON_DB_URL)"),
+        None, "--db", help="postgresql://USER@HOST:PORT/NAME for both servers (default: SQLite; or LEPTON_DB_URL)"
+    ),
     prefect_port: int | None = PORT_OPTS["prefect"],
     mlflow_port: int | None = PORT_OPTS["mlflow"],
     s3_port: int | None = PORT_OPTS["s3"],
     serve_port: int | None = PORT_OPTS["serve"],
     sse: str | None = typer.Option(
-        None, "--sse", metavar="AES256|aws:kms|none",
-        help="server-side encryption asked for on every S3 write (default: LEPTON_S3_SSE, else as at the last up)"),
+        None,
+        "--sse",
+        metavar="AES256|aws:kms|none",
+        help="server-side encryption asked for on every S3 write (default: LEPTON_S3_SSE, else as at the last up)",
+    ),
     no_auth: bool = typer.Option(
-        False, "--no-auth", help="no authentication on S3's filer, MLflow and Prefect (default: on, "
-                                 "credentials in <home>/stack/credentials.json)"),
+        False,
+        "--no-auth",
+        help="no authentication on S3's filer, MLflow and Prefect (default: on, "
+        "credentials in <home>/stack/credentials.json)",
+    ),
 ):
     """Start the live stack: S3 store, MLflow server, Prefect server, a worker and the model server."""
     from effects.runtime.settings import configure_environment, redact_uri
@@ -47,12 +61,19 @@ def up(
     # bounded=False: the worker started here inherits this environment, and its flow
     # runs (long, unattended) keep the clients' own patient retries
     s = configure_environment(use_stack=False, bounded=False)
-    state = stack.up(s, db, {
-        "prefect": prefect_port or s.ports.get("prefect"),
-        "mlflow": mlflow_port or s.ports.get("mlflow"),
-        "s3": s3_port or s.ports.get("s3"),
-        "serve": serve_port or s.ports.get("serve"),
-    }, echo=lambda m: typer.echo(m, err=True), sse=sse, auth=False if no_auth else None)
+    state = stack.up(
+        s,
+        db,
+        {
+            "prefect": prefect_port or s.ports.get("prefect"),
+            "mlflow": mlflow_port or s.ports.get("mlflow"),
+            "s3": s3_port or s.ports.get("s3"),
+            "serve": serve_port or s.ports.get("serve"),
+        },
+        echo=lambda m: typer.echo(m, err=True),
+        sse=sse,
+        auth=False if no_auth else None,
+    )
     urls = dataclasses.asdict(stack.urls(state))
     backend = redact_uri(state["db_url"]) if state["db_url"] else ""
     echo_lines(render.up_summary(state, urls, str(stack.stack_dir(s.home)), backend))
@@ -86,8 +107,10 @@ def status(
         else:
             echo_lines(render.services_table(services))
         h = services[sick[0]]
-        raise StackDown(f"the stack's {sick[0]} is {'not healthy' if h['running'] else 'down'} ({h['url']}); "
-                        "run `lepton up` to start it again")
+        raise StackDown(
+            f"the stack's {sick[0]} is {'not healthy' if h['running'] else 'down'} ({h['url']}); "
+            "run `lepton up` to start it again"
+        )
     require(s, ("mlflow",))
     from effects.tracking.registry import registry_status
 
@@ -143,15 +166,24 @@ def deploy(
     params_file: Path | None = ParamsOpt,
     set_: list[str] = SetOpt,
     write_prefect_yaml: Path | None = typer.Option(
-        None, "--write-prefect-yaml", metavar="FILE",
-        help="write the same deployments as a prefect.yaml (for `prefect deploy --all`) and stop"),
+        None,
+        "--write-prefect-yaml",
+        metavar="FILE",
+        help="write the same deployments as a prefect.yaml (for `prefect deploy --all`) and stop",
+    ),
     pool_type: str = typer.Option(
-        "process", "--pool-type", metavar="TYPE",
-        help="process, or kubernetes: flow runs as Jobs; retrain asks for params.deploy's gpus, memory, cpu"),
+        "process",
+        "--pool-type",
+        metavar="TYPE",
+        help="process, or kubernetes: flow runs as Jobs; retrain asks for params.deploy's gpus, memory, cpu",
+    ),
     pool: str | None = typer.Option(None, "--pool", help="work pool name (default: LEPTON_WORK_POOL or lepton)"),
     base_job_template: Path | None = typer.Option(
-        None, "--base-job-template", metavar="FILE",
-        help="template of a new kubernetes pool (default: infra/work-pools/kubernetes.json)"),
+        None,
+        "--base-job-template",
+        metavar="FILE",
+        help="template of a new kubernetes pool (default: infra/work-pools/kubernetes.json)",
+    ),
 ):
     """Register the retrain (scheduled), promote, rollback and monitor deployments and the drift trigger."""
     from effects.runtime.settings import configure_environment
@@ -183,12 +215,23 @@ def deploy(
     ids = deploy_all(params, str(s.project_dir), pool or s.work_pool, pool_type, template)
     automation = ids.pop("automation")
     recovery = [k for k in (LOST_RUNS_AUTOMATION, RETRY_CRASHED_AUTOMATION) if ids.pop(k, None)]
-    echo_lines(render.deploy_summary(ids, automation, recovery, CRASH_RETRIES, deploy=params.deploy.model_dump(),
-                                     monitor_cron=params.monitor.cron, pool=pool or s.work_pool, pool_type=pool_type))
+    echo_lines(
+        render.deploy_summary(
+            ids,
+            automation,
+            recovery,
+            CRASH_RETRIES,
+            deploy=params.deploy.model_dump(),
+            monitor_cron=params.monitor.cron,
+            pool=pool or s.work_pool,
+            pool_type=pool_type,
+        )
+    )
 
 
-def _write_prefect_yaml(path: Path, params_file: Path | None, overrides: list[str], pool: str | None,
-                        pool_type: str) -> None:
+def _write_prefect_yaml(
+    path: Path, params_file: Path | None, overrides: list[str], pool: str | None, pool_type: str
+) -> None:
     from effects.runtime.settings import configure_environment
     from lepton.deploy import render_prefect_yaml
     from lepton_core.fileio import atomic_write

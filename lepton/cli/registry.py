@@ -60,7 +60,8 @@ def rollback(params_file: Path | None = ParamsOpt):
 def optimize(
     version: str | None = typer.Argument(None, help="model version number (default: the champion)"),
     variant: list[str] = typer.Option(
-        [], "--variant", help="onnx | int8 (repeatable; default: optimize.variants from params)"),
+        [], "--variant", help="onnx | int8 (repeatable; default: optimize.variants from params)"
+    ),
     as_json: bool = JsonOpt,
     set_: list[str] = SetOpt,
     params_file: Path | None = ParamsOpt,
@@ -81,8 +82,9 @@ def optimize(
     opt = params.optimize.model_copy(update={"variants": tuple(variant)}) if variant else params.optimize
     from effects.tracking.variants import optimize_version
 
-    r = optimize_version(params.registry.model_name, version, opt, s,
-                         echo=(lambda line: None) if as_json else typer.echo)
+    r = optimize_version(
+        params.registry.model_name, version, opt, s, echo=(lambda line: None) if as_json else typer.echo
+    )
     if as_json:
         echo_json(r)
     if not all(v["registered"] for v in r["variants"]):

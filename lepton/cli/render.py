@@ -22,18 +22,25 @@ def retrain_summary(result: dict, status: dict, registry: str) -> list[str]:
     """After `lepton retrain` / `lepton demo`: the new version, the gate's reason, the
     champion, this run, where it is. (Then `browse`.)"""
     d = result["decision"]
-    lines = ["", f"model version   {status['registered_model']} v{result['version']}: {verdict(d['promoted'])}",
-             f"gate            {d['reason']}"]
+    lines = [
+        "",
+        f"model version   {status['registered_model']} v{result['version']}: {verdict(d['promoted'])}",
+        f"gate            {d['reason']}",
+    ]
     champ = status["champion"]
     if champ:
         m = champ["metrics"]
-        lines.append(f"champion        v{champ['version']}  test accuracy {m.get('accuracy', NaN):.4f}"
-                     f"  macro-F1 {m.get('f1_macro', NaN):.4f}")
-    lines += [f"this run        test accuracy {result['metrics']['test_accuracy']:.4f}"
-              f"  macro-F1 {result['metrics']['test_f1_macro']:.4f}",
-              f"data version    {result['data_version']}",
-              f"MLflow run      {result['run_id']}",
-              f"registry        {registry}"]
+        lines.append(
+            f"champion        v{champ['version']}  test accuracy {m.get('accuracy', NaN):.4f}"
+            f"  macro-F1 {m.get('f1_macro', NaN):.4f}"
+        )
+    lines += [
+        f"this run        test accuracy {result['metrics']['test_accuracy']:.4f}"
+        f"  macro-F1 {result['metrics']['test_f1_macro']:.4f}",
+        f"data version    {result['data_version']}",
+        f"MLflow run      {result['run_id']}",
+        f"registry        {registry}",
+    ]
     return lines
 
 
@@ -56,15 +63,20 @@ def sweep_summary(result: dict, model_name: str) -> list[str]:
     """After `lepton sweep`: one line per trial (* the best), then the best trial's
     version and the gate's reason. (Then `browse`.)"""
     best, d = result["best"], result["decision"]
-    lines = ["", f"sweep           {len(result['trials'])} trials ({result['failed']} failed) on {result['runner']}; "
-                 f"parent MLflow run {result['parent_run_id']}"]
+    lines = [
+        "",
+        f"sweep           {len(result['trials'])} trials ({result['failed']} failed) on {result['runner']}; "
+        f"parent MLflow run {result['parent_run_id']}",
+    ]
     for t in result["trials"]:
         value = "failed" if t["value"] is None else f"{result['metric']} {t['value']:.4f}"
         mark = "*" if t["number"] == best["number"] else " "
         lines.append(f"  {mark} trial {t['number']:<3} {value:<24} {_trial_values(t['values'])}")
-    lines += [f"model version   {model_name} v{result['version']} (trial {best['number']}): {verdict(d['promoted'])}",
-              f"gate            {d['reason']}",
-              f"best trial      test accuracy {result['metrics']['test_accuracy']:.4f}  run {best['run_id']}"]
+    lines += [
+        f"model version   {model_name} v{result['version']} (trial {best['number']}): {verdict(d['promoted'])}",
+        f"gate            {d['reason']}",
+        f"best trial      test accuracy {result['metrics']['test_accuracy']:.4f}  run {best['run_id']}",
+    ]
     return lines
 
 
@@ -128,20 +140,35 @@ def wrote_line(path) -> str:
     return f"wrote {path}"
 
 
-def deploy_summary(deployed: dict, automation, recovery: list[str], crash_retries: int, *,
-                   deploy: dict, monitor_cron: str, pool: str, pool_type: str) -> list[str]:
+def deploy_summary(
+    deployed: dict,
+    automation,
+    recovery: list[str],
+    crash_retries: int,
+    *,
+    deploy: dict,
+    monitor_cron: str,
+    pool: str,
+    pool_type: str,
+) -> list[str]:
     """After `lepton deploy`: each deployment's id, the schedules, the drift trigger,
     the crash-recovery automations and (kubernetes) what a retrain Job asks for.
     `deploy`: the params' deploy section as a dict."""
     lines = [f"deployed {flow_name}/lepton  ({dep_id})" for flow_name, dep_id in deployed.items()]
-    lines += [f"retrain runs on cron '{deploy['retrain_cron']}', monitor on '{monitor_cron}' ({deploy['timezone']})",
-              f"trigger lepton-retrain-on-drift ({automation}): lepton.drift.detected -> retrain/lepton"]
+    lines += [
+        f"retrain runs on cron '{deploy['retrain_cron']}', monitor on '{monitor_cron}' ({deploy['timezone']})",
+        f"trigger lepton-retrain-on-drift ({automation}): lepton.drift.detected -> retrain/lepton",
+    ]
     if recovery:
-        lines.append(f"automations {' and '.join(recovery)}: a run whose process died is marked crashed and "
-                     f"run again (at most {crash_retries} times), resuming from its checkpoint")
+        lines.append(
+            f"automations {' and '.join(recovery)}: a run whose process died is marked crashed and "
+            f"run again (at most {crash_retries} times), resuming from its checkpoint"
+        )
     if pool_type == "kubernetes":
-        lines.append(f"work pool {pool} (kubernetes): retrain runs as a Job with {deploy['gpus']} GPU(s), "
-                     f"{deploy['memory']} memory, {deploy['cpu']} CPU(s)")
+        lines.append(
+            f"work pool {pool} (kubernetes): retrain runs as a Job with {deploy['gpus']} GPU(s), "
+            f"{deploy['memory']} memory, {deploy['cpu']} CPU(s)"
+        )
     return lines
 
 
@@ -160,8 +187,9 @@ def env_notes(stack: bool, down: Iterable[str] = (), differing: Iterable[str] = 
     if not stack:
         lines = ["no stack is up (`lepton up` starts one): these are the local defaults"]
         if differing:
-            lines.append(f"set in this shell, so used over the local defaults: {', '.join(differing)} "
-                         "(`unset` for the defaults)")
+            lines.append(
+                f"set in this shell, so used over the local defaults: {', '.join(differing)} (`unset` for the defaults)"
+            )
         return lines
     lines = [f"the stack's {name} is down: `lepton up` starts it again" for name in down]
     if differing:
@@ -213,14 +241,18 @@ def rejected_line(b: dict) -> str:
 
 # ---------------------------------------------------------------- serving and data
 def serving_line(model_name: str, alias: str, host: str, port: int, auth: bool, log_folder) -> str:
-    return (f"serving {model_name}@{alias} on http://{host}:{port}  (POST /v1/predict; "
-            f"auth {'on' if auth else 'off'}; prediction log {log_folder})")
+    return (
+        f"serving {model_name}@{alias} on http://{host}:{port}  (POST /v1/predict; "
+        f"auth {'on' if auth else 'off'}; prediction log {log_folder})"
+    )
 
 
 def predict_line(r: dict) -> str:
     acc = f", accuracy {r['accuracy']:.4f} against the labels in the data" if "accuracy" in r else ""
-    return (f"scored {r['rows']} samples with {r['model']} v{r['version']} ({r['quarantined']} quarantined)"
-            f"{acc} -> {r['out']}")
+    return (
+        f"scored {r['rows']} samples with {r['model']} v{r['version']} ({r['quarantined']} quarantined)"
+        f"{acc} -> {r['out']}"
+    )
 
 
 def restored_line(version: str, path, files: int) -> str:

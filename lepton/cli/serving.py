@@ -21,11 +21,17 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     port: int = typer.Option(8000, "--port", help="port to listen on", min=1, max=65535),
     token: str | None = typer.Option(
-        None, "--token", help="require this bearer token on /v1/* (default: LEPTON_SERVE_TOKEN; none = open)",
-        show_default=False),
+        None,
+        "--token",
+        help="require this bearer token on /v1/* (default: LEPTON_SERVE_TOKEN; none = open)",
+        show_default=False,
+    ),
     variant: str = typer.Option(
-        "torch", "--variant", help="torch | onnx | int8: serve the alias's PyTorch model or its ONNX variant "
-        "(@ALIAS-onnx, @ALIAS-int8, made by `lepton optimize`) through ONNX Runtime"),
+        "torch",
+        "--variant",
+        help="torch | onnx | int8: serve the alias's PyTorch model or its ONNX variant "
+        "(@ALIAS-onnx, @ALIAS-int8, made by `lepton optimize`) through ONNX Runtime",
+    ),
     set_: list[str] = SetOpt,
     params_file: Path | None = ParamsOpt,
 ):
@@ -47,8 +53,9 @@ def serve(
 
     alias = alias if variant == "torch" else f"{alias}-{variant}"
     server = ModelServer(model or params.registry.model_name, alias, params.serve, s, token or s.serve_token)
-    typer.echo(render.serving_line(server.model_name, alias, host, port, bool(server.token), server.log.folder),
-               err=True)
+    typer.echo(
+        render.serving_line(server.model_name, alias, host, port, bool(server.token), server.log.folder), err=True
+    )
     uvicorn.run(create_app(server), host=host, port=port, log_level="warning", workers=1)
 
 
@@ -72,6 +79,7 @@ def predict(
     require(s, ("mlflow", "s3"))
     from effects.serving.batch_scoring import score_data
 
-    r = score_data(data.resolve(), fmt, out.resolve(), model or params.registry.model_name, alias,
-                   progress=progress, settings=s)
+    r = score_data(
+        data.resolve(), fmt, out.resolve(), model or params.registry.model_name, alias, progress=progress, settings=s
+    )
     typer.echo(render.predict_line(r))

@@ -78,10 +78,9 @@ def demo(
 
 def retrain(
     data: str | None = typer.Option(
-        None, "--data", help="raw data file or folder, or an S3 prefix (s3://bucket/prefix)"),
-    fmt: str | None = typer.Option(
-        None, "--format", help=f"raw data format: {'|'.join(FORMATS)}", show_default=False
+        None, "--data", help="raw data file or folder, or an S3 prefix (s3://bucket/prefix)"
     ),
+    fmt: str | None = typer.Option(None, "--format", help=f"raw data format: {'|'.join(FORMATS)}", show_default=False),
     set_: list[str] = SetOpt,
     params_file: Path | None = ParamsOpt,
     progress: bool = typer.Option(True, help="show a progress bar while training"),
@@ -110,9 +109,12 @@ def sweep(
     trials: int | None = typer.Option(None, "--trials", help="trials in all (default: sweep.trials)"),
     parallel: int | None = typer.Option(None, "--parallel", help="trials at once (default: sweep.parallel)"),
     dask: str | None = typer.Option(
-        None, "--dask", metavar="ADDRESS|local",
+        None,
+        "--dask",
+        metavar="ADDRESS|local",
         help="run the trials on the Dask scheduler at ADDRESS (tcp://HOST:8786), or on a temporary "
-             "LocalCluster of --parallel worker processes with 'local' (default: threads)"),
+        "LocalCluster of --parallel worker processes with 'local' (default: threads)",
+    ),
     set_: list[str] = SetOpt,
     params_file: Path | None = ParamsOpt,
     progress: bool = typer.Option(False, help="show each trial's progress bar"),

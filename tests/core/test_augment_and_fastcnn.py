@@ -33,8 +33,12 @@ def test_translation_is_a_crop_of_the_reflect_padded_image_and_depends_on_the_ep
     assert out.shape == x.shape
     shifts = set()
     for i in range(16):
-        found = [(dy, dx) for dy in range(2 * t + 1) for dx in range(2 * t + 1)
-                 if torch.equal(out[i], padded[i, :, dy:dy + 7, dx:dx + 6])]
+        found = [
+            (dy, dx)
+            for dy in range(2 * t + 1)
+            for dx in range(2 * t + 1)
+            if torch.equal(out[i], padded[i, :, dy : dy + 7, dx : dx + 6])
+        ]
         assert found, i
         shifts.add(found[0])
     assert len(shifts) > 3  # random per image, not one shift for the batch
@@ -79,10 +83,12 @@ def test_fastcnn_trains_with_augmentation_and_rebuilds_from_its_checkpoint(tmp_p
     x = rng.integers(0, 60, (n, 3, 12, 12)).astype(np.uint8)
     for k in range(3):  # a bright channel per class: learnable in a few epochs
         x[y == k, k] += 150
-    prepared = prepare_dataset(RawDataset(x=x, y=y, classes=["r", "g", "b"], kind="image"),
-                               val_fraction=0.2, test_fraction=0.2, seed=0)
-    params = TrainParams(model="fastcnn", width=4, epochs=4, batch_size=32, augment="on", translate=1,
-                         patience=0, lr=3e-3)
+    prepared = prepare_dataset(
+        RawDataset(x=x, y=y, classes=["r", "g", "b"], kind="image"), val_fraction=0.2, test_fraction=0.2, seed=0
+    )
+    params = TrainParams(
+        model="fastcnn", width=4, epochs=4, batch_size=32, augment="on", translate=1, patience=0, lr=3e-3
+    )
     pre = Preprocessing.from_meta(prepared.meta)
     cfg = model_config_for(prepared.meta, "fastcnn", 4, 2, 0.0)
     assert cfg.kind == "fastcnn"

@@ -7,8 +7,14 @@ import pytest
 
 from lepton_core.data.formats import load_digits
 from lepton_core.drift import (
-    IMAGE_FEATURES, KINDS, DriftThresholds, decide_drift, image_features, output_features,
-    parse_strength, simulate_drift,
+    IMAGE_FEATURES,
+    KINDS,
+    DriftThresholds,
+    decide_drift,
+    image_features,
+    output_features,
+    parse_strength,
+    simulate_drift,
 )
 
 T = DriftThresholds(drift_share=0.5, max_accuracy_drop=0.1, min_rows=50)
@@ -68,9 +74,11 @@ def test_strength_zero_changes_nothing_and_high_changes_features_more():
         x0, _ = simulate_drift(x, y, kind, 0.0)
         assert np.array_equal(x0, x)
     base = image_features(x / 255.0)
+
     def shift(s):
         xd, _ = simulate_drift(x, y, "brightness", s)
         return abs(image_features(xd / 255.0)["ink_fraction"].mean() - base["ink_fraction"].mean())
+
     assert shift(1.0) > shift(0.25) > 0
 
 

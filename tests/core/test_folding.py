@@ -44,8 +44,10 @@ def test_a_batch_these_params_cannot_read_is_set_aside(tmp_path):
     missing = tmp_path / "missing.csv"
     pd.DataFrame({"f1": [1.0], "f2": [2.0], "species": ["a"]}).to_csv(missing, index=False)
     params = DataParams(format="csv", path=str(tmp_path / "base.csv"), label_column="species")
-    extra = [{"id": "other-1", "format": "csv", "path": str(other)},
-             {"id": "missing-1", "format": "csv", "path": str(missing)}]
+    extra = [
+        {"id": "other-1", "format": "csv", "path": str(other)},
+        {"id": "missing-1", "format": "csv", "path": str(missing)},
+    ]
     report = prepare_from_params(params, tmp_path / "out", extra=extra)
     reasons = {q["item"]: q["reason"] for q in report["quarantined_items"]}
     assert "no label column" in reasons["other-1"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import pickle
 import struct
@@ -14,7 +13,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lepton_core.data import formats
 from lepton_core.data.formats import (
     load_cifar10,
     load_digits,
@@ -31,9 +29,7 @@ from lepton_core.errors import DataError, LeptonError
 def idx_bytes(arr: np.ndarray) -> bytes:
     """The real IDX layout: 0x00 0x00 <dtype 0x08=ubyte> <ndim>, big-endian uint32 dims, data."""
     assert arr.dtype == np.uint8
-    return struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(
-        ">" + "I" * arr.ndim, *arr.shape
-    ) + arr.tobytes()
+    return struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape) + arr.tobytes()
 
 
 def write_mnist_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray, gz: bool) -> tuple[Path, Path]:
@@ -234,13 +230,49 @@ def py2_cifar_pickle(data: np.ndarray, labels: list[int]) -> bytes:
             return b"M" + struct.pack("<H", v)
         return b"J" + struct.pack("<i", v)
 
-    dtype = b"cnumpy\ndtype\n" + s(b"u1") + i(0) + i(1) + b"\x87R" + b"(" + i(3) + s(b"|") + b"NNN" + i(-1) + i(-1) + i(0) + b"tb"
+    dtype = (
+        b"cnumpy\ndtype\n"
+        + s(b"u1")
+        + i(0)
+        + i(1)
+        + b"\x87R"
+        + b"("
+        + i(3)
+        + s(b"|")
+        + b"NNN"
+        + i(-1)
+        + i(-1)
+        + i(0)
+        + b"tb"
+    )
     array = (
-        b"cnumpy.core.multiarray\n_reconstruct\n" + b"cnumpy\nndarray\n" + i(0) + b"\x85" + s(b"b") + b"\x87R"
-        + b"(" + i(1) + i(data.shape[0]) + i(data.shape[1]) + b"\x86" + dtype + b"\x89" + s(data.tobytes()) + b"tb"
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        + b"cnumpy\nndarray\n"
+        + i(0)
+        + b"\x85"
+        + s(b"b")
+        + b"\x87R"
+        + b"("
+        + i(1)
+        + i(data.shape[0])
+        + i(data.shape[1])
+        + b"\x86"
+        + dtype
+        + b"\x89"
+        + s(data.tobytes())
+        + b"tb"
     )
     label_list = b"](" + b"".join(i(v) for v in labels) + b"e"
-    return b"\x80\x02}(" + s(b"batch_label") + s(b"training batch 1 of 5") + s(b"labels") + label_list + s(b"data") + array + b"u."
+    return (
+        b"\x80\x02}("
+        + s(b"batch_label")
+        + s(b"training batch 1 of 5")
+        + s(b"labels")
+        + label_list
+        + s(b"data")
+        + array
+        + b"u."
+    )
 
 
 def test_py2_style_pickle_is_a_valid_pickle():
@@ -397,7 +429,9 @@ def test_imagefolder_corrupt_files_are_quarantined(tmp_path):
     np.testing.assert_array_equal(ds.y, [0, 0, 0, 1, 1, 1])
     reasons = {q["item"]: q["reason"] for q in ds.quarantined}
     assert set(reasons) == {
-        os.path.join("a", "truncated.png"), os.path.join("b", "fake.png"), os.path.join("b", "small.png")
+        os.path.join("a", "truncated.png"),
+        os.path.join("b", "fake.png"),
+        os.path.join("b", "small.png"),
     }
     assert reasons[os.path.join("a", "truncated.png")].startswith("unreadable image")
     assert reasons[os.path.join("b", "fake.png")].startswith("unreadable image")
@@ -472,7 +506,9 @@ def test_csv_integer_labels_sorted_numerically(tmp_path):
 
 def test_parquet_table(tmp_path):
     p = tmp_path / "t.parquet"
-    df = pd.DataFrame({"x": np.arange(5, dtype=np.float64), "y": np.arange(5, dtype=np.int32) * 2, "target": list("babab")})
+    df = pd.DataFrame(
+        {"x": np.arange(5, dtype=np.float64), "y": np.arange(5, dtype=np.int32) * 2, "target": list("babab")}
+    )
     df.to_parquet(p)
     ds = load_raw("csv", p, label_column="target")
     assert ds.classes == ["a", "b"]

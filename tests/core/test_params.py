@@ -12,7 +12,6 @@ from lepton_core.params import (
     apply_overrides,
     flatten_params,
     load_params,
-    parse_params,
 )
 
 
@@ -84,7 +83,10 @@ def test_override_types_parsed():
     assert p.train.schedule == "onecycle" and p.data.seed == -7
     assert p.promote.alpha == 0.1 and p.registry.model_name == "my-model"
     # null and the empty value both mean None; later overrides win
-    assert load_params(None, ["train.max_train_samples=100", "train.max_train_samples=null"]).train.max_train_samples is None
+    assert (
+        load_params(None, ["train.max_train_samples=100", "train.max_train_samples=null"]).train.max_train_samples
+        is None
+    )
     assert load_params(None, ["data.path="]).data.path is None
     assert load_params(None, [" train.epochs = 4"]).train.epochs == 4
 

@@ -10,13 +10,20 @@ import torch
 
 from lepton_core.errors import InputError
 from lepton_core.models import ModelConfig, build_model
+from lepton_core.params import TrainParams
 from lepton_core.predictor import Predictor, Preprocessing, check_samples
 from lepton_core.train import TrainResult, save_trained_model
-from lepton_core.params import TrainParams
 
 IMG = Preprocessing(kind="image", input_shape=(1, 4, 4), dtype="uint8", scale=1 / 255, classes=("a", "b", "c"))
-TAB = Preprocessing(kind="tabular", input_shape=(3,), dtype="float32", scale=1.0, classes=("x", "y"),
-                    feature_names=("f1", "f2", "f3"), label_column="species")
+TAB = Preprocessing(
+    kind="tabular",
+    input_shape=(3,),
+    dtype="float32",
+    scale=1.0,
+    classes=("x", "y"),
+    feature_names=("f1", "f2", "f3"),
+    label_column="species",
+)
 
 
 def _cnn_predictor() -> Predictor:
@@ -41,13 +48,16 @@ def test_images_are_checked_scaled_and_answered():
     assert np.allclose(p.logits(x), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad, why", [
-    (np.zeros((2, 1, 5, 4), np.uint8), "shape"),
-    (np.zeros((2, 16), np.uint8), "shape"),
-    (np.zeros((2, 1, 4, 4), np.float32), "dtype"),  # already-scaled or 0..16 floats: refused
-    (np.full((2, 1, 4, 4), 300, np.int64), "0..255"),
-    (np.array(["a", "b"]), "dtype|shape"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (np.zeros((2, 1, 5, 4), np.uint8), "shape"),
+        (np.zeros((2, 16), np.uint8), "shape"),
+        (np.zeros((2, 1, 4, 4), np.float32), "dtype"),  # already-scaled or 0..16 floats: refused
+        (np.full((2, 1, 4, 4), 300, np.int64), "0..255"),
+        (np.array(["a", "b"]), "dtype|shape"),
+    ],
+)
 def test_bad_image_input_is_one_clear_error(bad, why):
     with pytest.raises(InputError, match=why):
         check_samples(bad, IMG)
@@ -65,10 +75,23 @@ def test_tables_by_column_name_and_non_finite_refused():
 
 def test_checkpoint_round_trip_carries_the_preprocessing(tmp_path):
     p = _cnn_predictor()
-    result = TrainResult(model=p.model, model_config=p.model_config, epochs_run=1, best_epoch=1,
-                         best_val_accuracy=0.5, resumed_from_epoch=0, stopped_early=False)
-    meta = {"kind": "image", "input_shape": [1, 4, 4], "dtype": "uint8", "x_scale": 1 / 255,
-            "classes": ["a", "b", "c"], "feature_names": []}
+    result = TrainResult(
+        model=p.model,
+        model_config=p.model_config,
+        epochs_run=1,
+        best_epoch=1,
+        best_val_accuracy=0.5,
+        resumed_from_epoch=0,
+        stopped_early=False,
+    )
+    meta = {
+        "kind": "image",
+        "input_shape": [1, 4, 4],
+        "dtype": "uint8",
+        "x_scale": 1 / 255,
+        "classes": ["a", "b", "c"],
+        "feature_names": [],
+    }
     path = save_trained_model(result, TrainParams(), IMG, meta, tmp_path / "m.pt")
     q = Predictor.from_checkpoint(path)
     assert q.preprocessing == IMG

@@ -143,8 +143,10 @@ def test_duplicates_with_conflicting_labels_are_all_dropped():
 
 def test_all_samples_quarantined_is_a_one_line_error():
     ds = RawDataset(
-        x=np.full((6, 3), np.nan, dtype=np.float32), y=np.array([0, 1, 0, 1, 0, 1]),
-        classes=["a", "b"], kind="tabular",
+        x=np.full((6, 3), np.nan, dtype=np.float32),
+        y=np.array([0, 1, 0, 1, 0, 1]),
+        classes=["a", "b"],
+        kind="tabular",
     )
     with pytest.raises(DataError, match="no usable samples"):
         prep(ds)
@@ -195,10 +197,10 @@ def test_split_deterministic_stratified_disjoint_covering():
         assert n_test == round(n * TEST) and n_val == round(n * VAL)
         assert abs(n_test / n - TEST) < 0.02 and abs(n_val / n - VAL) < 0.02
     # labels travel with their samples
-    lookup = {r.tobytes(): int(l) for r, l in zip(ds.x.reshape(len(ds.x), -1), ds.y)}
+    lookup = {r.tobytes(): int(label) for r, label in zip(ds.x.reshape(len(ds.x), -1), ds.y)}
     for s in SPLITS:
-        for r, l in zip(p1.x[s].reshape(len(p1.x[s]), -1), p1.y[s]):
-            assert lookup[r.tobytes()] == int(l)
+        for r, label in zip(p1.x[s].reshape(len(p1.x[s]), -1), p1.y[s]):
+            assert lookup[r.tobytes()] == int(label)
 
 
 def test_split_changes_with_seed():
@@ -251,9 +253,7 @@ def test_image_meta():
 
 # ----------------------------------------------------------------------------- packing
 def files_digest(folder) -> dict[str, str]:
-    return {
-        f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir()) if f.is_file()
-    }
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir()) if f.is_file()}
 
 
 def test_write_read_roundtrip(tmp_path):

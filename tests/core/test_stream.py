@@ -60,9 +60,17 @@ def test_streamed_prepare_writes_the_bytes_of_the_in_memory_path(tmp_path, rgb_e
     prep.meta["label_column"] = "label"
     write_prepared(prep, tmp_path / "memory")
 
-    report = prepare_imagefolder(raw, tmp_path / "streamed", val_fraction=0.15, test_fraction=0.2, seed=3,
-                                 extra=[(extra, "b1")], extra_quarantined=[{"item": "b0", "reason": "unreadable"}],
-                                 meta_extra={"label_column": "label"}, chunk=chunk)
+    report = prepare_imagefolder(
+        raw,
+        tmp_path / "streamed",
+        val_fraction=0.15,
+        test_fraction=0.2,
+        seed=3,
+        extra=[(extra, "b1")],
+        extra_quarantined=[{"item": "b0", "reason": "unreadable"}],
+        meta_extra={"label_column": "label"},
+        chunk=chunk,
+    )
     assert report == prep.report
     assert report["duplicates_dropped"] >= 3 and report["conflicting_label_duplicates_dropped"] >= 2
     assert digests(tmp_path / "streamed") == digests(tmp_path / "memory")
@@ -137,14 +145,20 @@ def test_streamed_prepare_memory_is_bounded_by_the_chunk_not_the_folder(tmp_path
         (big / str(c)).mkdir(parents=True)
         for i in range(200):
             Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(
-                big / str(c) / f"{i}.png", compress_level=0)
+                big / str(c) / f"{i}.png", compress_level=0
+            )
     pixels = 600 * 3 * 96 * 96
     small = make_folder(tmp_path / "small", rgb_every=1, n=10, hw=(96, 96))
     growth = {}
     for mode in ("stream", "memory"):
         (tmp_path / mode).mkdir()
-        r = subprocess.run([sys.executable, "-c", _RSS, mode, str(small), str(big), str(tmp_path / mode)],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", _RSS, mode, str(small), str(big), str(tmp_path / mode)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         growth[mode] = int(r.stdout.split()[-1])
     assert digests(tmp_path / "stream" / "big") == digests(tmp_path / "memory" / "big")

@@ -100,7 +100,7 @@ def test_log_called_once_per_epoch(tab):
     params = tp(epochs=4)
     res = train_model(MLP_CFG, params, xt, yt, xv, yv, log=lambda s, m: calls.append((s, dict(m))), progress=False)
     assert [s for s, _ in calls] == [1, 2, 3, 4]
-    for step, m in calls:
+    for _step, m in calls:
         assert set(m) == METRIC_KEYS
         assert all(isinstance(v, float) and math.isfinite(v) for v in m.values())
         assert 0.0 <= m["val_accuracy"] <= 1.0 and 0.0 <= m["train_accuracy"] <= 1.0
@@ -122,7 +122,7 @@ def test_early_stopping(tab):
     assert res.epochs_run == res.best_epoch + 2
     accs = [h["val_accuracy"] for h in res.history]
     assert res.best_val_accuracy == max(accs) == accs[res.best_epoch - 1]
-    assert all(a <= res.best_val_accuracy for a in accs[res.best_epoch:])
+    assert all(a <= res.best_val_accuracy for a in accs[res.best_epoch :])
 
 
 def test_returns_best_not_last_model(tab, tmp_path):
@@ -176,7 +176,9 @@ def test_finished_checkpoint_is_not_retrained(tab, tmp_path):
     ck = tmp_path / "ck.pt"
     first = train_model(MLP_CFG, tp(epochs=3), xt, yt, xv, yv, checkpoint_path=ck, progress=False)
     seen = []
-    again = train_model(MLP_CFG, tp(epochs=3), xt, yt, xv, yv, log=lambda s, m: seen.append(s), checkpoint_path=ck, progress=False)
+    again = train_model(
+        MLP_CFG, tp(epochs=3), xt, yt, xv, yv, log=lambda s, m: seen.append(s), checkpoint_path=ck, progress=False
+    )
     assert seen == [] and again.resumed_from_epoch == 3 and again.epochs_run == 3
     assert same_state(first.model.state_dict(), again.model.state_dict())
     # resume=False starts over
@@ -199,7 +201,14 @@ def test_checkpoint_loads_weights_only_and_rebuilds_model(img, tmp_path):
     xt, yt, xv, yv = img
     ck = tmp_path / "sub" / "ck.pt"
     res = train_model(
-        CNN_CFG, tp(epochs=2, batch_size=16), xt, yt, xv, yv, checkpoint_path=ck, progress=False,
+        CNN_CFG,
+        tp(epochs=2, batch_size=16),
+        xt,
+        yt,
+        xv,
+        yv,
+        checkpoint_path=ck,
+        progress=False,
         extra_state={"prepared_hash": "abc123"},
     )
     raw = torch.load(ck, weights_only=True)  # plain values and tensors only

@@ -41,8 +41,13 @@ def settings(tmp_path, monkeypatch, s3):
     from effects.runtime.settings import get_settings
 
     make_project(tmp_path / "project")
-    for k, v in {**lepton_env_vars(tmp_path), "LEPTON_S3_ENDPOINT_URL": s3.url, "AWS_ACCESS_KEY_ID": s3.key,
-                 "AWS_SECRET_ACCESS_KEY": s3.secret, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for k, v in {
+        **lepton_env_vars(tmp_path),
+        "LEPTON_S3_ENDPOINT_URL": s3.url,
+        "AWS_ACCESS_KEY_ID": s3.key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(k, v)
     return get_settings()
 
@@ -96,8 +101,11 @@ class Recorder:
 
 
 def local_files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.startswith(".")}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def test_a_prefix_is_listed_over_pages_fetched_in_parallel_and_a_transient_failure_is_retried(s3, settings):
@@ -181,8 +189,11 @@ def test_the_cli_takes_an_s3_prefix_as_data(lepton_env):
     from tests.conftest import run_cli
 
     _, env = lepton_env
-    r = run_cli(["retrain", "--data", "s3://bucket/prefix", "--format", "imagefolder", "--set", "train.epochs=0"], env,
-                timeout=120)
+    r = run_cli(
+        ["retrain", "--data", "s3://bucket/prefix", "--format", "imagefolder", "--set", "train.epochs=0"],
+        env,
+        timeout=120,
+    )
     assert r.returncode != 0 and "no such file" not in r.stderr and "epochs" in r.stderr, r.stderr
     r = run_cli(["retrain", "--data", "not/here", "--format", "imagefolder"], env, timeout=120)
     assert r.returncode != 0 and "not/here: no such file or folder" in r.stderr, r.stderr

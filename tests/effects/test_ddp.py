@@ -34,8 +34,9 @@ def test_two_processes_give_the_shape_of_one(digits, tmp_path):
     from effects.training.stages import train_stage
     from lepton_core.predictor import Predictor
 
-    one = train_stage(digits, DDP.model_copy(update={"devices": 1}), tmp_path / "one.pt", tmp_path / "w1.pt",
-                      progress=False)
+    one = train_stage(
+        digits, DDP.model_copy(update={"devices": 1}), tmp_path / "one.pt", tmp_path / "w1.pt", progress=False
+    )
     two = train_stage(digits, DDP, tmp_path / "two.pt", tmp_path / "w2.pt", progress=False)
     assert (one.world_size, two.world_size) == (1, 2)
     # each rank trained on its own shard of every batch, and they ended with the same weights
@@ -49,7 +50,7 @@ def test_two_processes_give_the_shape_of_one(digits, tmp_path):
     assert set(two.history[0]) == set(one.history[0])
     # the same global batches, split over the ranks: the same descent, up to float order
     assert np.allclose([h["train_loss"] for h in two.history], [h["train_loss"] for h in one.history], rtol=0.05)
-    for ckpt, res in (("one.pt", one), ("two.pt", two)):
+    for ckpt in ("one.pt", "two.pt"):
         p = Predictor.from_checkpoint(tmp_path / ckpt)
         acc = float((p.predict(digits.x["test"]).labels == digits.y["test"]).mean())
         assert acc > 0.5
@@ -75,8 +76,13 @@ def test_a_killed_run_resumes_on_every_rank_from_the_work_checkpoint(tmp_path):
     from lepton_core.checkpoint import load_checkpoint
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tmp_path), "12"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLABLE, str(tmp_path), "12"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     work = tmp_path / "work.pt"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -98,8 +104,9 @@ def test_a_killed_run_resumes_on_every_rank_from_the_work_checkpoint(tmp_path):
     assert not [pid for pid in group if _running(pid)], "processes of the killed run left running"
     done = int(load_checkpoint(work)["epoch"])
     assert 2 <= done < 12
-    r = subprocess.run([sys.executable, "-c", KILLABLE, str(tmp_path), "12"], env=env, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", KILLABLE, str(tmp_path), "12"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     resumed = int(r.stdout.split("resumed_from")[1].split()[0])
     assert resumed >= done and "epochs 12" in r.stdout and "world 2" in r.stdout
@@ -130,8 +137,8 @@ def _running(pid: int) -> bool:
 
 
 def test_the_retrain_flow_trains_on_two_processes_and_logs_once_per_epoch(lepton_env, prefect_server):
-    from effects.tracking import runs
     from effects.runtime.settings import get_settings
+    from effects.tracking import runs
     from flows.retrain import retrain
 
     r = retrain(data=DataParams(), train=DDP, progress=False)

@@ -23,13 +23,14 @@ N = 600
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def frame(seed: int, n: int = N, shift: float = 0.0, accuracy: float = 0.9,
-          major_class_share: float | None = None) -> pd.DataFrame:
+def frame(
+    seed: int, n: int = N, shift: float = 0.0, accuracy: float = 0.9, major_class_share: float | None = None
+) -> pd.DataFrame:
     """Features ~ N(0, 1) (N(shift, 1) on SHIFTED); 4 classes; predictions right with
     probability `accuracy`; optionally most predictions forced to class 0."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, len(FEATURES)))
-    x[:, :len(SHIFTED)] += shift
+    x[:, : len(SHIFTED)] += shift
     df = pd.DataFrame(x, columns=FEATURES)
     y = rng.integers(0, 4, n)
     pred = np.where(rng.random(n) < accuracy, y, rng.integers(0, 4, n))
@@ -44,6 +45,7 @@ def frame(seed: int, n: int = N, shift: float = 0.0, accuracy: float = 0.9,
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> dict[str, DriftResult]:
     """Each scenario run once, with outgoing network connections made to fail."""
+
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access during a drift report: {args!r}")
 
@@ -51,12 +53,15 @@ def reports(tmp_path_factory) -> dict[str, DriftResult]:
     ref = frame(seed=1)
     nan_cur = frame(seed=7).astype({"label": "float64", "prediction": "float64"})
     nan_cur.loc[:59, "label"] = np.nan
-    nan_cur.loc[600 - 10:, "prediction"] = np.nan
+    nan_cur.loc[600 - 10 :, "prediction"] = np.nan
     scenarios = {
         # name: (reference, current, extra kwargs)
         "same": (ref, frame(seed=2), {}),
-        "shifted": (ref.drop(columns=["label", "confidence"]),
-                    frame(seed=3, shift=4.0).drop(columns=["label", "confidence"]), {}),
+        "shifted": (
+            ref.drop(columns=["label", "confidence"]),
+            frame(seed=3, shift=4.0).drop(columns=["label", "confidence"]),
+            {},
+        ),
         "prior": (ref, frame(seed=4, major_class_share=0.8), {}),
         "degraded": (ref, frame(seed=5, accuracy=0.25), {}),
         "nan": (ref.astype({"label": "float64", "prediction": "float64"}), nan_cur, {}),
@@ -90,8 +95,11 @@ def test_same_distribution_is_not_drift(reports):
     assert res.prediction["method"] == "Jensen-Shannon distance" and res.prediction["threshold"] == 0.1
     assert res.confidence is not None and res.confidence["method"] == "K-S p_value"
     assert abs(res.quality["accuracy_drop"]) < 0.1
-    assert res.data_quality == {"rows_current": N, "rows_reference": N,
-                                "missing_share": {c: 0.0 for c in FEATURES + ["confidence", "prediction", "label"]}}
+    assert res.data_quality == {
+        "rows_current": N,
+        "rows_reference": N,
+        "missing_share": {c: 0.0 for c in FEATURES + ["confidence", "prediction", "label"]},
+    }
 
 
 def test_shifted_features_are_flagged(reports):
@@ -177,14 +185,41 @@ def test_bad_input_is_rejected(tmp_path):
 def test_flags_without_evidently_tests():
     """If a future Evidently stops emitting the drift tests, the flag falls back to the
     method's direction: p-values drift below the threshold, distances at or above it."""
-    raw = {"metrics": [
-        {"id": "a", "config": {"type": "evidently:metric_v2:ValueDrift", "column": "x",
-                               "method": "K-S p_value", "threshold": 0.05}, "value": 0.01},
-        {"id": "b", "config": {"type": "evidently:metric_v2:ValueDrift", "column": "y",
-                               "method": "Wasserstein distance (normed)", "threshold": 0.1}, "value": 0.05},
-        {"id": "c", "config": {"type": "evidently:metric_v2:ValueDrift", "column": "z",
-                               "method": "jensenshannon", "threshold": 0.1}, "value": 0.5},
-    ], "tests": [{"id": "drift", "status": "SUCCESS", "metric_config": {"metric_id": "c"}}]}
+    raw = {
+        "metrics": [
+            {
+                "id": "a",
+                "config": {
+                    "type": "evidently:metric_v2:ValueDrift",
+                    "column": "x",
+                    "method": "K-S p_value",
+                    "threshold": 0.05,
+                },
+                "value": 0.01,
+            },
+            {
+                "id": "b",
+                "config": {
+                    "type": "evidently:metric_v2:ValueDrift",
+                    "column": "y",
+                    "method": "Wasserstein distance (normed)",
+                    "threshold": 0.1,
+                },
+                "value": 0.05,
+            },
+            {
+                "id": "c",
+                "config": {
+                    "type": "evidently:metric_v2:ValueDrift",
+                    "column": "z",
+                    "method": "jensenshannon",
+                    "threshold": 0.1,
+                },
+                "value": 0.5,
+            },
+        ],
+        "tests": [{"id": "drift", "status": "SUCCESS", "metric_config": {"metric_id": "c"}}],
+    }
     got = _value_drifts(raw)
     assert got["x"]["drifted"] is True and got["y"]["drifted"] is False
     assert got["z"]["drifted"] is False  # the test's verdict wins over the heuristic

@@ -72,15 +72,15 @@ def _run(target, args_per_worker, timeout=120):
 # ---------------------------------------------------------------- batches
 def _claim_worker(home: str, url: str | None, names: list[str], out: str, barrier) -> None:
     _env(Path(home), url)
-    from effects.state import monitor_state
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
 
     s = get_settings()
     monitor_state.processed(s)  # tables and engine ready before the race
     mine = []
     barrier.wait()
     for i in range(0, len(names), 3):  # in small overlapping groups, as runs would
-        for name in monitor_state.claim_batches(s, names[i:i + 5]):
+        for name in monitor_state.claim_batches(s, names[i : i + 5]):
             mine.append(name)
             time.sleep(0.01)  # checking it
             monitor_state.mark_processed(s, [name])
@@ -89,12 +89,16 @@ def _claim_worker(home: str, url: str | None, names: list[str], out: str, barrie
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite", "files"])
 def test_two_workers_claim_every_batch_exactly_once(backend, tmp_path, request):
-    url = None if backend == "files" else request.getfixturevalue("pg_url") if backend == "postgresql" \
+    url = (
+        None
+        if backend == "files"
+        else request.getfixturevalue("pg_url")
+        if backend == "postgresql"
         else f"sqlite:///{tmp_path / 'state.db'}"
+    )
     names = [f"batch-{i:03d}" for i in range(60)]
     # shared store: one home each (two machines); local files: one home (one machine)
-    homes = [tmp_path / "home", tmp_path / "home"] if backend == "files" else \
-        [tmp_path / "w0", tmp_path / "w1"]
+    homes = [tmp_path / "home", tmp_path / "home"] if backend == "files" else [tmp_path / "w0", tmp_path / "w1"]
     outs = [tmp_path / f"out{k}.json" for k in range(2)]
     _run(_claim_worker, [(str(homes[k]), url, names, str(outs[k])) for k in range(2)])
     got = [json.loads(o.read_text()) for o in outs]
@@ -103,8 +107,8 @@ def test_two_workers_claim_every_batch_exactly_once(backend, tmp_path, request):
     assert got[0] and got[1], "one worker got everything: the race did not happen"
 
     _env(homes[0], url)
-    from effects.state import monitor_state
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
 
     try:
         assert monitor_state.processed(get_settings()) == set(names)
@@ -114,8 +118,8 @@ def test_two_workers_claim_every_batch_exactly_once(backend, tmp_path, request):
 
 
 def test_a_claim_of_a_dead_worker_is_taken_over_and_a_live_one_is_not(store_url, tmp_path, monkeypatch):
-    from effects.state import monitor_state, store
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state, store
 
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("LEPTON_STATE_DB", store_url)
@@ -139,8 +143,8 @@ def test_a_claim_of_a_dead_worker_is_taken_over_and_a_live_one_is_not(store_url,
 
 def _claim_only(home: str, url: str, names: list[str]) -> None:
     _env(Path(home), url)
-    from effects.state import monitor_state
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
 
     assert monitor_state.claim_batches(get_settings(), names) == names
 
@@ -152,8 +156,8 @@ RACE_S = 3.0
 
 def _event_worker(home: str, url: str, out: str, barrier) -> None:
     _env(Path(home), url)
-    from effects.state import monitor_state
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
 
     s = get_settings()
     monitor_state.processed(s)
@@ -189,9 +193,9 @@ def _monitor_worker(home: str, url: str, inbox: str, out: str, barrier) -> None:
     from pathlib import Path as P
 
     import tasks.monitor as tm
-    from effects.state import monitor_state
     from effects.monitoring.monitor import MonitorResult, batch_id
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
     from lepton_core.params import MonitorParams
 
     checked, events = [], []
@@ -199,8 +203,14 @@ def _monitor_worker(home: str, url: str, inbox: str, out: str, barrier) -> None:
     def fake_check(batch, fmt, params, model_name, experiment, flow_run_id=""):
         checked.append(P(batch).name)
         time.sleep(0.05)  # a check takes a while: the other worker is running meanwhile
-        return MonitorResult(batch=batch, batch_id=batch_id(P(batch)), champion_version="1", verdict="drift",
-                             status="drift", mlflow_run_id=f"run-{P(batch).name}")
+        return MonitorResult(
+            batch=batch,
+            batch_id=batch_id(P(batch)),
+            champion_version="1",
+            verdict="drift",
+            status="drift",
+            mlflow_run_id=f"run-{P(batch).name}",
+        )
 
     tm.check_batch = fake_check
     tm.record_event_outcome = lambda *a, **k: None
@@ -226,8 +236,7 @@ def test_two_monitor_runs_never_check_a_batch_twice_and_emit_one_event(pg_url, t
         (inbox / n).write_text(f"a,label\n{i},x\n")
 
     outs = [tmp_path / f"runs{k}.json" for k in range(2)]
-    _run(_monitor_worker, [(str(tmp_path / f"w{k}"), pg_url, str(inbox), str(outs[k])) for k in range(2)],
-         timeout=180)
+    _run(_monitor_worker, [(str(tmp_path / f"w{k}"), pg_url, str(inbox), str(outs[k])) for k in range(2)], timeout=180)
     first, again = zip(*(json.loads(o.read_text()) for o in outs))
     checked = [n for r in first for n in r["checked"]]
     assert sorted(checked) == names, checked  # each batch checked once, none left
@@ -244,8 +253,8 @@ def test_two_monitor_runs_never_check_a_batch_twice_and_emit_one_event(pg_url, t
 
 # ---------------------------------------------------------------- accepted, rejected, migration
 def test_local_state_is_imported_once_and_accepted_batches_are_shared(store_url, tmp_path, monkeypatch):
-    from effects.state import monitor_state, shared_state
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state, shared_state
 
     home = tmp_path / "home"
     monkeypatch.setenv("LEPTON_HOME", str(home))
@@ -284,14 +293,21 @@ def test_local_state_is_imported_once_and_accepted_batches_are_shared(store_url,
 
 
 def test_lepton_up_with_a_database_hands_its_workers_the_shared_store(tmp_path, monkeypatch):
-    from effects.state import shared_state
     from effects.runtime import stack_state
     from effects.runtime.settings import get_settings
+    from effects.state import shared_state
 
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path))
     monkeypatch.delenv("LEPTON_STATE_DB", raising=False)
-    state = {"up": True, "db_url": "postgresql://u:pw@db.internal:5432/lepton", "bucket": "lepton", "pool": "p",
-             "ports": {"s3": 1, "mlflow": 2, "prefect": 3, "serve": 4}, "auth": False, "pids": {}}
+    state = {
+        "up": True,
+        "db_url": "postgresql://u:pw@db.internal:5432/lepton",
+        "bucket": "lepton",
+        "pool": "p",
+        "ports": {"s3": 1, "mlflow": 2, "prefect": 3, "serve": 4},
+        "auth": False,
+        "pids": {},
+    }
     stack_state.write_state(tmp_path, {**state, "db_url": None})
     assert shared_state.url_for(get_settings()) is None  # a stack on SQLite files: one machine
     assert "LEPTON_STATE_DB" not in stack_state.client_env(tmp_path, {**state, "db_url": None})
@@ -304,9 +320,9 @@ def test_lepton_up_with_a_database_hands_its_workers_the_shared_store(tmp_path, 
 
 
 def test_an_unreachable_shared_store_is_one_line_naming_it(tmp_path, monkeypatch):
-    from effects.state import monitor_state
     from effects.runtime.procs import free_port
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
     from lepton_core.errors import LeptonError
 
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path))
@@ -324,10 +340,9 @@ def test_the_stacks_state_database_is_created_on_first_use(tmp_path, monkeypatch
     comes into being the first time a worker uses the shared state."""
     import psycopg2
 
-    from effects.state import monitor_state
-
     from effects.runtime import stack_state
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
 
     base = f"lepton_test_{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path))

@@ -24,9 +24,16 @@ def _dead_pid() -> int:
 
 def _configured_stack(home, auth: bool = True) -> dict:
     """A stack record as `lepton up` leaves it, whose processes are all gone."""
-    state = {"up": True, "db_url": None, "bucket": "lepton", "pool": "lepton", "sse": None, "auth": auth,
-             "ports": {k: free_port() for k in ("prefect", "mlflow", "s3", "serve")},
-             "pids": {name: _dead_pid() for name in stack_state.SERVICES}}
+    state = {
+        "up": True,
+        "db_url": None,
+        "bucket": "lepton",
+        "pool": "lepton",
+        "sse": None,
+        "auth": auth,
+        "ports": {k: free_port() for k in ("prefect", "mlflow", "s3", "serve")},
+        "pids": {name: _dead_pid() for name in stack_state.SERVICES},
+    }
     stack_state.stack_dir(home).mkdir(parents=True, exist_ok=True)
     stack_state.write_state(home, state)
     stack_state.credentials(home)
@@ -78,8 +85,9 @@ def test_clients_get_the_credentials_of_each_service(tmp_path):
 def test_older_credentials_files_get_the_new_secrets(tmp_path):
     p = stack_state.stack_dir(tmp_path) / "credentials.json"
     p.parent.mkdir(parents=True)
-    stack_state.write_private(p, {"aws_access_key_id": "LEPTONOLD", "aws_secret_access_key": "x" * 40,
-                                  "sse_kek_passphrase": "p" * 32})
+    stack_state.write_private(
+        p, {"aws_access_key_id": "LEPTONOLD", "aws_secret_access_key": "x" * 40, "sse_kek_passphrase": "p" * 32}
+    )
     creds = stack_state.credentials(tmp_path)
     assert creds["aws_access_key_id"] == "LEPTONOLD"
     assert len(creds["mlflow_password"]) >= 24 and creds["prefect_auth_string"].startswith("lepton:")

@@ -44,8 +44,9 @@ def test_a_command_started_outside_the_checkout_records_the_commit_of_the_code_t
     from tests.conftest import ROOT
 
     assert CODE_DIR == ROOT  # the tests run the checkout's own code
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert git_commit(tmp_path).removesuffix("-dirty") == head
 
 
@@ -72,8 +73,15 @@ def test_concurrent_runs_log_one_new_data_version_without_a_race(tmp_path):
             c = MlflowClient(uri)
             together.wait()
             try:
-                log_lineage(c, run_id, data_version=version, meta={"kind": "image"},
-                            dvc_remote=str(tmp_path / "remote"), git_commit="0" * 40, source_name="t")
+                log_lineage(
+                    c,
+                    run_id,
+                    data_version=version,
+                    meta={"kind": "image"},
+                    dvc_remote=str(tmp_path / "remote"),
+                    git_commit="0" * 40,
+                    source_name="t",
+                )
             except Exception as e:  # noqa: BLE001 (reported below)
                 errors.append(f"{type(e).__name__}: {str(e)[:200]}")
 

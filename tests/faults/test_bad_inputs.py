@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from lepton_core.data import formats
-from lepton_core.data.formats import load_cifar10, load_imagefolder, load_mnist, load_raw, load_table, read_idx
+from lepton_core.data.formats import load_cifar10, load_imagefolder, load_mnist, load_raw, load_table
 from lepton_core.errors import DataError, LeptonError, ParamsError
 from lepton_core.params import check_device, load_params
 from tests.conftest import lepton_env_vars, make_project, run_cli
@@ -58,10 +58,18 @@ GOOD_LABELS = idx(0x08, (10,), bytes(range(10)))
 
 IDX_CASES = {
     # name: (images file, labels file, gzip, what the error says)
-    "header-declares-2^31-items": (idx(0x08, (2**31, 28, 28), bytes(10 * 784)), GOOD_LABELS, False,
-                                   "declares 2147483648 items"),
-    "header-declares-2^31-items-gz": (idx(0x08, (2**31, 28, 28), bytes(10 * 784)), GOOD_LABELS, True,
-                                      "declares 2147483648 items"),
+    "header-declares-2^31-items": (
+        idx(0x08, (2**31, 28, 28), bytes(10 * 784)),
+        GOOD_LABELS,
+        False,
+        "declares 2147483648 items",
+    ),
+    "header-declares-2^31-items-gz": (
+        idx(0x08, (2**31, 28, 28), bytes(10 * 784)),
+        GOOD_LABELS,
+        True,
+        "declares 2147483648 items",
+    ),
     "labels-declare-2^31": (GOOD_IMAGES, idx(0x08, (2**31,), bytes(10)), False, "declares 2147483648 items"),
     "empty-file": (b"", GOOD_LABELS, False, "not an IDX file"),
     "text-file": (b"hello, this is not an IDX file\n" * 4, GOOD_LABELS, False, "not an IDX file"),
@@ -71,8 +79,12 @@ IDX_CASES = {
     "labels-file-holds-images": (GOOD_IMAGES, GOOD_IMAGES, False, "expected (N,) labels"),
     "int32-pixels": (idx(0x0C, (10, 28, 28), bytes(10 * 784 * 4)), GOOD_LABELS, False, "unsigned bytes"),
     "flat-images": (idx(0x08, (10, 784), bytes(10 * 784)), GOOD_LABELS, False, "expected (N, H, W) images"),
-    "5-images-4-labels": (idx(0x08, (5, 28, 28), bytes(5 * 784)), idx(0x08, (4,), bytes(4)), False,
-                          "5 images but 4 labels"),
+    "5-images-4-labels": (
+        idx(0x08, (5, 28, 28), bytes(5 * 784)),
+        idx(0x08, (4,), bytes(4)),
+        False,
+        "5 images but 4 labels",
+    ),
     "corrupt-gzip": (b"\x1f\x8b\x08\x00" + os.urandom(64), GOOD_LABELS, False, "not an IDX file"),
 }
 
@@ -125,12 +137,12 @@ def test_a_crafted_idx_header_loads_in_bounded_memory(tmp_path, gz):
     """The issue's file: a 10-item MNIST file whose header declares 2**31 items. Under
     a 1 GiB address-space limit the loader answers with its one-line DataError (the
     old loader made a quarantine record per declared item: 19.7 GB resident)."""
-    root = mnist_dir(tmp_path / "m", idx(0x08, (2**31, 28, 28), bytes(10 * 784)),
-                     idx(0x08, (2**31,), bytes(10)), gz)
+    root = mnist_dir(tmp_path / "m", idx(0x08, (2**31, 28, 28), bytes(10 * 784)), idx(0x08, (2**31,), bytes(10)), gz)
     code = _BOUNDED.replace("__LIMIT__", str(1 << 30))
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", code, "mnist", str(root)], capture_output=True, text=True,
-                       timeout=60, env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", code, "mnist", str(root)], capture_output=True, text=True, timeout=60, env=env
+    )
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-2000:])
     assert "declares 2147483648 items" in r.stdout
 
@@ -189,8 +201,13 @@ def test_a_malicious_batches_meta_is_refused(tmp_path):
         def __reduce__(self):
             return (exec, ("open('/dev/null')",))
 
-    root = write_cifar(tmp_path / "c", {"data_batch_1": pickle.dumps(cifar_batch(), protocol=2),
-                                        "batches.meta": pickle.dumps({b"label_names": Exec()}, protocol=2)})
+    root = write_cifar(
+        tmp_path / "c",
+        {
+            "data_batch_1": pickle.dumps(cifar_batch(), protocol=2),
+            "batches.meta": pickle.dumps({b"label_names": Exec()}, protocol=2),
+        },
+    )
     with pytest.raises(DataError) as e:
         load_cifar10(root)
     assert "exec" in one_line(e.value, "batches.meta: unreadable CIFAR batch (UnpicklingError: refusing to load")
@@ -202,20 +219,23 @@ CIFAR_BAD_BATCHES = {
     "declared-length-2^40": (b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"abc", "unreadable CIFAR batch"),
     "truncated": (pickle.dumps(cifar_batch(), protocol=2)[:200], "unreadable CIFAR batch"),
     "not-a-dict": (pickle.dumps([1, 2, 3], protocol=2), "not a CIFAR batch"),
-    "wrong-row-length": (pickle.dumps(cifar_batch(data=np.zeros((4, 100), np.uint8)), protocol=2),
-                         "unexpected batch shape"),
+    "wrong-row-length": (
+        pickle.dumps(cifar_batch(data=np.zeros((4, 100), np.uint8)), protocol=2),
+        "unexpected batch shape",
+    ),
     "labels-missing": (pickle.dumps(cifar_batch(labels=None), protocol=2), "unreadable data or labels"),
     "float-pixels": (pickle.dumps(cifar_batch(data=np.full((4, 3072), 0.5)), protocol=2), "not bytes 0..255"),
-    "pixels-over-255": (pickle.dumps(cifar_batch(data=np.full((4, 3072), 300, np.int64)), protocol=2),
-                        "not bytes 0..255"),
+    "pixels-over-255": (
+        pickle.dumps(cifar_batch(data=np.full((4, 3072), 300, np.int64)), protocol=2),
+        "not bytes 0..255",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(CIFAR_BAD_BATCHES))
 def test_cifar_batches(tmp_path, case):
     raw, needle = CIFAR_BAD_BATCHES[case]
-    root = write_cifar(tmp_path / "c", {"data_batch_1": pickle.dumps(cifar_batch(), protocol=2),
-                                        "data_batch_2": raw})
+    root = write_cifar(tmp_path / "c", {"data_batch_1": pickle.dumps(cifar_batch(), protocol=2), "data_batch_2": raw})
     t = time.monotonic()
     ds = load_cifar10(root)
     assert time.monotonic() - t < 2
@@ -238,6 +258,7 @@ def test_cifar_paths(tmp_path):
 # ---------------------------------------------------------------- image folders
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height and whose data is a few bytes."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -333,9 +354,16 @@ def test_a_parquet_file_that_declares_far_more_than_it_holds(tmp_path, monkeypat
     one_line(e.value, "declares 200000 rows x 2 columns")
 
 
-@pytest.mark.parametrize("fmt,make", [
-    ("csv", lambda p: p), ("mnist", lambda p: p), ("cifar10", lambda p: p), ("imagefolder", lambda p: p),
-], ids=["csv", "mnist", "cifar10", "imagefolder"])
+@pytest.mark.parametrize(
+    "fmt,make",
+    [
+        ("csv", lambda p: p),
+        ("mnist", lambda p: p),
+        ("cifar10", lambda p: p),
+        ("imagefolder", lambda p: p),
+    ],
+    ids=["csv", "mnist", "cifar10", "imagefolder"],
+)
 def test_a_missing_path_in_every_format(tmp_path, fmt, make):
     with pytest.raises(DataError) as e:
         load_raw(fmt, make(tmp_path / "nowhere"))
@@ -407,9 +435,9 @@ def test_cuda_asked_for_where_there_is_none(monkeypatch):
 
 # ---------------------------------------------------------------- names
 def test_batch_and_data_version_names(tmp_path):
-    from effects.state import monitor_state
     from effects.data.dvc_store import check_version
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
 
     os.environ  # (settings come from the monkeypatched env below)
     with pytest.MonkeyPatch.context() as mp:
@@ -418,12 +446,20 @@ def test_batch_and_data_version_names(tmp_path):
         s = get_settings()
         state = s.home / "monitor"
         state.mkdir(parents=True)
-        (state / "accepted.json").write_text(json.dumps([
-            {"id": "strong-aaaaaaaaaaaa", "format": "imagefolder", "path": "/x"},
-            {"id": "strong-bbbbbbbbbbbb", "format": "imagefolder", "path": "/y"},
-        ]))
-        for name, needle in [("nosuch", "is not an accepted batch"), ("strong", "matches several"),
-                             ("../../etc/passwd", "is not an accepted batch"), ("", "is not an accepted batch")]:
+        (state / "accepted.json").write_text(
+            json.dumps(
+                [
+                    {"id": "strong-aaaaaaaaaaaa", "format": "imagefolder", "path": "/x"},
+                    {"id": "strong-bbbbbbbbbbbb", "format": "imagefolder", "path": "/y"},
+                ]
+            )
+        )
+        for name, needle in [
+            ("nosuch", "is not an accepted batch"),
+            ("strong", "matches several"),
+            ("../../etc/passwd", "is not an accepted batch"),
+            ("", "is not an accepted batch"),
+        ]:
             with pytest.raises(LeptonError) as e:
                 monitor_state.reject_batch(s, name)
             one_line(e.value, needle)
@@ -471,8 +507,10 @@ CLI_CASES = {
     "data-missing": (["retrain", "--format", "mnist", "--data", "{base}/nowhere"], "no such file or folder"),
     "version-not-a-number": (["promote", "../1"], "is not a model version number"),
     "restore-traversal": (["data", "restore", "../../etc", "--to", "{base}/r"], "is not a data version"),
-    "drift-out-is-a-file": (["simulate-drift", "--kind", "rotate", "--out", "{base}/a-file"],
-                            "exists and is not an empty folder"),
+    "drift-out-is-a-file": (
+        ["simulate-drift", "--kind", "rotate", "--out", "{base}/a-file"],
+        "exists and is not an empty folder",
+    ),
     "monitor-missing-batch": (["monitor", "{base}/nowhere"], "no such file or folder"),
     "reject-unknown-batch": (["monitor", "reject", "nosuch"], "is not an accepted batch"),
 }

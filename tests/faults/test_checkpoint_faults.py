@@ -19,7 +19,10 @@ import pytest
 import torch
 
 from lepton_core.checkpoint import (
-    UnreadableCheckpoint, load_checkpoint, load_work_checkpoint, remove_partial_writes,
+    UnreadableCheckpoint,
+    load_checkpoint,
+    load_work_checkpoint,
+    remove_partial_writes,
 )
 from lepton_core.models import ModelConfig
 from lepton_core.params import TrainParams
@@ -84,8 +87,9 @@ def test_an_unreadable_work_checkpoint_is_moved_aside_and_training_starts_afresh
     make(ck, marker)
     original = ck.read_bytes()
     notes: list[str] = []
-    res = train_model(CFG, TrainParams(epochs=2, width=8, depth=1), *_data(), checkpoint_path=ck,
-                      progress=False, note=notes.append)
+    res = train_model(
+        CFG, TrainParams(epochs=2, width=8, depth=1), *_data(), checkpoint_path=ck, progress=False, note=notes.append
+    )
     assert not marker.exists(), "the file's code ran"
     assert res.resumed_from_epoch == 0 and res.epochs_run == 2
     aside = list(tmp_path.glob("train-x.pt.corrupt-*"))
@@ -184,8 +188,9 @@ EPOCHS = 6
 class Forker:
     def __init__(self, tmp: Path):
         self.tmp, self.n = tmp, 0
-        self.proc = subprocess.Popen([sys.executable, "-c", FORKER], cwd=ROOT, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", FORKER], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
 
     def train(self, ck: Path | None) -> tuple[int, Path]:
         self.n += 1
@@ -272,8 +277,14 @@ def test_work_checkpoint_look_is_cheap_and_safe(tmp_path):
     """The train task looks inside a work checkpoint (memory-mapped) for the MLflow
     run it belongs to before training resumes from it."""
     ck = tmp_path / "train-y.pt"
-    train_model(CFG, TrainParams(epochs=2, width=8, depth=1), *_data(), checkpoint_path=ck, progress=False,
-                extra_state={"mlflow_run_id": "abc"})
+    train_model(
+        CFG,
+        TrainParams(epochs=2, width=8, depth=1),
+        *_data(),
+        checkpoint_path=ck,
+        progress=False,
+        extra_state={"mlflow_run_id": "abc"},
+    )
     state, note = load_work_checkpoint(ck, mmap=True)
     assert note is None and state["mlflow_run_id"] == "abc" and state["epoch"] == 2
     assert load_work_checkpoint(tmp_path / "none.pt") == (None, None)

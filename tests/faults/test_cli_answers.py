@@ -77,8 +77,11 @@ def test_an_infrastructure_failure_is_one_line_and_a_logged_traceback(tmp_path, 
     holds the traceback. (More kinds of failure: tests/faults/test_failure_lines.py.)"""
     make_project(tmp_path / "project")
     (tmp_path / "a-file").write_text("not a folder\n")
-    env = {**lepton_env_vars(tmp_path), "PREFECT_API_URL": prefect_server,
-           "LEPTON_DVC_REMOTE": str(tmp_path / "a-file" / "remote")}
+    env = {
+        **lepton_env_vars(tmp_path),
+        "PREFECT_API_URL": prefect_server,
+        "LEPTON_DVC_REMOTE": str(tmp_path / "a-file" / "remote"),
+    }
     r = run_cli(["retrain", "--no-progress", *TINY], env)
     assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
     log = tmp_path / "home" / "logs" / "lepton.log"
@@ -123,8 +126,11 @@ def test_drift_in_cooldown_says_until_when_and_accepted_batches_can_be_rejected(
     r = run_cli(["monitor", str(batch), "--set", "monitor.cooldown_minutes=600"], env)
     assert r.returncode == 0, r.stderr[-3000:]
     until = time.strftime("%H:%M", time.gmtime(last + 600 * 60))
-    assert re.search(rf"drift event suppressed: cool-down until (\d{{4}}-\d\d-\d\d )?{until} UTC "
-                     rf"\(the last event was at {time.strftime('%H:%M', time.gmtime(last))} UTC\)", r.stdout), r.stdout
+    assert re.search(
+        rf"drift event suppressed: cool-down until (\d{{4}}-\d\d-\d\d )?{until} UTC "
+        rf"\(the last event was at {time.strftime('%H:%M', time.gmtime(last))} UTC\)",
+        r.stdout,
+    ), r.stdout
     bid = re.search(r"^(strong-[0-9a-f]{12}): drift", r.stdout, re.M).group(1)
     run_id = re.search(r"MLflow monitoring run\s+(\w+)", r.stdout).group(1)
     uri = env["MLFLOW_TRACKING_URI"]

@@ -15,17 +15,35 @@ def test_a_local_retrain_leaves_nothing_readable_by_others(tmp_path):
     make_project(tmp_path / "project")
     env = lepton_env_vars(tmp_path)
     env["LEPTON_DVC_REMOTE"] = str(tmp_path / "home" / "dvc-remote")  # inside the home, as by default
-    r = run_cli(["retrain", "--set", "data.format=digits", "--set", "data.path=null", "--set", "train.epochs=1",
-                 "--set", "train.width=8", "--no-progress"], env, timeout=600)
+    r = run_cli(
+        [
+            "retrain",
+            "--set",
+            "data.format=digits",
+            "--set",
+            "data.path=null",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.width=8",
+            "--no-progress",
+        ],
+        env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "registry        local sqlite " in r.stdout
     home = tmp_path / "home"
     assert (home.stat().st_mode & 0o777) == 0o700
     for name in ("mlflow.db", "datasets", "checkpoints", "dvc-remote"):
         assert (home / name).exists(), name
-    open_to_others = [f"{oct(p.lstat().st_mode & 0o777)} {p.relative_to(home)}"
-                      for p in home.rglob("*") if not p.is_symlink() and p.lstat().st_mode & 0o077
-                      and not _kept_by_its_tool(p.relative_to(home), p.lstat().st_mode & 0o777)]
+    open_to_others = [
+        f"{oct(p.lstat().st_mode & 0o777)} {p.relative_to(home)}"
+        for p in home.rglob("*")
+        if not p.is_symlink()
+        and p.lstat().st_mode & 0o077
+        and not _kept_by_its_tool(p.relative_to(home), p.lstat().st_mode & 0o777)
+    ]
     assert not open_to_others, open_to_others[:20]
 
 

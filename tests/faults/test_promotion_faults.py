@@ -34,8 +34,8 @@ def test_twenty_concurrent_promotions_lose_no_decision_and_keep_the_aliases_cons
     env = lepton_env_vars(tmp_path)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    from effects.tracking import runs, tags
     from effects.data.dvc_store import version_dataset
+    from effects.tracking import runs, tags
     from effects.tracking.registry import gate_history
     from lepton_core.params import DataParams, Params, TrainParams
     from tasks.train import train
@@ -45,16 +45,26 @@ def test_twenty_concurrent_promotions_lose_no_decision_and_keep_the_aliases_cons
     c.create_registered_model(MODEL)
     versions = []
     for seed in range(3):  # three trained models, each a version
-        o = train.fn(data, Params(train=TrainParams(epochs=2, model="mlp", width=8, patience=0, seed=seed)),
-                     progress=False)
-        mv = c.create_model_version(MODEL, f"runs:/{o.run_id}/checkpoint", run_id=o.run_id,
-                                    tags={tags.DATA_VERSION: data.version})
+        o = train.fn(
+            data, Params(train=TrainParams(epochs=2, model="mlp", width=8, patience=0, seed=seed)), progress=False
+        )
+        mv = c.create_model_version(
+            MODEL, f"runs:/{o.run_id}/checkpoint", run_id=o.run_id, tags={tags.DATA_VERSION: data.version}
+        )
         versions.append(str(mv.version))
 
     plan = [[versions[(p * 5 + i) % 3] for i in range(5)] for p in range(4)]  # 20 promotions
-    procs = [subprocess.Popen([sys.executable, "-c", PROMOTER, json.dumps(vs), MODEL], cwd=ROOT,
-                              env={**os.environ, **env, "OMP_NUM_THREADS": "1"},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for vs in plan]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROMOTER, json.dumps(vs), MODEL],
+            cwd=ROOT,
+            env={**os.environ, **env, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for vs in plan
+    ]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)

@@ -147,14 +147,23 @@ def _retrain_killing(live: Live, service: str, when: str, seed: int, then=None) 
     """A retrain (on a dataset of its own: `data.seed`, so its data step runs) during
     which `service` is killed with -9 (its whole process group) as soon as the
     retrain's output shows `when` and `then()` (if given) returns."""
-    env = {**os.environ, **live.env, "PREFECT_LOGGING_LEVEL": "INFO",
-           # the MLflow client's own retries (7, with backoff) would wait minutes for a
-           # server that is gone; two are enough to show the run fails cleanly
-           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    env = {
+        **os.environ,
+        **live.env,
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        # the MLflow client's own retries (7, with backoff) would wait minutes for a
+        # server that is gone; two are enough to show the run fails cleanly
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from lepton.cli import main; main()", "retrain", *FAST,
-         "--set", f"data.seed={seed}"],
-        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [sys.executable, "-c", "from lepton.cli import main; main()", "retrain", *FAST, "--set", f"data.seed={seed}"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out, killed, t_kill = [], False, 0.0
     try:
         for line in proc.stdout:
@@ -201,9 +210,10 @@ def _runs(live: Live, status: str) -> list[dict]:
         if e.code == 404:  # no retrain yet (the test run on its own): the retrain makes it
             return []
         raise
-    return live.post(f"{live.mlflow}/api/2.0/mlflow/runs/search",
-                     {"experiment_ids": [exp["experiment_id"]], "filter": f"attributes.status = '{status}'",
-                      "max_results": 50}).get("runs", [])
+    return live.post(
+        f"{live.mlflow}/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [exp["experiment_id"]], "filter": f"attributes.status = '{status}'", "max_results": 50},
+    ).get("runs", [])
 
 
 def test_mlflow_killed_mid_run_registers_nothing_and_a_retry_after_up_succeeds(stack):
@@ -240,6 +250,7 @@ def test_mlflow_killed_mid_run_registers_nothing_and_a_retry_after_up_succeeds(s
 
 # ---------------------------------------------------------------- the object store's health
 
+
 def test_writes_to_many_buckets_succeed(stack):
     """Each bucket is a SeaweedFS collection with volumes of its own. With
     `-volume.max=0` (free disk / 30 GB volumes) a disk with less than ~200 GB free
@@ -270,10 +281,18 @@ def test_writes_to_many_buckets_succeed(stack):
 
 def _weed_shell(live: Live, command: str) -> str:
     i = live.state()["internal"]
-    r = subprocess.run([str(ROOT / ".venv" / "bin" / "weed"), "shell",
-                        f"-master=127.0.0.1:{i['master']}.{i['master_grpc']}",
-                        f"-filer=127.0.0.1:{i['filer']}.{i['filer_grpc']}"],
-                       input=command + "\n", capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "weed"),
+            "shell",
+            f"-master=127.0.0.1:{i['master']}.{i['master_grpc']}",
+            f"-filer=127.0.0.1:{i['filer']}.{i['filer_grpc']}",
+        ],
+        input=command + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
 
@@ -323,8 +342,10 @@ def test_a_run_whose_worker_dies_is_rerun_and_resumes_from_its_checkpoint(stack)
     names = {a["name"] for a in stack.post(f"{stack.prefect_api}/automations/filter", {})}
     assert {"lepton-crash-lost-runs", "lepton-retry-crashed"} <= names
     dep = stack.get(f"{stack.prefect_api}/deployments/name/retrain/lepton")
-    fr = stack.post(f"{stack.prefect_api}/deployments/{dep['id']}/create_flow_run",
-                    {"parameters": {"train": {"epochs": WORKER_EPOCHS, "width": 8, "patience": 0}}})
+    fr = stack.post(
+        f"{stack.prefect_api}/deployments/{dep['id']}/create_flow_run",
+        {"parameters": {"train": {"epochs": WORKER_EPOCHS, "width": 8, "patience": 0}}},
+    )
 
     ckdir = stack.home / "checkpoints"
     earlier = set(ckdir.glob("train-*.pt"))  # none expected, but not this test's business
@@ -340,8 +361,11 @@ def test_a_run_whose_worker_dies_is_rerun_and_resumes_from_its_checkpoint(stack)
                 epoch = int(load_checkpoint(ck)["epoch"])
             except Exception:  # replaced while read
                 pass
-        assert stack.get(f"{stack.prefect_api}/flow_runs/{fr['id']}")["state"]["type"] in ("SCHEDULED", "PENDING",
-                                                                                           "RUNNING")
+        assert stack.get(f"{stack.prefect_api}/flow_runs/{fr['id']}")["state"]["type"] in (
+            "SCHEDULED",
+            "PENDING",
+            "RUNNING",
+        )
         time.sleep(0.5)
     assert epoch >= 2, "training did not get under way"
 
@@ -363,8 +387,10 @@ def test_a_run_whose_worker_dies_is_rerun_and_resumes_from_its_checkpoint(stack)
     assert done["state"]["type"] == "COMPLETED", (seen, stack.wait_flow_run(fr["id"], 1)["state"].get("logs"))
     assert "CRASHED" in seen and done["run_count"] >= 2, seen
     # the resume is a warning; Prefect's API returns at most 200 logs a call
-    logs = stack.post(f"{stack.prefect_api}/logs/filter",
-                      {"logs": {"flow_run_id": {"any_": [fr["id"]]}, "level": {"ge_": 30}}, "limit": 200})
+    logs = stack.post(
+        f"{stack.prefect_api}/logs/filter",
+        {"logs": {"flow_run_id": {"any_": [fr["id"]]}, "level": {"ge_": 30}}, "limit": 200},
+    )
     resumed = [entry["message"] for entry in logs if "from its work checkpoint" in entry["message"]]
     assert resumed and killed_at["mlflow_run_id"] in resumed[0], "the rerun did not resume the checkpoint"
     assert not ours()  # finished: the work checkpoint is gone
@@ -372,13 +398,18 @@ def test_a_run_whose_worker_dies_is_rerun_and_resumes_from_its_checkpoint(stack)
 
 # ---------------------------------------------------------------- private state (last: after the retrains)
 
+
 def test_nothing_under_the_home_is_readable_by_others(stack):
     """After `lepton up`, restarts and retrains against the stack: the home is 0700
     and no file or folder under it is open to the group or others."""
     assert (stack.home.stat().st_mode & 0o777) == 0o700
     from tests.faults.test_private_home import _kept_by_its_tool
 
-    open_to_others = [f"{oct(p.lstat().st_mode & 0o777)} {p.relative_to(stack.home)}"
-                      for p in stack.home.rglob("*") if not p.is_symlink() and p.lstat().st_mode & 0o077
-                      and not _kept_by_its_tool(p.relative_to(stack.home), p.lstat().st_mode & 0o777)]
+    open_to_others = [
+        f"{oct(p.lstat().st_mode & 0o777)} {p.relative_to(stack.home)}"
+        for p in stack.home.rglob("*")
+        if not p.is_symlink()
+        and p.lstat().st_mode & 0o077
+        and not _kept_by_its_tool(p.relative_to(stack.home), p.lstat().st_mode & 0o777)
+    ]
     assert not open_to_others, open_to_others[:20]

@@ -63,9 +63,14 @@ class Trainers:
     def start(self) -> tuple[subprocess.Popen, Path]:
         self.n += 1
         out = self.base / f"outcome-{self.n}.json"
-        p = subprocess.Popen([sys.executable, "-c", TRAINER, str(out), str(EPOCHS), str(self.base / "go")],
-                             cwd=ROOT, env=self.env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", TRAINER, str(out), str(EPOCHS), str(self.base / "go")],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(p)
         return p, out
 
@@ -102,8 +107,8 @@ def test_identical_concurrent_trainings_never_share_a_checkpoint(tmp_path, monke
     env = lepton_env_vars(tmp_path)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    from effects.tracking import runs
     from effects.runtime.settings import get_settings
+    from effects.tracking import runs
     from lepton_core.checkpoint import load_checkpoint
 
     ckdir = get_settings().checkpoints_dir
@@ -193,10 +198,26 @@ RETRAIN_EPOCHS = 16
 
 def _retrain(env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", "from lepton.cli import main; main()", "retrain", "--no-progress",
-         "--set", f"train.epochs={RETRAIN_EPOCHS}", "--set", "train.patience=0", "--set", "train.width=8"],
-        env={**os.environ, **env}, cwd=env["LEPTON_PROJECT_DIR"], stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [
+            sys.executable,
+            "-c",
+            "from lepton.cli import main; main()",
+            "retrain",
+            "--no-progress",
+            "--set",
+            f"train.epochs={RETRAIN_EPOCHS}",
+            "--set",
+            "train.patience=0",
+            "--set",
+            "train.width=8",
+        ],
+        env={**os.environ, **env},
+        cwd=env["LEPTON_PROJECT_DIR"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_kill_9_of_lepton_retrain_leaks_nothing_and_the_epochs_continue(tmp_path):
@@ -239,10 +260,23 @@ def test_kill_9_of_lepton_retrain_leaks_nothing_and_the_epochs_continue(tmp_path
         assert port_free(port), f"kill {attempt + 1}: the temporary server's port {port} is still held"
         last_epoch = int(load_checkpoint(next(ckdir.glob("train-*.pt")))["epoch"])
 
-    done = run_cli(["retrain", "--no-progress", "--json", "--set", f"train.epochs={RETRAIN_EPOCHS}",
-                    "--set", "train.patience=0", "--set", "train.width=8"], env, timeout=300)
+    done = run_cli(
+        [
+            "retrain",
+            "--no-progress",
+            "--json",
+            "--set",
+            f"train.epochs={RETRAIN_EPOCHS}",
+            "--set",
+            "train.patience=0",
+            "--set",
+            "train.width=8",
+        ],
+        env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    result = json.loads(done.stdout[done.stdout.index("{"):])["result"]
+    result = json.loads(done.stdout[done.stdout.index("{") :])["result"]
     assert result["resumed_from_epoch"] == last_epoch > 0 and result["epochs_run"] == RETRAIN_EPOCHS
 
     from mlflow.tracking import MlflowClient

@@ -64,8 +64,9 @@ def test_mild_batch_no_alarm_strong_batch_drift_event_then_cooldown(champion, le
     assert again["results"][0]["status"] == "drift"
     assert again["event_emitted"] is False
     hm = r"(\d{4}-\d\d-\d\d )?\d\d:\d\d UTC"
-    assert re.fullmatch(rf"suppressed: cool-down until {hm} \(the last event was at {hm}\)",
-                        again["event_suppressed"]), again["event_suppressed"]
+    assert re.fullmatch(
+        rf"suppressed: cool-down until {hm} \(the last event was at {hm}\)", again["event_suppressed"]
+    ), again["event_suppressed"]
     assert strong["event_suppressed"] is None
 
     # The report is logged to a monitoring run that names the champion.
@@ -115,8 +116,7 @@ def test_bad_batches_get_a_clear_verdict_and_no_event(champion, lepton_env):
     frame["timestamp"] = pd.Timestamp("2026-11-23", tz="UTC")
     frame["model_version"] = champion["version"]
     frame.to_parquet(log / "part-0.parquet")
-    expected = {empty: "insufficient data", tiny: "insufficient data",
-                big: "schema mismatch", log: "insufficient data"}
+    expected = {empty: "insufficient data", tiny: "insufficient data", big: "schema mismatch", log: "insufficient data"}
     for batch, status in expected.items():
         out = _run(batch, cooldown_minutes=0)
         (r,) = out["results"]
@@ -126,16 +126,16 @@ def test_bad_batches_get_a_clear_verdict_and_no_event(champion, lepton_env):
 
 
 def test_retrain_folds_accepted_batches_into_the_next_data_version(champion, lepton_env):
-    from flows.retrain import retrain
     from effects.runtime.settings import get_settings
+    from flows.retrain import retrain
 
     accepted = json.loads((get_settings().home / "monitor" / "accepted.json").read_text())
     assert {b["id"].split("-")[0] for b in accepted} >= {"mild", "strong"}
     n_new = sum(len(list(Path(b["path"]).rglob("*.png"))) for b in accepted)
     second = retrain(data=DataParams(), train=FAST, progress=False)
     assert second["data_version"] != champion["data_version"]
-    from lepton_core.data.prepare import read_prepared
     from effects.data.dvc_store import dataset_path
+    from lepton_core.data.prepare import read_prepared
 
     old = read_prepared(dataset_path(champion["data_version"]))
     new = read_prepared(dataset_path(second["data_version"]))

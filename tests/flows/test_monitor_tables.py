@@ -4,7 +4,6 @@ accepted batch becomes a listed input of the next data version and its MLflow ru
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -60,8 +59,8 @@ def test_csv_batch_with_the_custom_label_column_is_checked(table_champion, lepto
 
 
 def test_the_accepted_batch_is_a_listed_input_of_the_next_data_version(table_champion, lepton_env):
-    from effects.state import monitor_state
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
     from effects.tracking.runs import client
     from flows.retrain import retrain
 
@@ -76,8 +75,9 @@ def test_the_accepted_batch_is_a_listed_input_of_the_next_data_version(table_cha
     assert meta["monitored_batches"] == [b["id"] for b in accepted]
     assert meta["label_column"] == "species"
     run = client().get_run(second["run_id"])
-    contexts = {d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"]
-                for d in run.inputs.dataset_inputs}
+    contexts = {
+        d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"] for d in run.inputs.dataset_inputs
+    }
     assert contexts[f"monitor-batch-{accepted[0]['id']}"] == "monitored-batch"
     assert sorted(contexts.values()) == ["monitored-batch", "training"]
 
@@ -88,7 +88,9 @@ def test_an_unlabelled_table_is_monitored_and_scored(table_champion, lepton_env,
 
     batch = tmp_path / "unlabelled.csv"
     _table(150, 3, ["sepal_length", "petal_width", "petal_length"]).to_csv(batch, index=False)
-    (res,) = monitor(batch=str(batch), monitor=MonitorParams(min_rows=50, cooldown_minutes=600), registry=REG)["results"]
+    (res,) = monitor(batch=str(batch), monitor=MonitorParams(min_rows=50, cooldown_minutes=600), registry=REG)[
+        "results"
+    ]
     assert res["status"] in ("no drift", "drift"), res["verdict"]
     assert "accuracy_drop" not in res["scores"] and res["accepted_for_training"] is False
     out = score_data(batch, None, tmp_path / "p.parquet", NAME, progress=False)

@@ -28,9 +28,7 @@ def runs(lepton_env, prefect_server):
 
     # a non-default monitor section: the run must record what it was given, not defaults
     first = retrain(data=DataParams(), train=FAST, monitor=MonitorParams(drift_share=0.3), progress=False)
-    second = retrain(
-        data=DataParams(), train=WORSE, promote=PromoteParams(min_accuracy=0.0), progress=False
-    )
+    second = retrain(data=DataParams(), train=WORSE, promote=PromoteParams(min_accuracy=0.0), progress=False)
     return first, second
 
 
@@ -64,8 +62,11 @@ def test_run_and_version_carry_params_metrics_artifacts_and_provenance(runs, lep
     assert run.data.params["deploy.retrain_cron"] == "0 3 * * 1"
     assert second.get("run_id") and c.get_run(second["run_id"]).data.params["monitor.drift_share"] == "0.5"
     # lineage in MLflow's own fields: dataset input, source version, experiment kind
-    (inp,) = [d for d in run.inputs.dataset_inputs
-              if {t.key: t.value for t in d.tags}.get("mlflow.data.context") == "training"]
+    (inp,) = [
+        d
+        for d in run.inputs.dataset_inputs
+        if {t.key: t.value for t in d.tags}.get("mlflow.data.context") == "training"
+    ]
     assert inp.dataset.digest == first["data_version"][:36]
     assert first["data_version"][2:] in inp.dataset.source
     assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["lepton.git_commit"].removesuffix("-dirty")
@@ -80,8 +81,12 @@ def test_run_and_version_carry_params_metrics_artifacts_and_provenance(runs, lep
     for key in ("test_accuracy", "test_f1_macro", "test_precision_macro", "test_recall_macro"):
         assert 0.0 <= run.data.metrics[key] <= 1.0
     artifacts = {a.path for d in ("evaluation", "data", "checkpoint") for a in c.list_artifacts(first["run_id"], d)}
-    assert {"evaluation/confusion_matrix.png", "evaluation/metrics.json", "data/prepared.dvc",
-            "checkpoint/model.pt"} <= artifacts
+    assert {
+        "evaluation/confusion_matrix.png",
+        "evaluation/metrics.json",
+        "data/prepared.dvc",
+        "checkpoint/model.pt",
+    } <= artifacts
     png = Path(c.download_artifacts(first["run_id"], "evaluation/confusion_matrix.png", str(lepton_env[0] / "dl")))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     dvc_text = Path(c.download_artifacts(first["run_id"], "data/prepared.dvc", str(lepton_env[0] / "dl"))).read_text()
@@ -112,8 +117,8 @@ def test_prepare_is_cached_when_raw_data_unchanged(runs, prefect_server):
 def test_champion_loads_with_stock_mlflow_and_predicts(runs, lepton_env):
     import mlflow
 
-    from lepton_core.data.prepare import read_prepared
     from effects.data.dvc_store import dataset_path
+    from lepton_core.data.prepare import read_prepared
 
     first, _ = runs
     mlflow.set_tracking_uri(lepton_env[1]["MLFLOW_TRACKING_URI"])
@@ -143,19 +148,27 @@ def test_stock_mlflow_loads_the_champion_without_asking_for_type_hints(runs, lep
     import subprocess
     import sys
 
-    code = ("import mlflow, warnings; warnings.simplefilter('always'); "
-            f"mlflow.set_tracking_uri({lepton_env[1]['MLFLOW_TRACKING_URI']!r}); "
-            "m = mlflow.pyfunc.load_model('models:/lepton-digits@champion'); print('loaded', type(m).__name__)")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONWARNINGS": "always"})
+    code = (
+        "import mlflow, warnings; warnings.simplefilter('always'); "
+        f"mlflow.set_tracking_uri({lepton_env[1]['MLFLOW_TRACKING_URI']!r}); "
+        "m = mlflow.pyfunc.load_model('models:/lepton-digits@champion'); print('loaded', type(m).__name__)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "always"},
+    )
     assert r.returncode == 0 and "loaded PyFuncModel" in r.stdout, r.stderr[-2000:]
     assert "type hint" not in r.stderr.lower(), r.stderr[-2000:]
 
 
 def test_force_promote_then_rollback(runs):
-    from flows.registry import promote_flow, rollback_flow
     from effects.tracking.registry import registry_status
     from effects.tracking.runs import client
+    from flows.registry import promote_flow, rollback_flow
 
     first, second = runs
     refused = promote_flow(version=second["version"])

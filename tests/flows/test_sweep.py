@@ -23,8 +23,9 @@ GATE = PromoteParams(min_accuracy=0.5)
 
 
 def _runs(experiment: str):
-    from effects.tracking.tags import PARENT as TAG_PARENT, SWEEP as TAG_SWEEP
     from effects.tracking.runs import client
+    from effects.tracking.tags import PARENT as TAG_PARENT
+    from effects.tracking.tags import SWEEP as TAG_SWEEP
 
     c = client()
     exp = c.get_experiment_by_name(experiment)
@@ -36,8 +37,9 @@ def _runs(experiment: str):
 
 
 def _versions_of(c, parent_run_id: str):
-    return [v for v in c.search_model_versions("name='lepton-digits'")
-            if v.tags.get("lepton.sweep_run_id") == parent_run_id]
+    return [
+        v for v in c.search_model_versions("name='lepton-digits'") if v.tags.get("lepton.sweep_run_id") == parent_run_id
+    ]
 
 
 def _check_shape(result: dict, experiment: str, trials: int, failed: int = 0):
@@ -87,8 +89,12 @@ def _check_shape(result: dict, experiment: str, trials: int, failed: int = 0):
 def test_sweep_on_threads_nests_four_trials_and_registers_only_the_best(lepton_env, prefect_server):
     from flows.sweep import sweep
 
-    result = sweep(train=TINY, promote=GATE, registry=RegistryParams(experiment="sweep-threads"),
-                   sweep=SweepParams(space=SPACE, trials=4, parallel=2, startup_trials=2))
+    result = sweep(
+        train=TINY,
+        promote=GATE,
+        registry=RegistryParams(experiment="sweep-threads"),
+        sweep=SweepParams(space=SPACE, trials=4, parallel=2, startup_trials=2),
+    )
     assert result["runner"] == "threads" and result["failed"] == 0
     _, _, children = _check_shape(result, "sweep-threads", trials=4)
     assert result["decision"]["promoted"] is True  # the first model of this registry passes the gate
@@ -113,8 +119,12 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(lepton_env, prefe
         return real(prepared, params, *args, **kwargs)
 
     monkeypatch.setattr(tracked, "train_stage", flaky)
-    result = sweep(train=TINY, promote=GATE, registry=RegistryParams(experiment="sweep-fault"),
-                   sweep=SweepParams(space=SPACE, trials=4, parallel=2, startup_trials=2, seed=1))
+    result = sweep(
+        train=TINY,
+        promote=GATE,
+        registry=RegistryParams(experiment="sweep-fault"),
+        sweep=SweepParams(space=SPACE, trials=4, parallel=2, startup_trials=2, seed=1),
+    )
     assert len(calls) == 4 and result["failed"] == 1
     _, parent, children = _check_shape(result, "sweep-fault", trials=4, failed=1)
     (bad,) = [t for t in result["trials"] if t["state"] == "FAIL"]
@@ -131,14 +141,34 @@ def test_cli_sweep_on_a_local_dask_cluster_of_two_worker_processes(lepton_env, p
     from effects.tracking.tags import OWNER as TAG_OWNER
 
     _, env = lepton_env
-    r = run_cli(["sweep", "--trials", "4", "--parallel", "2", "--dask", "local", "--json",
-                 "--set", "train.epochs=2", "--set", "train.patience=0", "--set", "promote.min_accuracy=0.5",
-                 "--set", "registry.experiment=sweep-dask", "--set", "sweep.startup_trials=2",
-                 "--set", "sweep.space={train.lr: {low: 0.001, high: 0.02, log: true}, "
-                          "train.width: {choices: [8, 16]}}"],
-                {**env, "PREFECT_API_URL": prefect_server}, timeout=400)
+    r = run_cli(
+        [
+            "sweep",
+            "--trials",
+            "4",
+            "--parallel",
+            "2",
+            "--dask",
+            "local",
+            "--json",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.patience=0",
+            "--set",
+            "promote.min_accuracy=0.5",
+            "--set",
+            "registry.experiment=sweep-dask",
+            "--set",
+            "sweep.startup_trials=2",
+            "--set",
+            "sweep.space={train.lr: {low: 0.001, high: 0.02, log: true}, train.width: {choices: [8, 16]}}",
+        ],
+        {**env, "PREFECT_API_URL": prefect_server},
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    result = json.loads(r.stdout[r.stdout.index("{"):])
+    result = json.loads(r.stdout[r.stdout.index("{") :])
     assert result["runner"] == "local" and result["failed"] == 0
     _, parent, children = _check_shape(result, "sweep-dask", trials=4)
     assert parent.data.tags["lepton.sweep_runner"] == "local"
@@ -147,12 +177,15 @@ def test_cli_sweep_on_a_local_dask_cluster_of_two_worker_processes(lepton_env, p
     assert len(workers) == 2 and pid(parent) not in workers  # two worker processes, not the CLI
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--trials", "0"], "sweep.trials: Input should be greater than or equal to 1"),
-    (["--set", "sweep.space={train.lrr: {low: 0.1, high: 0.2}}"], "unknown params path 'train.lrr'"),
-    (["--set", "sweep.space={data.seed: {choices: [1, 2]}}"], "only train.* params can be searched"),
-    (["--dask", "not an address"], "expected 'local' or a scheduler address"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--trials", "0"], "sweep.trials: Input should be greater than or equal to 1"),
+        (["--set", "sweep.space={train.lrr: {low: 0.1, high: 0.2}}"], "unknown params path 'train.lrr'"),
+        (["--set", "sweep.space={data.seed: {choices: [1, 2]}}"], "only train.* params can be searched"),
+        (["--dask", "not an address"], "expected 'local' or a scheduler address"),
+    ],
+)
 def test_cli_refuses_a_bad_budget_or_space_in_one_line(tmp_path, args, says):
     from tests.conftest import lepton_env_vars, make_project
 

@@ -18,8 +18,9 @@ DEVICE = "cuda"  # what the tests train and predict on
 ROOT = Path(__file__).resolve().parents[2]
 
 # The synthetic CIFAR-shaped set: uint8 (N, 3, 32, 32) images of 10 classes.
-SYNTH_PRE = Preprocessing(kind="image", input_shape=(3, 32, 32), dtype="uint8", scale=1 / 255,
-                          classes=tuple(str(i) for i in range(10)))
+SYNTH_PRE = Preprocessing(
+    kind="image", input_shape=(3, 32, 32), dtype="uint8", scale=1 / 255, classes=tuple(str(i) for i in range(10))
+)
 
 
 def on_device(device: str | torch.device) -> bool:

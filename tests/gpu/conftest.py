@@ -42,8 +42,17 @@ def _digits_run(prepared, tmp: Path, **kw) -> Run:
     pre = Preprocessing.from_meta(prepared.meta)
     res = train_on_prepared(prepared, params, pre, tmp / "ck.pt", progress=False)
     final = save_trained_model(res, params, pre, prepared.meta, tmp / "model.pt")
-    return Run(res, params, pre, tmp / "ck.pt", final, prepared.x["val"], prepared.y["val"],
-               prepared.x["test"], prepared.y["test"])
+    return Run(
+        res,
+        params,
+        pre,
+        tmp / "ck.pt",
+        final,
+        prepared.x["val"],
+        prepared.y["val"],
+        prepared.x["test"],
+        prepared.y["test"],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -72,10 +81,25 @@ def synthetic_run(tmp_path_factory) -> Run:
     def inputs(x):
         return model_input(check_samples(x, pre), pre, cfg)
 
-    res = train_model(cfg, params, inputs(x_tr), torch.from_numpy(y_tr), inputs(x_val), torch.from_numpy(y_val),
-                      checkpoint_path=tmp / "ck.pt", progress=False)
-    meta = {"kind": "image", "input_shape": [3, 32, 32], "dtype": "uint8", "x_scale": 1 / 255,
-            "n_classes": 10, "classes": list(pre.classes), "source": "synthetic"}
+    res = train_model(
+        cfg,
+        params,
+        inputs(x_tr),
+        torch.from_numpy(y_tr),
+        inputs(x_val),
+        torch.from_numpy(y_val),
+        checkpoint_path=tmp / "ck.pt",
+        progress=False,
+    )
+    meta = {
+        "kind": "image",
+        "input_shape": [3, 32, 32],
+        "dtype": "uint8",
+        "x_scale": 1 / 255,
+        "n_classes": 10,
+        "classes": list(pre.classes),
+        "source": "synthetic",
+    }
     final = save_trained_model(res, params, pre, meta, tmp / "model.pt")
     return Run(res, params, pre, tmp / "ck.pt", final, x_val, y_val, x_te, y_te)
 

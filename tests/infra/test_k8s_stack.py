@@ -110,10 +110,17 @@ def test_the_kustomization_lists_every_manifest_in_one_namespace():
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert sorted(k["resources"]) == sorted(on_disk)
     kinds = {(o["kind"], o["metadata"]["name"]) for o in _all_objects()}
-    for needed in [("StatefulSet", "postgres"), ("StatefulSet", "seaweedfs"), ("Deployment", "mlflow"),
-                   ("Deployment", "prefect-server"), ("Deployment", "lepton-prefect-worker"),
-                   ("Deployment", "lepton-model-server"), ("ServiceAccount", "lepton-prefect-worker"),
-                   ("Role", "lepton-prefect-worker"), ("RoleBinding", "lepton-prefect-worker")]:
+    for needed in [
+        ("StatefulSet", "postgres"),
+        ("StatefulSet", "seaweedfs"),
+        ("Deployment", "mlflow"),
+        ("Deployment", "prefect-server"),
+        ("Deployment", "lepton-prefect-worker"),
+        ("Deployment", "lepton-model-server"),
+        ("ServiceAccount", "lepton-prefect-worker"),
+        ("Role", "lepton-prefect-worker"),
+        ("RoleBinding", "lepton-prefect-worker"),
+    ]:
         assert needed in kinds, needed
     assert not [o for o in _all_objects() if o["kind"] == "Secret"], "Secrets are made with kubectl, never in a file"
     for o in _all_objects():
@@ -127,7 +134,8 @@ def _service_problems(objs: list[dict]) -> list[str]:
         if not o["spec"]["selector"]["matchLabels"].items() <= tpl["metadata"]["labels"].items():
             problems.append(f"{o['metadata']['name']}: selector does not match its own pods")
         if o["kind"] == "StatefulSet" and ("Service", o["spec"]["serviceName"]) not in {
-                (x["kind"], x["metadata"]["name"]) for x in objs}:
+            (x["kind"], x["metadata"]["name"]) for x in objs
+        }:
             problems.append(f"{o['metadata']['name']}: serviceName names no Service")
     for svc in (o for o in objs if o["kind"] == "Service"):
         sel = svc["spec"]["selector"]
@@ -147,8 +155,7 @@ def test_services_select_the_pods_that_open_their_ports():
     assert _service_problems(objs) == []
     # the names the rest of the stack calls them by (the same as in infra/compose.yaml)
     ports = {o["metadata"]["name"]: o["spec"]["ports"][0]["port"] for o in objs if o["kind"] == "Service"}
-    assert ports == {"postgres": 5432, "seaweedfs": 8333, "mlflow": 5000, "prefect": 4200,
-                     "lepton-model-server": 8000}
+    assert ports == {"postgres": 5432, "seaweedfs": 8333, "mlflow": 5000, "prefect": 4200, "lepton-model-server": 8000}
 
 
 def test_the_service_check_catches_a_selector_that_matches_nothing():
@@ -220,8 +227,11 @@ def test_no_secret_value_is_written_in_a_manifest():
 def test_every_variable_is_known_to_lepton_or_listed_with_a_reason():
     objs = _all_objects()
     used = {e["name"] for _, c in _containers(objs) for e in c.get("env", [])}
-    used |= {k for m in (o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "lepton-config")
-             for k in m["data"]}
+    used |= {
+        k
+        for m in (o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "lepton-config")
+        for k in m["data"]
+    }
     unknown = used - KNOWN_ENV - set(K8S_ONLY_ENV)
     assert not unknown, f"add to effects.runtime.settings.KNOWN_ENV or K8S_ONLY_ENV: {sorted(unknown)}"
     assert set(K8S_ONLY_ENV) <= used, set(K8S_ONLY_ENV) - used
@@ -297,9 +307,15 @@ def test_mlflow_serves_artifacts_from_s3_with_postgres_and_probes_its_health_end
 
     c = _container(_all_objects(), "Deployment", "mlflow")
     words = _words(c)
-    for flag in ("--serve-artifacts", "--app-name basic-auth", "--workers 1", "--port 5000",
-                 "--backend-store-uri postgresql://lepton@postgres:5432/mlflow",
-                 '--artifacts-destination "s3://$LEPTON_S3_BUCKET/mlflow"', "python infra/scripts/ensure_bucket.py"):
+    for flag in (
+        "--serve-artifacts",
+        "--app-name basic-auth",
+        "--workers 1",
+        "--port 5000",
+        "--backend-store-uri postgresql://lepton@postgres:5432/mlflow",
+        '--artifacts-destination "s3://$LEPTON_S3_BUCKET/mlflow"',
+        "python infra/scripts/ensure_bucket.py",
+    ):
         assert flag in words, flag
     assert "mlflow:*" in words and "--allowed-hosts" in words
     routes = {r.rule for r in mlflow_app.url_map.iter_rules()}
@@ -337,15 +353,16 @@ def test_the_worker_probes_the_healthcheck_server_prefect_starts():
 
 
 def _allows(role: dict, group: str, resource: str, verb: str) -> bool:
-    return any((group in r["apiGroups"] or "*" in r["apiGroups"])
-               and (resource in r["resources"] or "*" in r["resources"])
-               and (verb in r["verbs"] or "*" in r["verbs"]) for r in role["rules"])
+    return any(
+        (group in r["apiGroups"] or "*" in r["apiGroups"])
+        and (resource in r["resources"] or "*" in r["resources"])
+        and (verb in r["verbs"] or "*" in r["verbs"])
+        for r in role["rules"]
+    )
 
 
-_VERBS = {"create": "create", "read": "get", "list": "list", "delete": "delete", "patch": "patch",
-          "replace": "update"}
-_RESOURCES = {"job": ("batch", "jobs"), "pod": ("", "pods"), "pod_log": ("", "pods/log"),
-              "secret": ("", "secrets")}
+_VERBS = {"create": "create", "read": "get", "list": "list", "delete": "delete", "patch": "patch", "replace": "update"}
+_RESOURCES = {"job": ("batch", "jobs"), "pod": ("", "pods"), "pod_log": ("", "pods/log"), "secret": ("", "secrets")}
 
 
 def _worker_api_calls() -> set[tuple[str, str, str]]:
@@ -356,8 +373,9 @@ def _worker_api_calls() -> set[tuple[str, str, str]]:
     pkg = Path(prefect_kubernetes.__file__).parent
     calls = set()
     for src in ("worker.py", "observer.py"):
-        for verb, res in re.findall(r"\b(create|read|list|delete|patch|replace)_namespaced_(\w+?)\(",
-                                    (pkg / src).read_text()):
+        for verb, res in re.findall(
+            r"\b(create|read|list|delete|patch|replace)_namespaced_(\w+?)\(", (pkg / src).read_text()
+        ):
             calls.add((*_RESOURCES[res], _VERBS[verb]))
     calls |= {("batch", "jobs", "watch"), ("", "pods", "watch"), ("", "events", "create")}
     return calls
@@ -366,8 +384,9 @@ def _worker_api_calls() -> set[tuple[str, str, str]]:
 def _worker_role(objs) -> dict:
     dep = _one(objs, "Deployment", "lepton-prefect-worker")
     sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
-    bindings = [b for b in objs if b["kind"] == "RoleBinding"
-                and {"kind": "ServiceAccount", "name": sa} in b["subjects"]]
+    bindings = [
+        b for b in objs if b["kind"] == "RoleBinding" and {"kind": "ServiceAccount", "name": sa} in b["subjects"]
+    ]
     assert len(bindings) == 1 and bindings[0]["roleRef"]["kind"] == "Role"
     _one(objs, "ServiceAccount", sa)
     return _one(objs, "Role", bindings[0]["roleRef"]["name"])
@@ -389,7 +408,8 @@ def test_the_worker_role_allows_what_prefect_kubernetes_calls_and_no_more():
     # namespaced watches only: without this the observer lists pods in all namespaces
     env = {e["name"]: e for e in _container(objs, "Deployment", "lepton-prefect-worker")["env"]}
     assert env["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"]["valueFrom"]["fieldRef"] == {
-        "fieldPath": "metadata.namespace"}
+        "fieldPath": "metadata.namespace"
+    }
 
 
 def test_the_permission_check_catches_a_role_that_cannot_create_jobs():
@@ -444,11 +464,29 @@ def k8s_deployed(prefect_server, tmp_path_factory):
     from prefect.client.orchestration import get_client
 
     pool = f"lepton-k8s-{uuid.uuid4().hex[:8]}"
-    env = {**lepton_env_vars(tmp_path_factory.mktemp("k8s")), "PREFECT_API_URL": prefect_server,
-           "LEPTON_PROJECT_DIR": str(ROOT)}  # the flows' code: the checkout, as /opt/lepton in the image
-    r = run_cli(["deploy", "--pool-type", "kubernetes", "--pool", pool,
-                 "--base-job-template", str(POOL_TEMPLATE),
-                 "--set", "deploy.gpus=2", "--set", "deploy.memory=16Gi", "--set", "deploy.cpu=4"], env)
+    env = {
+        **lepton_env_vars(tmp_path_factory.mktemp("k8s")),
+        "PREFECT_API_URL": prefect_server,
+        "LEPTON_PROJECT_DIR": str(ROOT),
+    }  # the flows' code: the checkout, as /opt/lepton in the image
+    r = run_cli(
+        [
+            "deploy",
+            "--pool-type",
+            "kubernetes",
+            "--pool",
+            pool,
+            "--base-job-template",
+            str(POOL_TEMPLATE),
+            "--set",
+            "deploy.gpus=2",
+            "--set",
+            "deploy.memory=16Gi",
+            "--set",
+            "deploy.cpu=4",
+        ],
+        env,
+    )
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     yield pool, env, r.stdout
     with get_client(sync_client=True) as c:
@@ -475,7 +513,8 @@ def _render_job(pool: str, flow_name: str) -> dict:
             dep = await c.read_deployment_by_name(f"{flow_name}/lepton")
             run = await c.create_flow_run_from_deployment(dep.id)
             cfg = await KubernetesWorkerJobConfiguration.resolve_for_flow_run(
-                run, client=c, work_pool=work_pool, worker_name="lepton-k8s-worker", deployment=dep)
+                run, client=c, work_pool=work_pool, worker_name="lepton-k8s-worker", deployment=dep
+            )
             return cfg.job_manifest
 
     return asyncio.run(go())
@@ -510,8 +549,13 @@ def test_the_training_deployment_carries_gpus_memory_and_cpu_from_params(k8s_dep
     with get_client(sync_client=True) as c:
         by_flow = {c.read_flow(d.flow_id).name: d for d in c.read_deployments() if d.work_pool_name == pool}
     assert {"retrain", "promote", "rollback", "monitor"} <= set(by_flow)
-    training = {"gpu_count": 2, "memory_request": "16Gi", "memory_limit": "16Gi", "cpu_request": "4",
-                "image": "lepton:cuda"}
+    training = {
+        "gpu_count": 2,
+        "memory_request": "16Gi",
+        "memory_limit": "16Gi",
+        "cpu_request": "4",
+        "image": "lepton:cuda",
+    }
     assert by_flow["retrain"].job_variables == training
     if "sweep" in by_flow:  # its trials run in its pod unless it is given a Dask cluster
         assert by_flow["sweep"].job_variables == training
@@ -594,8 +638,11 @@ def test_deploy_refuses_a_kubernetes_pool_whose_template_would_drop_the_gpu_requ
     _, env, _ = k8s_deployed
     name = f"lepton-stock-{uuid.uuid4().hex[:8]}"
     with get_client(sync_client=True) as c:
-        c.create_work_pool(WorkPoolCreate(name=name, type="kubernetes",
-                                          base_job_template=KubernetesWorker.get_default_base_job_template()))
+        c.create_work_pool(
+            WorkPoolCreate(
+                name=name, type="kubernetes", base_job_template=KubernetesWorker.get_default_base_job_template()
+            )
+        )
     try:
         r = run_cli(["deploy", "--pool-type", "kubernetes", "--pool", name], env, timeout=120)
         errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]

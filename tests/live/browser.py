@@ -17,9 +17,9 @@ from effects.runtime.procs import free_port
 _TEXT = "document.readyState === 'complete' && document.body ? document.body.innerText : ''"
 
 
-
-def frame_texts(url: str, profile: Path, until: str, timeout: float = 90,
-                headers: dict[str, str] | None = None) -> list[str]:
+def frame_texts(
+    url: str, profile: Path, until: str, timeout: float = 90, headers: dict[str, str] | None = None
+) -> list[str]:
     """Open `url`; return the visible text of the page and of every frame in it, as
     soon as one of them contains `until` (or whatever they hold at the timeout).
 
@@ -27,16 +27,19 @@ def frame_texts(url: str, profile: Path, until: str, timeout: float = 90,
     a basic-auth prompt talks to MLflow (credentials inside the URL would not do:
     Chromium refuses a page's `fetch` of a relative URL when the page's URL holds
     credentials, so MLflow's UI could load no data)."""
-    return _with_chromium(profile, timeout, lambda ws_url, deadline: _collect(
-        ws_url, url, until, deadline, headers or {}, _TEXT))
+    return _with_chromium(
+        profile, timeout, lambda ws_url, deadline: _collect(ws_url, url, until, deadline, headers or {}, _TEXT)
+    )
 
 
-def page_html(url: str, profile: Path, until: str, timeout: float = 90,
-              headers: dict[str, str] | None = None) -> str:
+def page_html(url: str, profile: Path, until: str, timeout: float = 90, headers: dict[str, str] | None = None) -> str:
     """Open `url`; return the page's DOM (outer HTML) once it contains `until`, or as
     it is at the timeout."""
-    texts = _with_chromium(profile, timeout, lambda ws_url, deadline: _collect(
-        ws_url, url, until, deadline, headers or {}, _HTML, frames=False))
+    texts = _with_chromium(
+        profile,
+        timeout,
+        lambda ws_url, deadline: _collect(ws_url, url, until, deadline, headers or {}, _HTML, frames=False),
+    )
     return texts[0]
 
 
@@ -52,11 +55,24 @@ def _with_chromium(profile: Path, timeout: float, work, exit_grace: float = 0):
     assert chromium, "Debian's chromium is needed (make test installs it: apt-get install chromium)"
     port = free_port()
     proc = subprocess.Popen(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--remote-debugging-port={port}", "--remote-debugging-address=127.0.0.1",
-         f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--remote-debugging-port={port}",
+            "--remote-debugging-address=127.0.0.1",
+            f"--user-data-dir={profile}",
+            "--window-size=1400,1000",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + timeout
         tabs = None
@@ -81,8 +97,9 @@ def _with_chromium(profile: Path, timeout: float, work, exit_grace: float = 0):
                 proc.wait()
 
 
-async def _collect(ws_url: str, url: str, until: str, deadline: float, headers: dict[str, str],
-                   expression: str, frames: bool = True) -> list[str]:
+async def _collect(
+    ws_url: str, url: str, until: str, deadline: float, headers: dict[str, str], expression: str, frames: bool = True
+) -> list[str]:
     import websockets
 
     async with websockets.connect(ws_url, max_size=None) as ws:
@@ -113,7 +130,7 @@ async def _collect(ws_url: str, url: str, until: str, deadline: float, headers: 
                     pending[await send("Runtime.evaluate", sid, expression=expression)] = k
             try:
                 msg = json.loads(await asyncio.wait_for(ws.recv(), timeout=0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if msg.get("method") == "Target.attachedToTarget":
                 sessions.append(msg["params"]["sessionId"])
@@ -136,12 +153,14 @@ def seed_local_storage(profile: Path, origin: str, items: dict[str, str], timeou
         import websockets
 
         async with websockets.connect(ws_url, max_size=None) as ws:
+
             async def call(i, method, **params):
                 await ws.send(json.dumps({"id": i, "method": method, "params": params}))
                 while True:
                     msg = json.loads(await asyncio.wait_for(ws.recv(), timeout=timeout))
                     if msg.get("id") == i:
                         return msg
+
             await call(1, "Page.enable")
             await call(2, "Page.navigate", url=origin)
             for i in range(3, 300):
@@ -150,7 +169,9 @@ def seed_local_storage(profile: Path, origin: str, items: dict[str, str], timeou
                     break
                 await asyncio.sleep(0.2)
             await call(300, "Runtime.evaluate", expression=script)
-            check = await call(301, "Runtime.evaluate", expression=f"localStorage.getItem({json.dumps(next(iter(items)))})")
+            check = await call(
+                301, "Runtime.evaluate", expression=f"localStorage.getItem({json.dumps(next(iter(items)))})"
+            )
             assert check["result"]["result"].get("value") == next(iter(items.values())), check
             await ws.send(json.dumps({"id": 302, "method": "Browser.close", "params": {}}))
 

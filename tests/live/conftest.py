@@ -61,8 +61,17 @@ class Live:
         return run_cli(list(args), self.env, timeout=timeout)
 
     def up(self):
-        args = ["up", "--prefect-port", str(self.ports["prefect"]), "--mlflow-port", str(self.ports["mlflow"]),
-                "--s3-port", str(self.ports["s3"]), "--serve-port", str(self.ports["serve"])]
+        args = [
+            "up",
+            "--prefect-port",
+            str(self.ports["prefect"]),
+            "--mlflow-port",
+            str(self.ports["mlflow"]),
+            "--s3-port",
+            str(self.ports["s3"]),
+            "--serve-port",
+            str(self.ports["serve"]),
+        ]
         if self.db:
             args += ["--db", self.db]
         if self.sse and not (self.home / "stack" / "stack.json").exists():
@@ -101,9 +110,13 @@ class Live:
         c = self.credentials()
         env = {"MLFLOW_TRACKING_URI": self.mlflow, "PREFECT_API_URL": self.prefect_api}
         if self.auth:
-            env.update({"MLFLOW_TRACKING_USERNAME": c["mlflow_username"],
-                        "MLFLOW_TRACKING_PASSWORD": c["mlflow_password"],
-                        "PREFECT_API_AUTH_STRING": c["prefect_auth_string"]})
+            env.update(
+                {
+                    "MLFLOW_TRACKING_USERNAME": c["mlflow_username"],
+                    "MLFLOW_TRACKING_PASSWORD": c["mlflow_password"],
+                    "PREFECT_API_AUTH_STRING": c["prefect_auth_string"],
+                }
+            )
         return env
 
     def browser_headers(self, url: str) -> dict[str, str]:
@@ -118,9 +131,13 @@ class Live:
         import boto3
 
         c = self.credentials()
-        return boto3.client("s3", endpoint_url=self.s3, region_name="us-east-1",
-                            aws_access_key_id=c["aws_access_key_id"],
-                            aws_secret_access_key=c["aws_secret_access_key"])
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3,
+            region_name="us-east-1",
+            aws_access_key_id=c["aws_access_key_id"],
+            aws_secret_access_key=c["aws_secret_access_key"],
+        )
 
     def batch_to_s3(self, out: Path, prefix: str, *drift: str) -> None:
         """A batch made by `lepton simulate-drift <drift> --out <out>`, uploaded
@@ -152,14 +169,17 @@ class Live:
             except urllib.error.HTTPError as e:
                 if e.code not in self.RETRYABLE or attempt == 5:
                     raise
-                time.sleep(0.5 * 2 ** attempt)
+                time.sleep(0.5 * 2**attempt)
 
     def get(self, url: str) -> dict:
         return self._request(url)
 
     def post(self, url: str, body: dict) -> dict | list:
-        return self._request(urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                                    headers={"Content-Type": "application/json"}))
+        return self._request(
+            urllib.request.Request(
+                url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+            )
+        )
 
     def wait_flow_run(self, flow_run_id: str, timeout: float = 600) -> dict:
         deadline = time.monotonic() + timeout
@@ -167,8 +187,10 @@ class Live:
             fr = self.get(f"{self.prefect_api}/flow_runs/{flow_run_id}")
             if fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 if fr["state"]["type"] != "COMPLETED":  # say why, in the assertion that follows
-                    logs = self.post(f"{self.prefect_api}/logs/filter",
-                                     {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200})
+                    logs = self.post(
+                        f"{self.prefect_api}/logs/filter",
+                        {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
+                    )
                     fr["state"]["logs"] = "\n".join(entry["message"] for entry in logs)[-6000:]
                 return fr
             time.sleep(1)
@@ -203,8 +225,7 @@ def _running_stack(tmp_path_factory, backend: str, sse: str | None = None):
 def live(request, tmp_path_factory):
     """The stack on each backend (for what must hold on both). The SQLite one asks
     for server-side encryption on every write, the PostgreSQL one does not."""
-    yield from _running_stack(tmp_path_factory, request.param,
-                              sse="AES256" if request.param == "sqlite" else None)
+    yield from _running_stack(tmp_path_factory, request.param, sse="AES256" if request.param == "sqlite" else None)
 
 
 @pytest.fixture(scope="package")
@@ -223,8 +244,7 @@ def deploy_and_run_retrain(live: Live) -> tuple[dict, dict]:
     assert r.returncode == 0, r.stderr[-3000:]
     dep = live.get(f"{live.prefect_api}/deployments/name/retrain/lepton")
     # The dashboard's "Run" button posts the form's parameters to this endpoint.
-    fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run",
-                   {"parameters": {"train": FAST_TRAIN}})
+    fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run", {"parameters": {"train": FAST_TRAIN}})
     done = live.wait_flow_run(fr["id"])
     assert done["state"]["type"] == "COMPLETED", done["state"].get("logs") or done["state"]
     return dep, done

@@ -36,8 +36,14 @@ def test_secrets_are_kept_private_and_generated_once(live):
     p = live.home / "stack" / "credentials.json"
     assert p.stat().st_mode & 0o777 == 0o600
     c = json.loads(p.read_text())
-    for key in ("aws_secret_access_key", "mlflow_password", "prefect_auth_string", "serve_token",
-                "weed_jwt_key", "weed_filer_jwt_key"):
+    for key in (
+        "aws_secret_access_key",
+        "mlflow_password",
+        "prefect_auth_string",
+        "serve_token",
+        "weed_jwt_key",
+        "weed_filer_jwt_key",
+    ):
         assert len(c[key]) >= 24, key
     assert live.state()["auth"] is True
     # no secret on a process's command line (anyone may read /proc/*/cmdline)
@@ -76,8 +82,10 @@ def test_the_filer_and_volume_servers_refuse_requests_without_a_jwt(live):
             a = json.loads(r.read())
         assert "auth" not in a
         body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nx\r\n--b--\r\n'
-        assert _status(f"http://{a['url']}/{a['fid']}", "POST", body,
-                       {"Content-Type": "multipart/form-data; boundary=b"}) == 401
+        assert (
+            _status(f"http://{a['url']}/{a['fid']}", "POST", body, {"Content-Type": "multipart/form-data; boundary=b"})
+            == 401
+        )
         assert _status(f"http://{a['url']}/{a['fid']}") == 401
     finally:
         s3.delete_object(Bucket="lepton", Key="filer-probe")
@@ -86,8 +94,15 @@ def test_the_filer_and_volume_servers_refuse_requests_without_a_jwt(live):
 def test_mlflow_refuses_without_credentials_and_works_with_them(live, monkeypatch):
     assert _status(f"{live.mlflow}/health") == 200  # probes need no credentials
     assert _status(f"{live.mlflow}/api/2.0/mlflow/experiments/search?max_results=5") == 401
-    assert _status(f"{live.mlflow}/api/2.0/mlflow/experiments/create", "POST", b'{"name": "stranger"}',
-                   {"Content-Type": "application/json"}) == 401
+    assert (
+        _status(
+            f"{live.mlflow}/api/2.0/mlflow/experiments/create",
+            "POST",
+            b'{"name": "stranger"}',
+            {"Content-Type": "application/json"},
+        )
+        == 401
+    )
     assert _status(f"{live.mlflow}/api/2.0/mlflow-artifacts/artifacts/x", "PUT", b"x") == 401
     assert _status(f"{live.mlflow}/") == 401  # the UI asks the browser to sign in
     wrong = {"Authorization": "Basic " + __import__("base64").b64encode(b"lepton:wrong").decode()}
@@ -106,23 +121,35 @@ def test_mlflow_refuses_without_credentials_and_works_with_them(live, monkeypatc
 def test_prefect_refuses_without_the_auth_string_and_the_cli_works_with_it(live):
     api = live.prefect_api
     assert _status(f"{api}/health") == 200
-    assert _status(f"{api}/variables/", "POST", b'{"name": "stranger", "value": "x"}',
-                   {"Content-Type": "application/json"}) == 401
+    assert (
+        _status(
+            f"{api}/variables/", "POST", b'{"name": "stranger", "value": "x"}', {"Content-Type": "application/json"}
+        )
+        == 401
+    )
     assert _status(f"{api}/flow_runs/filter", "POST", b"{}", {"Content-Type": "application/json"}) == 401
     prefect = str(Path(sys.executable).parent / "prefect")
     env = {**os.environ, **live.env, **live.client_env}
-    r = subprocess.run([prefect, "variable", "set", "auth_probe", "42", "--overwrite"], env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [prefect, "variable", "set", "auth_probe", "42", "--overwrite"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    r = subprocess.run([prefect, "variable", "get", "auth_probe"], env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([prefect, "variable", "get", "auth_probe"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "42" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     env.pop("PREFECT_API_AUTH_STRING")
-    r = subprocess.run([prefect, "variable", "get", "auth_probe"], env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run([prefect, "variable", "get", "auth_probe"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
-    subprocess.run([prefect, "variable", "unset", "auth_probe", "--yes"], env={**env, **live.client_env},
-                   capture_output=True, text=True, timeout=120)
+    subprocess.run(
+        [prefect, "variable", "unset", "auth_probe", "--yes"],
+        env={**env, **live.client_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_model_server_refuses_without_its_token(live):

@@ -54,9 +54,19 @@ def _render(url: str, tmp_path: Path, screenshot: Path | None = None, live=None,
             # the dashboard's sign-in page keeps the auth string here
             secret = base64.b64encode(live.credentials()["prefect_auth_string"].encode()).decode()
             seed_local_storage(profile, prefect_ui, {"prefect-password": secret})
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1400,1000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=15000",
+        "--window-size=1400,1000",
+    ]
     if screenshot is not None:
         subprocess.run([chromium, *flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
     r = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
@@ -69,8 +79,9 @@ def test_dashboards_show_the_deployment_its_schedule_and_the_champion(live, depl
     prefect_ui = live.prefect_api.removesuffix("/api")
     listing = _render(f"{prefect_ui}/deployments", tmp_path, live=live)
     assert "retrain" in listing and "lepton" in listing
-    detail = _render(f"{prefect_ui}/deployments/deployment/{dep['id']}", tmp_path, tmp_path / "deployment.png",
-                     live=live)
+    detail = _render(
+        f"{prefect_ui}/deployments/deployment/{dep['id']}", tmp_path, tmp_path / "deployment.png", live=live
+    )
     assert "At 03:00 AM, only on Monday" in detail  # the cron schedule, as the dashboard words it
     assert (tmp_path / "deployment.png").stat().st_size > 10_000
     model_page = _render(f"{live.mlflow}/#/models/lepton-digits", tmp_path, live=live, until="champion")
@@ -80,8 +91,9 @@ def test_dashboards_show_the_deployment_its_schedule_and_the_champion(live, depl
 def _flow_runs(live, deployment_id: str) -> list[dict]:
     """The deployment's runs that someone or something started (the dashboard, the
     drift trigger), not the future ones its cron schedule keeps queued."""
-    runs = live.post(f"{live.prefect_api}/flow_runs/filter",
-                     {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}})
+    runs = live.post(
+        f"{live.prefect_api}/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}}}
+    )
     return [r for r in runs if not r["auto_scheduled"]]
 
 
@@ -99,14 +111,22 @@ def _events_of_run(live, flow_run: dict, timeout: float = 60) -> list[str]:
     anything the run emitted before completing is there by then)."""
     import time
 
-    body = {"filter": {"occurred": {"since": flow_run["start_time"]},
-                       "event": {"name": ["prefect.flow-run.Completed", "lepton.drift.detected"]}},
-            "limit": 50}
+    body = {
+        "filter": {
+            "occurred": {"since": flow_run["start_time"]},
+            "event": {"name": ["prefect.flow-run.Completed", "lepton.drift.detected"]},
+        },
+        "limit": 50,
+    }
     deadline = time.monotonic() + timeout
     while True:
         events = live.post(f"{live.prefect_api}/events/filter", body)["events"]
-        done = [e for e in events if e["event"] == "prefect.flow-run.Completed"
-                and e["resource"]["prefect.resource.id"] == f"prefect.flow-run.{flow_run['id']}"]
+        done = [
+            e
+            for e in events
+            if e["event"] == "prefect.flow-run.Completed"
+            and e["resource"]["prefect.resource.id"] == f"prefect.flow-run.{flow_run['id']}"
+        ]
         if done:
             return [e["event"] for e in events]
         assert time.monotonic() < deadline, "the monitor run's Completed event never arrived"
@@ -149,7 +169,6 @@ def test_drifted_batch_starts_a_retrain_mild_batch_does_not(live, deployed_run):
     assert len(versions["model_versions"]) == n_versions + 1
 
 
-
 def test_the_report_is_one_click_away_in_both_uis(live, deployed_run, tmp_path):
     """The Prefect artifact and the champion's page in MLflow each link to the MLflow
     page that shows the Evidently report; a browser following the link sees it."""
@@ -159,13 +178,15 @@ def test_the_report_is_one_click_away_in_both_uis(live, deployed_run, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = live.cli("monitor", str(tmp_path / "b"), "--set", "monitor.cooldown_minutes=600", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
-    (res,) = json.loads(r.stdout[r.stdout.index("{"):])["results"]
+    (res,) = json.loads(r.stdout[r.stdout.index("{") :])["results"]
     url = res["report_url"]
     assert url.startswith(f"{live.mlflow}/#/experiments/") and url.endswith("/artifactPath/monitoring/report.html")
 
     # Prefect: the monitor's artifact carries the link, and the dashboard renders it.
-    arts = live.post(f"{live.prefect_api}/artifacts/filter",
-                     {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]}}, "sort": "CREATED_DESC"})
+    arts = live.post(
+        f"{live.prefect_api}/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]}}, "sort": "CREATED_DESC"},
+    )
     assert f"[open in MLflow]({url})" in arts[0]["data"]
     prefect_ui = live.prefect_api.removesuffix("/api")
     page = _render(f"{prefect_ui}/artifacts/artifact/{arts[0]['id']}", tmp_path, live=live)
@@ -174,8 +195,9 @@ def test_the_report_is_one_click_away_in_both_uis(live, deployed_run, tmp_path):
     # MLflow: the champion version's description links to the same page.
     aliases = live.get(f"{live.mlflow}/api/2.0/mlflow/registered-models/get?name=lepton-digits")
     champion = {a["alias"]: a["version"] for a in aliases["registered_model"]["aliases"]}["champion"]
-    page = _render(f"{live.mlflow}/#/models/lepton-digits/versions/{champion}", tmp_path, live=live,
-                   until=f'href="{url}"')
+    page = _render(
+        f"{live.mlflow}/#/models/lepton-digits/versions/{champion}", tmp_path, live=live, until=f'href="{url}"'
+    )
     assert f'href="{url}"' in page
 
     # Following the link shows the Evidently report itself, inside MLflow's artifact view.
@@ -189,7 +211,7 @@ def test_a_batch_under_an_s3_prefix(live, deployed_run, tmp_path):
     live.batch_to_s3(batch, "incoming/batch-7", "--kind", "noise", "--strength", "high")
     r = live.cli("monitor", "s3://lepton/incoming/batch-7", "--set", "monitor.cooldown_minutes=600", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout[r.stdout.index("{"):])
+    out = json.loads(r.stdout[r.stdout.index("{") :])
     (res,) = out["results"]
     assert res["batch_id"].startswith("batch-7-") and res["rows"] == len(list(batch.rglob("*.png")))
     assert res["status"] == "drift", res["verdict"]
@@ -201,8 +223,9 @@ def test_the_scheduled_monitor_reads_an_s3_inbox(live, deployed_run, tmp_path):
     names = []
     for i in range(2):
         names.append(f"s3in-{i}")
-        live.batch_to_s3(tmp_path / f"inbox-{i}", f"inbox/{names[-1]}",
-                         "--kind", "rotate", "--strength", "low", "--seed", str(i))
+        live.batch_to_s3(
+            tmp_path / f"inbox-{i}", f"inbox/{names[-1]}", "--kind", "rotate", "--strength", "low", "--seed", str(i)
+        )
 
     dep = _deployment(live, "monitor/lepton")
     params = {"monitor": {**dep["parameters"]["monitor"], "inbox": "s3://lepton/inbox"}}
@@ -211,9 +234,10 @@ def test_the_scheduled_monitor_reads_an_s3_inbox(live, deployed_run, tmp_path):
         fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run", {"parameters": params})
         done = live.wait_flow_run(fr["id"])
         assert done["state"]["type"] == "COMPLETED", done["state"].get("logs") or done["state"]
-        arts = live.post(f"{live.prefect_api}/artifacts/filter",
-                         {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]},
-                                        "flow_run_id": {"any_": [fr["id"]]}}})
+        arts = live.post(
+            f"{live.prefect_api}/artifacts/filter",
+            {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]}, "flow_run_id": {"any_": [fr["id"]]}}},
+        )
         assert len(arts) == 1
         return arts[0]["data"]
 
@@ -223,8 +247,10 @@ def test_the_scheduled_monitor_reads_an_s3_inbox(live, deployed_run, tmp_path):
     assert all(": no drift" in h for h in headings), headings  # mild batches: no retrain
     second = run_once()
     assert "No new batches." in second and "## s3in-" not in second
-    runs = live.post(f"{live.mlflow}/api/2.0/mlflow/runs/search",
-                     {"experiment_ids": [_monitoring_experiment(live)], "max_results": 200})["runs"]
+    runs = live.post(
+        f"{live.mlflow}/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [_monitoring_experiment(live)], "max_results": 200},
+    )["runs"]
     batch_ids = [t["value"] for run in runs for t in run["data"]["tags"] if t["key"] == "lepton.batch_id"]
     for name in names:
         assert sum(b.startswith(f"{name}-") for b in batch_ids) == 1
@@ -242,28 +268,37 @@ def test_mlflow_ui_shows_lineage_and_opens_on_training_runs(live, deployed_run, 
 
     exp = live.get(f"{live.mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lepton")["experiment"]
     assert {t["key"]: t["value"] for t in exp.get("tags", [])}["mlflow.experimentKind"] == "custom_model_development"
-    runs = live.post(f"{live.mlflow}/api/2.0/mlflow/runs/search", {
-        "experiment_ids": [exp["experiment_id"]],
-        "filter": f"tags.lepton.prefect_flow_run_id = '{deployed_run[1]['id']}'"})["runs"]
+    runs = live.post(
+        f"{live.mlflow}/api/2.0/mlflow/runs/search",
+        {
+            "experiment_ids": [exp["experiment_id"]],
+            "filter": f"tags.lepton.prefect_flow_run_id = '{deployed_run[1]['id']}'",
+        },
+    )["runs"]
     (run,) = runs
     run_id, name = run["info"]["run_id"], run["info"]["run_name"]
     (dataset,) = [d["dataset"] for d in run["inputs"]["dataset_inputs"]]
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert tags["mlflow.source.git.commit"] and tags["mlflow.source.name"] == "flows/retrain.py"
-    assert tags["lepton.prefect_flow_run_url"] == f"{live.prefect_api.removesuffix('/api')}/runs/flow-run/{deployed_run[1]['id']}"
+    assert (
+        tags["lepton.prefect_flow_run_url"]
+        == f"{live.prefect_api.removesuffix('/api')}/runs/flow-run/{deployed_run[1]['id']}"
+    )
 
     run_page = f"{live.mlflow}/#/experiments/{exp['experiment_id']}/runs/{run_id}"
-    page = "\n".join(frame_texts(run_page, tmp_path / "p1", until=dataset["name"],
-                                  headers=live.browser_headers(run_page)))
+    page = "\n".join(
+        frame_texts(run_page, tmp_path / "p1", until=dataset["name"], headers=live.browser_headers(run_page))
+    )
     assert dataset["name"] in page, page[:3000]
     assert "flows/retrain.py" in page, page[:3000]
     assert tags["mlflow.source.git.commit"][:6] in page, page[:3000]
 
     # The experiment link Lepton gives (the retrain summary in the Prefect UI) opens on
     # the training runs table: MLflow 3.17 decides GenAI vs model training by URL.
-    arts = live.post(f"{live.prefect_api}/artifacts/filter",
-                     {"artifacts": {"key": {"any_": ["lepton-retrain-summary"]},
-                                    "flow_run_id": {"any_": [deployed_run[1]["id"]]}}})
+    arts = live.post(
+        f"{live.prefect_api}/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["lepton-retrain-summary"]}, "flow_run_id": {"any_": [deployed_run[1]["id"]]}}},
+    )
     (art,) = arts
     link = re.search(r"experiment \[lepton\]\((http[^)]+)\)", art["data"]).group(1)
     assert link == f"{live.mlflow}/#/experiments/{exp['experiment_id']}/runs?workflowType=machine_learning"
@@ -282,8 +317,6 @@ def test_the_loop_closes_through_the_model_server(live, deployed_run):
     import urllib.error
     import urllib.request
 
-    import numpy as np
-
     from lepton_core.data.formats import load_digits
     from lepton_core.data.prepare import prepare_dataset
     from lepton_core.drift import simulate_drift
@@ -293,8 +326,12 @@ def test_the_loop_closes_through_the_model_server(live, deployed_run):
     auth = {"Authorization": f"Bearer {live.serve_token}", "Content-Type": "application/json"}
 
     def call(path: str, body: dict | None = None) -> tuple[int, dict]:
-        req = urllib.request.Request(live.serve + path, headers=auth, method="POST" if body else "GET",
-                                     data=json.dumps(body).encode() if body else None)
+        req = urllib.request.Request(
+            live.serve + path,
+            headers=auth,
+            method="POST" if body else "GET",
+            data=json.dumps(body).encode() if body else None,
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read())
@@ -316,7 +353,7 @@ def test_the_loop_closes_through_the_model_server(live, deployed_run):
     def client() -> None:  # the drifted traffic, a few instances at a time, all along
         i = 0
         while not stop.is_set():
-            status, out = call("/v1/predict", {"instances": x[i % len(x):i % len(x) + 4].tolist()})
+            status, out = call("/v1/predict", {"instances": x[i % len(x) : i % len(x) + 4].tolist()})
             (seen.append(out["version"]) if status == 200 else errors.append((status, out)))
             i += 4
             time.sleep(0.02)
@@ -330,9 +367,13 @@ def test_the_loop_closes_through_the_model_server(live, deployed_run):
         from effects.runtime.stack_state import client_env, read_state
 
         env = client_env(live.home, read_state(live.home))
-        s3 = boto3.client("s3", endpoint_url=env["LEPTON_S3_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=env["LEPTON_S3_ENDPOINT_URL"],
+            region_name="us-east-1",
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
         assert env["LEPTON_PREDICTION_LOG"] == f"s3://{env['LEPTON_S3_BUCKET']}/serve/predictions"
 
         def parts() -> list[str]:
@@ -347,8 +388,10 @@ def test_the_loop_closes_through_the_model_server(live, deployed_run):
         retrain = _deployment(live, "retrain/lepton")
         before = {fr["id"] for fr in _flow_runs(live, retrain["id"])}
         dep = _deployment(live, "monitor/lepton")
-        fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run",
-                       {"parameters": {"monitor": {"cooldown_minutes": 0}}})
+        fr = live.post(
+            f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run",
+            {"parameters": {"monitor": {"cooldown_minutes": 0}}},
+        )
         done = live.wait_flow_run(fr["id"])
         assert done["state"]["type"] == "COMPLETED", done["state"].get("logs") or done["state"]
         assert "lepton.drift.detected" in _events_of_run(live, done)

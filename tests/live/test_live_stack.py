@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from effects.runtime.procs import pid_alive, stop_group
 from tests.live.conftest import deploy_and_run_retrain
 
 pytestmark = pytest.mark.slow
+
 
 def _deployment(live, name: str) -> dict:
     return live.get(f"{live.prefect_api}/deployments/name/{name}")
@@ -49,23 +51,28 @@ def test_the_schedules_create_runs(live, deployed_run):
     """Prefect's scheduler turns the cron schedules into scheduled runs: retrain on
     Mondays at 03:00 UTC, monitor at the top of every hour."""
     import time
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     def scheduled(name: str) -> list[datetime]:
         dep = _deployment(live, name)
-        runs = live.post(f"{live.prefect_api}/flow_runs/filter",
-                         {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"})
-        return [datetime.fromisoformat(r["expected_start_time"]) for r in runs
-                if r["auto_scheduled"] and r["state"]["type"] == "SCHEDULED"]
+        runs = live.post(
+            f"{live.prefect_api}/flow_runs/filter",
+            {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"},
+        )
+        return [
+            datetime.fromisoformat(r["expected_start_time"])
+            for r in runs
+            if r["auto_scheduled"] and r["state"]["type"] == "SCHEDULED"
+        ]
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (scheduled("retrain/lepton") and scheduled("monitor/lepton")):
         time.sleep(2)
     retrain, monitor = scheduled("retrain/lepton"), scheduled("monitor/lepton")
     assert len(retrain) >= 3 and len(monitor) >= 3, (retrain, monitor)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for t in retrain:
-        t = t.astimezone(timezone.utc)
+        t = t.astimezone(UTC)
         assert (t.weekday(), t.hour, t.minute) == (0, 3, 0) and t > now, t
     assert [b - a for a, b in zip(retrain, retrain[1:])] == [timedelta(days=7)] * (len(retrain) - 1)
     for t in monitor:
@@ -109,15 +116,19 @@ def test_dashboard_run_lands_in_mlflow_s3_and_prefect(live, deployed_run):
     assert metrics["test_accuracy"] > 0.5
 
     s3 = live.s3_client()
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lepton")
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lepton")
+        for o in page.get("Contents", [])
+    ]
     run_keys = [k for k in keys if k.startswith("mlflow/") and mv["run_id"] in k]
     assert any(k.endswith("evaluation/confusion_matrix.png") for k in run_keys), run_keys[:20]
     assert any(k.startswith("mlflow/") and k.endswith("MLmodel") for k in keys)  # the logged model
     assert any(k.startswith("dvc/files/md5/") for k in keys)  # the dataset, in the DVC remote
 
-    arts = live.post(f"{live.prefect_api}/artifacts/filter",
-                     {"artifacts": {"key": {"any_": ["lepton-retrain-summary"]}}})
+    arts = live.post(
+        f"{live.prefect_api}/artifacts/filter", {"artifacts": {"key": {"any_": ["lepton-retrain-summary"]}}}
+    )
     assert arts, "no summary artifact"
     md = arts[0]["data"]
     assert f"{live.mlflow}/#/experiments/" in md and mv["run_id"] in md
@@ -128,8 +139,11 @@ def test_writes_ask_for_server_side_encryption_when_configured(live, deployed_ru
     """MLflow's artifacts (written by its server) and DVC's objects (written by the
     flow run on the worker) carry the encryption the stack was started with."""
     s3 = live.s3_client()
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lepton")
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket="lepton")
+        for o in page.get("Contents", [])
+    ]
     by_prefix: dict[str, set] = {"mlflow/": set(), "dvc/": set()}
     for k in keys:
         for prefix, seen in by_prefix.items():
@@ -142,20 +156,35 @@ def test_writes_ask_for_server_side_encryption_when_configured(live, deployed_ru
         assert json.loads(s3.get_object(Bucket="lepton", Key=key)["Body"].read())
         # ... and the store keeps them encrypted at rest with the key `lepton up` gave it:
         # a marker in an incompressible body is found on disk only when sent in the clear.
-        markers = {"clear": b"LEPTON-CLEAR-" + os.urandom(8).hex().encode(),
-                   "sse": b"LEPTON-SSE-" + os.urandom(8).hex().encode()}
+        markers = {
+            "clear": b"LEPTON-CLEAR-" + os.urandom(8).hex().encode(),
+            "sse": b"LEPTON-SSE-" + os.urandom(8).hex().encode(),
+        }
         s3.put_object(Bucket="lepton", Key="probe/clear", Body=markers["clear"] + os.urandom(100_000))
-        s3.put_object(Bucket="lepton", Key="probe/sse", Body=markers["sse"] + os.urandom(100_000),
-                      ServerSideEncryption=live.sse)
+        s3.put_object(
+            Bucket="lepton", Key="probe/sse", Body=markers["sse"] + os.urandom(100_000), ServerSideEncryption=live.sse
+        )
         assert s3.get_object(Bucket="lepton", Key="probe/sse")["Body"].read().startswith(markers["sse"])
         on_disk = b"".join(p.read_bytes() for p in (live.home / "stack" / "seaweedfs").rglob("*.dat"))
         assert markers["clear"] in on_disk
         assert markers["sse"] not in on_disk
 
 
-_COMPARED = ("entrypoint", "path", "pull_steps", "parameters", "parameter_openapi_schema", "work_pool_name",
-             "work_queue_name", "concurrency_limit", "enforce_parameter_schema", "tags", "description",
-             "job_variables", "paused")
+_COMPARED = (
+    "entrypoint",
+    "path",
+    "pull_steps",
+    "parameters",
+    "parameter_openapi_schema",
+    "work_pool_name",
+    "work_queue_name",
+    "concurrency_limit",
+    "enforce_parameter_schema",
+    "tags",
+    "description",
+    "job_variables",
+    "paused",
+)
 
 
 def _registered(live) -> dict:
@@ -163,15 +192,17 @@ def _registered(live) -> dict:
     for f in ("retrain", "promote", "rollback", "monitor"):
         d = _deployment(live, f"{f}/lepton")
         out[f] = {k: d.get(k) for k in _COMPARED}
-        out[f]["schedules"] = [{**{k: s["schedule"].get(k) for k in ("cron", "timezone")}, "active": s["active"]}
-                               for s in d["schedules"]]
+        out[f]["schedules"] = [
+            {**{k: s["schedule"].get(k) for k in ("cron", "timezone")}, "active": s["active"]} for s in d["schedules"]
+        ]
         out[f]["id"], out[f]["updated"] = d["id"], d["updated"]
     return out
 
 
 def _drift_automations(live) -> list[dict]:
-    return [a for a in live.post(f"{live.prefect_api}/automations/filter", {})
-            if a["name"] == "lepton-retrain-on-drift"]
+    return [
+        a for a in live.post(f"{live.prefect_api}/automations/filter", {}) if a["name"] == "lepton-retrain-on-drift"
+    ]
 
 
 def test_prefect_yaml_deploys_what_lepton_deploy_does(live, deployed_run):
@@ -185,10 +216,17 @@ def test_prefect_yaml_deploys_what_lepton_deploy_does(live, deployed_run):
 
     before = _registered(live)
     assert before["retrain"]["pull_steps"] == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
+    ]
     env = {**os.environ, **live.env, **live.client_env}
-    r = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     after = _registered(live)
     from datetime import datetime
@@ -209,7 +247,12 @@ def test_status_reports_services_and_champion(live, deployed_run):
     assert st["tracking_uri"] == live.mlflow
     assert st["champion"] is not None
     assert {n: h["healthy"] for n, h in st["services"].items()} == {
-        "seaweedfs": True, "mlflow": True, "prefect": True, "worker": True, "serve": True}
+        "seaweedfs": True,
+        "mlflow": True,
+        "prefect": True,
+        "worker": True,
+        "serve": True,
+    }
 
 
 def test_a_taken_port_is_a_clear_error(live, tmp_path):
@@ -247,20 +290,42 @@ def test_stop_and_start_keep_runs_models_and_data(live, deployed_run, tmp_path):
 
 # ---------------------------------------------------------------- two workers on one pool
 
+
 def _start_worker(live, name: str, queue: str, home, log) -> subprocess.Popen:
     from effects.runtime.stack_state import client_env
     from lepton.deploy import worker_env
 
     state = live.state()
-    env = {**os.environ, **live.env, **client_env(live.home, state), **worker_env(),
-           "LEPTON_HOME": str(home),
-           # both poll often, so the second picks up the run the first leaves
-           "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    env = {
+        **os.environ,
+        **live.env,
+        **client_env(live.home, state),
+        **worker_env(),
+        "LEPTON_HOME": str(home),
+        # both poll often, so the second picks up the run the first leaves
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+    }
     prefect = os.path.join(os.path.dirname(sys.executable), "prefect")
-    return subprocess.Popen([prefect, "worker", "start", "--pool", state["pool"], "--type", "process",
-                             "--name", name, "--work-queue", queue],
-                            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [
+            prefect,
+            "worker",
+            "start",
+            "--pool",
+            state["pool"],
+            "--type",
+            "process",
+            "--name",
+            name,
+            "--work-queue",
+            queue,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _retrain_runs(live, dep_id: str) -> list[dict]:
@@ -313,39 +378,54 @@ def test_two_workers_one_drifted_batch_one_monitoring_run_one_retrain(live, depl
         assert first["id"] in before
         dep = live.get(f"{live.prefect_api}/deployments/name/monitor/lepton")
         params = {"monitor": {**dep["parameters"]["monitor"], "inbox": "s3://lepton/shared-inbox"}}
-        runs = [live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run",
-                          {"parameters": params, "work_queue_name": queue}) for queue in queues.values()]
+        runs = [
+            live.post(
+                f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run",
+                {"parameters": params, "work_queue_name": queue},
+            )
+            for queue in queues.values()
+        ]
         done = [live.wait_flow_run(fr["id"]) for fr in runs]
         for d in done:
             assert d["state"]["type"] == "COMPLETED", d["state"].get("logs") or d["state"]
 
         # each worker ran one of the two monitor runs (what the workers told Prefect)
         since = min(d["start_time"] for d in done)
-        submitted = live.post(f"{live.prefect_api}/events/filter", {
-            "filter": {"occurred": {"since": first["start_time"]},
-                       "event": {"name": ["prefect.worker.submitted-flow-run"]}}, "limit": 50})["events"]
+        submitted = live.post(
+            f"{live.prefect_api}/events/filter",
+            {
+                "filter": {
+                    "occurred": {"since": first["start_time"]},
+                    "event": {"name": ["prefect.worker.submitted-flow-run"]},
+                },
+                "limit": 50,
+            },
+        )["events"]
         ran_by = {}
         for e in submitted:
             for rel in e["related"]:
                 if rel.get("prefect.resource.role") == "flow-run":
                     ran_by.setdefault(rel["prefect.resource.id"].removeprefix("prefect.flow-run."), set()).add(
-                        e["resource"]["prefect.resource.name"])
-        assert sorted(tuple(sorted(ran_by.get(fr["id"], ()))) for fr in runs) == [("worker-a",), ("worker-b",)], \
-            ran_by
+                        e["resource"]["prefect.resource.name"]
+                    )
+        assert sorted(tuple(sorted(ran_by.get(fr["id"], ()))) for fr in runs) == [("worker-a",), ("worker-b",)], ran_by
 
         # exactly one of them checked the batch; the other found nothing new
         summaries = []
         for fr in runs:
-            arts = live.post(f"{live.prefect_api}/artifacts/filter",
-                             {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]},
-                                            "flow_run_id": {"any_": [fr["id"]]}}})
+            arts = live.post(
+                f"{live.prefect_api}/artifacts/filter",
+                {"artifacts": {"key": {"any_": ["lepton-monitor-summary"]}, "flow_run_id": {"any_": [fr["id"]]}}},
+            )
             assert len(arts) == 1
             summaries.append(arts[0]["data"])
         checked = [s for s in summaries if "## drifted-" in s]
         assert len(checked) == 1 and "No new batches." in (set(summaries) - set(checked)).pop(), summaries
         exp = live.get(f"{live.mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=lepton-monitoring")
-        mruns = live.post(f"{live.mlflow}/api/2.0/mlflow/runs/search",
-                          {"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 200})["runs"]
+        mruns = live.post(
+            f"{live.mlflow}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 200},
+        )["runs"]
         batch_ids = [t["value"] for run in mruns for t in run["data"]["tags"] if t["key"] == "lepton.batch_id"]
         assert sum(b.startswith("drifted-") for b in batch_ids) == 1, batch_ids
 
@@ -358,9 +438,10 @@ def test_two_workers_one_drifted_batch_one_monitoring_run_one_retrain(live, depl
         assert len(new) == 1, f"{len(new)} retrain runs followed the drift event"
         finished = live.wait_flow_run(new[0]["id"], timeout=600)
         assert finished["state"]["type"] == "COMPLETED", finished["state"].get("logs") or finished["state"]
-        events = live.post(f"{live.prefect_api}/events/filter",
-                           {"filter": {"occurred": {"since": since}, "event": {"name": ["lepton.drift.detected"]}},
-                            "limit": 50})["events"]
+        events = live.post(
+            f"{live.prefect_api}/events/filter",
+            {"filter": {"occurred": {"since": since}, "event": {"name": ["lepton.drift.detected"]}}, "limit": 50},
+        )["events"]
         assert len(events) == 1, [e["event"] for e in events]
         time.sleep(10)  # anything a second trigger would have started has been created by now
         assert len([r for r in _retrain_runs(live, retrain["id"]) if r["id"] not in before]) == 1

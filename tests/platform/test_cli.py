@@ -41,8 +41,24 @@ def _assert_one_line_error(r: subprocess.CompletedProcess, needle: str, code: in
 
 
 def test_help_for_every_command(env):
-    commands = ["demo", "retrain", "sweep", "status", "promote", "rollback", "optimize", "up", "down", "env",
-                "deploy", "simulate-drift", "serve", "predict", "data", "monitor"]
+    commands = [
+        "demo",
+        "retrain",
+        "sweep",
+        "status",
+        "promote",
+        "rollback",
+        "optimize",
+        "up",
+        "down",
+        "env",
+        "deploy",
+        "simulate-drift",
+        "serve",
+        "predict",
+        "data",
+        "monitor",
+    ]
     subcommands = [["data", "restore"], ["monitor", "check"], ["monitor", "accepted"], ["monitor", "reject"]]
     for args in ([], *([c] for c in commands), *subcommands):
         r = run_cli([*args, "--help"], env, timeout=60)
@@ -89,13 +105,26 @@ def test_resume_after_a_crash_continues_from_the_checkpoint(env):
     import torch
     from mlflow.tracking import MlflowClient
 
-    args = ["retrain", "--no-progress", "--json", "--set", "train.epochs=60", "--set", "train.patience=0",
-            "--set", "train.width=8", "--set", "monitor.drift_share=0.3"]
+    args = [
+        "retrain",
+        "--no-progress",
+        "--json",
+        "--set",
+        "train.epochs=60",
+        "--set",
+        "train.patience=0",
+        "--set",
+        "train.width=8",
+        "--set",
+        "monitor.drift_share=0.3",
+    ]
     ckpt_dir = Path(env["LEPTON_HOME"]) / "checkpoints"
     proc = subprocess.Popen(
         [sys.executable, "-c", "from lepton.cli import main; main()", *args],
-        env={**os.environ, **env}, cwd=env["LEPTON_PROJECT_DIR"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        cwd=env["LEPTON_PROJECT_DIR"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 240
@@ -125,7 +154,7 @@ def test_resume_after_a_crash_continues_from_the_checkpoint(env):
     assert r.returncode == 0, r.stderr[-3000:]
     import json
 
-    out = json.loads(r.stdout[r.stdout.index("{"):])
+    out = json.loads(r.stdout[r.stdout.index("{") :])
     result = out["result"]
     assert result["resumed_from_epoch"] >= saved_epoch
     assert result["epochs_run"] == 60  # history carries over: all 60 epochs accounted for

@@ -19,14 +19,21 @@ LEPTON = [sys.executable, "-c", "from lepton.cli import main; main()"]
 
 def _state(home, auth: bool = True) -> dict:
     """A stack record as `lepton up` leaves it (processes: this test's own PID, alive)."""
-    state = {"up": True, "db_url": None, "bucket": "lepton", "pool": "lepton", "sse": None, "auth": auth,
-             "ports": {"prefect": 14200, "mlflow": 15000, "s3": 18333, "serve": 18000},
-             "pids": {name: os.getpid() for name in stack_state.SERVICES}}
+    state = {
+        "up": True,
+        "db_url": None,
+        "bucket": "lepton",
+        "pool": "lepton",
+        "sse": None,
+        "auth": auth,
+        "ports": {"prefect": 14200, "mlflow": 15000, "s3": 18333, "serve": 18000},
+        "pids": {name: os.getpid() for name in stack_state.SERVICES},
+    }
     stack_state.stack_dir(home).mkdir(parents=True, exist_ok=True)
     stack_state.write_state(home, state)
     creds = stack_state.credentials(home)
     # a password a shell would split, expand or run, were it not quoted
-    creds["mlflow_password"] = "p a$(touch pwned)'s`x`\"y\""
+    creds["mlflow_password"] = 'p a$(touch pwned)\'s`x`"y"'
     stack_state.write_private(stack_state.stack_dir(home) / "credentials.json", creds)
     return state
 
@@ -51,8 +58,9 @@ def test_eval_of_lepton_env_sets_the_stack_s_variables_in_bash(tmp_path):
     creds = stack_state.credentials(home)
     env = _env(tmp_path)
     names = list(stack_state.USER_ENV)
-    script = (f'eval "$({" ".join(map(repr, LEPTON))} env)" || exit 9\n'
-              + "".join(f'printf "%s=%s\\0" {n} "${n}"\n' for n in names))
+    script = f'eval "$({" ".join(map(repr, LEPTON))} env)" || exit 9\n' + "".join(
+        f'printf "%s=%s\\0" {n} "${n}"\n' for n in names
+    )
     r = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     got = dict(item.split("=", 1) for item in r.stdout.split("\0")[:-1])
@@ -118,12 +126,20 @@ def test_with_no_stack_up_the_local_defaults_and_a_note(tmp_path, after_down):
     as_json = json.loads(_lepton(["env", "--json"], _env(tmp_path), tmp_path).stdout)
     assert as_json == {"MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
     # the user's own servers are what Lepton uses, so they are what it prints
-    own = _lepton(["env", "--json"], _env(tmp_path, MLFLOW_TRACKING_URI="http://team-mlflow:5000",
-                                          PREFECT_API_URL="http://team-prefect:4200/api",
-                                          LEPTON_S3_ENDPOINT_URL="http://minio:9000"), tmp_path)
-    assert ("used over the local defaults: MLFLOW_TRACKING_URI, PREFECT_API_URL, LEPTON_S3_ENDPOINT_URL"
-            in own.stderr)
-    assert json.loads(own.stdout) == {"MLFLOW_TRACKING_URI": "http://team-mlflow:5000",
-                                      "PREFECT_API_URL": "http://team-prefect:4200/api",
-                                      "LEPTON_S3_ENDPOINT_URL": "http://minio:9000",
-                                      "AWS_ENDPOINT_URL": "http://minio:9000"}
+    own = _lepton(
+        ["env", "--json"],
+        _env(
+            tmp_path,
+            MLFLOW_TRACKING_URI="http://team-mlflow:5000",
+            PREFECT_API_URL="http://team-prefect:4200/api",
+            LEPTON_S3_ENDPOINT_URL="http://minio:9000",
+        ),
+        tmp_path,
+    )
+    assert "used over the local defaults: MLFLOW_TRACKING_URI, PREFECT_API_URL, LEPTON_S3_ENDPOINT_URL" in own.stderr
+    assert json.loads(own.stdout) == {
+        "MLFLOW_TRACKING_URI": "http://team-mlflow:5000",
+        "PREFECT_API_URL": "http://team-prefect:4200/api",
+        "LEPTON_S3_ENDPOINT_URL": "http://minio:9000",
+        "AWS_ENDPOINT_URL": "http://minio:9000",
+    }

@@ -16,15 +16,28 @@ from lepton.cli import app, options
 from lepton_core.params import Params
 
 CLI = Path(__file__).resolve().parents[2] / "lepton" / "cli"
-COMMANDS = ["demo", "retrain", "sweep", "status", "promote", "rollback", "optimize", "up", "down", "env",
-            "deploy", "simulate-drift", "serve", "predict"]
+COMMANDS = [
+    "demo",
+    "retrain",
+    "sweep",
+    "status",
+    "promote",
+    "rollback",
+    "optimize",
+    "up",
+    "down",
+    "env",
+    "deploy",
+    "simulate-drift",
+    "serve",
+    "predict",
+]
 GROUPS = {"data": ["restore"], "monitor": ["check", "accepted", "reject"]}
 
 
 def test_the_commands_in_the_order_help_lists_them():
     assert [c.name for c in app.registered_commands] == COMMANDS
-    assert {g.name: [c.name for c in g.typer_instance.registered_commands]
-            for g in app.registered_groups} == GROUPS
+    assert {g.name: [c.name for c in g.typer_instance.registered_commands] for g in app.registered_groups} == GROUPS
 
 
 def test_the_console_script_is_lepton_cli_main():
@@ -32,13 +45,16 @@ def test_the_console_script_is_lepton_cli_main():
     assert ep.value == "lepton.cli:main"
 
 
-@pytest.mark.parametrize("args", [[], *([c] for c in COMMANDS), *([g] for g in GROUPS),
-                                  *([g, c] for g, cs in GROUPS.items() for c in cs)])
+@pytest.mark.parametrize(
+    "args", [[], *([c] for c in COMMANDS), *([g] for g in GROUPS), *([g, c] for g, cs in GROUPS.items() for c in cs)]
+)
 def test_help_of_every_command_imports_nothing_heavy(args):
-    code = ("import sys\nfrom lepton.cli import app\n"
-            "try:\n    app([*sys.argv[1:], '--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'mlflow', 'prefect', 'boto3', 'dvc', 'evidently') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
+    code = (
+        "import sys\nfrom lepton.cli import app\n"
+        "try:\n    app([*sys.argv[1:], '--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'mlflow', 'prefect', 'boto3', 'dvc', 'evidently') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "Usage" in r.stdout

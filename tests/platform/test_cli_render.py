@@ -13,13 +13,21 @@ from lepton.cli import render
 STATUS = {
     "registered_model": "lepton-digits",
     "tracking_uri": "sqlite:////tmp/h/mlflow.db",
-    "champion": {"version": "3", "run_id": "r3", "data_version": "0123456789abcdef0123",
-                 "metrics": {"f1_macro": 0.95, "accuracy": 0.96}},
+    "champion": {
+        "version": "3",
+        "run_id": "r3",
+        "data_version": "0123456789abcdef0123",
+        "metrics": {"f1_macro": 0.95, "accuracy": 0.96},
+    },
     "previous": None,
 }
-RESULT = {"version": "4", "run_id": "r4", "data_version": "d4",
-          "decision": {"promoted": False, "reason": "not better than v3"},
-          "metrics": {"test_accuracy": 0.9512345, "test_f1_macro": 0.94}}
+RESULT = {
+    "version": "4",
+    "run_id": "r4",
+    "data_version": "d4",
+    "decision": {"promoted": False, "reason": "not better than v3"},
+    "metrics": {"test_accuracy": 0.9512345, "test_f1_macro": 0.94},
+}
 
 
 def test_retrain_summary_with_and_without_a_champion():
@@ -47,20 +55,28 @@ def test_browse_points_at_mlflow_ui_for_sqlite_and_at_the_run_for_a_server():
         "browse          mlflow ui --backend-store-uri sqlite:////h/mlflow.db",
         "                then http://127.0.0.1:5000/#/r",
     ]
-    assert render.browse("sqlite:////h/mlflow.db", None) == ["browse          mlflow ui --backend-store-uri "
-                                                             "sqlite:////h/mlflow.db"]
+    assert render.browse("sqlite:////h/mlflow.db", None) == [
+        "browse          mlflow ui --backend-store-uri sqlite:////h/mlflow.db"
+    ]
     assert render.browse("http://m:5000", "http://m:5000/#/run", "unused") == ["browse          http://m:5000/#/run"]
     assert render.browse("databricks", None) == ["browse          databricks"]
 
 
 def test_sweep_summary_marks_the_best_trial():
     result = {
-        "trials": [{"number": 0, "value": 0.91, "values": {"lr": 0.0031234, "width": 32}},
-                   {"number": 1, "value": None, "values": {"lr": 0.1, "width": 8}},
-                   {"number": 2, "value": 0.93, "values": {"lr": 0.001, "width": 64}}],
-        "failed": 1, "runner": "threads", "parent_run_id": "p1", "metric": "val_accuracy",
-        "best": {"number": 2, "run_id": "t2"}, "version": "5",
-        "decision": {"promoted": True, "reason": "better"}, "metrics": {"test_accuracy": 0.9355},
+        "trials": [
+            {"number": 0, "value": 0.91, "values": {"lr": 0.0031234, "width": 32}},
+            {"number": 1, "value": None, "values": {"lr": 0.1, "width": 8}},
+            {"number": 2, "value": 0.93, "values": {"lr": 0.001, "width": 64}},
+        ],
+        "failed": 1,
+        "runner": "threads",
+        "parent_run_id": "p1",
+        "metric": "val_accuracy",
+        "best": {"number": 2, "run_id": "t2"},
+        "version": "5",
+        "decision": {"promoted": True, "reason": "better"},
+        "metrics": {"test_accuracy": 0.9355},
     }
     assert render.sweep_summary(result, "lepton-digits") == [
         "",
@@ -75,9 +91,11 @@ def test_sweep_summary_marks_the_best_trial():
 
 
 def test_services_table_says_healthy_not_healthy_or_down():
-    services = {"seaweedfs": {"url": "http://127.0.0.1:8333", "running": True, "healthy": True},
-                "mlflow": {"url": "http://127.0.0.1:5000", "running": True, "healthy": False},
-                "worker": {"url": "pool lepton", "running": False, "healthy": False}}
+    services = {
+        "seaweedfs": {"url": "http://127.0.0.1:8333", "running": True, "healthy": True},
+        "mlflow": {"url": "http://127.0.0.1:5000", "running": True, "healthy": False},
+        "worker": {"url": "pool lepton", "running": False, "healthy": False},
+    }
     assert render.services_table(services) == [
         "seaweedfs         healthy                http://127.0.0.1:8333",
         "mlflow            running, not healthy   http://127.0.0.1:5000",
@@ -101,8 +119,13 @@ def test_promote_and_rollback_lines():
     assert render.rollback_line({"champion": "1", "demoted": "2"}) == "@champion is v1 again (v2 demoted)"
 
 
-URLS = {"prefect": "http://127.0.0.1:4200", "prefect_api": "http://127.0.0.1:4200/api",
-        "mlflow": "http://127.0.0.1:5000", "s3": "http://127.0.0.1:8333", "serve": "http://127.0.0.1:8000"}
+URLS = {
+    "prefect": "http://127.0.0.1:4200",
+    "prefect_api": "http://127.0.0.1:4200/api",
+    "mlflow": "http://127.0.0.1:5000",
+    "s3": "http://127.0.0.1:8333",
+    "serve": "http://127.0.0.1:8000",
+}
 
 
 def test_up_summary_with_auth_and_sqlite_and_without_auth_on_postgres():
@@ -133,23 +156,38 @@ def test_down_and_wrote_lines():
 def test_deploy_summary_for_process_and_kubernetes_pools():
     deploy = {"retrain_cron": "0 3 * * 1", "timezone": "UTC", "gpus": 1, "memory": "8Gi", "cpu": "2"}
     ids = {"retrain": "id-r", "promote": "id-p"}
-    assert render.deploy_summary(ids, "id-a", [], 3, deploy=deploy, monitor_cron="*/30 * * * *",
-                                 pool="lepton", pool_type="process") == [
+    assert render.deploy_summary(
+        ids, "id-a", [], 3, deploy=deploy, monitor_cron="*/30 * * * *", pool="lepton", pool_type="process"
+    ) == [
         "deployed retrain/lepton  (id-r)",
         "deployed promote/lepton  (id-p)",
         "retrain runs on cron '0 3 * * 1', monitor on '*/30 * * * *' (UTC)",
         "trigger lepton-retrain-on-drift (id-a): lepton.drift.detected -> retrain/lepton",
     ]
-    k8s = render.deploy_summary({}, "id-a", ["lepton-crash-lost-runs", "lepton-retry-crashed"], 3, deploy=deploy,
-                                monitor_cron="0 * * * *", pool="gpu", pool_type="kubernetes")
-    assert k8s[-2] == ("automations lepton-crash-lost-runs and lepton-retry-crashed: a run whose process died is "
-                       "marked crashed and run again (at most 3 times), resuming from its checkpoint")
+    k8s = render.deploy_summary(
+        {},
+        "id-a",
+        ["lepton-crash-lost-runs", "lepton-retry-crashed"],
+        3,
+        deploy=deploy,
+        monitor_cron="0 * * * *",
+        pool="gpu",
+        pool_type="kubernetes",
+    )
+    assert k8s[-2] == (
+        "automations lepton-crash-lost-runs and lepton-retry-crashed: a run whose process died is "
+        "marked crashed and run again (at most 3 times), resuming from its checkpoint"
+    )
     assert k8s[-1] == "work pool gpu (kubernetes): retrain runs as a Job with 1 GPU(s), 8Gi memory, 2 CPU(s)"
 
 
 def test_env_exports_quote_every_value_and_eval_gives_it_back_unchanged(tmp_path):
-    nasty = {"A_PLAIN": "http://127.0.0.1:5000", "A_SPACE": "lepton:pa ss", "A_QUOTES": "it's \"$(touch x)\" `y`",
-             "A_EMPTY": ""}
+    nasty = {
+        "A_PLAIN": "http://127.0.0.1:5000",
+        "A_SPACE": "lepton:pa ss",
+        "A_QUOTES": 'it\'s "$(touch x)" `y`',
+        "A_EMPTY": "",
+    }
     lines = render.env_exports(nasty)
     assert lines[0] == "export A_PLAIN=http://127.0.0.1:5000"
     assert lines[1] == f"export A_SPACE={shlex.quote('lepton:pa ss')}"
@@ -173,11 +211,20 @@ def test_env_notes():
 
 
 def test_monitor_results():
-    r = {"results": [
-        {"batch_id": "b-1", "verdict": "drift (4 of 64 columns)", "report_html": "/h/r.html",
-         "report_url": "http://m/#/r", "mlflow_run_id": "m1", "accepted_for_training": True},
-        {"batch_id": "b-2", "verdict": "no drift", "report_html": None, "mlflow_run_id": "m2"},
-    ], "event_emitted": True}
+    r = {
+        "results": [
+            {
+                "batch_id": "b-1",
+                "verdict": "drift (4 of 64 columns)",
+                "report_html": "/h/r.html",
+                "report_url": "http://m/#/r",
+                "mlflow_run_id": "m1",
+                "accepted_for_training": True,
+            },
+            {"batch_id": "b-2", "verdict": "no drift", "report_html": None, "mlflow_run_id": "m2"},
+        ],
+        "event_emitted": True,
+    }
     assert render.monitor_results(r) == [
         "b-1: drift (4 of 64 columns)",
         "  report  /h/r.html",
@@ -195,8 +242,10 @@ def test_monitor_results():
 
 def test_accepted_table_in_utc():
     when = calendar.timegm((2026, 12, 3, 14, 5, 0))
-    batches = [{"id": "strong-0123456789ab", "accepted_at": when, "rows": 120, "path": "/in/strong"},
-               {"id": "old", "accepted_at": None, "rows": None, "path": "/in/old"}]
+    batches = [
+        {"id": "strong-0123456789ab", "accepted_at": when, "rows": 120, "path": "/in/strong"},
+        {"id": "old", "accepted_at": None, "rows": None, "path": "/in/old"},
+    ]
     assert render.accepted_table(batches) == [
         "batch                        accepted (UTC)      rows  path",
         "strong-0123456789ab          2026-12-03 14:05     120  /in/strong",
@@ -204,19 +253,22 @@ def test_accepted_table_in_utc():
     ]
     assert render.accepted_table([]) == ["no accepted batches"]
     assert render.rejected_line({"id": "old", "path": "/in/old"}) == (
-        "rejected old: the next retrain will not fold it in (/in/old)")
+        "rejected old: the next retrain will not fold it in (/in/old)"
+    )
 
 
 def test_drift_batch_serving_predict_and_restore_lines():
     assert render.drift_batch_line({"samples": 300, "kind": "rotate", "strength": 0.9, "path": "/b"}) == (
-        "wrote 300 images (rotate, strength 0.9) to /b")
+        "wrote 300 images (rotate, strength 0.9) to /b"
+    )
     assert render.serving_line("lepton-digits", "champion-onnx", "127.0.0.1", 8000, True, "/h/p") == (
-        "serving lepton-digits@champion-onnx on http://127.0.0.1:8000  (POST /v1/predict; auth on; "
-        "prediction log /h/p)")
+        "serving lepton-digits@champion-onnx on http://127.0.0.1:8000  (POST /v1/predict; auth on; prediction log /h/p)"
+    )
     assert "auth off" in render.serving_line("m", "champion", "0.0.0.0", 80, False, "s3://b/p")
     r = {"rows": 10, "model": "lepton-digits", "version": "3", "quarantined": 1, "out": "/o.parquet"}
     assert render.predict_line(r) == "scored 10 samples with lepton-digits v3 (1 quarantined) -> /o.parquet"
     assert render.predict_line({**r, "accuracy": 0.9}) == (
         "scored 10 samples with lepton-digits v3 (1 quarantined), accuracy 0.9000 against the labels in the data"
-        " -> /o.parquet")
+        " -> /o.parquet"
+    )
     assert render.restored_line("ab12", "/r", 7) == "restored data version ab12 to /r (7 files)"

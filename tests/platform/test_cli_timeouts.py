@@ -19,8 +19,14 @@ from tests.conftest import lepton_env_vars, run_cli
 
 pytestmark = pytest.mark.faults
 
-BOUNDED = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT",
-           "PREFECT_API_REQUEST_TIMEOUT", "PREFECT_CLIENT_MAX_RETRIES", "LEPTON_SERVICE_TIMEOUT")
+BOUNDED = (
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "PREFECT_API_REQUEST_TIMEOUT",
+    "PREFECT_CLIENT_MAX_RETRIES",
+    "LEPTON_SERVICE_TIMEOUT",
+)
 
 
 def closed_port() -> int:
@@ -99,8 +105,10 @@ def test_deploy_with_prefect_that_accepts_and_never_answers(env, silent_port):
 def test_predict_with_s3_on_a_closed_port(env, tmp_path):
     port = closed_port()
     (tmp_path / "batch").mkdir()
-    r, took = answer(["predict", str(tmp_path / "batch"), "--out", str(tmp_path / "p.parquet")],
-                     {**env, "LEPTON_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
+    r, took = answer(
+        ["predict", str(tmp_path / "batch"), "--out", str(tmp_path / "p.parquet")],
+        {**env, "LEPTON_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"},
+    )
     assert took < 10, took
     assert r.returncode == 1 and f"S3 at http://127.0.0.1:{port} does not answer" in one_error(r)
 
@@ -122,8 +130,12 @@ def test_configure_environment_bounds_mlflow_and_prefect_unless_the_user_set_the
     s = settings_mod.Settings(**{**s.__dict__, "home": home})
     settings_mod.configure_environment(s, use_stack=False)
     assert {k: os.environ[k] for k in BOUNDED[:-1]} == {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60", "PREFECT_API_REQUEST_TIMEOUT": "60", "PREFECT_CLIENT_MAX_RETRIES": "3"}
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+        "PREFECT_API_REQUEST_TIMEOUT": "60",
+        "PREFECT_CLIENT_MAX_RETRIES": "3",
+    }
     from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
 
     assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 3 and MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 60
@@ -163,9 +175,13 @@ def test_mlflow_s_own_client_gives_up_in_bounded_time(env):
         except Exception as e:
             print(type(e).__name__, round(time.monotonic() - t0, 1))
     """)
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env,
-                                                          "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     name, took = r.stdout.split()
     assert name == "MlflowException", r.stdout + r.stderr[-2000:]
     assert float(took) < 15, took  # MLflow's defaults: about 2 minutes

@@ -62,8 +62,11 @@ def test_dvc_repro_on_default_params_then_restore(tmp_path):
     # remote `lepton` uses, and restore that version by its id with `lepton data restore`.
     r = subprocess.run([*dvc, "push"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    lenv = {**lepton_env_vars(tmp_path), "LEPTON_HOME": str(project / ".lepton"),
-            "LEPTON_DVC_REMOTE": str(project / ".lepton" / "dvc-remote")}
+    lenv = {
+        **lepton_env_vars(tmp_path),
+        "LEPTON_HOME": str(project / ".lepton"),
+        "LEPTON_DVC_REMOTE": str(project / ".lepton" / "dvc-remote"),
+    }
     version = prepared_md5.removesuffix(".dir")
     r = run_cli(["data", "restore", version, "--to", str(tmp_path / "restored")], lenv, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -16,19 +16,25 @@ from tests.conftest import ROOT
 def test_committed_prefect_yaml_matches_params_yaml():
     expected = render_prefect_yaml(load_params(ROOT / "params.yaml"))
     assert (ROOT / "prefect.yaml").read_text() == expected, (
-        "prefect.yaml is stale: run `lepton deploy --write-prefect-yaml prefect.yaml`")
+        "prefect.yaml is stale: run `lepton deploy --write-prefect-yaml prefect.yaml`"
+    )
 
 
 def test_prefect_yaml_names_every_flow_once_with_its_schedule():
     doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     assert doc["build"] is None and doc["push"] is None and "pull" not in doc  # pull from the project folder
     by_entry = {d["entrypoint"]: d for d in doc["deployments"]}
-    assert set(by_entry) == {"flows/retrain.py:retrain", "flows/registry.py:promote_flow",
-                             "flows/registry.py:rollback_flow", "flows/monitor.py:monitor",
-                             "flows/sweep.py:sweep"}
+    assert set(by_entry) == {
+        "flows/retrain.py:retrain",
+        "flows/registry.py:promote_flow",
+        "flows/registry.py:rollback_flow",
+        "flows/monitor.py:monitor",
+        "flows/sweep.py:sweep",
+    }
     params = load_params(ROOT / "params.yaml")
     assert by_entry["flows/retrain.py:retrain"]["schedules"] == [
-        {"cron": params.deploy.retrain_cron, "timezone": params.deploy.timezone}]
+        {"cron": params.deploy.retrain_cron, "timezone": params.deploy.timezone}
+    ]
     assert by_entry["flows/monitor.py:monitor"]["schedules"][0]["cron"] == params.monitor.cron
     assert "schedules" not in by_entry["flows/registry.py:promote_flow"]
     (trigger,) = by_entry["flows/retrain.py:retrain"]["triggers"]
@@ -47,18 +53,31 @@ def test_the_trigger_listens_for_the_event_the_monitor_emits(tmp_path, monkeypat
     monkeypatch.setenv("LEPTON_PROJECT_DIR", str(tmp_path))
     sent = []
     monkeypatch.setattr(monitor_tasks, "emit_event", lambda **kw: sent.append(kw))
-    drifted = [{"status": "drift", "champion_version": "3", "batch_id": "b-1", "scores": {"share_drifted": 0.9},
-                "mlflow_run_id": "r1"}]
+    drifted = [
+        {
+            "status": "drift",
+            "champion_version": "3",
+            "batch_id": "b-1",
+            "scores": {"share_drifted": 0.9},
+            "mlflow_run_id": "r1",
+        }
+    ]
     params = MonitorParams(cooldown_minutes=60)
     assert monitor_tasks.emit_drift_event.fn(drifted, params, "m") == {"emitted": True, "suppressed": None}
     quiet = monitor_tasks.emit_drift_event.fn(drifted, params, "m")  # cool-down: nothing sent, and says until when
     assert quiet["emitted"] is False
-    assert quiet["suppressed"].startswith("suppressed: cool-down until ") and " UTC (the last event was at " in quiet["suppressed"]
+    assert (
+        quiet["suppressed"].startswith("suppressed: cool-down until ")
+        and " UTC (the last event was at " in quiet["suppressed"]
+    )
     assert monitor_tasks.emit_drift_event.fn([{**drifted[0], "status": "no drift"}], params, "m") == {
-        "emitted": False, "suppressed": None}
+        "emitted": False,
+        "suppressed": None,
+    }
     (event,) = sent
-    (spec,) = [s for s in deployment_specs(load_params(ROOT / "params.yaml"))
-               if s["entrypoint"] == "flows/retrain.py:retrain"]
+    (spec,) = [
+        s for s in deployment_specs(load_params(ROOT / "params.yaml")) if s["entrypoint"] == "flows/retrain.py:retrain"
+    ]
     assert spec["triggers"][0]["expect"] == [event["event"]]
     assert event["payload"]["batch_ids"] == ["b-1"] and event["payload"]["model_version"] == "3"
 

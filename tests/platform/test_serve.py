@@ -26,20 +26,23 @@ FAST = TrainParams(epochs=8, width=16, patience=3)
 class Running:
     """A ModelServer under uvicorn in a thread, on a free port of 127.0.0.1."""
 
-    def __init__(self, tmp_path, params: ServeParams, token: str | None = None, log_folder=None,
-                 alias: str = "champion"):
+    def __init__(
+        self, tmp_path, params: ServeParams, token: str | None = None, log_folder=None, alias: str = "champion"
+    ):
         import uvicorn
 
         from effects.runtime.procs import free_port
         from effects.runtime.settings import get_settings
         from lepton.serve import ModelServer, create_app
 
-        self.model = ModelServer("lepton-digits", alias, params, get_settings(), token,
-                                 log_folder or tmp_path / "predictions")
+        self.model = ModelServer(
+            "lepton-digits", alias, params, get_settings(), token, log_folder or tmp_path / "predictions"
+        )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.uv = uvicorn.Server(uvicorn.Config(create_app(self.model), host="127.0.0.1", port=self.port,
-                                                log_level="warning"))
+        self.uv = uvicorn.Server(
+            uvicorn.Config(create_app(self.model), host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.uv.run, daemon=True)
 
     def __enter__(self) -> Running:
@@ -59,10 +62,17 @@ class Running:
         self.thread.join(30)
         assert not self.thread.is_alive()
 
-    def request(self, method: str, path: str, body: bytes | None = None, ctype: str = "application/json",
-                headers: dict | None = None) -> tuple[int, dict | str]:
-        req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers={"Content-Type": ctype, **(headers or {})})
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        ctype: str = "application/json",
+        headers: dict | None = None,
+    ) -> tuple[int, dict | str]:
+        req = urllib.request.Request(
+            self.url + path, data=body, method=method, headers={"Content-Type": ctype, **(headers or {})}
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 status, text = r.status, r.read().decode()
@@ -109,26 +119,60 @@ def test_raw_digits_get_the_champions_labels(champion, tmp_path):
 
 
 BAD = [
-    ("wrong shape", json.dumps({"instances": np.zeros((2, 1, 5, 8), int).tolist()}).encode(), "application/json",
-     400, "shape"),
-    ("wrong dtype", json.dumps({"instances": (np.ones((2, 1, 8, 8)) / 255).tolist()}).encode(), "application/json",
-     400, "dtype"),
+    (
+        "wrong shape",
+        json.dumps({"instances": np.zeros((2, 1, 5, 8), int).tolist()}).encode(),
+        "application/json",
+        400,
+        "shape",
+    ),
+    (
+        "wrong dtype",
+        json.dumps({"instances": (np.ones((2, 1, 8, 8)) / 255).tolist()}).encode(),
+        "application/json",
+        400,
+        "dtype",
+    ),
     ("non-finite", b'{"instances": [[[NaN, 1, 2, 3, 4, 5, 6, 7]]]}', "application/json", 400, ""),
-    ("out of range", json.dumps({"instances": np.full((1, 8, 8), 300).tolist()}).encode(), "application/json",
-     400, "0..255"),
-    ("too many", json.dumps({"instances": np.zeros((60, 8, 8), int).tolist()}).encode(), "application/json",
-     413, "over the limit of 50"),
+    (
+        "out of range",
+        json.dumps({"instances": np.full((1, 8, 8), 300).tolist()}).encode(),
+        "application/json",
+        400,
+        "0..255",
+    ),
+    (
+        "too many",
+        json.dumps({"instances": np.zeros((60, 8, 8), int).tolist()}).encode(),
+        "application/json",
+        413,
+        "over the limit of 50",
+    ),
     ("body too big", b'{"instances": [' + b"0, " * 40000 + b"0]}", "application/json", 413, "cap"),
     ("malformed JSON", b'{"instances": [1, 2', "application/json", 400, "malformed JSON"),
     ("not an object", b"[1, 2, 3]", "application/json", 400, "instances"),
     ("wrong content type", b"1,2,3", "text/csv", 415, "content type"),
     ("bad npy", b"\x93NUMPY garbage", "application/x-npy", 400, ".npy"),
     # a header declaring 2**40 bytes on a body of 64: refused before anything is allocated
-    ("npy header lies", b"\x93NUMPY\x01\x00\x76\x00" + (b"{'descr': '|u1', 'fortran_order': False, 'shape': (1073741824, 1, 8, 8), }"
-                                                   .ljust(117) + b"\n") + bytes(64), "application/x-npy", 400,
-     "header declares"),
-    ("npy of objects", b"\x93NUMPY\x01\x00\x76\x00" + b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }".ljust(117)
-     + b"\n" + bytes(8), "application/x-npy", 400, "object"),
+    (
+        "npy header lies",
+        b"\x93NUMPY\x01\x00\x76\x00"
+        + (b"{'descr': '|u1', 'fortran_order': False, 'shape': (1073741824, 1, 8, 8), }".ljust(117) + b"\n")
+        + bytes(64),
+        "application/x-npy",
+        400,
+        "header declares",
+    ),
+    (
+        "npy of objects",
+        b"\x93NUMPY\x01\x00\x76\x00"
+        + b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }".ljust(117)
+        + b"\n"
+        + bytes(8),
+        "application/x-npy",
+        400,
+        "object",
+    ),
     ("no instances", b'{"instances": []}', "application/json", 400, "no instances"),
 ]
 
@@ -159,8 +203,11 @@ def _metrics(srv) -> dict:
 
     status, text = srv.request("GET", "/metrics")
     assert status == 200
-    return {s.name + json.dumps(s.labels, sort_keys=True): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        s.name + json.dumps(s.labels, sort_keys=True): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def test_metrics_and_batching_under_concurrency(champion, tmp_path):
@@ -227,7 +274,7 @@ def test_hot_swap_under_load_has_no_failed_or_mixed_request(champion, tmp_path):
         assert set(seen) == {first["version"], second["version"]}
         # every answer names one version; once the new one answered, the old never did again
         switch = seen.index(second["version"])
-        assert first["version"] not in seen[switch + 4:]  # 4 clients may each hold one older answer
+        assert first["version"] not in seen[switch + 4 :]  # 4 clients may each hold one older answer
         assert _metrics(srv)["lepton_model_swaps_total{}"] == 1
 
 
@@ -297,12 +344,13 @@ def test_the_monitor_reads_the_servers_prediction_log_in_windows(champion, tmp_p
     folder = get_settings().prediction_log_dir
     with Running(tmp_path, ServeParams(log_flush_seconds=0.2), log_folder=folder) as srv:
         for i in range(0, len(x), 40):
-            status, out = srv.predict(x[i:i + 40])
+            status, out = srv.predict(x[i : i + 40])
             assert status == 200
             # the true labels arrive later, by request id (class names or indices)
-            labels = [str(v) for v in y[i:i + 40]] if i % 80 else [int(v) for v in y[i:i + 40]]
-            st, ok = srv.request("POST", "/v1/feedback",
-                                 json.dumps({"request_id": out["request_id"], "labels": labels}).encode())
+            labels = [str(v) for v in y[i : i + 40]] if i % 80 else [int(v) for v in y[i : i + 40]]
+            st, ok = srv.request(
+                "POST", "/v1/feedback", json.dumps({"request_id": out["request_id"], "labels": labels}).encode()
+            )
             assert st == 200 and ok == {"accepted": len(labels)}
         bad = srv.request("POST", "/v1/feedback", json.dumps({"request_id": "x", "labels": ["cat"]}).encode())
         assert bad[0] == 400 and "class" in bad[1]["error"]
@@ -321,8 +369,7 @@ from tests.s3util import SeaweedS3  # noqa: E402 - shared with the S3 data-sourc
 
 
 @pytest.mark.faults
-def test_the_s3_prediction_log_survives_an_s3_outage_without_a_failed_prediction(champion, tmp_path,
-                                                                                  monkeypatch):
+def test_the_s3_prediction_log_survives_an_s3_outage_without_a_failed_prediction(champion, tmp_path, monkeypatch):
     """The log on an S3 prefix (as under `lepton up`); SeaweedFS killed mid-traffic:
     every prediction and feedback still answers 200, the parts wait in the local
     spool, and once S3 is back they all land there: nothing dropped, nothing lost,
@@ -338,8 +385,12 @@ def test_the_s3_prediction_log_survives_an_s3_outage_without_a_failed_prediction
     s3 = SeaweedS3(tmp_path)
     s3.start()
     try:
-        for k, v in {"LEPTON_S3_ENDPOINT_URL": s3.url, "AWS_ACCESS_KEY_ID": s3.key,
-                     "AWS_SECRET_ACCESS_KEY": s3.secret, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for k, v in {
+            "LEPTON_S3_ENDPOINT_URL": s3.url,
+            "AWS_ACCESS_KEY_ID": s3.key,
+            "AWS_SECRET_ACCESS_KEY": s3.secret,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             monkeypatch.setenv(k, v)
         uri = "s3://lepton/serve/predictions"
         x = champion[1].x["test"]
@@ -353,17 +404,20 @@ def test_the_s3_prediction_log_survives_an_s3_outage_without_a_failed_prediction
                     time.sleep(0.1)
 
             for i in range(10):
-                assert srv.predict(x[i * 10:i * 10 + 10])[0] == 200
+                assert srv.predict(x[i * 10 : i * 10 + 10])[0] == 200
             wait_for(lambda: log.written == 100, "written before the outage")
 
             s3.kill()  # the outage
             ids = []
             for i in range(10, 30):
-                status, out = srv.predict(x[i * 10:i * 10 + 10])
+                status, out = srv.predict(x[i * 10 : i * 10 + 10])
                 assert status == 200, out
                 ids.append(out["request_id"])
-            st, ok = srv.request("POST", "/v1/feedback", json.dumps(
-                {"request_id": ids[0], "labels": [int(v) for v in champion[1].y["test"][100:110]]}).encode())
+            st, ok = srv.request(
+                "POST",
+                "/v1/feedback",
+                json.dumps({"request_id": ids[0], "labels": [int(v) for v in champion[1].y["test"][100:110]]}).encode(),
+            )
             assert st == 200 and ok == {"accepted": 10}
             wait_for(lambda: log.spooled == 200, "spooled during the outage")
             m = _metrics(srv)

@@ -25,8 +25,9 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 class _Sums(BasePredictor):
     """Three classes "a", "b", "c" over 2x2 uint8 images; logit k is k * the pixel sum."""
 
-    preprocessing = Preprocessing(kind="image", input_shape=(1, 2, 2), dtype="uint8", scale=1 / 255,
-                                  classes=("a", "b", "c"))
+    preprocessing = Preprocessing(
+        kind="image", input_shape=(1, 2, 2), dtype="uint8", scale=1 / 255, classes=("a", "b", "c")
+    )
 
     def __init__(self, fail: bool = False):
         self.fail = fail
@@ -55,8 +56,9 @@ def _server(tmp_path, token: str | None = None, loaded: bool = True, fail: bool 
             self.current = Loaded("3", "run-3", "data-3", _Sums(fail))
             return True
 
-    return Stand("m", "champion", ServeParams(max_instances=4, poll_seconds=60), get_settings(), token,
-                 tmp_path / "predictions")
+    return Stand(
+        "m", "champion", ServeParams(max_instances=4, poll_seconds=60), get_settings(), token, tmp_path / "predictions"
+    )
 
 
 @pytest.fixture
@@ -94,10 +96,14 @@ def test_one_token_check_guards_every_v1_route_and_comes_first(home):
     good = {"instances": [[[1, 2], [3, 4]]]}
     with _client(server) as c:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-            for r in (_post(c, "/v1/predict", good, headers), c.get("/v1/model", headers=headers),
-                      _post(c, "/v1/feedback", {"request_id": "x", "labels": [0]}, headers),
-                      # the token before the body: a malformed body without it is still a 401
-                      _post(c, "/v1/feedback", b"{", headers), _post(c, "/v1/predict", b"{", headers)):
+            for r in (
+                _post(c, "/v1/predict", good, headers),
+                c.get("/v1/model", headers=headers),
+                _post(c, "/v1/feedback", {"request_id": "x", "labels": [0]}, headers),
+                # the token before the body: a malformed body without it is still a 401
+                _post(c, "/v1/feedback", b"{", headers),
+                _post(c, "/v1/predict", b"{", headers),
+            ):
                 assert (r.status_code, r.json()) == (401, {"error": "missing or wrong bearer token"})
         for path in ("/healthz", "/readyz", "/metrics"):  # the probes and metrics stay open
             assert c.get(path).status_code == 200
@@ -118,10 +124,18 @@ FEEDBACK = [
     ("request id over 64 characters", {"request_id": "x" * 65, "labels": [0]}, 400, '"request_id"'),
     ("labels not a list", {"request_id": "x", "labels": "a"}, 400, '"labels"'),
     ("no labels", {"request_id": "x", "labels": []}, 400, '"labels"'),
-    ("more labels than instances allowed", {"request_id": "x", "labels": ["zebra"] * 5}, 413,
-     "5 labels is over the limit of 4"),
-    ("unknown class name", {"request_id": "x", "labels": ["a", "zebra"]}, 400,
-     "label 'zebra' is neither a class index nor a class name"),
+    (
+        "more labels than instances allowed",
+        {"request_id": "x", "labels": ["zebra"] * 5},
+        413,
+        "5 labels is over the limit of 4",
+    ),
+    (
+        "unknown class name",
+        {"request_id": "x", "labels": ["a", "zebra"]},
+        400,
+        "label 'zebra' is neither a class index nor a class name",
+    ),
     ("index out of range", {"request_id": "x", "labels": [3]}, 400, "label 3 is neither"),
     ("negative index", {"request_id": "x", "labels": [-1]}, 400, "label -1 is neither"),
     ("a boolean", {"request_id": "x", "labels": [True]}, 400, "label True is neither"),
@@ -144,8 +158,11 @@ def test_feedback_takes_names_and_indices_and_ignores_other_keys(home):
         r = _post(c, "/v1/feedback", {"request_id": "", "labels": ["c", 0, "b", 2], "note": "ignored"})
         assert (r.status_code, r.json()) == (200, {"accepted": 4})
         # any content type: the body is read as JSON whatever the header says, as before
-        r = c.post("/v1/feedback", content=json.dumps({"request_id": "r", "labels": [1]}).encode(),
-                   headers={"Content-Type": "text/plain"})
+        r = c.post(
+            "/v1/feedback",
+            content=json.dumps({"request_id": "r", "labels": [1]}).encode(),
+            headers={"Content-Type": "text/plain"},
+        )
         assert (r.status_code, r.json()) == (200, {"accepted": 1})
     import pandas as pd
 
@@ -192,6 +209,9 @@ def test_no_deprecation_warning_from_lepton_code(home):
         warnings.simplefilter("always")
         with _client(_server(home, token=TOKEN)) as c:
             assert _post(c, "/v1/predict", {"instances": [[[1, 2], [3, 4]]]}, BEARER).status_code == 200
-    ours = [w for w in caught if issubclass(w.category, DeprecationWarning)
-            and Path(w.filename).resolve().is_relative_to(LEPTON_CODE)]
+    ours = [
+        w
+        for w in caught
+        if issubclass(w.category, DeprecationWarning) and Path(w.filename).resolve().is_relative_to(LEPTON_CODE)
+    ]
     assert not ours, [f"{w.filename}:{w.lineno}: {w.message}" for w in ours]

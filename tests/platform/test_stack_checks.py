@@ -20,10 +20,17 @@ from lepton import stack
 from lepton.stack import SERVICES, ServiceCheck, StackState
 from lepton_core.errors import LeptonError
 
-RECORD = {"up": True, "db_url": None, "bucket": "lepton", "pool": "lepton-pool", "sse": "AES256", "auth": True,
-          "ports": {"prefect": 14200, "mlflow": 15000, "s3": 18333, "serve": 18000},
-          "pids": {"seaweedfs": 11, "mlflow": 12, "prefect": 13, "worker": 14, "serve": 15},
-          "internal": {"master": 19333}}
+RECORD = {
+    "up": True,
+    "db_url": None,
+    "bucket": "lepton",
+    "pool": "lepton-pool",
+    "sse": "AES256",
+    "auth": True,
+    "ports": {"prefect": 14200, "mlflow": 15000, "s3": 18333, "serve": 18000},
+    "pids": {"seaweedfs": 11, "mlflow": 12, "prefect": 13, "worker": 14, "serve": 15},
+    "internal": {"master": 19333},
+}
 
 
 @pytest.fixture
@@ -133,8 +140,9 @@ def test_status_reports_each_service_by_the_table(settings, sleeper, stand_serve
     port = stand_server
     pids = {name: sleeper() for name in SERVICES}
     pids["mlflow"] = _dead_pid()
-    StackState.from_record({**RECORD, "ports": dict.fromkeys(("prefect", "mlflow", "s3", "serve"), port),
-                            "pids": pids}).write(settings.home)
+    StackState.from_record(
+        {**RECORD, "ports": dict.fromkeys(("prefect", "mlflow", "s3", "serve"), port), "pids": pids}
+    ).write(settings.home)
     url = f"http://127.0.0.1:{port}"
     assert stack.health(settings) == {
         # S3 answers, but a write does not go through: not healthy
@@ -152,8 +160,13 @@ def test_the_table_names_every_service_in_order(settings):
     st = StackState.from_record(RECORD)
     checks = stack.service_checks(settings.home, st)
     assert [c.name for c in checks] == list(SERVICES)
-    assert [c.where for c in checks] == ["http://127.0.0.1:18333", "http://127.0.0.1:15000", "http://127.0.0.1:14200",
-                                         "pool lepton-pool", "http://127.0.0.1:18000"]
+    assert [c.where for c in checks] == [
+        "http://127.0.0.1:18333",
+        "http://127.0.0.1:15000",
+        "http://127.0.0.1:14200",
+        "pool lepton-pool",
+        "http://127.0.0.1:18000",
+    ]
 
 
 class _Table:
@@ -231,27 +244,42 @@ def test_up_refuses_what_it_cannot_do_before_starting_anything(settings, sleeper
 
     assert refused({"prefect": 5000, "mlflow": 5000}) == (
         "port 5000 is given to more than one service (prefect, mlflow); give each its own with "
-        "--prefect-port, --mlflow-port, --s3-port and --serve-port")
+        "--prefect-port, --mlflow-port, --s3-port and --serve-port"
+    )
     assert refused(_ports(), sse="rot13") == (
-        "server-side encryption must be one of AES256, aws:kms or none, not 'rot13'")
+        "server-side encryption must be one of AES256, aws:kms or none, not 'rot13'"
+    )
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         taken = held.getsockname()[1]
         assert refused({**_ports(), "mlflow": taken}) == (
-            f"port {taken} (mlflow) is already in use; choose another with --mlflow-port")
+            f"port {taken} (mlflow) is already in use; choose another with --mlflow-port"
+        )
 
     # a service of the last stack still runs: what is asked must be what it runs with
     ports = _ports()
-    StackState.from_record({**RECORD, "sse": None, "auth": False, "ports": ports,
-                            "pids": {**dict.fromkeys(SERVICES, 0), "mlflow": sleeper()}}).write(settings.home)
+    StackState.from_record(
+        {
+            **RECORD,
+            "sse": None,
+            "auth": False,
+            "ports": ports,
+            "pids": {**dict.fromkeys(SERVICES, 0), "mlflow": sleeper()},
+        }
+    ).write(settings.home)
     assert refused(ports, sse="AES256") == (
-        "the stack is already running with another encryption setting; `lepton down` first")
+        "the stack is already running with another encryption setting; `lepton down` first"
+    )
     assert refused(ports, auth=True) == (
-        "the stack is already running with another authentication setting; `lepton down` first")
-    assert refused({**ports, "serve": free_port()}) == "the stack is already running on other ports; `lepton down` first"
+        "the stack is already running with another authentication setting; `lepton down` first"
+    )
+    assert (
+        refused({**ports, "serve": free_port()}) == "the stack is already running on other ports; `lepton down` first"
+    )
     assert refused(ports, db_url="postgresql://u@127.0.0.1:5432/other") == (
-        "the stack is already running on another database; `lepton down` first")
+        "the stack is already running on another database; `lepton down` first"
+    )
 
 
 def test_down_stops_by_pid_and_keeps_the_record(settings, sleeper):
@@ -260,5 +288,9 @@ def test_down_stops_by_pid_and_keeps_the_record(settings, sleeper):
     StackState.from_record({**RECORD, "pids": pids, "legacy": 1}).write(settings.home)
     assert stack.down(settings) == ["serve", "prefect", "mlflow", "seaweedfs"]
     assert json.loads(stack_state.state_path(settings.home).read_text()) == {
-        **RECORD, "pids": pids, "legacy": 1, "up": False}
+        **RECORD,
+        "pids": pids,
+        "legacy": 1,
+        "up": False,
+    }
     assert stack.down(replace(settings, home=settings.home / "none")) == []

@@ -119,9 +119,14 @@ def test_a_variant_that_loses_too_much_accuracy_is_refused_in_one_line(champion,
 
     from tests.conftest import ROOT
 
-    r = subprocess.run([sys.executable, "-c", code, "optimize", champion[0]["version"], "--variant", "int8"],
-                       env={**os.environ, **lepton_env[1], "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                       timeout=600, cwd=lepton_env[1]["LEPTON_PROJECT_DIR"])
+    r = subprocess.run(
+        [sys.executable, "-c", code, "optimize", champion[0]["version"], "--variant", "int8"],
+        env={**os.environ, **lepton_env[1], "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=lepton_env[1]["LEPTON_PROJECT_DIR"],
+    )
     assert r.returncode == 3, (r.stdout, r.stderr[-2000:])
     refused = [ln for ln in r.stdout.splitlines() if "refused" in ln]
     assert len(refused) == 1 and "max_accuracy_drop" in refused[0] and "below the PyTorch model's" in refused[0]

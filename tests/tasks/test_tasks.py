@@ -63,11 +63,19 @@ def test_evaluate_task_logs_metrics_reference_and_provenance(trained, env):
     run = client().get_run(outcome.run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(summary["test_accuracy"])
     paths = {a.path for d in ("evaluation", "monitoring", "data") for a in client().list_artifacts(outcome.run_id, d)}
-    assert {"evaluation/metrics.json", "evaluation/confusion_matrix.png", "monitoring/reference.parquet",
-            "data/prepared.dvc", "data/report.json"} <= paths
-    metrics = json.loads(Path(client().download_artifacts(outcome.run_id, "evaluation/metrics.json",
-                                                          str(env / "dl"))).read_text())
-    assert metrics["accuracy"] == pytest.approx(summary["test_accuracy"]) and metrics["n"] == data.meta["counts"]["test"]
+    assert {
+        "evaluation/metrics.json",
+        "evaluation/confusion_matrix.png",
+        "monitoring/reference.parquet",
+        "data/prepared.dvc",
+        "data/report.json",
+    } <= paths
+    metrics = json.loads(
+        Path(client().download_artifacts(outcome.run_id, "evaluation/metrics.json", str(env / "dl"))).read_text()
+    )
+    assert (
+        metrics["accuracy"] == pytest.approx(summary["test_accuracy"]) and metrics["n"] == data.meta["counts"]["test"]
+    )
 
 
 def test_settings_come_from_the_environment(monkeypatch, tmp_path):
@@ -120,8 +128,8 @@ def _accept_many(home: str, start: int) -> None:
     import os
 
     os.environ["LEPTON_HOME"] = home
-    from effects.state import monitor_state
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
 
     s = get_settings()
     for i in range(start, start + 20):
@@ -131,8 +139,8 @@ def _accept_many(home: str, start: int) -> None:
 def test_monitor_state_loses_no_entry_under_concurrent_writers(tmp_path):
     """Two processes marking batches at once (the hourly deployment next to a manual
     `lepton monitor`): every entry survives."""
-    from effects.state import monitor_state
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
 
     procs = [multiprocessing.Process(target=_accept_many, args=(str(tmp_path), k * 100)) for k in range(2)]
     for p in procs:
@@ -155,16 +163,23 @@ def test_summaries_link_the_run_and_version(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     md = registry_markdown("rollback", {"champion": "3", "demoted": "4"}, "m")
     assert "[m v3](http://127.0.0.1:5999/#/models/m/versions/3)" in md and "- demoted: 4" in md
-    r = {"batch_id": "b", "verdict": "drift: x", "report_url": "http://u/r", "mlflow_run_id": "rid",
-         "report_html": "/r.html", "drifted_features": [], "scores": {"share_drifted": 0.9}}
+    r = {
+        "batch_id": "b",
+        "verdict": "drift: x",
+        "report_url": "http://u/r",
+        "mlflow_run_id": "rid",
+        "report_html": "/r.html",
+        "drifted_features": [],
+        "scores": {"share_drifted": 0.9},
+    }
     md = monitor_markdown([r], "m", True, "http://127.0.0.1:5999", "monitoring/report.html")
     assert "[open in MLflow](http://u/r)" in md and "drift event emitted: yes" in md
 
 
 def test_a_new_batch_under_an_old_name_is_still_new(tmp_path, monkeypatch):
-    from effects.state import monitor_state
     from effects.monitoring.monitor import batch_id, new_batches
     from effects.runtime.settings import get_settings
+    from effects.state import monitor_state
 
     monkeypatch.setenv("LEPTON_HOME", str(tmp_path / "home"))
     s = get_settings()
