@@ -24,7 +24,7 @@ help:
 	@echo "                 (needs PostgreSQL at 127.0.0.1:5432 and Debian's chromium)"
 	@echo "make test-fast - lint, then the tests that need no PostgreSQL, live stack or browser"
 	@echo "make lint      - ruff check, ruff format --check, mypy, lint-imports"
-	@echo "make docs      - serve the documentation site (mkdocs serve)"
+	@echo "make docs      - serve the documentation site at http://127.0.0.1:8001 (mkdocs serve)"
 	@echo "make hooks     - install the git pre-commit hook (.pre-commit-config.yaml)"
 	@echo "make repro     - dvc repro: prepare -> train -> evaluate from params.yaml, no Prefect"
 	@echo "make bench     - run benchmarks/overhead.py"
@@ -83,7 +83,8 @@ test: $(STAMP) lint postgres browser
 test-fast: $(STAMP) lint
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow and not postgres and not live and not browser" $(PYTEST_ARGS)
 
-# mkdocs.yml at the root; http://127.0.0.1:8000 by default (MKDOCS_ARGS="-a HOST:PORT")
+# mkdocs.yml at the root; http://127.0.0.1:8001 (8000 is the model server's default port)
+MKDOCS_ARGS ?= -a 127.0.0.1:8001
 docs: $(STAMP)
 	$(BIN)/mkdocs serve $(MKDOCS_ARGS)
 

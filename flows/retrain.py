@@ -4,17 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from lepton_core.params import (
-    DataParams,
-    DeployParams,
-    MonitorParams,
-    OptimizeParams,
-    PromoteParams,
-    RegistryParams,
-    ServeParams,
-    TrainParams,
-    params_of,
-)
+from lepton_core.params import RETRAIN_SECTIONS, Params, takes_sections
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
 from tasks.optimize import optimize as optimize_task
@@ -25,23 +15,14 @@ from tasks.train import train as train_task
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(
-    data: DataParams = DataParams(),
-    train: TrainParams = TrainParams(),
-    promote: PromoteParams = PromoteParams(),
-    registry: RegistryParams = RegistryParams(),
-    deploy: DeployParams = DeployParams(),
-    monitor: MonitorParams = MonitorParams(),
-    serve: ServeParams = ServeParams(),
-    optimize: OptimizeParams = OptimizeParams(),
-    progress: bool = True,
-) -> dict:
+@takes_sections(RETRAIN_SECTIONS)
+def retrain(params: Params, progress: bool = True) -> dict:
     """Retrain on the data described by `data` and promote the result if it passes the gate.
 
-    The parameters are the sections of params.yaml (every one, so the MLflow run
-    records exactly what was given), and the Prefect UI shows them as forms.
+    The parameters are the sections of params.yaml (every one but `sweep`, so the
+    MLflow run records exactly what was given), and the Prefect UI shows them as forms.
     """
-    params = params_of(locals())
+    data, registry, promote, optimize = params.data, params.registry, params.promote, params.optimize
     dataset = prepare_data(data)
     outcome = train_task(dataset, params, progress=progress)
     metrics = evaluate(outcome.run_id, outcome.checkpoint, dataset)

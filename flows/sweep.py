@@ -4,21 +4,10 @@ time on threads or Dask) -> evaluate, register and gate the best trial only."""
 from __future__ import annotations
 
 from prefect import flow
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
 
 from lepton_core.errors import LeptonError
-from lepton_core.params import (
-    DataParams,
-    DeployParams,
-    MonitorParams,
-    OptimizeParams,
-    PromoteParams,
-    RegistryParams,
-    ServeParams,
-    SweepParams,
-    TrainParams,
-    params_of,
-)
+from lepton_core.params import SECTIONS, Params, takes_sections
 from lepton_core.sweep import search_space
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate
@@ -26,6 +15,7 @@ from tasks.registry import promote as promote_task
 from tasks.registry import register
 from tasks.sweep import (
     Search,
+    TrialOutcome,
     abandon_sweep,
     check_dask_address,
     close_sweep,
@@ -40,19 +30,8 @@ from tasks.sweep import (
 
 
 @flow(name="sweep", log_prints=True)
-def sweep(
-    data: DataParams = DataParams(),
-    train: TrainParams = TrainParams(),
-    promote: PromoteParams = PromoteParams(),
-    registry: RegistryParams = RegistryParams(),
-    deploy: DeployParams = DeployParams(),
-    monitor: MonitorParams = MonitorParams(),
-    serve: ServeParams = ServeParams(),
-    optimize: OptimizeParams = OptimizeParams(),
-    sweep: SweepParams = SweepParams(),
-    dask: str | None = None,
-    progress: bool = False,
-) -> dict:
+@takes_sections(SECTIONS)
+def sweep(params: Params, dask: str | None = None, progress: bool = False) -> dict:
     """Search `sweep.space` around the `train` params: every trial is an MLflow run
     nested under one parent run; only the best is registered, through the gate.
 
@@ -60,7 +39,7 @@ def sweep(
     worker processes) or a Dask scheduler address. A failed trial is recorded
     (FAILED run, failed Optuna trial) and the sweep goes on.
     """
-    params = params_of(locals())
+    data, registry, promote, sweep = params.data, params.registry, params.promote, params.sweep
     dims = search_space(sweep, params)
     dask = check_dask_address(dask)
     dataset = prepare_data(data)
@@ -68,7 +47,7 @@ def sweep(
     search = Search(dims, sweep)
     try:
         with trial_runner(sweep.parallel, dask) as runner:
-            running = {}
+            running: dict[PrefectFuture[TrialOutcome], int] = {}  # a trial's future -> its number
             while search.more or running:
                 while search.more and len(running) < sweep.parallel:
                     s = search.ask()

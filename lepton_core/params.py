@@ -6,8 +6,11 @@ and what `dvc.yaml` stages list under `params:`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import posixpath
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -265,19 +268,57 @@ class Params(_Section):
 SECTIONS: tuple[str, ...] = tuple(Params.model_fields)
 # the retrain flow takes every section but the sweep's (the sweep flow takes them all)
 RETRAIN_SECTIONS: tuple[str, ...] = tuple(k for k in SECTIONS if k != "sweep")
+_R = typing.TypeVar("_R")
 
 
-def params_of(arguments: Mapping[str, Any]) -> Params:
-    """The Params that a flow's section parameters make (`locals()` at its top; other
-    arguments are left out). The flows name each section in their signature, since
-    Prefect reads a deployment's parameters from the flow's source;
-    tests/platform/test_prefect_yaml.py checks that they name every one."""
-    return Params(**{k: v for k, v in arguments.items() if k in SECTIONS})
+def takes_sections(
+    sections: tuple[str, ...] = SECTIONS,
+) -> Callable[[Callable[..., _R]], Callable[..., _R]]:
+    """Give `fn(params: Params, **rest)` one keyword parameter per params section (with
+    its default and its model as the annotation) in place of `params`, so Prefect's
+    parameter schema, the dashboard's forms and the deployments list every section of
+    `Params`: a section added there reaches the flows with no other edit. The sections
+    a caller passes arrive as one `Params`; the flow reads `params.<section>`."""
 
+    def wrap(fn: Callable[..., _R]) -> Callable[..., _R]:
+        hints = typing.get_type_hints(fn)
+        own = inspect.signature(fn)
+        rest = [
+            p.replace(annotation=hints.get(name, p.annotation))
+            for name, p in own.parameters.items()
+            if name != "params"
+        ]
+        fields = Params.model_fields
+        signature = own.replace(
+            parameters=[
+                inspect.Parameter(
+                    k,
+                    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                    annotation=fields[k].annotation,
+                    default=fields[k].get_default(call_default_factory=True),
+                )
+                for k in sections
+            ]
+            + rest,
+            return_annotation=hints.get("return", own.return_annotation),
+        )
 
-def section_arguments(params: Params, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
-    """The flow keyword arguments (or deployment parameters, as JSON) for `params`."""
-    return {k: getattr(params, k) for k in sections}
+        @functools.wraps(fn)
+        def with_sections(*args: Any, **kwargs: Any) -> _R:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            given = dict(bound.arguments)
+            params = Params(**{k: given.pop(k) for k in sections})
+            return fn(params, **given)
+
+        with_sections.__signature__ = signature  # type: ignore[attr-defined]
+        with_sections.__annotations__ = {
+            **{p.name: p.annotation for p in signature.parameters.values()},
+            "return": signature.return_annotation,
+        }
+        return with_sections
+
+    return wrap
 
 
 def _one_line(err: ValidationError) -> str:

@@ -113,16 +113,14 @@ def _new_run(c, exp: str, data: DataVersion, params: Params, s) -> str:
     with runs.failing_run(c, run_id):
         runs.log_params_and_tags(c, run_id, flatten_params(params), {})
         batches = set(data.meta.get("monitored_batches", []))
-        runs.log_lineage(
+        runs.log_run_lineage(
             c,
             run_id,
-            data_version=data.version,
-            meta=data.meta,
-            dvc_remote=s.dvc_remote,
+            data,
+            s,
             git_commit=commit,
             source_name="flows/retrain.py",
             flow_run_id=run_flow,
-            flow_run_url=runs.flow_run_url(s.prefect_ui_api_url, run_flow),
             monitored=[b for b in monitor_state.accepted_batches(s) if b["id"] in batches],
         )
     return run_id

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: F401 (re-exported)
 from mlflow.tracking import MlflowClient
@@ -243,6 +244,33 @@ def _log_inputs(c: MlflowClient, run_id: str, inputs: list, tries: int = 5) -> N
             time.sleep(0.05 * (attempt + 1))
 
 
+def log_run_lineage(
+    c: MlflowClient,
+    run_id: str,
+    data: Any,
+    s: Settings,
+    *,
+    git_commit: str,
+    source_name: str,
+    flow_run_id: str,
+    monitored: list[dict] | None = None,
+) -> None:
+    """`log_lineage` for a run on the data version `data` (its .version and .meta), with
+    these settings' DVC remote and, on a lasting Prefect server, the flow run's link."""
+    log_lineage(
+        c,
+        run_id,
+        data_version=data.version,
+        meta=data.meta,
+        dvc_remote=s.dvc_remote,
+        git_commit=git_commit,
+        source_name=source_name,
+        flow_run_id=flow_run_id,
+        flow_run_url=flow_run_url(s.prefect_ui_api_url, flow_run_id),
+        monitored=monitored,
+    )
+
+
 def log_lineage(
     c: MlflowClient,
     run_id: str,
@@ -267,7 +295,9 @@ def log_lineage(
         with warnings.catch_warnings():  # file: URIs match two equal "local" sources
             warnings.simplefilter("ignore", UserWarning)
             source = resolve_dataset_source(uri)
-        ds = MetaDataset(source=source, name=name, digest=digest[:36])
+        # mlflow marks `Dataset.profile` abstract but MetaDataset leaves it out; Dataset is
+        # no ABC, so it instantiates (mlflow's own docs do it)
+        ds = MetaDataset(source=source, name=name, digest=digest[:36])  # type: ignore[abstract]
         return DatasetInput(dataset=ds._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value=context)])
 
     inputs = [

@@ -28,6 +28,7 @@ from lepton_core.sweep import Dimension, goal, space_record
 def _distribution(d: Dimension):
     if d.kind == "categorical":
         return CategoricalDistribution(list(d.choices))
+    assert d.low is not None and d.high is not None  # a numeric dimension always has its range (lepton_core.sweep)
     if d.kind == "int":
         return IntDistribution(int(d.low), int(d.high), log=d.log, step=int(d.step or 1))
     return FloatDistribution(float(d.low), float(d.high), log=d.log, step=d.step)
@@ -156,16 +157,8 @@ def open_parent_run(
             {"metric": sweep.metric, "goal": goal(sweep), "space": space_record(dims)},
             "sweep/search_space.json",
         )
-        runs.log_lineage(
-            c,
-            run_id,
-            data_version=data.version,
-            meta=data.meta,
-            dvc_remote=s.dvc_remote,
-            git_commit=commit,
-            source_name="flows/sweep.py",
-            flow_run_id=flow_run_id,
-            flow_run_url=runs.flow_run_url(s.prefect_ui_api_url, flow_run_id),
+        runs.log_run_lineage(
+            c, run_id, data, s, git_commit=commit, source_name="flows/sweep.py", flow_run_id=flow_run_id
         )
     return run_id
 

@@ -115,15 +115,50 @@ def test_the_sweep_deployment_takes_every_section_and_retrain_takes_no_sweep_sec
         validate(bad, schema, raise_on_error=True, preprocess=True)
 
 
-def test_each_flow_names_every_section_it_takes_in_its_signature():
-    """A section added to `Params` must reach the flows' forms: Prefect reads a
-    deployment's parameters from the flow's source (parameter_schema_from_entrypoint),
-    so the flows name their sections; this fails, naming the flow, when one is missing."""
-    from prefect.utilities.callables import parameter_schema_from_entrypoint
+def test_a_params_section_reaches_each_flows_form_with_no_other_edit():
+    """The flows take their sections from `Params` (takes_sections): the parameter
+    schema Prefect builds for a deployment and its dashboard form (parameter_schema of
+    the loaded flow, as `prefect deploy` and `lepton deploy` build it) lists every one,
+    and a flow run receives them as one Params."""
+    import inspect
 
-    from lepton_core.params import RETRAIN_SECTIONS, SECTIONS
+    from prefect.utilities.callables import parameter_schema
 
-    for entry, sections in (("flows/retrain.py:retrain", RETRAIN_SECTIONS), ("flows/sweep.py:sweep", SECTIONS)):
-        schema = parameter_schema_from_entrypoint(str(ROOT / entry))
-        missing = set(sections) - set(schema.properties)
-        assert not missing, f"{entry} does not take the params sections {sorted(missing)}"
+    from flows.retrain import retrain
+    from flows.sweep import sweep
+    from lepton_core.params import RETRAIN_SECTIONS, SECTIONS, Params
+
+    for fn, sections, rest in ((retrain, RETRAIN_SECTIONS, {"progress"}), (sweep, SECTIONS, {"dask", "progress"})):
+        schema = parameter_schema(fn)
+        assert set(schema.properties) == set(sections) | rest, fn.name
+        assert list(inspect.signature(fn.fn).parameters)[: len(sections)] == list(sections)
+        for k in sections:  # each section's form is its model's schema, with its defaults
+            assert schema.definitions[Params.model_fields[k].annotation.__name__]
+    assert "sweep" not in RETRAIN_SECTIONS and set(SECTIONS) == set(Params.model_fields)
+
+
+def test_takes_sections_hands_the_flow_one_params_and_a_new_section_appears(monkeypatch):
+    from pydantic import BaseModel
+
+    import lepton_core.params as P
+
+    class Extra(BaseModel):
+        knob: int = 3
+
+    class Wider(P.Params):
+        extra: Extra = Extra()
+
+    monkeypatch.setattr(P, "Params", Wider)
+    seen = {}
+
+    @P.takes_sections(tuple(Wider.model_fields))
+    def fn(params, progress: bool = True):
+        seen["params"], seen["progress"] = params, progress
+        return "ok"
+
+    import inspect
+
+    assert "extra" in inspect.signature(fn).parameters  # the new section, with no edit to fn
+    assert fn(extra=Extra(knob=5), progress=False) == "ok"
+    assert seen["params"].extra.knob == 5 and seen["progress"] is False
+    assert seen["params"].train == P.TrainParams()  # the sections not given keep their defaults
