@@ -13,10 +13,12 @@ import re
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+import lepton_core
 from effects.data.dvc_store import dataset_path
 from effects.runtime.locks import file_lock
 from effects.runtime.settings import Settings, get_settings, redact_uri
@@ -28,8 +30,12 @@ from lepton_core.gate import Decision, decide_promotion
 from lepton_core.params import PromoteParams
 from lepton_core.predictor import Predictor
 
+if TYPE_CHECKING:  # mlflow is imported lazily; only for annotations here
+    from mlflow.entities.model_registry import ModelVersion
+
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-LEPTON_CORE = Path(__import__("lepton_core").__file__).parent
+assert lepton_core.__file__ is not None  # a regular package (it has an __init__.py)
+LEPTON_CORE = Path(lepton_core.__file__).parent
 
 CHAMPION, PREVIOUS = "champion", "previous"
 # an ONNX / int8 variant of a version (effects/tracking/variants.py) is registered beside it
@@ -109,13 +115,18 @@ def log_and_register(
 
 # ---------------------------------------------------------------- the gate
 def alias_version(c, name: str, alias: str):
-    """The model version behind `@alias`, or None."""
+    """The model version behind `@alias`, or None when the model or the alias does not
+    exist. Any other failure (a registry that does not answer, a refused login) is
+    raised: "no champion" must never be a guess, since the gate would then promote
+    without comparing."""
     from mlflow.exceptions import MlflowException
 
     try:
         return c.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and "not found" in str(e):
+            return None
+        raise
 
 
 def source_version(c, name: str, version: str | None, instead: str):
@@ -201,7 +212,7 @@ def gate_history(c, mv, settings: Settings | None = None) -> list[dict]:
     return list(json.loads(path.read_text()))
 
 
-def load_alias(model_name: str, alias: str, settings: Settings | None = None) -> tuple[object, Predictor]:
+def load_alias(model_name: str, alias: str, settings: Settings | None = None) -> tuple[ModelVersion, Predictor]:
     """(model version, its predictor) behind `@alias`; LeptonError if there is none."""
     s = settings or get_settings()
     c = runs.client(s)

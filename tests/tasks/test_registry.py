@@ -128,3 +128,28 @@ def test_redact_uri_hides_passwords():
 
     assert redact_uri("postgresql://lepton:s3cret@db:5432/mlflow") == "postgresql://lepton:***@db:5432/mlflow"
     assert redact_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_an_alias_lookup_that_fails_is_raised_not_taken_for_no_champion():
+    """Only a missing model or alias is "none"; a registry that fails (here: an
+    internal error, as a connection that gave up) is raised, so the gate never
+    promotes without comparing."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+
+    from effects.tracking.registry import alias_version
+
+    class Client:
+        def __init__(self, error):
+            self.error = error
+
+        def get_model_version_by_alias(self, name, alias):
+            raise self.error
+
+    missing = MlflowException("Registered model alias champion not found.", error_code=INVALID_PARAMETER_VALUE)
+    no_model = MlflowException("Registered Model with name=m not found", error_code=RESOURCE_DOES_NOT_EXIST)
+    assert alias_version(Client(missing), "m", "champion") is None
+    assert alias_version(Client(no_model), "m", "champion") is None
+    down = MlflowException("API request to http://127.0.0.1:1/api failed with exception ConnectionError")
+    with pytest.raises(MlflowException, match="API request"):
+        alias_version(Client(down), "m", "champion")
