@@ -13,6 +13,7 @@ Run:  .venv/bin/python benchmarks/monitor.py   (numbers are printed, nothing ass
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -37,6 +38,9 @@ def synthetic_table(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="numbers are printed, nothing asserted"
+    ).parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lepton-bench-monitor-"))
     os.environ.update(
         LEPTON_PROJECT_DIR=str(ROOT),
