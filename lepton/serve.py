@@ -65,6 +65,11 @@ class Loaded:
     predictor: BasePredictor  # PyTorch, or ONNX Runtime for a `lepton optimize` variant
 
 
+# a queued request: its checked samples, the future its answer goes to (the version
+# that scored it and its logits), its request id
+_Queued = tuple[np.ndarray, "asyncio.Future[tuple[Loaded, np.ndarray]]", str]
+
+
 class BadRequest(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -117,7 +122,7 @@ class ModelServer:
         self.log = PredictionLog(
             store, settings.home / "serve" / "spool", params.log_flush_seconds, params.log_flush_rows
         )
-        self._queue: asyncio.Queue | None = None
+        self._queue: asyncio.Queue[_Queued] | None = None  # made by the app's lifespan, before any request
         self._inflight = 0  # predict requests checked and not yet answered (event loop only)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -205,7 +210,8 @@ class ModelServer:
             raw = loaded.predictor.check(x)
         except InputError as e:
             raise BadRequest(400, str(e)) from None
-        fut = asyncio.get_running_loop().create_future()
+        assert self._queue is not None  # the app's lifespan makes it before it takes requests
+        fut: asyncio.Future[tuple[Loaded, np.ndarray]] = asyncio.get_running_loop().create_future()
         request_id = uuid.uuid4().hex
         await self._queue.put((raw, fut, request_id))
         answered, logits = await fut  # the version whose batch this request was in
@@ -225,6 +231,7 @@ class ModelServer:
         """Gather queued requests into one forward pass."""
         loop = asyncio.get_running_loop()
         p = self.params
+        assert self._queue is not None  # the app's lifespan makes it before it starts the batcher
         while True:
             items = [await self._queue.get()]
             n = len(items[0][0])
@@ -246,6 +253,8 @@ class ModelServer:
                 n += len(item[0])
             loaded = self.current  # one version for the whole batch
             try:
+                # a request is queued only once a model is loaded, and none is ever unloaded
+                assert loaded is not None
                 groups = _by_shape(items)
                 for group in groups:
                     x = np.concatenate([raw for raw, _, _ in group])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -32,6 +32,9 @@ from lepton_core.params import Params, flatten_params
 from lepton_core.sweep import LOCAL, Dimension, check_dask_address, with_values  # noqa: F401
 from tasks.train import TrainOutcome
 
+if TYPE_CHECKING:  # prefect.task_runners is imported where a runner is made
+    from prefect.task_runners import TaskRunner
+
 
 class TrialOutcome(BaseModel):
     number: int
@@ -43,7 +46,7 @@ class TrialOutcome(BaseModel):
 
 
 @contextmanager
-def trial_runner(parallel: int, dask: str | None) -> Iterator[Any]:
+def trial_runner(parallel: int, dask: str | None) -> Iterator[TaskRunner[Any]]:
     """The task runner the trials run on: `parallel` threads by default; with
     `dask='local'` a temporary LocalCluster of `parallel` single-threaded worker
     processes; with a scheduler address, that cluster (its workers need Lepton
@@ -53,8 +56,9 @@ def trial_runner(parallel: int, dask: str | None) -> Iterator[Any]:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     if dask is None:
-        with ThreadPoolTaskRunner(max_workers=parallel) as runner:
-            yield runner
+        threads: ThreadPoolTaskRunner[Any]  # its futures' result type: whatever the trials return
+        with ThreadPoolTaskRunner(max_workers=parallel) as threads:
+            yield threads
         return
     from prefect_dask import DaskTaskRunner
 

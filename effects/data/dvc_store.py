@@ -115,7 +115,11 @@ def local_params(params: DataParams, s: Settings) -> DataParams:
 
 def _copy_version(src: Path, dst: Path) -> None:
     """A data version's local copy is immutable: the first complete copy stays."""
-    publish_dir(dst, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True), replace=False)
+
+    def build(tmp: Path) -> None:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+
+    publish_dir(dst, build, replace=False)
 
 
 def restore_dataset(version: str, to_dir: str | Path, settings: Settings | None = None) -> Path:

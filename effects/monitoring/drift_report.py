@@ -108,7 +108,7 @@ def run_drift_report(
     ref = _prepare(reference, numerical, categorical)
     cur = _prepare(current, numerical, categorical)
 
-    quality = _quality(ref, cur, label_column, prediction_column) if has_label else None
+    quality = _quality(ref, cur, label_column, prediction_column) if has_label and label_column is not None else None
     # Evidently's classification metrics raise on null labels or predictions.
     with_classification = quality is not None and not any(
         f[c].isna().any() for f in (ref, cur) for c in (label_column, prediction_column)
@@ -182,7 +182,11 @@ def _check_columns(
             raise ValueError(f"the {name} frame lacks columns {missing}")
     has_conf = confidence_column is not None and all(confidence_column in f.columns for f in (reference, current))
     has_label = label_column is not None and all(label_column in f.columns for f in (reference, current))
-    roles = [prediction_column] + ([confidence_column] if has_conf else []) + ([label_column] if has_label else [])
+    roles = (
+        [prediction_column]
+        + ([confidence_column] if has_conf and confidence_column is not None else [])
+        + ([label_column] if has_label and label_column is not None else [])
+    )
     clash = sorted((set(roles) & set(features)) | {c for c in roles if roles.count(c) > 1})
     if clash:
         raise ValueError(f"columns {clash} have more than one role (feature/prediction/confidence/label)")

@@ -215,6 +215,7 @@ def check_batch(
     result.reasons, result.scores = verdict.reasons, verdict.scores
     result.mlflow_run_id = _log_monitoring_run(c, s, experiment, champ, result, flow_run_id)
     if result.accepted_for_training:  # False for a batch a person rejected before
+        assert fmt is not None  # set only after detect_format named the format
         result.accepted_for_training = monitor_state.accept_batch(s, path, fmt, bid, result.rows)
     return result
 

@@ -44,14 +44,12 @@ def score_data(
         raw = load_raw(fmt, data, pre.label_column, labelled=False)
     except DataError as e:
         raise DataError(str(e)) from None
-    samples = raw.x
-    if raw.kind == "tabular":
-        samples = pd.DataFrame(raw.x, columns=raw.feature_names)
+    table_rows = pd.DataFrame(raw.x, columns=raw.feature_names) if raw.kind == "tabular" else None
     n = len(raw.x)
     probs = []
     bar = Progress(max(n, 1), "predict", enabled=progress)
     for i in range(0, n, chunk):
-        part = samples.iloc[i : i + chunk] if raw.kind == "tabular" else samples[i : i + chunk]
+        part = table_rows.iloc[i : i + chunk] if table_rows is not None else raw.x[i : i + chunk]
         probs.append(softmax(predictor.logits(part)))
         bar.update(min(chunk, n - i))
     bar.close()

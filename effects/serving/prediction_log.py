@@ -26,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 
 import numpy as np
 
@@ -240,6 +241,7 @@ class PredictionLog:
         sent = 0
         with self._store_lock:
             for p in self._spooled():
+                assert self.spool is not None  # _spooled() lists nothing without a spool
                 rel = p.relative_to(self.spool).as_posix()
                 try:
                     self.store.put(rel, p.read_bytes())
@@ -259,6 +261,7 @@ class PredictionLog:
         rows = 0
         last = time.monotonic()
         while True:
+            entry: _Entry | EllipsisType | None  # ...: nothing arrived in time
             try:
                 entry = self._queue.get(timeout=min(0.5, self.flush_seconds))
             except queue.Empty:

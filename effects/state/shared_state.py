@@ -347,7 +347,9 @@ class SharedState(MonitorStore):
 
     def _append_accepted(self, conn: Connection, b: dict) -> None:
         if conn.execute(select(accepted_t.c.id).where(accepted_t.c.id == b["id"])).first() is None:
-            seq = conn.execute(select(func.coalesce(func.max(accepted_t.c.seq), 0))).scalar() + 1
+            top = conn.execute(select(func.coalesce(func.max(accepted_t.c.seq), 0))).scalar()
+            assert top is not None  # an aggregate always has one row, and coalesce makes it 0 on an empty table
+            seq = top + 1
             conn.execute(
                 accepted_t.insert().values(
                     id=b["id"],
@@ -404,4 +406,5 @@ class SharedState(MonitorStore):
             if conn.execute(stmt).rowcount == 1:
                 return None
             last = conn.execute(select(meta_t.c.at).where(meta_t.c.key == "last_event")).scalar()
+        assert last is not None  # the upsert did not win, so the row exists (it is never deleted; `at` is NOT NULL)
         return float(last), float(last) + window

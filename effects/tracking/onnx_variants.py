@@ -28,13 +28,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from lepton_core.errors import InputError
+from lepton_core.models import ModelKind
 from lepton_core.predictor import BasePredictor, Predictor, Preprocessing, model_input
 
 VARIANTS: tuple[str, ...] = ("onnx", "int8")
@@ -91,6 +92,7 @@ def _export(module, raw, path: Path, predictor: Predictor, quiet, level) -> Path
         )
     finally:
         quiet.setLevel(level)
+    assert program is not None  # the dynamo exporter always returns its program (None is the legacy exporter's)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         program.save(str(tmp))
@@ -172,11 +174,14 @@ class OnnxPredictor(BasePredictor):
         self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         names = [o.name for o in self.session.get_outputs()]
         stored, kind = metadata(self.session)
-        if "logits" not in names or (preprocessing or stored) is None:
+        pre = preprocessing or stored
+        if "logits" not in names or pre is None:
             raise InputError("not a Lepton ONNX variant (no `logits` output or no preprocessing metadata)")
-        self.preprocessing = preprocessing or stored
+        self.preprocessing = pre
         self._input = self.session.get_inputs()[0].name
-        self._kind = kind or ("cnn" if self.preprocessing.kind == "image" else "mlp")
+        # the graph's metadata holds the `ModelConfig.kind` it was exported from
+        # (`_set_metadata`); `ModelConfig` validates it where it is used
+        self._kind = cast(ModelKind, kind or ("cnn" if self.preprocessing.kind == "image" else "mlp"))
 
     def to_input(self, x: Any) -> torch.Tensor:
         """Checked raw samples (the graph scales them itself)."""

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
 
 
-class LeptonClassifier(mlflow.pyfunc.PythonModel):
+class LeptonClassifier(PythonModel):
     def load_context(self, context) -> None:
         from lepton_core.predictor import Predictor
 

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from effects.tracking.registry import CHAMPION, alias_version, predictor_of, sou
 from lepton_core.data.prepare import read_prepared
 from lepton_core.errors import LeptonError
 from lepton_core.params import OptimizeParams
+
+if TYPE_CHECKING:  # mlflow is imported lazily; only for annotations here
+    from mlflow.entities.model_registry import ModelVersion
 
 VARIANT_ARTIFACT = "variant/model.onnx"
 
@@ -159,7 +163,7 @@ def optimize_version(
                 "latency_b1_ms": latency(vp.logits, x_test[:64], 1).ms,
                 "latency_b64_ms": latency(vp.logits, x_test[:64], 64).ms,
             }
-            row = {"variant": kind, **figures}
+            row: dict[str, Any] = {"variant": kind, **figures}
             drop = base - acc
             if drop > params.max_accuracy_drop:
                 row.update(
@@ -185,9 +189,9 @@ def optimize_version(
     return {"version": str(mv.version), "torch_accuracy": base, "variants": out}
 
 
-def variants_of(c, model_name: str, version: str) -> dict[str, object]:
+def variants_of(c, model_name: str, version: str) -> dict[str, ModelVersion]:
     """The newest registered variant of each kind for one source version."""
-    found: dict[str, object] = {}
+    found: dict[str, ModelVersion] = {}
     for mv in c.search_model_versions(f"name='{model_name}'"):
         kind = mv.tags.get(tags.VARIANT)
         if kind and mv.tags.get(tags.VARIANT_OF) == str(version):

@@ -54,8 +54,8 @@ def launch(
     from lepton_core.checkpoint import load_checkpoint, model_from_checkpoint
 
     s = get_settings()
-    with tempfile.TemporaryDirectory(prefix="lepton-ddp-") as d:
-        d = Path(d)
+    with tempfile.TemporaryDirectory(prefix="lepton-ddp-") as tmp:
+        d = Path(tmp)
         if prepared_dir is None:  # not versioned on disk yet: hand the ranks a copy
             prepared_dir = d / "prepared"
             write_prepared(prepared, prepared_dir)

@@ -9,11 +9,19 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 from effects.runtime.procs import die_with_parent
 from effects.runtime.settings import get_settings
 from lepton_core.data.prepare import read_prepared
 from lepton_core.params import TrainParams
+
+if TYPE_CHECKING:  # torch is imported in main() only
+    from lepton_core.train import LogFn
+
+
+class _TrainOptions(TypedDict, total=False):
+    log: LogFn  # left out: train_on_prepared's default (no metric logging)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         log = None
         if rank == 0 and extra.get("mlflow_run_id"):
             log = runs.BatchedMetricLogger(runs.client(get_settings()), extra["mlflow_run_id"])
-        kwargs = {"log": log} if log is not None else {}
+        kwargs: _TrainOptions = {"log": log} if log is not None else {}
         result = train_on_prepared(
             prepared, params, pre, args["work_checkpoint"], progress=args["progress"], extra_state=extra, **kwargs
         )
