@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-ModelKind = Literal["cnn", "mlp", "fastcnn"]
+ModelKind = Literal["cnn", "mlp", "fastcnn", "custom"]
 
 
 class ModelConfig(BaseModel):
@@ -24,10 +24,16 @@ class ModelConfig(BaseModel):
 
     kind: ModelKind
     input_shape: tuple[int, ...]  # (C, H, W) or (F,)
-    n_classes: int
+    n_classes: int  # the model's outputs: logits per class
     width: int = 32
     depth: int = 2
     dropout: float = 0.1
+    # kind "custom", the team's own model (lepton_core.usermodel): its class path, the
+    # init_args with the placeholders filled in, its extra requirements and its code
+    class_path: str | None = None
+    init_args: dict[str, Any] | None = None
+    requirements: tuple[str, ...] = ()
+    code: dict[str, str] | None = None  # {"my_models/__init__.py": source}
 
 
 class SmallCNN(nn.Module):
@@ -145,6 +151,16 @@ class MLP(nn.Module):
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.kind == "custom":
+        if not cfg.class_path:
+            raise ValueError("a custom model config needs a class_path")
+        from lepton_core import usermodel
+
+        model = usermodel.build(
+            cfg.class_path, dict(cfg.init_args or {}), usermodel.CodeBundle(cfg.code or {}), list(cfg.requirements)
+        )
+        usermodel.check_contract(model, cfg.class_path.rsplit(".", 1)[-1], cfg.input_shape, cfg.n_classes)
+        return model
     if cfg.kind in ("cnn", "fastcnn"):
         if len(cfg.input_shape) != 3:
             raise ValueError(f"the CNN needs (C, H, W) input, got {cfg.input_shape}")
@@ -157,10 +173,30 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 def model_config_for(
-    meta: dict[str, Any], choice: Literal["auto"] | ModelKind, width: int, depth: int, dropout: float
+    meta: dict[str, Any],
+    choice: Any,
+    width: int,
+    depth: int,
+    dropout: float,
+    code: dict[str, str] | None = None,
+    requirements: tuple[str, ...] = (),
 ) -> ModelConfig:
-    """Pick the model for a prepared dataset's meta (`choice` = auto | cnn | mlp | fastcnn)."""
+    """Pick the model for a prepared dataset's meta (`choice` = auto | cnn | mlp | fastcnn,
+    or a ModelSpec: the team's class path and init_args, with `code` its source files)."""
     shape = tuple(int(s) for s in meta["input_shape"])
+    if getattr(choice, "class_path", None):
+        from lepton_core.usermodel import fill_placeholders
+
+        n_outputs = int(meta["n_classes"])
+        return ModelConfig(
+            kind="custom",
+            input_shape=shape,
+            n_classes=n_outputs,
+            class_path=choice.class_path,
+            init_args=fill_placeholders(dict(choice.init_args), shape, n_outputs),
+            requirements=tuple(requirements),
+            code=dict(code or {}) or None,
+        )
     kind: ModelKind
     if choice == "auto":
         kind = "cnn" if meta["kind"] == "image" and len(shape) == 3 else "mlp"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator, model_validator
 
 from lepton_core.errors import ParamsError
 
@@ -54,11 +54,38 @@ class DataParams(_Section):
         return self
 
 
+class ModelSpec(_Section):
+    """The team's own model: a class (or a function returning an nn.Module) by its
+    dotted path, and its constructor's plain arguments."""
+
+    class_path: str = Field(
+        min_length=3,
+        max_length=512,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+        description="e.g. my_models.TinyResNet (from train.code) or torchvision.models.resnet18",
+    )
+    init_args: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="plain values; ${input_shape}, ${in_channels} and ${n_outputs} come from the prepared data",
+    )
+
+
 class TrainParams(_Section):
     """How the model is built and trained (never where things live)."""
 
-    model: Literal["auto", "cnn", "mlp", "fastcnn"] = Field(
-        "auto", description="auto: cnn for images, mlp for tables; fastcnn: the fast CIFAR-shaped network"
+    model: Literal["auto", "cnn", "mlp", "fastcnn"] | ModelSpec = Field(
+        "auto",
+        description="auto: cnn for images, mlp for tables; fastcnn: the fast CIFAR-shaped network; "
+        "or {class_path, init_args}: the team's own model",
+    )
+    code: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="folders (or .py files) of the team's code, relative to the project or absolute; "
+        "shipped with every model version",
+    )
+    requirements: list[str] = Field(
+        default_factory=list, max_length=256, description="extra pip requirements the model needs"
     )
     width: int = Field(32, ge=4, le=1024, description="CNN base channels / MLP hidden units")
     depth: int = Field(2, ge=1, le=8, description="MLP hidden layers / CNN convs per block")
@@ -357,8 +384,18 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 parsed = yaml.safe_load(value) if value.strip() else None
             except yaml.YAMLError:
                 parsed = value
-        out.setdefault(section, {})[name] = parsed
+        _set_nested(out.setdefault(section, {}), name.split("."), parsed)
     return out
+
+
+def _set_nested(d: dict[str, Any], keys: list[str], value: Any) -> None:
+    """d[k1][k2]... = value (`train.model.init_args.width=32`); a level that holds a
+    plain value (`model: auto`) becomes a mapping."""
+    for k in keys[:-1]:
+        if not isinstance(d.get(k), dict):
+            d[k] = {}
+        d = d[k]
+    d[keys[-1]] = value
 
 
 def parse_params(raw: dict[str, Any] | None, overrides: list[str] | None = None) -> Params:

@@ -36,6 +36,7 @@ from lepton_core.models import ModelConfig, build_model, model_config_for
 from lepton_core.params import TrainParams
 from lepton_core.predictor import Preprocessing, check_samples, model_input
 from lepton_core.progress import Progress
+from lepton_core.usermodel import CodeBundle, ModelError
 
 LogFn = Callable[[int, dict[str, float]], None]
 # a fresh context per use: bf16 autocast on CUDA, else nothing
@@ -486,6 +487,11 @@ def train_model(
         for epoch in range(start_epoch + 1, params.epochs + 1):
             rows = first_rows if run.world > 1 and epoch == start_epoch + 1 else None
             metrics = _train_epoch(run, params, epoch, rows)
+            if not math.isfinite(metrics["train_loss"]):
+                raise ModelError(
+                    f"the training loss is not finite at epoch {epoch} ({metrics['train_loss']}): "
+                    "lower train.lr, or check what the model's forward returns"
+                )
             _judge(run, at, epoch, metrics, params)
             if ckpt is not None and lead:
                 save_checkpoint(_checkpoint_state(run, at, model_config, params, extra_state), ckpt)
@@ -537,11 +543,19 @@ def train_on_prepared(
     progress: bool = True,
     extra_state: dict[str, Any] | None = None,
     note: Callable[[str], None] = _note_to_stderr,
+    code_base: str | Path | None = None,
 ) -> TrainResult:
     """Train on a prepared dataset's train/val splits, read through the same
     preprocessing the predictor applies later (what dvc repro and Prefect both call).
-    `extra_state` goes into every work checkpoint (e.g. the tracking run's id)."""
-    cfg = model_config_for(prepared.meta, params.model, params.width, params.depth, params.dropout)
+    `extra_state` goes into every work checkpoint (e.g. the tracking run's id). A team's
+    own model (`train.model.class_path`) is built from the source of `train.code`,
+    relative to `code_base` (the project), which every checkpoint then carries."""
+    code = None
+    if getattr(params.model, "class_path", None) and params.code:
+        code = dict(CodeBundle.from_folders(params.code, Path(code_base or Path.cwd())).files)
+    cfg = model_config_for(
+        prepared.meta, params.model, params.width, params.depth, params.dropout, code, tuple(params.requirements)
+    )
     x_tr, y_tr = prepared.x["train"], prepared.y["train"]
     if params.max_train_samples:
         keep = stratified_slice(y_tr, params.max_train_samples, params.seed)

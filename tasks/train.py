@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from effects.data.dvc_store import DataVersion, dataset_path
 from effects.runtime.locks import first_free_slot
 from effects.runtime.procs import process_identity
+from effects.runtime.retry import not_user_error
 from effects.runtime.settings import get_settings
 from effects.state import monitor_state
 from effects.tracking import runs, tags
@@ -55,7 +56,7 @@ def _slots_with_checkpoints(checkpoints_dir: Path, key: str) -> list[int]:
     return sorted(found)
 
 
-@task(name="train", retries=1, retry_delay_seconds=2, timeout_seconds=6 * 3600)
+@task(name="train", retries=1, retry_delay_seconds=2, timeout_seconds=6 * 3600, retry_condition_fn=not_user_error)
 def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutcome:
     """Train on a data version inside an MLflow run. A retry, or a rerun after a
     crash with the same data and params, resumes from the work checkpoint and

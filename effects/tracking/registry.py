@@ -105,7 +105,7 @@ def log_and_register(
             code_paths=[str(LEPTON_CORE)],
             signature=signature,
             input_example=example,
-            pip_requirements=_pip_requirements(),
+            pip_requirements=_pip_requirements() + list(predictor.model_config.requirements),
         )
     mv = mlflow.register_model(info.model_uri, model_name, tags=tags)
     if description:

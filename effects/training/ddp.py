@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from effects.runtime.procs import die_with_parent
-from effects.runtime.settings import get_settings
+from effects.runtime.settings import Settings, get_settings
 from lepton_core.data.prepare import Prepared, write_prepared
 from lepton_core.errors import LeptonError
 from lepton_core.params import TrainParams
@@ -69,27 +69,7 @@ def launch(
             "result": str(d / "result.json"),
         }
         (d / "args.json").write_text(json.dumps(args))
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc-per-node={params.devices}",
-            f"--nnodes={params.nodes}",
-        ]
-        if params.nodes == 1:
-            cmd += ["--standalone"]
-        else:
-            if not s.ddp_rendezvous:
-                raise LeptonError("train.nodes > 1 needs LEPTON_DDP_RDZV=host:port (the c10d rendezvous) on every node")
-            cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={s.ddp_rendezvous}", "--rdzv-id=lepton-train"]
-        cmd += ["-m", "effects.training.ddp_worker", str(d / "args.json")]
-        env = dict(os.environ)
-        # torchrun sets OMP_NUM_THREADS=1 with more than one process; share the cores instead
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // params.devices)))
-        env.setdefault("MASTER_ADDR", "127.0.0.1")
-        if params.nodes == 1:
-            env.setdefault("GLOO_SOCKET_IFNAME", _loopback())  # a sandbox may have no routable interface
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(s.project_dir), env.get("PYTHONPATH")]))
+        cmd, env = _torchrun(params, s, d / "args.json")
         log = d / "ranks.log"
         with open(log, "wb") as out:
             # rank 0's progress bar and notes reach the terminal; the ranks' logs are kept
@@ -127,6 +107,32 @@ def launch(
         world_size=r["world_size"],
         ranks=r["ranks"],
     )
+
+
+def _torchrun(params: TrainParams, s: Settings, args_file: Path) -> tuple[list[str], dict[str, str]]:
+    """torchrun's command line and environment for the ranks of one training."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={params.devices}",
+        f"--nnodes={params.nodes}",
+    ]
+    if params.nodes == 1:
+        cmd += ["--standalone"]
+    else:
+        if not s.ddp_rendezvous:
+            raise LeptonError("train.nodes > 1 needs LEPTON_DDP_RDZV=host:port (the c10d rendezvous) on every node")
+        cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={s.ddp_rendezvous}", "--rdzv-id=lepton-train"]
+    cmd += ["-m", "effects.training.ddp_worker", str(args_file)]
+    env = dict(os.environ)
+    # torchrun sets OMP_NUM_THREADS=1 with more than one process; share the cores instead
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // params.devices)))
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    if params.nodes == 1:
+        env.setdefault("GLOO_SOCKET_IFNAME", _loopback())  # a sandbox may have no routable interface
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(s.project_dir), env.get("PYTHONPATH")]))
+    return cmd, env
 
 
 def _loopback() -> str:

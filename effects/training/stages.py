@@ -37,9 +37,14 @@ def train_stage(
     (`train_kwargs`: extra_state, note; see lepton_core.train.train_on_prepared).
     With `train.devices` x `train.nodes` > 1 the training runs data-parallel under
     torchrun (effects/training/ddp.py); its rank 0 logs to the MLflow run named by
-    `extra_state["mlflow_run_id"]` instead of `log`."""
+    `extra_state["mlflow_run_id"]` instead of `log`. The folders of `train.code` are
+    taken from the project (absolute from here on, so torchrun's ranks find them)."""
+    from effects.runtime.settings import get_settings
     from effects.training import ddp
 
+    if params.code:
+        base = get_settings().project_dir
+        params = params.model_copy(update={"code": [str((base / c).resolve()) for c in params.code]})
     if ddp.world_size(params) > 1:
         return ddp.launch(
             prepared,
