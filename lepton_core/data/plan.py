@@ -134,6 +134,13 @@ def plan_split(
         part = split_dataset(y[rest], [hashes[i] for i in rest], val_fraction, 0.0, seed)
         test = np.flatnonzero(canonical)
         test = test[sorted(range(len(test)), key=lambda i: hashes[test[i]])]  # content order, not file order
+        unseen = sorted(set(np.unique(y[test]).tolist()) - set(np.unique(y[rest]).tolist()))
+        if unseen:
+            names = ", ".join(repr(classes[int(k)]) for k in unseen[:10])
+            raise DataError(
+                f"the canonical test split holds classes the training files lack ({names}): a model trained "
+                "on them could not score those; add their training files, or set data.test_split=random"
+            )
         idx = {"train": rest[part["train"]], "val": rest[part["val"]], "test": test}
     if len(idx["test"]) == 0 or len(idx["val"]) == 0:
         raise DataError("too few samples per class to split into train/val/test")

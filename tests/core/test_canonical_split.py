@@ -55,3 +55,22 @@ def test_only_training_files_fall_back_to_a_drawn_split(tmp_path):
     assert raw.test_rows is None
     p = prepare_dataset(raw, val_fraction=0.15, test_fraction=0.2, seed=0, test_split="canonical")
     assert p.meta["test_split"] == "random" and 0 < len(p.y["test"]) < 200
+
+
+def test_a_canonical_test_split_with_classes_the_training_files_lack_is_refused(tmp_path):
+    """MNIST files whose t10k holds digits 5-9 while the training files hold 0-4: a
+    model would train fine and score 0 on the test split; prepare refuses, naming them."""
+    import pytest
+
+    from lepton_core.errors import DataError
+
+    tr_x, tr_y = mnist_arrays(300, seed=0, h=12, w=12)
+    te_x, te_y = mnist_arrays(80, seed=1, h=12, w=12)
+    tr_y, te_y = tr_y % 5, 5 + te_y % 5
+    write_mnist_split(tmp_path, "train", tr_x, tr_y, gz=False)
+    write_mnist_split(tmp_path, "t10k", te_x, te_y, gz=True)
+    with pytest.raises(DataError, match=r"holds classes the training files lack \('5', '6', '7', '8', '9'\)"):
+        prepare_from_params(DataParams(format="mnist", path=str(tmp_path)), tmp_path / "prepared")
+    # drawn at random instead, every class is in every split's reach
+    p = prepare_dataset(load_mnist(tmp_path), val_fraction=0.15, test_fraction=0.2, seed=0, test_split="random")
+    assert p.meta["test_split"] == "random"
