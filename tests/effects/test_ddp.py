@@ -66,18 +66,24 @@ from lepton_core.params import TrainParams
 from effects.training.stages import train_stage
 d = Path(sys.argv[1])
 p = prepare_dataset(load_digits(), val_fraction=0.15, test_fraction=0.2, seed=0)
-r = train_stage(p, TrainParams(devices=2, epochs=int(sys.argv[2]), width=8, patience=0), d / "model.pt",
+team = {"model": {"class_path": "my_models.TinyResNet", "init_args": {"in_channels": "${in_channels}",
+        "n_outputs": "${n_outputs}", "width": 8, "blocks": 1}}, "code": [sys.argv[4]]} if sys.argv[3] == "team" else {}
+r = train_stage(p, TrainParams(devices=2, epochs=int(sys.argv[2]), width=8, patience=0, **team), d / "model.pt",
                 d / "work.pt", progress=False)
 print("resumed_from", r.resumed_from_epoch, "epochs", r.epochs_run, "world", r.world_size)
 """
 
 
-def test_a_killed_run_resumes_on_every_rank_from_the_work_checkpoint(tmp_path):
+@pytest.mark.parametrize("model", ["builtin", "team"])
+def test_a_killed_run_resumes_on_every_rank_from_the_work_checkpoint(tmp_path, model):
+    """Also for the team's own model (examples/team_model), whose code the ranks load."""
     from lepton_core.checkpoint import load_checkpoint
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    args = [str(tmp_path), "12", model, str(root / "examples" / "team_model" / "my_models")]
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLABLE, str(tmp_path), "12"],
+        [sys.executable, "-c", KILLABLE, *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -104,12 +110,14 @@ def test_a_killed_run_resumes_on_every_rank_from_the_work_checkpoint(tmp_path):
     assert not [pid for pid in group if _running(pid)], "processes of the killed run left running"
     done = int(load_checkpoint(work)["epoch"])
     assert 2 <= done < 12
-    r = subprocess.run(
-        [sys.executable, "-c", KILLABLE, str(tmp_path), "12"], env=env, capture_output=True, text=True, timeout=600
-    )
+    r = subprocess.run([sys.executable, "-c", KILLABLE, *args], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     resumed = int(r.stdout.split("resumed_from")[1].split()[0])
     assert resumed >= done and "epochs 12" in r.stdout and "world 2" in r.stdout
+    if model == "team":
+        from lepton_core.predictor import Predictor
+
+        assert type(Predictor.from_checkpoint(tmp_path / "model.pt").model).__name__ == "TinyResNet"
 
 
 def _descendants(pid: int) -> list[int]:
