@@ -87,6 +87,15 @@ class TrainParams(_Section):
     requirements: list[str] = Field(
         default_factory=list, max_length=256, description="extra pip requirements the model needs"
     )
+    init_from: str | None = Field(
+        None,
+        max_length=4096,
+        description="start from these weights: champion, models:/NAME/VERSION or a checkpoint file "
+        "(the optimizer starts fresh; not a resume)",
+    )
+    init_strict: bool = Field(
+        True, description="false: load the weights that fit and list the keys left out (a new head)"
+    )
     width: int = Field(32, ge=4, le=1024, description="CNN base channels / MLP hidden units")
     depth: int = Field(2, ge=1, le=8, description="MLP hidden layers / CNN convs per block")
     dropout: float = Field(0.1, ge=0, lt=1)

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from lepton_core.augment import augment_batch, epoch_generator, flip_bits, should_augment
-from lepton_core.checkpoint import load_work_checkpoint, save_checkpoint
+from lepton_core.checkpoint import load_checkpoint, load_work_checkpoint, save_checkpoint
 from lepton_core.data.prepare import Prepared
 from lepton_core.models import ModelConfig, build_model, model_config_for
 from lepton_core.params import TrainParams
@@ -67,6 +67,8 @@ class TrainResult:
     rank_rows: list[int] | None = None  # data-parallel: the training rows this rank trained on in its first epoch
     # data-parallel: each rank's rows and final-weights digest
     ranks: list[dict[str, Any]] = field(default_factory=list)
+    # a warm start (train.init_from): the weights' keys it left out, by kind
+    warm_start: dict[str, list[str]] | None = None
 
 
 def choose_device(pref: str = "auto") -> torch.device:
@@ -444,6 +446,29 @@ def _judge(run: _Setup, at: _Standing, epoch: int, metrics: dict[str, float], pa
     at.finished = at.stopped_early or epoch == params.epochs
 
 
+def warm_start(model: nn.Module, weights: dict[str, torch.Tensor], strict: bool) -> dict[str, list[str]]:
+    """Load `weights` into `model` before training. Strict: every key and shape must fit
+    (ModelError naming the first that do not). Otherwise what fits is loaded and the
+    keys left out are returned: {"missing", "unexpected", "mismatched"} (a new head)."""
+    own = model.state_dict()
+    mismatched = sorted(k for k, v in weights.items() if k in own and tuple(v.shape) != tuple(own[k].shape))
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if strict and (mismatched or missing or unexpected):
+        parts = [
+            f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+            for what, keys in (("shapes differ for", mismatched), ("missing", missing), ("unexpected", unexpected))
+            if keys
+        ]
+        raise ModelError(
+            "train.init_from: the weights do not fit the model (" + "; ".join(parts) + "); "
+            "set train.init_strict=false to load what fits"
+        )
+    fits = {k: v for k, v in weights.items() if k in own and k not in mismatched}
+    model.load_state_dict(fits, strict=False)
+    return {"missing": missing, "unexpected": unexpected, "mismatched": mismatched}
+
+
 def train_model(
     model_config: ModelConfig,
     params: TrainParams,
@@ -458,6 +483,8 @@ def train_model(
     progress: bool = True,
     extra_state: dict[str, Any] | None = None,
     note: Callable[[str], None] = _note_to_stderr,
+    init_weights: dict[str, torch.Tensor] | None = None,
+    init_strict: bool = True,
 ) -> TrainResult:
     """Train and return the best model (by validation accuracy).
 
@@ -475,6 +502,9 @@ def train_model(
     if moved:
         note(moved)
     at = _restore(run, state, model_config, params, ckpt) if state is not None else _Standing()
+    left_out = None
+    if state is None and init_weights is not None:  # a resume keeps its own weights
+        left_out = warm_start(run.model, init_weights, init_strict)
     start_epoch = params.epochs if at.finished else at.epoch  # a finished one has nothing left to do
 
     compile_seconds = 0.0
@@ -516,6 +546,7 @@ def train_model(
         compile_seconds=compile_seconds,
         world_size=run.world,
         rank_rows=sorted(torch.cat(first_rows).tolist()) if first_rows else None,
+        warm_start=left_out,
     )
 
 
@@ -556,6 +587,14 @@ def train_on_prepared(
     cfg = model_config_for(
         prepared.meta, params.model, params.width, params.depth, params.dropout, code, tuple(params.requirements)
     )
+    init = None
+    if params.init_from:
+        if not Path(params.init_from).is_file():
+            raise ModelError(
+                f"train.init_from {params.init_from!r}: no such checkpoint file "
+                "(champion and models:/NAME/VERSION are found by lepton retrain)"
+            )
+        init = load_checkpoint(params.init_from)["model"]
     x_tr, y_tr = prepared.x["train"], prepared.y["train"]
     if params.max_train_samples:
         keep = stratified_slice(y_tr, params.max_train_samples, params.seed)
@@ -576,6 +615,8 @@ def train_on_prepared(
         progress=progress,
         extra_state=extra_state,
         note=note,
+        init_weights=init,
+        init_strict=params.init_strict,
     )
 
 

@@ -55,12 +55,14 @@ def register(outcome: TrainOutcome, data: DataVersion, params: Params, metrics: 
         tags.GIT_COMMIT: commit,
         tags.FLOW_RUN: run_flow,
         tags.TEST_ACCURACY: f"{metrics['test_accuracy']:.4f}",
+        **({tags.INIT_FROM: outcome.init_from} if outcome.init_from else {}),
     }
     provenance = {
         "run_id": outcome.run_id,
         "data_version": data.version,
         "git_commit": commit,
         "prefect_flow_run_id": run_flow,
+        "init_from": outcome.init_from or None,
         "monitored_batches": data.meta.get("monitored_batches", []),
         "metrics": metrics,
         "params": params.model_dump(mode="json"),

@@ -20,6 +20,7 @@ from effects.runtime.retry import not_user_error
 from effects.runtime.settings import get_settings
 from effects.state import monitor_state
 from effects.tracking import runs, tags
+from effects.tracking.registry import init_weights_of
 from effects.training.tracked import train_in_run
 from lepton_core.checkpoint import load_work_checkpoint, remove_partial_writes
 from lepton_core.params import Params, TrainParams, flatten_params
@@ -33,6 +34,7 @@ class TrainOutcome(BaseModel):
     best_val_accuracy: float
     resumed_from_epoch: int
     device: str
+    init_from: str = ""  # a warm start's source (models:/NAME/VERSION, or a file and its hash)
 
 
 def work_key(version: str, params: TrainParams) -> str:
@@ -70,6 +72,10 @@ def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutc
     log = _logger()
     c = runs.client(s)
     exp = runs.ensure_experiment(c, params.registry.experiment, s)
+    init_source = ""
+    if params.train.init_from:  # a warm start: from here on, the weights' file
+        path, init_source = init_weights_of(c, params.train.init_from, params.registry.model_name, s)
+        params = params.model_copy(update={"train": params.train.model_copy(update={"init_from": str(path)})})
     key = work_key(data.version, params.train)
     with first_free_slot(s.locks_dir, key, prefer=_slots_with_checkpoints(s.checkpoints_dir, key)) as slot:
         ckpt = work_checkpoint(s.checkpoints_dir, data.version, params.train, slot)
@@ -85,8 +91,9 @@ def train(data: DataVersion, params: Params, progress: bool = True) -> TrainOutc
         if run_id:
             log.warning(f"resuming MLflow run {run_id} from its work checkpoint")
         else:
-            run_id = _new_run(c, exp, data, params, s)
-        return _train_in_run(c, run_id, data, params, ckpt, progress, log.warning, s)
+            run_id = _new_run(c, exp, data, params, s, init_source)
+        outcome = _train_in_run(c, run_id, data, params, ckpt, progress, log.warning, s)
+        return outcome.model_copy(update={"init_from": init_source})
 
 
 def _logger():
@@ -96,7 +103,7 @@ def _logger():
         return get_logger("lepton.train")
 
 
-def _new_run(c, exp: str, data: DataVersion, params: Params, s) -> str:
+def _new_run(c, exp: str, data: DataVersion, params: Params, s, init_source: str = "") -> str:
     run_flow = str(flow_run.id or "")
     commit = runs.git_commit(s.project_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -108,6 +115,7 @@ def _new_run(c, exp: str, data: DataVersion, params: Params, s) -> str:
             tags.GIT_COMMIT: commit,
             tags.OWNER: process_identity(),
             tags.DATA_FORMAT: data.meta.get("kind", ""),
+            **({tags.INIT_FROM: init_source} if init_source else {}),
         },
     )
     run_id = run.info.run_id

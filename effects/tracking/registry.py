@@ -8,6 +8,7 @@ the first's result.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import replace
@@ -167,6 +168,27 @@ def checkpoint_of(c, run_id: str, s: Settings) -> Path:
     if local.exists():
         return local
     return runs.run_artifact(c, run_id, "checkpoint/model.pt", s.home)
+
+
+def init_weights_of(c, init_from: str, model_name: str, s: Settings) -> tuple[Path, str]:
+    """The checkpoint file `train.init_from` names (champion, models:/NAME/VERSION or a
+    file, relative to the project) and where its weights came from, for the lineage."""
+    if init_from == "champion":
+        mv = champion(c, model_name)
+        if mv is None:
+            raise LeptonError(f"train.init_from=champion: model {model_name!r} has no @champion yet")
+    elif init_from.startswith("models:/"):
+        name, _, version = init_from.removeprefix("models:/").rpartition("/")
+        if not name or not version:
+            raise LeptonError(f"train.init_from {init_from!r}: expected models:/NAME/VERSION")
+        mv = source_version(c, name, version, "start from {source}")
+    else:
+        path = Path(init_from) if Path(init_from).is_absolute() else s.project_dir / init_from
+        if not path.is_file():
+            raise LeptonError(f"train.init_from {init_from!r}: no such checkpoint file")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return path, f"file {path.name} sha256:{digest[:16]}"
+    return checkpoint_of(c, mv.run_id, s), f"models:/{mv.name}/{mv.version}"
 
 
 GATE_TAGS = (tags.GATE_PROMOTE, tags.GATE_FORCED, tags.GATE_REASON, tags.GATE_P_VALUE, tags.GATE_CHAMPION_ACCURACY)

@@ -22,6 +22,7 @@ RESUMED_FROM_EPOCH = "lepton.resumed_from_epoch"
 DEVICE = "lepton.device"
 WORLD_SIZE = "lepton.world_size"  # processes of a data-parallel training
 ERROR = "lepton.error"  # the one-line error of a failed run
+INIT_FROM = "lepton.init_from"  # a warm start's weights: models:/NAME/VERSION, or a file and its hash
 
 # ---------------------------------------------------------------- model versions
 TEST_ACCURACY = "lepton.test_accuracy"

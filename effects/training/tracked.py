@@ -47,6 +47,8 @@ def train_in_run(
     seconds = time.perf_counter() - t0
     logger.flush()
     c.log_artifact(run_id, str(final), "checkpoint")
+    if result.warm_start is not None:  # what a warm start left out (a new head), for the reviewer
+        c.log_dict(run_id, result.warm_start, "warm_start.json")
     c.log_batch(
         run_id,
         metrics=[
