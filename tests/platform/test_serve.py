@@ -27,7 +27,13 @@ class Running:
     """A ModelServer under uvicorn in a thread, on a free port of 127.0.0.1."""
 
     def __init__(
-        self, tmp_path, params: ServeParams, token: str | None = None, log_folder=None, alias: str = "champion"
+        self,
+        tmp_path,
+        params: ServeParams,
+        token: str | None = None,
+        log_folder=None,
+        alias: str = "champion",
+        model: str = "lepton-digits",
     ):
         import uvicorn
 
@@ -35,9 +41,7 @@ class Running:
         from effects.runtime.settings import get_settings
         from lepton.serve import ModelServer, create_app
 
-        self.model = ModelServer(
-            "lepton-digits", alias, params, get_settings(), token, log_folder or tmp_path / "predictions"
-        )
+        self.model = ModelServer(model, alias, params, get_settings(), token, log_folder or tmp_path / "predictions")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.uv = uvicorn.Server(

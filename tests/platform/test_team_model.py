@@ -155,3 +155,86 @@ def test_stock_mlflow_in_a_fresh_process_reproduces_its_accuracy_with_the_folder
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"accuracy {result['metrics']['test_accuracy']:.6f}" in r.stdout
+
+
+def test_two_versions_of_the_package_gated_in_one_process_and_hot_swapped_under_load(lepton_env, tmp_path):
+    """v1 from the example package; v2 from an edited copy of the same package (its
+    forward adds 10,000 to class 0's logit, so it answers 0 to everything). The gate
+    scores both in one process, each through its own code (the champion's score is its
+    logged accuracy); the server swaps from v1 to v2 under load with zero errors and
+    then answers with v2's code."""
+    import threading
+
+    from effects.data.dvc_store import dataset_path
+    from flows.registry import promote_flow
+    from flows.retrain import retrain
+    from lepton_core.data.prepare import read_prepared
+    from lepton_core.params import DataParams, PromoteParams, RegistryParams, ServeParams, TrainParams
+    from tests.platform.test_serve import Running
+
+    def package(where, edit: bool):
+        shutil.copytree(EXAMPLE, where / "my_models")
+        if edit:
+            init = where / "my_models" / "__init__.py"
+            text = init.read_text().replace(
+                "return self.head(self.blocks(torch.relu(self.stem(x))))",
+                "z = self.head(self.blocks(torch.relu(self.stem(x))))\n"
+                "        return z + torch.nn.functional.one_hot(torch.zeros(len(z), dtype=torch.long), z.shape[1]) * 1e4",
+            )
+            assert text != init.read_text()
+            init.write_text(text)
+        return str(where / "my_models")
+
+    def train(code: str) -> TrainParams:
+        spec = {
+            "class_path": "my_models.TinyResNet",
+            "init_args": {"in_channels": "${in_channels}", "n_outputs": "${n_outputs}", "width": 12},
+        }
+        return TrainParams(model=spec, code=[code], epochs=4, lr=0.01, patience=0)
+
+    registry = RegistryParams(model_name="team-swap")
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = retrain(data=DataParams(), train=train(package(tmp_path / "a", False)), registry=registry, progress=False)
+    assert first["decision"]["promoted"]
+    x = read_prepared(dataset_path(first["data_version"])).x["test"]
+    with Running(tmp_path, ServeParams(poll_seconds=0.3), model="team-swap") as srv:
+        seen, errors, stop = [], [], threading.Event()
+
+        def load() -> None:
+            i = 0
+            while not stop.is_set():
+                status, out = srv.predict(x[i % len(x)][None])
+                (seen.append((out["version"], out["labels"][0])) if status == 200 else errors.append((status, out)))
+                i += 1
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            # no floor, so the gate compares the two (v2 answers 0 to everything: it loses)
+            second = retrain(
+                data=DataParams(),
+                train=train(package(tmp_path / "b", True)),
+                registry=registry,
+                promote=PromoteParams(min_accuracy=0.0),
+                progress=False,
+            )
+            # the gate scored the champion through v1's code: its logged test accuracy
+            assert second["decision"]["champion_accuracy"] == pytest.approx(first["metrics"]["test_accuracy"])
+            if not second["decision"]["promoted"]:
+                assert promote_flow(version=second["version"], force=True, registry=registry)["promoted"]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and srv.request("GET", "/v1/model")[1]["version"] != second["version"]:
+                time.sleep(0.1)
+            time.sleep(1.0)  # more traffic on the new version
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+    assert not errors, errors[:3]
+    versions = [v for v, _ in seen]
+    assert set(versions) == {first["version"], second["version"]}
+    after = [label for v, label in seen if v == second["version"]]
+    assert after and set(after) == {0}  # v2's own code answered
+    before = [label for v, label in seen if v == first["version"]]
+    assert len(set(before)) > 1  # v1's code did not
