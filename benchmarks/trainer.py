@@ -58,6 +58,22 @@ PRE = Preprocessing(
 )
 
 
+def model_config(model: str, width: int, depth: int) -> ModelConfig:
+    if model != "team":
+        return ModelConfig(kind=model, input_shape=(3, 32, 32), n_classes=10, width=width, depth=depth)
+    from lepton_core.usermodel import CodeBundle
+
+    code = CodeBundle.from_folders(["examples/team_model/my_models"], ROOT)
+    return ModelConfig(
+        kind="custom",
+        input_shape=(3, 32, 32),
+        n_classes=10,
+        class_path="my_models.TinyResNet",
+        init_args={"in_channels": 3, "n_outputs": 10, "width": width, "blocks": depth},
+        code=dict(code.files),
+    )
+
+
 def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, 3, 32, 32) uint8: one blocky colour template per class, a random gain, noise."""
     templates = np.random.default_rng(1234).integers(0, 256, (10, 3, 4, 4)).astype(np.float32)
@@ -225,9 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument(
         "--model",
-        choices=["cnn", "fastcnn"],
+        choices=["cnn", "fastcnn", "team"],
         default="cnn",
-        help="cnn: SmallCNN; fastcnn: the fast CIFAR-shaped network (default cnn)",
+        help="cnn: SmallCNN; fastcnn: the fast CIFAR-shaped network; team: a team's own model by class path, "
+        "examples/team_model's TinyResNet (--width channels, --depth residual blocks) (default cnn)",
     )
     ap.add_argument("--width", type=int, default=32, help="base channels (default 32)")
     ap.add_argument("--depth", type=int, default=2, help="convs per block (default 2)")
@@ -265,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = True  # as train_model sets it on CUDA
 
     n_val = args.n_val if args.n_val is not None else max(args.n // 10, 1)
-    cfg = ModelConfig(kind=args.model, input_shape=(3, 32, 32), n_classes=10, width=args.width, depth=args.depth)
+    cfg = model_config(args.model, args.width, args.depth)
     x_tr, y_tr = synthetic_images(args.n, args.seed)
     x_va, y_va = synthetic_images(n_val, args.seed + 1)
     data = (model_input(x_tr, PRE, cfg), torch.from_numpy(y_tr), model_input(x_va, PRE, cfg), torch.from_numpy(y_va))
@@ -297,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         for amp in amps:
             for loop in loops:
                 params = TrainParams(
-                    model=args.model,
+                    model="auto" if args.model == "team" else args.model,  # the config builds the model
                     augment="off",
                     width=args.width,
                     depth=args.depth,
