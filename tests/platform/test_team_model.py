@@ -149,7 +149,10 @@ def test_stock_mlflow_in_a_fresh_process_reproduces_its_accuracy_with_the_folder
     )
     # a clean sys.path: neither the checkout nor the team's folder (MLflow puts the
     # model's own code, lepton_core, on it at load)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # (and none of this test process's MLflow variables: mlflow.set_registry_uri in an
+    # earlier in-process test exports MLFLOW_REGISTRY_URI)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MLFLOW_"))}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
     r = subprocess.run(
         [sys.executable, "-I", "-c", script], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300
     )
