@@ -47,13 +47,21 @@ def main(argv: list[str] | None = None) -> int:
             from lepton_core.data.prepare import read_prepared
 
             result = train_stage(read_prepared(PREPARED), params.train, MODEL)
-            print(f"trained {result.epochs_run} epochs, best val accuracy {result.best_val_accuracy:.4f} -> {MODEL}")
+            best = (
+                f"best val RMSE {result.best_val_rmse:.4g}"
+                if result.best_val_rmse is not None
+                else f"best val accuracy {result.best_val_accuracy:.4f}"
+            )
+            print(f"trained {result.epochs_run} epochs, {best} -> {MODEL}")
         else:
             from effects.training.stages import evaluate_stage
             from lepton_core.data.prepare import read_prepared
 
             m = evaluate_stage(read_prepared(PREPARED), MODEL, METRICS_DIR)
-            print(f"test accuracy {m['accuracy']:.4f}, macro-F1 {m['f1_macro']:.4f} -> {METRICS_DIR}/")
+            if m.get("task") == "regression":
+                print(f"test RMSE {m['rmse']:.4g}, MAE {m['mae']:.4g}, R² {m['r2']:.4f} -> {METRICS_DIR}/")
+            else:
+                print(f"test accuracy {m['accuracy']:.4f}, macro-F1 {m['f1_macro']:.4f} -> {METRICS_DIR}/")
     except LeptonError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ WORK_KEYS = (
     "scheduler",
     "epoch",
     "best_epoch",
-    "best_val_accuracy",
+    "best_score",
     "bad_epochs",
     "rng_batches",
     "rng_torch",

@@ -1,4 +1,5 @@
-"""Classification metrics on a frozen split."""
+"""Metrics on a frozen split: classification (accuracy, macro P/R/F1, confusion
+matrix) or regression (RMSE, MAE, R²)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,32 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from lepton_core.predictor import Predictor
+from lepton_core.predictor import BasePredictor
 
 SUMMARY_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+REGRESSION_KEYS = ("rmse", "mae", "r2")
+
+
+def summary_keys(metrics: dict[str, Any]) -> tuple[str, ...]:
+    """The headline metrics of a metrics dict, whichever task made it."""
+    return REGRESSION_KEYS if metrics.get("task") == "regression" else SUMMARY_KEYS
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """RMSE, MAE and R² (1 - SSE/SST; 0 for a constant target) in the target's units."""
+    y = np.asarray(y_true, dtype=np.float64)
+    err = np.asarray(y_pred, dtype=np.float64) - y
+    n = len(y)
+    sse = float((err**2).sum())
+    sst = float(((y - y.mean()) ** 2).sum()) if n else 0.0
+    return {
+        "task": "regression",
+        "rmse": float(np.sqrt(sse / n)) if n else 0.0,
+        "mae": float(np.abs(err).mean()) if n else 0.0,
+        "r2": 1.0 - sse / sst if sst > 0 else 0.0,
+        "n": int(n),
+        "target_mean": float(y.mean()) if n else 0.0,
+    }
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -54,12 +78,26 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     }
 
 
-def correct_mask(predictor: Predictor, x_raw: np.ndarray, y: np.ndarray) -> NDArray[np.bool_]:
+def correct_mask(predictor: BasePredictor, x_raw: np.ndarray, y: np.ndarray) -> NDArray[np.bool_]:
     """(N,) bool: which raw samples the predictor labels right (what the gate compares)."""
     correct: NDArray[np.bool_] = predictor.logits(x_raw).argmax(1) == y
     return correct
 
 
-def evaluate_predictor(predictor: Predictor, x_raw: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """classification_metrics of a predictor on raw samples, through its own preprocessing."""
+def squared_errors(predictor: BasePredictor, x_raw: np.ndarray, y: np.ndarray) -> NDArray[np.float64]:
+    """(N,) float64: each raw sample's squared error in the target's units (what the
+    regression gate compares, row by row)."""
+    err: NDArray[np.float64] = (predictor.values(x_raw) - np.asarray(y, dtype=np.float64)) ** 2
+    return err
+
+
+def gate_evidence(predictor: BasePredictor, x_raw: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per row, what the gate pairs across two versions: right/wrong, or squared errors."""
+    return squared_errors(predictor, x_raw, y) if predictor.regression else correct_mask(predictor, x_raw, y)
+
+
+def evaluate_predictor(predictor: BasePredictor, x_raw: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The task's metrics of a predictor on raw samples, through its own preprocessing."""
+    if predictor.regression:
+        return regression_metrics(y, predictor.values(x_raw))
     return classification_metrics(y, predictor.logits(x_raw).argmax(1), predictor.classes)

@@ -24,7 +24,7 @@ class ModelConfig(BaseModel):
 
     kind: ModelKind
     input_shape: tuple[int, ...]  # (C, H, W) or (F,)
-    n_classes: int  # the model's outputs: logits per class
+    n_classes: int  # the model's outputs: logits per class, or one value per target (regression)
     width: int = 32
     depth: int = 2
     dropout: float = 0.1
@@ -172,6 +172,14 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return MLP(cfg)
 
 
+def outputs_of(meta: dict[str, Any]) -> int:
+    """The model's outputs for a prepared dataset: one logit per class, or one value
+    per target (regression)."""
+    if meta.get("task") == "regression":
+        return int(meta.get("n_outputs", 1))
+    return int(meta["n_classes"])
+
+
 def model_config_for(
     meta: dict[str, Any],
     choice: Any,
@@ -187,7 +195,7 @@ def model_config_for(
     if getattr(choice, "class_path", None):
         from lepton_core.usermodel import fill_placeholders
 
-        n_outputs = int(meta["n_classes"])
+        n_outputs = outputs_of(meta)
         return ModelConfig(
             kind="custom",
             input_shape=shape,
@@ -207,7 +215,7 @@ def model_config_for(
     return ModelConfig(
         kind=kind,
         input_shape=shape,
-        n_classes=int(meta["n_classes"]),
+        n_classes=outputs_of(meta),
         width=width,
         depth=depth,
         dropout=dropout,

@@ -19,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 
 from lepton_core.errors import ParamsError
 
-DataFormat = Literal["digits", "mnist", "cifar10", "imagefolder", "csv"]
-FORMATS: tuple[str, ...] = ("digits", "mnist", "cifar10", "imagefolder", "csv")
+DataFormat = Literal["digits", "mnist", "cifar10", "imagefolder", "csv", "custom"]
+FORMATS: tuple[str, ...] = ("digits", "mnist", "cifar10", "imagefolder", "csv", "custom")
+Task = Literal["classification", "regression"]
 
 
 class _Section(BaseModel):
@@ -31,12 +32,38 @@ class _Section(BaseModel):
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a 64-bit seed, as torch.manual_seed takes it
 
 
+class LoaderSpec(_Section):
+    """The team's own data source (`data.format: custom`): a function or class, by its
+    dotted path, that returns samples and labels (see lepton_core.data.loader)."""
+
+    class_path: str = Field(
+        min_length=3,
+        max_length=512,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
+        description="e.g. my_data.load_demand (from train.code)",
+    )
+    init_args: dict[str, JsonValue] = Field(default_factory=dict, description="plain values passed to it")
+    code: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="folders (or .py files) of the loader's code, relative to the project or absolute; "
+        "the class path starts with one of their names",
+    )
+
+
 class DataParams(_Section):
-    """Where the raw data is and how it is split."""
+    """Where the raw data is, what is learned from it, and how it is split."""
 
     format: DataFormat = "digits"
-    path: str | None = Field(None, description="raw data file or folder; unused for digits")
+    path: str | None = Field(None, description="raw data file or folder; unused for digits and custom")
     label_column: str = Field("label", description="label column of a CSV/Parquet table")
+    task: Task = Field(
+        "classification",
+        description="classification: labels are classes; regression: the label column is a number to predict",
+    )
+    loader: LoaderSpec | None = Field(
+        None, description="format custom: {class_path, init_args} of the function that returns the data"
+    )
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     seed: int = Field(0, ge=SEED_MIN, le=SEED_MAX, description="seed of the stratified split")
@@ -49,8 +76,15 @@ class DataParams(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> DataParams:
-        if self.format != "digits" and not self.path:
+        if self.format == "custom":
+            if self.loader is None:
+                raise ValueError("data.loader {class_path, init_args} is required for format 'custom'")
+        elif self.loader is not None:
+            raise ValueError("data.loader goes with data.format=custom")
+        elif self.format != "digits" and not self.path:
             raise ValueError(f"data.path is required for format {self.format!r}")
+        if self.task == "regression" and self.format not in ("csv", "custom"):
+            raise ValueError(f"data.task=regression needs a table (csv) or a custom loader, not {self.format!r}")
         return self
 
 
@@ -137,7 +171,14 @@ class PromoteParams(_Section):
 
     min_accuracy: float = Field(0.9, ge=0, le=1, description="absolute floor on test accuracy")
     tolerance: float = Field(0.005, ge=0, le=1, description="largest accepted drop in accuracy vs the champion")
-    alpha: float = Field(0.05, gt=0, lt=1, description="McNemar significance level")
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="significance level: McNemar (classification), paired t-test (regression)"
+    )
+    max_rmse: float | None = Field(None, gt=0, description="regression: absolute ceiling on test RMSE")
+    min_r2: float | None = Field(None, le=1, description="regression: absolute floor on test R²")
+    rmse_tolerance: float = Field(
+        0.02, ge=0, le=10, description="regression: largest accepted relative RMSE increase vs the champion"
+    )
 
 
 class RegistryParams(_Section):
@@ -176,6 +217,13 @@ class MonitorParams(_Section):
     drift_share: float = Field(0.5, gt=0, le=1, description="share of drifted features that is drift")
     prediction_drift: bool = Field(True, description="a drifted predicted-class distribution is drift")
     max_accuracy_drop: float = Field(0.1, gt=0, le=1, description="accuracy drop (labelled batches) that is drift")
+    max_rmse_increase: float = Field(
+        0.25, gt=0, le=100, description="regression: relative RMSE increase (labelled batches) that is drift"
+    )
+    retrain_init: Literal["scratch", "champion"] = Field(
+        "scratch",
+        description="the retrain a drift event triggers: scratch, or champion (a warm start from its weights)",
+    )
     min_rows: int = Field(50, ge=1, le=10**9, description="fewer usable rows: insufficient data")
     cooldown_minutes: float = Field(
         60, ge=0, le=525_600, description="no second drift event within this time (at most a year)"
@@ -229,6 +277,9 @@ class OptimizeParams(_Section):
     max_accuracy_drop: float = Field(
         0.01, ge=0, le=1, description="largest test-accuracy loss against the PyTorch model a variant may have"
     )
+    max_rmse_increase: float = Field(
+        0.02, ge=0, le=10, description="regression: largest relative test-RMSE increase a variant may have"
+    )
     calibration_samples: int = Field(256, ge=1, description="training samples that calibrate int8 quantisation")
     threads: int | None = Field(None, ge=1, description="ONNX Runtime threads per session (default: all cores)")
 
@@ -280,8 +331,10 @@ class SweepParams(_Section):
         default_factory=_default_space,
         description="params path (train.KEY) -> choices, or low/high (log: on a log scale)",
     )
-    metric: Literal["val_accuracy", "val_loss"] = Field(
-        "val_accuracy", description="at each trial's best epoch: val_accuracy is maximised, val_loss minimised"
+    metric: Literal["val_accuracy", "val_loss", "val_rmse"] = Field(
+        "val_accuracy",
+        description="at each trial's best epoch: val_accuracy is maximised, val_loss and val_rmse "
+        "(regression) minimised",
     )
     trials: int = Field(8, ge=1, le=10_000, description="trials in all")
     parallel: int = Field(2, ge=1, le=1024, description="trials at once (threads, or Dask workers)")

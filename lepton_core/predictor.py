@@ -42,12 +42,20 @@ class Preprocessing(BaseModel):
     classes: tuple[str, ...]
     feature_names: tuple[str, ...] = ()
     label_column: str = "label"
+    # regression: the model outputs standardised targets; value = output * std + mean
+    task: Literal["classification", "regression"] = "classification"
+    target_mean: float = 0.0
+    target_std: float = 1.0
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], label_column: str | None = None) -> Preprocessing:
         """From a prepared dataset's meta.json."""
         kind = meta["kind"]
+        target = meta.get("target") or {}
         return cls(
+            task="regression" if meta.get("task") == "regression" else "classification",
+            target_mean=float(target.get("mean", 0.0)),
+            target_std=float(target.get("std", 1.0)),
             kind=kind,
             input_shape=tuple(int(s) for s in meta["input_shape"]),
             dtype="uint8" if meta.get("dtype") == "uint8" else "float32",
@@ -61,12 +69,30 @@ class Preprocessing(BaseModel):
     def n_features(self) -> int:
         return int(np.prod(self.input_shape))
 
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    def values(self, outputs: np.ndarray) -> np.ndarray:
+        """(N, 1) standardised model outputs -> (N,) float64 values in the target's units."""
+        out: np.ndarray = outputs[:, 0].astype(np.float64) * self.target_std + self.target_mean
+        return out
+
 
 @dataclass(frozen=True)
 class Prediction:
+    """Classification: labels, names and probabilities (values None). Regression:
+    values, in the target's units (labels and names empty, probabilities (N, 0))."""
+
     labels: np.ndarray  # (N,) int64 class indices
     names: list[str]  # (N,) class names
     probabilities: np.ndarray  # (N, K) float32 softmax
+    values: np.ndarray | None = None  # (N,) float64 predicted targets (regression)
+
+
+def regression_prediction(values: np.ndarray) -> Prediction:
+    n = len(values)
+    return Prediction(np.zeros(0, np.int64), [], np.zeros((n, 0), np.float32), values)
 
 
 def _raw_array(x: Any, pre: Preprocessing) -> np.ndarray:
@@ -162,13 +188,24 @@ class BasePredictor(ABC):
 
     @abstractmethod
     def forward(self, t: torch.Tensor) -> np.ndarray:
-        """(N, K) float32 logits for input already made by `to_input`."""
+        """(N, K) float32 logits (regression: (N, 1) standardised values) for input
+        already made by `to_input`."""
+
+    @property
+    def regression(self) -> bool:
+        return self.preprocessing.regression
 
     def logits(self, x: Any) -> np.ndarray:
-        """(N, K) float32 logits for raw samples."""
+        """(N, K) float32 logits (regression: standardised outputs) for raw samples."""
         return self.forward(self.to_input(x))
 
+    def values(self, x: Any) -> np.ndarray:
+        """(N,) float64 predicted targets for raw samples (regression)."""
+        return self.preprocessing.values(self.logits(x))
+
     def predict(self, x: Any) -> Prediction:
+        if self.regression:
+            return regression_prediction(self.values(x))
         p = softmax(self.logits(x))
         labels = p.argmax(1).astype(np.int64)
         return Prediction(labels, [self.preprocessing.classes[i] for i in labels], p)
@@ -185,7 +222,10 @@ class Predictor(BasePredictor):
         device: str | torch.device = "cpu",
         batch_size: int = 1024,
     ):
-        if len(preprocessing.classes) != model_config.n_classes:
+        if preprocessing.regression:
+            if model_config.n_classes != 1:
+                raise InputError(f"a regression model has one output, not {model_config.n_classes}")
+        elif len(preprocessing.classes) != model_config.n_classes:
             raise InputError(
                 f"{len(preprocessing.classes)} class names for a model of {model_config.n_classes} classes"
             )

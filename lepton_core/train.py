@@ -1,5 +1,10 @@
 """The training loop: AdamW, warm-up + cosine or one-cycle LR, label smoothing,
-early stopping on validation accuracy, per-epoch atomic checkpoints and resume.
+early stopping on validation accuracy (regression: validation RMSE), per-epoch
+atomic checkpoints and resume.
+
+The task decides the loss and the metrics: classification trains on cross-entropy
+over logits (accuracy), regression on the mean squared error of standardised targets
+(RMSE in the target's units: standardised RMSE x `target_std`).
 
 Tracking arrives through `log(step, metrics)`, which does nothing by default.
 Deterministic on CPU for a given seed; on CUDA it uses bf16 autocast (`amp`),
@@ -57,7 +62,7 @@ class TrainResult:
     model_config: ModelConfig
     epochs_run: int
     best_epoch: int
-    best_val_accuracy: float
+    best_val_accuracy: float  # nan for regression
     resumed_from_epoch: int  # 0 = started fresh
     stopped_early: bool
     history: list[dict[str, float]] = field(default_factory=list)
@@ -69,6 +74,8 @@ class TrainResult:
     ranks: list[dict[str, Any]] = field(default_factory=list)
     # a warm start (train.init_from): the weights' keys it left out, by kind
     warm_start: dict[str, list[str]] | None = None
+    task: str = "classification"
+    best_val_rmse: float | None = None  # regression: in the target's units
 
 
 def choose_device(pref: str = "auto") -> torch.device:
@@ -155,19 +162,44 @@ def _same_run(state: dict[str, Any], model_config: ModelConfig, params: TrainPar
     return saved_params.model_copy(update={"compile": params.compile}) == params
 
 
+def task_loss(
+    task: str, out: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy over (B, K) logits and (B,) class indices, or the squared error of
+    (B, 1) outputs against (B,) standardised targets."""
+    if task == "regression":
+        return F.mse_loss(out[:, 0], y, reduction=reduction)
+    return F.cross_entropy(out, y, label_smoothing=label_smoothing, reduction=reduction)
+
+
+def _hits(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """What the second metric sums: right labels (classification) or squared errors."""
+    if task == "regression":
+        return ((out[:, 0] - y) ** 2).sum().double()
+    return (out.argmax(1) == y).sum().double()
+
+
+def _epoch_metrics(task: str, split: str, loss_sum: float, hits: float, n: int, target_std: float) -> dict[str, float]:
+    """`{split}_loss` and `{split}_accuracy`, or `{split}_rmse` in the target's units."""
+    n = max(n, 1)
+    if task == "regression":
+        return {f"{split}_loss": loss_sum / n, f"{split}_rmse": math.sqrt(hits / n) * target_std}
+    return {f"{split}_loss": loss_sum / n, f"{split}_accuracy": hits / n}
+
+
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, amp: AmpFn) -> tuple[float, float]:
+def _evaluate(run: _Setup, model: nn.Module, batch: int = 1024) -> dict[str, float]:
     model.eval()
+    x, y = run.xv, run.yv
     # summed on the device, read once (float64: the same sums as Python floats)
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    hits = torch.zeros((), dtype=torch.float64, device=x.device)
     for i in range(0, len(x), batch):
-        with amp():
-            logits = model(x[i : i + batch]).float()
-        loss_sum += F.cross_entropy(logits, y[i : i + batch], reduction="sum").double()
-        correct += (logits.argmax(1) == y[i : i + batch]).sum()
-    n = max(len(x), 1)
-    return loss_sum.item() / n, correct.item() / n
+        with run.amp():
+            out = model(x[i : i + batch]).float()
+        loss_sum += task_loss(run.task, out, y[i : i + batch], reduction="sum").double()
+        hits += _hits(run.task, out, y[i : i + batch])
+    return _epoch_metrics(run.task, "val", loss_sum.item(), hits.item(), len(x), run.target_std)
 
 
 def _batch_sizes(n: int, batch: int) -> list[int]:
@@ -183,6 +215,7 @@ def _compile_warm_up(
     xv: torch.Tensor,
     params: TrainParams,
     amp: AmpFn,
+    task: str = "classification",
 ) -> float:
     """Run the compiled model once on every shape and mode training will use
     (train-mode forward + backward, eval-mode forward), then put the weights,
@@ -197,7 +230,7 @@ def _compile_warm_up(
     for n in _batch_sizes(len(xt), params.batch_size):
         idx = torch.arange(n, device=xt.device)  # indexed like the training batches
         with amp():
-            loss = F.cross_entropy(fwd(xt[idx]).float(), yt[idx], label_smoothing=params.label_smoothing)
+            loss = task_loss(task, fwd(xt[idx]).float(), yt[idx], params.label_smoothing)
         loss.backward()
     fwd.eval()
     with torch.no_grad():
@@ -229,10 +262,12 @@ class _Setup:
     rank: int
     world: int
     xt: torch.Tensor  # (N, C, H, W) or (N, F) float32, on the device
-    yt: torch.Tensor  # (N,) int64
+    yt: torch.Tensor  # (N,) int64 classes, or float32 standardised targets
     xv: torch.Tensor
     yv: torch.Tensor
     flips: torch.Tensor | None  # per-image flip bits when augmenting, else None
+    task: str = "classification"
+    target_std: float = 1.0  # regression: RMSE in the target's units = standardised RMSE x this
 
     @property
     def cuda(self) -> bool:
@@ -244,7 +279,7 @@ class _Standing:
     """Where a training stands after an epoch: what its work checkpoint keeps."""
 
     epoch: int = 0
-    best_acc: float = -1.0
+    best_score: float = -math.inf  # validation accuracy, or -RMSE (regression): higher is better
     best_epoch: int = 0
     bad_epochs: int = 0
     best_state: dict[str, torch.Tensor] | None = None
@@ -261,6 +296,8 @@ def _set_up(
     y_train: torch.Tensor,
     x_val: torch.Tensor,
     y_val: torch.Tensor,
+    task: str = "classification",
+    target_std: float = 1.0,
 ) -> _Setup:
     device = choose_device(params.device)
     cuda = device.type == "cuda"
@@ -319,6 +356,8 @@ def _set_up(
         xv=_put(x_val),
         yv=y_val.to(device),
         flips=flip_bits(len(xt), params.seed, device) if augment else None,
+        task=task,
+        target_std=target_std,
     )
 
 
@@ -339,7 +378,7 @@ def _restore(
         torch.cuda.set_rng_state(state["rng_cuda"], run.device)
     return _Standing(
         epoch=int(state["epoch"]),
-        best_acc=float(state["best_val_accuracy"]),
+        best_score=float(state.get("best_score", state.get("best_val_accuracy", -math.inf))),
         best_epoch=int(state["best_epoch"]),
         bad_epochs=int(state["bad_epochs"]),
         best_state=state["best_model"],
@@ -364,7 +403,7 @@ def _checkpoint_state(
             "scheduler": run.sched.state_dict(),
             "epoch": at.epoch,
             "best_epoch": at.best_epoch,
-            "best_val_accuracy": at.best_acc,
+            "best_score": at.best_score,
             "bad_epochs": at.bad_epochs,
             "finished": at.finished,
             "stopped_early": at.stopped_early,
@@ -389,7 +428,7 @@ def _train_epoch(
     # summed on the device and read once per epoch: no host sync per step
     # (float64: the same sums as adding Python floats)
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
-    correct = torch.zeros((), dtype=torch.int64, device=run.device)
+    hits = torch.zeros((), dtype=torch.float64, device=run.device)
     aug_gen = epoch_generator(params.seed, epoch, run.device) if run.flips is not None else None
     for i in range(0, len(xt), params.batch_size):
         idx = perm[i : i + params.batch_size]
@@ -403,47 +442,52 @@ def _train_epoch(
         if aug_gen is not None:  # augmenting: made above when `augment`
             xb = augment_batch(xb, idx, epoch, run.flips, params.translate, aug_gen)
         with run.amp():
-            logits = run.fwd(xb)
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=params.label_smoothing)
+            out = run.fwd(xb).float()
+            loss = task_loss(run.task, out, yb, params.label_smoothing)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
         run.sched.step()
         loss_sum += loss.detach().double() * len(idx)
-        correct += (logits.detach().argmax(1) == yb).sum()
+        hits += _hits(run.task, out.detach(), yb)
     if world > 1:
         import torch.distributed as dist
 
         dist.all_reduce(loss_sum)  # every rank's share of the epoch
-        dist.all_reduce(correct)
+        dist.all_reduce(hits)
         # BatchNorm's running statistics are updated by each rank's own share after DDP
         # broadcasts them; rank 0's go to every rank before the evaluation, so all
         # ranks judge (and keep) the same weights
         for b in run.model.buffers():
             dist.broadcast(b, 0)
     # every rank evaluates the same weights on the whole val split: one verdict
-    val_loss, val_acc = _evaluate(run.model if world > 1 else run.fwd, run.xv, run.yv, 1024, run.amp)
     return {
-        "train_loss": loss_sum.item() / len(xt),
-        "train_accuracy": correct.item() / len(xt),
-        "val_loss": val_loss,
-        "val_accuracy": val_acc,
+        **_epoch_metrics(run.task, "train", loss_sum.item(), hits.item(), len(xt), run.target_std),
+        **_evaluate(run, run.model if world > 1 else run.fwd),
         "lr": run.opt.param_groups[0]["lr"],
     }
 
 
 def _judge(run: _Setup, at: _Standing, epoch: int, metrics: dict[str, float], params: TrainParams) -> None:
     """Record the epoch; keep the best weights; stop early after `patience` epochs
-    without a better validation accuracy."""
+    without a better validation accuracy (regression: a lower validation RMSE)."""
     at.epoch = epoch
     at.history.append({"epoch": float(epoch), **metrics})
-    if metrics["val_accuracy"] > at.best_acc:
-        at.best_acc, at.best_epoch, at.bad_epochs = metrics["val_accuracy"], epoch, 0
+    score = -metrics["val_rmse"] if run.task == "regression" else metrics["val_accuracy"]
+    if score > at.best_score:
+        at.best_score, at.best_epoch, at.bad_epochs = score, epoch, 0
         at.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
     else:
         at.bad_epochs += 1
     at.stopped_early = params.patience > 0 and at.bad_epochs >= params.patience
     at.finished = at.stopped_early or epoch == params.epochs
+
+
+def _shown(metrics: dict[str, float]) -> str:
+    """The progress bar's figure for an epoch."""
+    if "val_rmse" in metrics:
+        return f"val_rmse {metrics['val_rmse']:.4g}"
+    return f"val_acc {metrics['val_accuracy']:.3f}"
 
 
 def warm_start(model: nn.Module, weights: dict[str, torch.Tensor], strict: bool) -> dict[str, list[str]]:
@@ -485,15 +529,19 @@ def train_model(
     note: Callable[[str], None] = _note_to_stderr,
     init_weights: dict[str, torch.Tensor] | None = None,
     init_strict: bool = True,
+    task: str = "classification",
+    target_std: float = 1.0,
 ) -> TrainResult:
-    """Train and return the best model (by validation accuracy).
+    """Train and return the best model (by validation accuracy, or RMSE for regression).
 
-    x_*: float32 model input, (N, C, H, W) or (N, F); y_*: (N,) int64.
+    x_*: float32 model input, (N, C, H, W) or (N, F); y_*: (N,) int64 classes, or
+    (N,) float32 standardised targets (`task="regression"`; `target_std` turns the
+    standardised RMSE into the target's units for the metrics).
     If `checkpoint_path` exists and `resume`, training continues from it; one that
     cannot be read safely is moved aside (`note` says where, in one line) and
     training starts from scratch.
     """
-    run = _set_up(model_config, params, x_train, y_train, x_val, y_val)
+    run = _set_up(model_config, params, x_train, y_train, x_val, y_val, task, target_std)
     lead = run.rank == 0
     if not lead:
         log, progress = _no_log, False
@@ -513,7 +561,7 @@ def train_model(
     bar.update(start_epoch)
     with _deterministic(not run.cuda), _cudnn_autotune(run.cuda):
         if params.compile and start_epoch < params.epochs:
-            compile_seconds = _compile_warm_up(run.fwd, run.model, run.xt, run.yt, run.xv, params, run.amp)
+            compile_seconds = _compile_warm_up(run.fwd, run.model, run.xt, run.yt, run.xv, params, run.amp, task)
         for epoch in range(start_epoch + 1, params.epochs + 1):
             rows = first_rows if run.world > 1 and epoch == start_epoch + 1 else None
             metrics = _train_epoch(run, params, epoch, rows)
@@ -525,7 +573,7 @@ def train_model(
             _judge(run, at, epoch, metrics, params)
             if ckpt is not None and lead:
                 save_checkpoint(_checkpoint_state(run, at, model_config, params, extra_state), ckpt)
-            bar.update(1, f"val_acc {metrics['val_accuracy']:.3f}")
+            bar.update(1, _shown(metrics))
             log(epoch, metrics)
             if at.stopped_early:
                 break
@@ -538,7 +586,7 @@ def train_model(
         model_config=model_config,
         epochs_run=len(at.history),
         best_epoch=at.best_epoch,
-        best_val_accuracy=at.best_acc,
+        best_val_accuracy=math.nan if task == "regression" else at.best_score,
         resumed_from_epoch=at.resumed_from,
         stopped_early=at.stopped_early,
         history=at.history,
@@ -547,12 +595,19 @@ def train_model(
         world_size=run.world,
         rank_rows=sorted(torch.cat(first_rows).tolist()) if first_rows else None,
         warm_start=left_out,
+        task=task,
+        best_val_rmse=-at.best_score if task == "regression" else None,
     )
 
 
 # ---------------------------------------------------------------- a prepared dataset
 def stratified_slice(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of a class-proportional subset of `n` samples (sorted)."""
+    """Indices of a class-proportional subset of `n` samples (sorted); float targets
+    are sliced in proportion to their quantile bins."""
+    if np.issubdtype(np.asarray(y).dtype, np.floating):
+        from lepton_core.data.prepare import target_strata
+
+        y = target_strata(y)
     if n >= len(y):
         return np.arange(len(y))
     rng = np.random.default_rng(seed)
@@ -603,13 +658,19 @@ def train_on_prepared(
     def inputs(x: np.ndarray) -> torch.Tensor:
         return model_input(check_samples(x, preprocessing), preprocessing, cfg)
 
+    def targets(y: np.ndarray) -> torch.Tensor:
+        if not preprocessing.regression:
+            return torch.from_numpy(y)
+        standard = (np.asarray(y, np.float64) - preprocessing.target_mean) / preprocessing.target_std
+        return torch.from_numpy(standard.astype(np.float32))
+
     return train_model(
         cfg,
         params,
         inputs(x_tr),
-        torch.from_numpy(y_tr),
+        targets(y_tr),
         inputs(prepared.x["val"]),
-        torch.from_numpy(prepared.y["val"]),
+        targets(prepared.y["val"]),
         log=log,
         checkpoint_path=checkpoint_path,
         progress=progress,
@@ -617,6 +678,8 @@ def train_on_prepared(
         note=note,
         init_weights=init,
         init_strict=params.init_strict,
+        task=preprocessing.task,
+        target_std=preprocessing.target_std,
     )
 
 
@@ -632,6 +695,7 @@ def save_trained_model(
             "params": params.model_dump(mode="json"),
             "epoch": result.best_epoch,
             "best_val_accuracy": result.best_val_accuracy,
+            **({"best_val_rmse": result.best_val_rmse} if result.best_val_rmse is not None else {}),
             "preprocessing": preprocessing.model_dump_json(),
             "meta_json": json.dumps(meta, sort_keys=True),
         },

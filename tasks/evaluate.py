@@ -1,5 +1,6 @@
-"""The evaluate task: the frozen test split -> metrics, confusion matrix, the
-monitor's reference profile, all logged to the training run."""
+"""The evaluate task: the frozen test split -> metrics, plots (confusion matrix, or
+predicted-vs-actual and residuals), the monitor's reference profile, all logged to
+the training run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from effects.runtime.settings import get_settings
 from effects.tracking import runs
 from effects.training.stages import evaluate_stage
 from lepton_core.data.prepare import read_prepared
-from lepton_core.evaluate import SUMMARY_KEYS
+from lepton_core.evaluate import summary_keys
 
 
 @task(name="evaluate", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=3600)
@@ -24,15 +25,17 @@ def evaluate(run_id: str, checkpoint: str, data: DataVersion) -> dict[str, float
     prepared = read_prepared(dataset_path(data.version, s))
     out = s.home / "runs" / run_id / "evaluation"
     metrics = evaluate_stage(prepared, checkpoint, out)
-    summary = {f"test_{k}": float(metrics[k]) for k in SUMMARY_KEYS}
+    summary = {f"test_{k}": float(metrics[k]) for k in summary_keys(metrics)}
     per_class = {
         f"test_f1_class_{name}": v["f1"]
-        for name, v in metrics["per_class"].items()
+        for name, v in metrics.get("per_class", {}).items()
         if name.isidentifier() or name.isalnum()
     }
     c.log_batch(run_id, metrics=[runs.Metric(k, v, 0, 0) for k, v in {**summary, **per_class}.items()])
     c.log_artifact(run_id, str(out / "metrics.json"), "evaluation")
-    c.log_artifact(run_id, str(out / "confusion_matrix.png"), "evaluation")
+    for plot in ("predicted_vs_actual.png", "residuals.png", "confusion_matrix.png"):
+        if (out / plot).exists():
+            c.log_artifact(run_id, str(out / plot), "evaluation")
     # What the drift monitor compares new batches with (features + outputs on the test split).
     ref = out / "reference.parquet"
     reference_profile(prepared, checkpoint).to_parquet(ref, index=False)

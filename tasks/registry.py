@@ -41,6 +41,17 @@ def registry_slot():
     return concurrency(REGISTRY_LIMIT, occupy=1, timeout_seconds=1800, strict=True)
 
 
+def headline_tags(metrics: dict[str, float]) -> dict[str, str]:
+    """The version's headline test figures as tags: accuracy, or RMSE and R²."""
+    if "test_rmse" in metrics:
+        return {
+            tags.TASK: "regression",
+            tags.TEST_RMSE: f"{metrics['test_rmse']:.6g}",
+            tags.TEST_R2: f"{metrics['test_r2']:.4f}",
+        }
+    return {tags.TEST_ACCURACY: f"{metrics['test_accuracy']:.4f}"}
+
+
 @task(name="register", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=900)
 def register(outcome: TrainOutcome, data: DataVersion, params: Params, metrics: dict[str, float]) -> str:
     """Log the model as a pyfunc (raw samples in) and register it. A few tags on
@@ -54,7 +65,7 @@ def register(outcome: TrainOutcome, data: DataVersion, params: Params, metrics: 
         tags.DATA_VERSION: data.version,
         tags.GIT_COMMIT: commit,
         tags.FLOW_RUN: run_flow,
-        tags.TEST_ACCURACY: f"{metrics['test_accuracy']:.4f}",
+        **headline_tags(metrics),
         **({tags.INIT_FROM: outcome.init_from} if outcome.init_from else {}),
     }
     provenance = {

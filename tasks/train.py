@@ -31,10 +31,11 @@ class TrainOutcome(BaseModel):
     checkpoint: str
     epochs_run: int
     best_epoch: int
-    best_val_accuracy: float
+    best_val_accuracy: float | None  # None for regression
     resumed_from_epoch: int
     device: str
     init_from: str = ""  # a warm start's source (models:/NAME/VERSION, or a file and its hash)
+    best_val_rmse: float | None = None  # regression
 
 
 def work_key(version: str, params: TrainParams) -> str:
@@ -164,7 +165,8 @@ def _train_in_run(
         checkpoint=str(final),
         epochs_run=result.epochs_run,
         best_epoch=result.best_epoch,
-        best_val_accuracy=result.best_val_accuracy,
+        best_val_accuracy=None if result.best_val_rmse is not None else result.best_val_accuracy,
         resumed_from_epoch=result.resumed_from_epoch,
         device=result.device,
+        best_val_rmse=result.best_val_rmse,
     )

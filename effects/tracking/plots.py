@@ -40,3 +40,39 @@ def save_confusion_matrix(cm: np.ndarray, classes: list[str], path: str | Path, 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def save_regression_plots(y_true: np.ndarray, y_pred: np.ndarray, out_dir: str | Path, title: str = "") -> list[Path]:
+    """predicted_vs_actual.png (the diagonal is a perfect model) and residuals.png
+    (residual = predicted - actual, against the prediction) for a regression test split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    y, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    paths = []
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.scatter(y, p, s=10, alpha=0.6)
+    lo, hi = (float(min(y.min(), p.min())), float(max(y.max(), p.max()))) if len(y) else (0.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
+    ax.set_xlabel("actual")
+    ax.set_ylabel("predicted")
+    ax.set_title(title or "predicted vs actual (test split)")
+    fig.tight_layout()
+    paths.append(out / "predicted_vs_actual.png")
+    fig.savefig(paths[-1])
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.scatter(p, p - y, s=10, alpha=0.6)
+    ax.axhline(0.0, color="grey", linewidth=1)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("residual (predicted - actual)")
+    ax.set_title("residuals (test split)")
+    fig.tight_layout()
+    paths.append(out / "residuals.png")
+    fig.savefig(paths[-1])
+    plt.close(fig)
+    return paths

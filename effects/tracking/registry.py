@@ -26,8 +26,8 @@ from effects.runtime.settings import Settings, get_settings, redact_uri
 from effects.tracking import runs, tags
 from lepton_core.data.prepare import Prepared, read_prepared
 from lepton_core.errors import InputError, LeptonError
-from lepton_core.evaluate import SUMMARY_KEYS, correct_mask
-from lepton_core.gate import Decision, decide_promotion
+from lepton_core.evaluate import REGRESSION_KEYS, SUMMARY_KEYS, gate_evidence
+from lepton_core.gate import Decision, RegressionDecision, decide_promotion, decide_regression
 from lepton_core.params import PromoteParams
 from lepton_core.predictor import Predictor
 
@@ -58,7 +58,8 @@ def _pip_requirements() -> list[str]:
 
 def _signature_and_example(predictor: Predictor, prepared: Prepared):
     """The pyfunc's contract: raw samples in (as the prepared dataset stores them),
-    label, class name and probabilities out; the example is real raw samples."""
+    label, class name and probabilities out (regression: the value); the example is
+    real raw samples."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
     from mlflow.types.schema import Array
@@ -74,9 +75,12 @@ def _signature_and_example(predictor: Predictor, prepared: Prepared):
         names = list(pre.feature_names) or [str(i) for i in range(pre.n_features)]
         inputs = Schema([ColSpec("double", n) for n in names])
         example = pd.DataFrame(raw.astype(np.float64), columns=names)
-    outputs = Schema(
-        [ColSpec("long", "label"), ColSpec("string", "class_name"), ColSpec(Array("float"), "probabilities")]
-    )
+    if pre.regression:
+        outputs = Schema([ColSpec("double", "value")])
+    else:
+        outputs = Schema(
+            [ColSpec("long", "label"), ColSpec("string", "class_name"), ColSpec(Array("float"), "probabilities")]
+        )
     return ModelSignature(inputs=inputs, outputs=outputs), example
 
 
@@ -192,6 +196,7 @@ def init_weights_of(c, init_from: str, model_name: str, s: Settings) -> tuple[Pa
 
 
 GATE_TAGS = (tags.GATE_PROMOTE, tags.GATE_FORCED, tags.GATE_REASON, tags.GATE_P_VALUE, tags.GATE_CHAMPION_ACCURACY)
+REGRESSION_GATE_TAGS = (tags.GATE_CHAMPION_RMSE, tags.GATE_CHALLENGER_RMSE)
 
 
 def _with_block(description: str | None, heading: str, block: str) -> str:
@@ -255,6 +260,43 @@ def _registry_lock(s: Settings, name: str):
     return file_lock(s.locks_dir / f"registry-{safe}.lock")
 
 
+def _judge(c, s: Settings, mv, champ, prepared: Prepared, params: PromoteParams) -> Decision | RegressionDecision:
+    """The gate's decision for `mv` against `champ` (or None) on the prepared test
+    split: McNemar on right/wrong for classification, the paired t-test on squared
+    errors for regression. Each model reads the samples through its own preprocessing
+    (its own scale)."""
+    y = prepared.y["test"]
+    challenger = Predictor.from_checkpoint(checkpoint_of(c, mv.run_id, s))
+    chal = gate_evidence(challenger, prepared.x["test"], y)
+    champ_evidence, note = None, ""
+    if champ is not None:
+        try:
+            incumbent = Predictor.from_checkpoint(checkpoint_of(c, champ.run_id, s))
+            if incumbent.regression != challenger.regression:
+                raise InputError("one model predicts classes, the other values")
+            champ_evidence = gate_evidence(incumbent, prepared.x["test"], y)
+        except InputError as e:  # the champion cannot read this data (other input shape)
+            note = f"; champion v{champ.version} not comparable: {e}"
+    decision: Decision | RegressionDecision
+    if challenger.regression:
+        decision = decide_regression(chal, champ_evidence, y, params)
+    else:
+        decision = decide_promotion(chal, champ_evidence, params)
+    return replace(decision, reason=decision.reason + note)
+
+
+def _figures(decision: Decision | RegressionDecision) -> dict:
+    """The decision's headline figures for the promote result."""
+    if isinstance(decision, RegressionDecision):
+        return {
+            "challenger_rmse": decision.challenger_rmse,
+            "challenger_r2": decision.challenger_r2,
+            "champion_rmse": decision.champion_rmse,
+            "mean_sq_err_diff": decision.mean_sq_err_diff,
+        }
+    return {"challenger_accuracy": decision.challenger_accuracy, "champion_accuracy": decision.champion_accuracy}
+
+
 def promote_version(
     model_name: str,
     version: str,
@@ -281,19 +323,7 @@ def promote_version(
         if not data_version:
             raise LeptonError(f"version {mv.version} has no data version tag; cannot evaluate it")
         prepared = read_prepared(dataset_path(data_version, s))
-        y = prepared.y["test"]
-        # each model reads the samples through its own preprocessing (its own scale)
-        chal_correct = correct_mask(Predictor.from_checkpoint(checkpoint_of(c, mv.run_id, s)), prepared.x["test"], y)
-        champ_correct, note = None, ""
-        if champ is not None:
-            try:
-                champ_correct = correct_mask(
-                    Predictor.from_checkpoint(checkpoint_of(c, champ.run_id, s)), prepared.x["test"], y
-                )
-            except InputError as e:  # the champion cannot read this data (other input shape)
-                note = f"; champion v{champ.version} not comparable: {e}"
-        decision: Decision = decide_promotion(chal_correct, champ_correct, params)
-        decision = replace(decision, reason=decision.reason + note)
+        decision = _judge(c, s, mv, champ, prepared, params)
         forced = force and not decision.promote
         if forced:
             decision = replace(decision, promote=True, reason=f"forced over the gate: {decision.reason}")
@@ -309,8 +339,9 @@ def promote_version(
         c.log_text(mv.run_id, json.dumps(history, indent=1, sort_keys=True), GATE_HISTORY)
         # a few tags keep the versions table readable; the latest decision goes into
         # the version's description, as JSON
-        for k in GATE_TAGS:
-            c.set_model_version_tag(model_name, str(mv.version), k, gate[k])
+        for k in GATE_TAGS + REGRESSION_GATE_TAGS:
+            if k in gate:  # the regression gate has RMSEs where the classification gate has accuracies
+                c.set_model_version_tag(model_name, str(mv.version), k, gate[k])
         block = (
             f"Promotion gate:\n\nThe latest of {len(history)} decisions (all of them: the run's "
             f"artifact {GATE_HISTORY}).\n\n```json\n" + json.dumps(record, indent=1, sort_keys=True) + "\n```"
@@ -327,8 +358,7 @@ def promote_version(
             "promoted": decision.promote,
             "forced": forced,
             "reason": decision.reason,
-            "challenger_accuracy": decision.challenger_accuracy,
-            "champion_accuracy": decision.champion_accuracy,
+            **_figures(decision),
             "p_value": decision.p_value,
             "champion": str(mv.version) if decision.promote else _ver(champ),
             "previous": str(champ.version) if (decision.promote and champ is not None) else None,
@@ -361,11 +391,11 @@ def _describe(c, mv) -> dict | None:
         metrics = {
             k.removeprefix("test_"): v
             for k, v in run.data.metrics.items()
-            if k.startswith("test_") and k.removeprefix("test_") in SUMMARY_KEYS
+            if k.startswith("test_") and k.removeprefix("test_") in (*SUMMARY_KEYS, *REGRESSION_KEYS)
         }
     except Exception:  # the run may have been deleted; the version still stands
-        acc = mv.tags.get(tags.TEST_ACCURACY)
-        metrics = {"accuracy": float(acc)} if acc else {}
+        acc, rmse = mv.tags.get(tags.TEST_ACCURACY), mv.tags.get(tags.TEST_RMSE)
+        metrics = {"accuracy": float(acc)} if acc else {"rmse": float(rmse)} if rmse else {}
     return {
         "version": str(mv.version),
         "run_id": mv.run_id,

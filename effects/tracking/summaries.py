@@ -33,8 +33,6 @@ def retrain_markdown(result: dict, model_name: str) -> str:
     run_link, version_link = _links(result["run_id"], model_name, result["version"])
     rows = "\n".join(f"| {k.removeprefix('test_')} | {v:.4f} |" for k, v in result["metrics"].items())
     verdict = "**promoted to @champion**" if d["promoted"] else "**not promoted**"
-    champ = d.get("champion_accuracy")
-    champ_text = "" if champ is None else f"{champ:.4f}"
     return f"""# Retrain: {model_name} v{result["version"]} {verdict}
 
 Gate: {d["reason"]}
@@ -43,11 +41,29 @@ Gate: {d["reason"]}
 |---|---|
 {rows}
 
-- challenger accuracy: {d["challenger_accuracy"]:.4f}; champion accuracy: {champ_text}; McNemar p: {d.get("p_value")}
+- {_gate_figures(d)}
 - data version: `{result["data_version"]}`
 - MLflow run: {run_link}
 - model version: {version_link}
 """
+
+
+def _gate_figures(d: dict) -> str:
+    """The gate's figures: accuracies and McNemar's p, or RMSEs and the paired t-test's p."""
+
+    def fmt(v: float | None, spec: str) -> str:
+        return "" if v is None else format(v, spec)
+
+    if "challenger_rmse" in d:
+        return (
+            f"challenger RMSE: {fmt(d['challenger_rmse'], '.4g')}; "
+            f"champion RMSE: {fmt(d.get('champion_rmse'), '.4g')}; "
+            f"paired t-test p: {d.get('p_value')}"
+        )
+    return (
+        f"challenger accuracy: {fmt(d['challenger_accuracy'], '.4f')}; "
+        f"champion accuracy: {fmt(d.get('champion_accuracy'), '.4f')}; McNemar p: {d.get('p_value')}"
+    )
 
 
 def registry_markdown(action: str, result: dict, model_name: str) -> str:

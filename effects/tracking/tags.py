@@ -26,6 +26,9 @@ INIT_FROM = "lepton.init_from"  # a warm start's weights: models:/NAME/VERSION, 
 
 # ---------------------------------------------------------------- model versions
 TEST_ACCURACY = "lepton.test_accuracy"
+TEST_RMSE = "lepton.test_rmse"  # a regression version's headline figures
+TEST_R2 = "lepton.test_r2"
+TASK = "lepton.task"  # classification | regression
 VARIANT = "lepton.variant"  # "onnx" or "int8" on a variant version
 VARIANT_OF = "lepton.variant_of"  # the version a variant was made from
 ACCURACY_DELTA = "lepton.accuracy_delta"  # a variant's accuracy minus its source's
@@ -43,6 +46,8 @@ GATE_FORCED = GATE_PREFIX + "forced"
 GATE_REASON = GATE_PREFIX + "reason"
 GATE_P_VALUE = GATE_PREFIX + "p_value"
 GATE_CHAMPION_ACCURACY = GATE_PREFIX + "champion_accuracy"
+GATE_CHAMPION_RMSE = GATE_PREFIX + "champion_rmse"  # regression
+GATE_CHALLENGER_RMSE = GATE_PREFIX + "challenger_rmse"
 GATE_CHAMPION_VERSION = GATE_PREFIX + "champion_version"
 GATE_TEST_DATA_VERSION = GATE_PREFIX + "test_data_version"
 GATE_PROMOTED = GATE_PREFIX + "promoted"  # on a sweep's parent run

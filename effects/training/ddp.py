@@ -106,6 +106,8 @@ def launch(
         compile_seconds=r["compile_seconds"],
         world_size=r["world_size"],
         ranks=r["ranks"],
+        task=r.get("task", "classification"),
+        best_val_rmse=r.get("best_val_rmse"),
     )
 
 

@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                     "device",
                     "compile_seconds",
                     "world_size",
+                    "task",
+                    "best_val_rmse",
                 )
             }
             out["ranks"] = [json.loads(Path(f"{args['result']}.rank{r}").read_text()) for r in range(world)]

@@ -5,6 +5,7 @@ no orchestrator here: files in, files out.
     prepare   lepton_core.data.prepare.prepare_from_params (core, no wrapper needed)
     train     prepared dataset -> final checkpoint (with the predictor's preprocessing)
     evaluate  checkpoint + prepared test split -> metrics.json, confusion_matrix.png
+              (regression: predicted_vs_actual.png, residuals.png)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from effects.tracking.plots import save_confusion_matrix
+from effects.tracking.plots import save_confusion_matrix, save_regression_plots
 from lepton_core.data.prepare import Prepared
 from lepton_core.evaluate import evaluate_predictor
 from lepton_core.fileio import atomic_write
@@ -63,12 +64,17 @@ def train_stage(
 
 
 def evaluate_stage(prepared: Prepared, checkpoint_path: str | Path, out_dir: str | Path) -> dict:
-    """Write metrics.json and confusion_matrix.png for a checkpoint on the frozen
-    test split, read through the model's own predictor; return the metrics."""
+    """Write metrics.json and the plots (confusion_matrix.png, or for regression
+    predicted_vs_actual.png and residuals.png) for a checkpoint on the frozen test
+    split, read through the model's own predictor; return the metrics."""
     out = Path(out_dir)
     predictor = Predictor.from_checkpoint(checkpoint_path)
     metrics = evaluate_predictor(predictor, prepared.x["test"], prepared.y["test"])
     atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if predictor.regression:
+        title = f"test split: RMSE {metrics['rmse']:.4g}, R² {metrics['r2']:.3f}"
+        save_regression_plots(prepared.y["test"], predictor.values(prepared.x["test"]), out, title)
+        return metrics
     save_confusion_matrix(
         np.asarray(metrics["confusion_matrix"]),
         predictor.classes,

@@ -52,10 +52,17 @@ def train_in_run(
     c.log_batch(
         run_id,
         metrics=[
-            runs.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch),
+            best_metric(result),
             runs.Metric("epochs_run", result.epochs_run, 0, 0),
             runs.Metric("train_seconds", seconds, 0, 0),
         ],
         tags=[runs.RunTag(tags.DEVICE, result.device)],
     )
     return result, seconds
+
+
+def best_metric(result: TrainResult) -> runs.Metric:
+    """The best epoch's validation figure: accuracy, or RMSE for regression."""
+    if result.best_val_rmse is not None:
+        return runs.Metric("best_val_rmse", result.best_val_rmse, 0, result.best_epoch)
+    return runs.Metric("best_val_accuracy", result.best_val_accuracy, 0, result.best_epoch)

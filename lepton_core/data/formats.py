@@ -56,6 +56,9 @@ class RawDataset:
     # (N,) bool: the format's own test split (MNIST's t10k files, CIFAR-10's test_batch);
     # None where the format has none
     test_rows: np.ndarray | None = None
+    # classification: y (N,) int64 class indices into `classes`; regression: y (N,)
+    # float64 target values and no classes
+    task: str = "classification"
 
 
 def _quarantine(ds_list: list[Quarantined], item: str, reason: str) -> None:
@@ -435,9 +438,10 @@ def load_imagefolder(root: Path) -> RawDataset:
 
 
 # ---------------------------------------------------------------- tables
-def load_table(path: Path, label_column: str, labelled: bool = True) -> RawDataset:
+def load_table(path: Path, label_column: str, labelled: bool = True, task: str = "classification") -> RawDataset:
     """A CSV/Parquet table; `labelled=False` also reads one without the label column
-    (samples to score), with no classes and every label -1."""
+    (samples to score), with no classes and every label -1. With `task="regression"`
+    the label column is a number to predict (y float64)."""
     import pandas as pd
 
     path = Path(path)
@@ -463,10 +467,11 @@ def load_table(path: Path, label_column: str, labelled: bool = True) -> RawDatas
             raise DataError(f"{path.name}: non-numeric feature columns: {', '.join(map(str, bad[:5]))}")
         return RawDataset(
             x=df.to_numpy(dtype=np.float32),
-            y=np.full(len(df), -1, np.int64),
+            y=np.full(len(df), -1, np.float64 if task == "regression" else np.int64),
             classes=[],
             kind="tabular",
             feature_names=[str(c) for c in df.columns],
+            task=task,
         )
     features = [c for c in df.columns if c != label_column]
     if not features:
@@ -474,24 +479,60 @@ def load_table(path: Path, label_column: str, labelled: bool = True) -> RawDatas
     bad = [c for c in features if not pd.api.types.is_numeric_dtype(df[c])]
     if bad:
         raise DataError(f"{path.name}: non-numeric feature columns: {', '.join(map(str, bad[:5]))}")
-    labels = df[label_column]
+    names = [str(c) for c in features]
+    what = f"{path.name}: label column {label_column!r}"
+    y, classes, quarantined, keep = labels_of(df[label_column].to_numpy(), task, what)
+    x = df.loc[keep, features].to_numpy(dtype=np.float32)
+    return RawDataset(
+        x=x, y=y[keep], classes=classes, kind="tabular", feature_names=names, quarantined=quarantined, task=task
+    )
+
+
+# A float label column under classification is a number to predict rather than
+# classes when it holds more distinct values than this with fractions among them, or
+# more than MAX_FLOAT_WHOLE_CLASSES whole ones (class labels come as ints or text)
+MAX_FLOAT_CLASSES, MAX_FLOAT_WHOLE_CLASSES = 20, 100
+
+
+def labels_of(values: np.ndarray, task: str, what: str) -> tuple[np.ndarray, list[str], list[Quarantined], np.ndarray]:
+    """Raw label values -> (y, classes, quarantined rows, keep mask). Classification:
+    class indices into the sorted distinct values (their text the class names); a float
+    column with many distinct fractional values is refused as a regression target.
+    Regression: the values as float64. Rows without a usable label are quarantined and
+    left out of `keep`."""
+    import pandas as pd
+
+    values = np.asarray(values)
     quarantined: list[Quarantined] = []
-    missing = labels.isna().to_numpy()
+    if task == "regression":
+        if not (np.issubdtype(values.dtype, np.number) and values.dtype != np.bool_):
+            numeric = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64)
+            if np.isnan(numeric).all() and len(values):
+                raise DataError(f"{what} is not numeric; data.task=regression needs a number to predict")
+        else:
+            numeric = values.astype(np.float64)
+        finite = np.isfinite(numeric)
+        for i in np.flatnonzero(~finite):
+            _quarantine(quarantined, f"row {i}", "missing or non-numeric target")
+        return numeric, [], quarantined, finite
+    missing = np.asarray(pd.isna(values), dtype=bool)
     for i in np.flatnonzero(missing):
         _quarantine(quarantined, f"row {i}", "missing label")
-    df = df.loc[~missing]
-    classes = sorted(df[label_column].unique().tolist(), key=lambda v: (str(type(v)), v))
+    present = values[~missing]
+    if np.issubdtype(present.dtype, np.floating):
+        distinct = np.unique(present)
+        fractional = distinct[distinct != np.round(distinct)]
+        if len(distinct) > MAX_FLOAT_WHOLE_CLASSES or (len(distinct) > MAX_FLOAT_CLASSES and len(fractional)):
+            example = (fractional if len(fractional) else distinct)[0]
+            raise DataError(
+                f"{what} holds {len(distinct)} distinct numbers such as {example:g}: "
+                "a number to predict, not classes; set data.task=regression"
+            )
+    classes = sorted(pd.unique(present).tolist(), key=lambda v: (str(type(v)), v))
     index = {c: i for i, c in enumerate(classes)}
-    y = df[label_column].map(index).to_numpy(dtype=np.int64)
-    x = df[features].to_numpy(dtype=np.float32)
-    return RawDataset(
-        x=x,
-        y=y,
-        classes=[str(c) for c in classes],
-        kind="tabular",
-        feature_names=[str(c) for c in features],
-        quarantined=quarantined,
-    )
+    y = np.full(len(values), -1, dtype=np.int64)
+    y[~missing] = [index[v] for v in present.tolist()]
+    return y, [str(c) for c in classes], quarantined, ~missing
 
 
 # A parquet file may expand by at most this factor when read (gzip's own ceiling is
@@ -514,8 +555,13 @@ def _check_parquet_size(path: Path) -> None:
         )
 
 
-def load_raw(fmt: str, path: str | Path | None, label_column: str = "label", labelled: bool = True) -> RawDataset:
-    """Load any supported format; the one entry point the prepare stage uses."""
+def load_raw(
+    fmt: str, path: str | Path | None, label_column: str = "label", labelled: bool = True, task: str = "classification"
+) -> RawDataset:
+    """Load any supported format (but `custom`, which lepton_core.data.loader runs);
+    the one entry point the prepare stage uses."""
+    if task == "regression" and fmt != "csv":
+        raise DataError(f"data.task=regression needs a table (csv) or a custom loader, not format {fmt!r}")
     if fmt == "digits":
         return load_digits()
     if path is None:
@@ -530,7 +576,7 @@ def load_raw(fmt: str, path: str | Path | None, label_column: str = "label", lab
     if fmt == "imagefolder":
         return load_imagefolder(p)
     if fmt == "csv":
-        return load_table(p, label_column, labelled)
+        return load_table(p, label_column, labelled, task)
     raise DataError(f"unknown format {fmt!r} (digits, mnist, cifar10, imagefolder, csv)")
 
 
@@ -563,10 +609,13 @@ def combine_datasets(base: RawDataset, others: list[RawDataset], names: list[str
         if ds.kind != base.kind or ds.x.shape[1:] != base.x.shape[1:]:
             quarantined.append({"item": name, "reason": f"shape {ds.x.shape[1:]} != {base.x.shape[1:]}"})
             continue
-        mapped = np.array([index.get(ds.classes[int(c)], -1) for c in ds.y], dtype=np.int64)
-        for i in np.flatnonzero(mapped < 0):
-            quarantined.append({"item": f"{name}[{i}]", "reason": f"unknown class {ds.classes[int(ds.y[i])]!r}"})
-        keep = mapped >= 0
+        if base.task == "regression":  # targets join as they are; no class set to match
+            mapped, keep = np.asarray(ds.y, dtype=np.float64), np.ones(len(ds.y), dtype=bool)
+        else:
+            mapped = np.array([index.get(ds.classes[int(c)], -1) for c in ds.y], dtype=np.int64)
+            for i in np.flatnonzero(mapped < 0):
+                quarantined.append({"item": f"{name}[{i}]", "reason": f"unknown class {ds.classes[int(ds.y[i])]!r}"})
+            keep = mapped >= 0
         xs.append(ds.x[keep].astype(base.x.dtype))
         ys.append(mapped[keep])
         if tests is not None:
@@ -579,4 +628,5 @@ def combine_datasets(base: RawDataset, others: list[RawDataset], names: list[str
         feature_names=list(base.feature_names),
         quarantined=quarantined,
         test_rows=np.concatenate(tests) if tests is not None else None,
+        task=base.task,
     )

@@ -105,22 +105,29 @@ def plan_split(
     seed: int,
     test_split: str = "random",
     test_rows: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
 ) -> SplitPlan:
     """Dedup and split the raw rows `keep` marks as valid, given their content hashes
     (`hashes`: one per kept row). Needs no pixels: the in-memory and the streamed
-    prepare share it, so both pack the same rows in the same order."""
+    prepare share it, so both pack the same rows in the same order. `strata` (raw rows'
+    groups; default the labels) is what the split is stratified on: a regression
+    target's quantile bins, while `y` (codes of distinct target values) finds conflicts."""
     kept = np.flatnonzero(keep)
     y = y[kept]
+    groups = (y if strata is None else np.asarray(strata)[kept]).astype(np.int64)
     if len(y) == 0:
         raise DataError("no usable samples after validation")
     unique, n_conflicts = drop_duplicates(hashes, y)
     n_dupes = int((~unique).sum()) - n_conflicts
     y = y[unique]
+    groups = groups[unique]
     hashes = [h for h, u in zip(hashes, unique) if u]
     present = np.unique(y)
     if len(y) == 0:
         raise DataError("no usable samples after removing conflicting duplicates")
     if len(present) < 2:
+        if not classes:
+            raise DataError("every target has the same value: nothing to learn")
         raise DataError(f"the dataset has one class ({classes[int(present[0])]!r}); need at least two")
     canonical = None
     if test_split == "canonical" and test_rows is not None:
@@ -128,13 +135,14 @@ def plan_split(
         if not canonical.any() or canonical.all():
             canonical = None  # dedup left one side empty: fall back to a drawn split
     if canonical is None:
-        idx = split_dataset(y, hashes, val_fraction, test_fraction, seed)
+        idx = split_dataset(groups, hashes, val_fraction, test_fraction, seed)
     else:
         rest = np.flatnonzero(~canonical)
-        part = split_dataset(y[rest], [hashes[i] for i in rest], val_fraction, 0.0, seed)
+        part = split_dataset(groups[rest], [hashes[i] for i in rest], val_fraction, 0.0, seed)
         test = np.flatnonzero(canonical)
         test = test[sorted(range(len(test)), key=lambda i: hashes[test[i]])]  # content order, not file order
-        unseen = sorted(set(np.unique(y[test]).tolist()) - set(np.unique(y[rest]).tolist()))
+        # (a regression target needs no seen value: its codes are not classes)
+        unseen = sorted(set(np.unique(y[test]).tolist()) - set(np.unique(y[rest]).tolist())) if classes else []
         if unseen:
             names = ", ".join(repr(classes[int(k)]) for k in unseen[:10])
             raise DataError(
@@ -190,7 +198,7 @@ def describe(
         "duplicates_dropped": plan.duplicates,
         "conflicting_label_duplicates_dropped": plan.conflicts,
         "kept": int(len(y)),
-        "class_counts": {classes[int(c)]: int((y == c).sum()) for c in np.unique(y)},
+        "class_counts": {classes[int(c)]: int((y == c).sum()) for c in np.unique(y)} if classes else {},
     }
     return meta, report
 

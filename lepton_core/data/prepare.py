@@ -2,7 +2,7 @@
 
 Packed layout of a prepared dataset (a folder, versioned as one unit by DVC):
     x_{train,val,test}.npy   (N, C, H, W) uint8 images or (N, F) float32 tables
-    y_{train,val,test}.npy   (N,) int64
+    y_{train,val,test}.npy   (N,) int64 class indices, or float64 targets (regression)
     meta.json                shapes, classes, scale: what a model needs to be built
     report.json              what validation quarantined and dropped, and why
 Everything is written byte-deterministically (`np.save`, sorted JSON), so the same
@@ -52,9 +52,14 @@ def validate(ds: RawDataset) -> tuple[np.ndarray, list[Quarantined]]:
         raise DataError(f"unsupported sample dtype {ds.x.dtype}")
     keep = np.ones(n, dtype=bool)
     records: list[Quarantined] = []
-    bad_label = (ds.y < 0) | (ds.y >= len(ds.classes))
-    for i in np.flatnonzero(bad_label):
-        records.append({"item": f"sample {i}", "reason": f"label {int(ds.y[i])} out of range"})
+    if ds.task == "regression":
+        bad_label = ~np.isfinite(np.asarray(ds.y, dtype=np.float64))
+        for i in np.flatnonzero(bad_label):
+            records.append({"item": f"sample {i}", "reason": "target NaN or inf"})
+    else:
+        bad_label = (ds.y < 0) | (ds.y >= len(ds.classes))
+        for i in np.flatnonzero(bad_label):
+            records.append({"item": f"sample {i}", "reason": f"label {int(ds.y[i])} out of range"})
     keep &= ~bad_label
     if np.issubdtype(ds.x.dtype, np.floating):
         finite = np.isfinite(ds.x.reshape(n, -1)).all(axis=1)
@@ -80,8 +85,12 @@ def prepare_dataset(
     rest. Without such rows, and with "random", the test split is drawn like val."""
     keep, records = validate(ds)
     quarantined = list(ds.quarantined) + records
+    regression = ds.task == "regression"
+    # regression: duplicates conflict when their targets differ; the split is
+    # stratified on target quantiles (target_strata), so every split spans the range
+    labels = np.unique(ds.y, return_inverse=True)[1].reshape(-1).astype(np.int64) if regression else ds.y
     plan = plan_split(
-        ds.y,
+        labels,
         keep,
         content_hashes(ds.x[keep]),
         ds.classes,
@@ -90,6 +99,7 @@ def prepare_dataset(
         seed=seed,
         test_split=test_split,
         test_rows=ds.test_rows,
+        strata=target_strata(ds.y) if regression else None,
     )
     dtype = np.uint8 if ds.x.dtype == np.uint8 else np.float32
     meta, report = describe(
@@ -102,12 +112,51 @@ def prepare_dataset(
         raw_samples=len(ds.y),
         quarantined=quarantined,
     )
+    y = {s: ds.y[plan.rows[s]] for s in SPLITS}
+    if regression:
+        y = {s: v.astype(np.float64) for s, v in y.items()}
+        describe_target(meta, report, y)
     return Prepared(
         x={s: ds.x[plan.rows[s]].astype(dtype, copy=False) for s in SPLITS},
-        y={s: ds.y[plan.rows[s]] for s in SPLITS},
+        y=y,
         meta=meta,
         report=report,
     )
+
+
+def target_strata(y: np.ndarray, bins: int = 10) -> np.ndarray:
+    """(N,) int64 quantile bin of each target (up to `bins` bins of about equal count;
+    non-finite targets in bin 0, quarantined anyway): what a regression split is
+    stratified on."""
+    v = np.asarray(y, dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    if len(finite) == 0:
+        return np.zeros(len(v), dtype=np.int64)
+    edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1]))
+    out: np.ndarray = np.searchsorted(edges, np.nan_to_num(v), side="right").astype(np.int64)
+    return out
+
+
+def describe_target(meta: dict[str, Any], report: dict[str, Any], y: dict[str, np.ndarray]) -> None:
+    """A regression dataset's meta and report: one output, no classes, and the training
+    split's target mean and standard deviation (the model learns standardised targets;
+    the predictor answers in the target's units)."""
+    train = y["train"]
+    std = float(train.std()) if len(train) > 1 else 1.0
+    meta.update(
+        task="regression",
+        n_classes=0,
+        classes=[],
+        n_outputs=1,
+        target={"mean": float(train.mean()), "std": std if std > 0 else 1.0},
+    )
+    report.pop("class_counts", None)
+    every = np.concatenate([y[s] for s in SPLITS])
+    report["target_summary"] = {
+        s: {"n": int(len(v)), "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+        for s, v in (*((s, y[s]) for s in SPLITS), ("all", every))
+        if len(v)
+    }
 
 
 def write_prepared(prep: Prepared, out_dir: str | Path) -> Path:
@@ -117,7 +166,8 @@ def write_prepared(prep: Prepared, out_dir: str | Path) -> Path:
     def build(tmp: Path) -> None:
         for s in SPLITS:
             np.save(tmp / f"x_{s}.npy", np.ascontiguousarray(prep.x[s]), allow_pickle=False)
-            np.save(tmp / f"y_{s}.npy", prep.y[s].astype(np.int64), allow_pickle=False)
+            y_dtype = np.float64 if prep.meta.get("task") == "regression" else np.int64
+            np.save(tmp / f"y_{s}.npy", prep.y[s].astype(y_dtype), allow_pickle=False)
         dump_json(prep.meta, tmp / "meta.json")
         dump_json(prep.report, tmp / "report.json")
 
@@ -165,7 +215,12 @@ def prepare_from_params(
             extra_quarantined=unreadable,
             meta_extra={"label_column": params.label_column, "monitored_batches": names},
         )
-    raw = load_raw(params.format, resolve_path(params.path, base_dir), params.label_column)
+    if params.format == "custom":
+        from lepton_core.data.loader import load_custom
+
+        raw = load_custom(params, base_dir)
+    else:
+        raw = load_raw(params.format, resolve_path(params.path, base_dir), params.label_column, task=params.task)
     loaded, names, unreadable = _load_extra(extra, params)
     if extra:
         raw = combine_datasets(raw, loaded, names)
@@ -191,7 +246,7 @@ def _load_extra(
     unreadable: list[Quarantined] = []
     for b in extra:
         try:  # a batch accepted for another model (other label column, format) is set aside
-            loaded.append(load_raw(b["format"], b["path"], params.label_column))
+            loaded.append(load_raw(b["format"], b["path"], params.label_column, task=params.task))
             names.append(b["id"])
         except DataError as e:
             unreadable.append({"item": b["id"], "reason": f"monitor batch not readable with these params: {e}"})
