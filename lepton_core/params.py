@@ -40,7 +40,7 @@ class LoaderSpec(_Section):
         min_length=3,
         max_length=512,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$",
-        description="e.g. my_data.load_demand (from train.code)",
+        description="e.g. my_data.load_demand (from data.loader.code)",
     )
     init_args: dict[str, JsonValue] = Field(default_factory=dict, description="plain values passed to it")
     code: list[str] = Field(
@@ -62,7 +62,7 @@ class DataParams(_Section):
         description="classification: labels are classes; regression: the label column is a number to predict",
     )
     loader: LoaderSpec | None = Field(
-        None, description="format custom: {class_path, init_args} of the function that returns the data"
+        None, description="format custom: {class_path, init_args, code} of the function that returns the data"
     )
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
@@ -78,7 +78,7 @@ class DataParams(_Section):
     def _check(self) -> DataParams:
         if self.format == "custom":
             if self.loader is None:
-                raise ValueError("data.loader {class_path, init_args} is required for format 'custom'")
+                raise ValueError("data.loader {class_path, init_args, code} is required for format 'custom'")
         elif self.loader is not None:
             raise ValueError("data.loader goes with data.format=custom")
         elif self.format != "digits" and not self.path:
@@ -215,7 +215,9 @@ class MonitorParams(_Section):
     """Drift monitoring: thresholds, the batch inbox, the schedule."""
 
     drift_share: float = Field(0.5, gt=0, le=1, description="share of drifted features that is drift")
-    prediction_drift: bool = Field(True, description="a drifted predicted-class distribution is drift")
+    prediction_drift: bool = Field(
+        True, description="a drifted distribution of predicted classes (or values, for regression) is drift"
+    )
     max_accuracy_drop: float = Field(0.1, gt=0, le=1, description="accuracy drop (labelled batches) that is drift")
     max_rmse_increase: float = Field(
         0.25, gt=0, le=100, description="regression: relative RMSE increase (labelled batches) that is drift"

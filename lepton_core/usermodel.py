@@ -16,6 +16,9 @@ its own module names, so two versions of `my_models` live side by side in one
 process (the gate scores both, the server swaps one for the other).
 
 The model contract: `forward(float32 (B, *input_shape)) -> (B, n_outputs)`.
+
+The team's data loader (`data.format: custom`, lepton_core.data.loader) is resolved
+the same way, from the folders of `data.loader.code` only (`LOADER_SOURCE`).
 """
 
 from __future__ import annotations
@@ -70,9 +73,10 @@ class CodeBundle:
         return {rel.split("/", 1)[0].removesuffix(".py") for rel in self.files}
 
     @classmethod
-    def from_folders(cls, folders: list[str], base: Path) -> CodeBundle:
+    def from_folders(cls, folders: list[str], base: Path, field: str = "train.code") -> CodeBundle:
         """The `.py` files of each folder (a package, imported by its name) or file (a
-        module); relative paths are taken from `base` (the project)."""
+        module); relative paths are taken from `base` (the project). `field` is the
+        params field the folders came from, as messages name it."""
         files: dict[str, str] = {}
         for entry in folders:
             path = Path(entry) if Path(entry).is_absolute() else base / entry
@@ -83,9 +87,9 @@ class CodeBundle:
                     if "__pycache__" not in f.parts:
                         files[f"{path.name}/{f.relative_to(path).as_posix()}"] = f.read_text()
             else:
-                raise ModelError(f"train.code: {entry} is neither a folder nor a .py file (under {base})")
+                raise ModelError(f"{field}: {entry} is neither a folder nor a .py file (under {base})")
         if sum(len(t) for t in files.values()) > _MAX_CODE_BYTES:
-            raise ModelError(f"train.code: more than {_MAX_CODE_BYTES >> 20} MiB of source; ship code, not data")
+            raise ModelError(f"{field}: more than {_MAX_CODE_BYTES >> 20} MiB of source; ship code, not data")
         return cls(files)
 
 
@@ -124,7 +128,7 @@ def _own_names(names: set[str]) -> Iterator[dict[str, ModuleType]]:
         sys.modules.update(saved)
 
 
-def bundle_modules(bundle: CodeBundle) -> dict[str, ModuleType]:
+def bundle_modules(bundle: CodeBundle, field: str = "train.code") -> dict[str, ModuleType]:
     """The bundle's modules, imported once per digest under names of its own
     (`lepton_code_<digest>.my_models`), whatever else of that name is imported."""
     with _import_lock:
@@ -138,7 +142,7 @@ def bundle_modules(bundle: CodeBundle) -> dict[str, ModuleType]:
                 for name in sorted(bundle.top_names):
                     importlib.import_module(name)
         except Exception as e:
-            raise ModelError(f"train.code: importing the team's code failed: {_first_line(e)}") from None
+            raise ModelError(f"{field}: importing the team's code failed: {_first_line(e)}") from None
         finally:
             sys.path.remove(where)
         prefix = f"lepton_code_{bundle.digest}"
@@ -159,36 +163,53 @@ def import_names_of(requirements: list[str]) -> set[str]:
     return names
 
 
-def check_class_path(class_path: str, bundle: CodeBundle, requirements: list[str]) -> str:
+@dataclass(frozen=True)
+class Source:
+    """Which params a class path and its code come from, as messages name them: the
+    team's model (the default) or the team's data loader (`LOADER_SOURCE`)."""
+
+    class_path: str = "train.model.class_path"
+    code: str = "train.code"
+    lepton_models: bool = True  # lepton_core.models.* may be named too
+    requirements: str | None = "train.requirements"  # None: no installed packages
+
+
+MODEL_SOURCE = Source()
+LOADER_SOURCE = Source("data.loader.class_path", "data.loader.code", lepton_models=False, requirements=None)
+
+
+def check_class_path(
+    class_path: str, bundle: CodeBundle, requirements: list[str], source: Source = MODEL_SOURCE
+) -> str:
     """Where `class_path` may come from ("code", "package" or "lepton"); ModelError,
     before anything is imported, when from nowhere allowed."""
     if not CLASS_PATH.match(class_path):
-        raise ModelError(f"train.model.class_path {class_path!r}: expected a dotted path such as my_models.Net")
+        raise ModelError(f"{source.class_path} {class_path!r}: expected a dotted path such as my_models.Net")
     top = class_path.split(".", 1)[0]
     if top in bundle.top_names:
         return "code"
-    if class_path.startswith(LEPTON_MODELS + "."):
+    if source.lepton_models and class_path.startswith(LEPTON_MODELS + "."):
         return "lepton"
-    if top in import_names_of(requirements):
+    if source.requirements is not None and top in import_names_of(requirements):
         return "package"
-    raise ModelError(
-        f"train.model.class_path {class_path!r} is not allowed: a class path must come from the folders in "
-        f"train.code ({', '.join(sorted(bundle.top_names)) or 'none'}), a package named in train.requirements, "
-        f"or {LEPTON_MODELS}"
-    )
+    places = [f"the folders in {source.code} ({', '.join(sorted(bundle.top_names)) or 'none'})"]
+    places += [f"a package named in {source.requirements}"] if source.requirements is not None else []
+    places += [LEPTON_MODELS] if source.lepton_models else []
+    allowed = places[0] if len(places) == 1 else f"{', '.join(places[:-1])}, or {places[-1]}"
+    raise ModelError(f"{source.class_path} {class_path!r} is not allowed: a class path must come from {allowed}")
 
 
-def resolve(class_path: str, bundle: CodeBundle, requirements: list[str]) -> Any:
+def resolve(class_path: str, bundle: CodeBundle, requirements: list[str], source: Source = MODEL_SOURCE) -> Any:
     """The class or function `class_path` names (checked first, then imported)."""
-    where = check_class_path(class_path, bundle, requirements)
+    where = check_class_path(class_path, bundle, requirements, source)
     parts = class_path.split(".")
     if where == "code":
-        modules = bundle_modules(bundle)
+        modules = bundle_modules(bundle, source.code)
         for i in range(len(parts) - 1, 0, -1):
             mod = modules.get(".".join(parts[:i]))
             if mod is not None:
-                return _attr(mod, parts[i:], class_path)
-        raise ModelError(f"train.model.class_path {class_path!r}: no such module in train.code")
+                return _attr(mod, parts[i:], class_path, source)
+        raise ModelError(f"{source.class_path} {class_path!r}: no such module in {source.code}")
     for i in range(len(parts) - 1, 0, -1):
         try:
             mod = importlib.import_module(".".join(parts[:i]))
@@ -198,18 +219,18 @@ def resolve(class_path: str, bundle: CodeBundle, requirements: list[str]) -> Any
             raise ModelError(f"cannot import {class_path}: {_first_line(e)}") from None
         except Exception as e:
             raise ModelError(f"cannot import {class_path}: {_first_line(e)}") from None
-        return _attr(mod, parts[i:], class_path)
+        return _attr(mod, parts[i:], class_path, source)
     raise ModelError(f"cannot import {class_path}: no such module")
 
 
-def _attr(mod: ModuleType, names: list[str], class_path: str) -> Any:
+def _attr(mod: ModuleType, names: list[str], class_path: str, source: Source = MODEL_SOURCE) -> Any:
     obj: Any = mod
     for n in names:
         if not hasattr(obj, n):
             raise ModelError(f"cannot import {class_path}: {mod.__name__.split('.')[-1]} has no {n!r}")
         obj = getattr(obj, n)
     if not callable(obj):
-        raise ModelError(f"train.model.class_path {class_path!r} is not a class or a function")
+        raise ModelError(f"{source.class_path} {class_path!r} is not a class or a function")
     return obj
 
 

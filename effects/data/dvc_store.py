@@ -169,6 +169,10 @@ def prepare_cache_key(params: DataParams, settings: Settings | None = None) -> s
     batches that will be folded in, the prepare code, and where versions are kept."""
     s = settings or get_settings()
     params = local_params(params, s)
+    if params.format == "custom" and not params.path:
+        # a loader that reads a database or a URL: its bytes are unknown until it runs,
+        # so every retrain prepares again (an unchanged result keeps its DVC version)
+        return f"prepare-uncached-{uuid.uuid4().hex}"
     extra = monitor_state.accepted_batches(s) if params.include_monitored else []
     fp = prepare_fingerprint(params, s.project_dir, [b["id"] for b in extra])
     return "prepare-" + hashlib.sha256((fp + s.dvc_remote + str(s.home)).encode()).hexdigest()

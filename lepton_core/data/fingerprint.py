@@ -4,6 +4,12 @@ A prepared dataset is a function of (raw bytes, data params, folded-in batches,
 the code of `lepton_core/data/`). The key hashes all four, so an edit to the
 prepare code makes `lepton retrain` rebuild exactly when `dvc repro` does
 (dvc.yaml's prepare stage depends on the same folder: `PREPARE_CODE_DIR`).
+
+A team's own loader (`data.format: custom`) adds its code (`data.loader.code`) to
+the key, so an edit to the loader rebuilds too; its raw bytes are `data.path`'s files
+when set, and none otherwise (what a loader reads from elsewhere, a database or a
+URL, the key cannot see: a changed `init_args` value, such as a snapshot date, is
+what tells it the data changed).
 """
 
 from __future__ import annotations
@@ -12,9 +18,13 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lepton_core.errors import DataError
-from lepton_core.params import DataParams
+from lepton_core.params import DataParams, LoaderSpec
+
+if TYPE_CHECKING:
+    from lepton_core.usermodel import CodeBundle
 
 PREPARE_CODE_DIR = Path(__file__).resolve().parent  # lepton_core/data
 
@@ -48,6 +58,8 @@ def raw_files(params: DataParams, base_dir: Path | None = None) -> tuple[Path, l
         f = digits_file()
         return f.parent, [f]
     root = resolve_path(params.path, base_dir)
+    if params.format == "custom" and root is None:  # the loader reads nothing Lepton can list
+        return (base_dir or Path.cwd()), []
     if root is None or not root.exists():
         raise DataError(f"{params.path}: no such file or folder")
     if root.is_dir():
@@ -62,6 +74,8 @@ def prepare_fingerprint(
     h = hashlib.sha256(json.dumps(params.model_dump(mode="json"), sort_keys=True).encode())
     h.update(json.dumps(sorted(extra_ids)).encode())
     h.update((code if code is not None else code_hash()).encode())
+    if params.format == "custom" and params.loader is not None:
+        h.update(b"loader\0" + loader_bundle(params.loader, base_dir).digest.encode())
     root, files = raw_files(params, base_dir)
     for f in files:
         h.update(str(f.relative_to(root)).encode() + b"\0")
@@ -69,3 +83,16 @@ def prepare_fingerprint(
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def loader_bundle(spec: LoaderSpec, base_dir: Path | None) -> CodeBundle:
+    """The source files of a custom loader's code folders (relative to `base_dir`, the
+    project), read the way the team's model code is."""
+    from lepton_core.usermodel import CodeBundle, ModelError
+
+    try:
+        return CodeBundle.from_folders(spec.code, base_dir or Path.cwd(), field="data.loader.code")
+    except ModelError as e:  # the data stage's kind of error, same words
+        raise DataError(str(e)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"data.loader.code: unreadable ({e.__class__.__name__}: {e})") from None
