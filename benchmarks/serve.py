@@ -7,9 +7,17 @@ its own process with one worker; the load generator runs in a third process
 `--seconds` per cell after a warm-up. Prints req/s, p50 and p99 latency and errors.
 
     .venv/bin/python benchmarks/serve.py [--seconds 8] [--concurrency 1 8 32 64] [--litserve] [--variants]
+                                          [--regression] [--team]
 
 `--variants` also runs `lepton optimize` on the champion and serves its ONNX and int8
 variants (`lepton serve --variant onnx|int8`, through ONNX Runtime): a column each.
+
+`--regression` also trains a regression model (scikit-learn's diabetes table as a CSV,
+`data.task: regression`; the request is one row of its 10 features, the answer a value)
+and `--team` the team's own model (examples/team_model, a TinyResNet on the digits, the
+same request as the built-in model's); each is served by `lepton serve` and by
+`mlflow models serve` in the same run, beside the built-in model. Without them the run
+is the one the published figures come from.
 """
 
 from __future__ import annotations
@@ -105,6 +113,71 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+REGRESSION_MODEL = "bench-diabetes"
+TEAM_MODEL = "team-tinyresnet"  # examples/team_model/params.yaml's registry.model_name
+
+
+def _train(env: dict, args: list[str], what: str) -> None:
+    print(f"training {what} ...", flush=True)
+    r = subprocess.run(
+        [str(BIN / "lepton"), "retrain", "--no-progress", *args], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-3000:])
+
+
+def _regression_model(tmp: Path, env: dict) -> tuple[list[str], list[float]]:
+    """Train the diabetes regression model; its feature names and one row to send."""
+    import pandas as pd
+    import yaml
+    from sklearn.datasets import load_diabetes
+
+    frame: pd.DataFrame = load_diabetes(as_frame=True).frame
+    frame.to_csv(tmp / "diabetes.csv", index=False)
+    params = {
+        "data": {"format": "csv", "path": str(tmp / "diabetes.csv"), "label_column": "target", "task": "regression"},
+        "train": {"epochs": 50, "patience": 10, "width": 64, "lr": 3e-3},
+        "registry": {"model_name": REGRESSION_MODEL},
+    }
+    (tmp / "regression.yaml").write_text(yaml.safe_dump(params))
+    _train(env, ["--params", str(tmp / "regression.yaml")], "the regression model (diabetes)")
+    features = frame.drop(columns="target")
+    return [str(c) for c in features.columns], features.iloc[0].astype(float).tolist()
+
+
+def _spawn(cmd: list[str], env: dict, cwd: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _model_servers(tmp: Path, env: dict, tag: str, model: str, lepton_body: bytes, mlflow_body: bytes) -> dict:
+    """`lepton serve` and `mlflow models serve` for one more registered model."""
+    from effects.runtime.procs import free_port
+
+    lp, mp = free_port(), free_port()
+    slug = tag.replace(" ", "-")
+    lepton = [str(BIN / "lepton"), "serve", "--model", model, "--port", str(lp)]
+    mlflow = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{model}@champion", "--env-manager", "local"]
+    mlflow += ["-h", "127.0.0.1", "-p", str(mp)]
+    return {
+        f"lepton serve ({tag})": (
+            _spawn(lepton, env, ROOT, tmp / f"lepton-{slug}.log"),
+            lp,
+            "/readyz",
+            "/v1/predict",
+            lepton_body,
+        ),
+        f"mlflow models serve ({tag})": (
+            _spawn(mlflow, env, tmp, tmp / f"mlflow-{slug}.log"),
+            mp,
+            "/ping",
+            "/invocations",
+            mlflow_body,
+        ),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell (default 8)")
@@ -118,6 +191,16 @@ def main() -> None:
         "--variants",
         action="store_true",
         help="also serve the champion's ONNX and int8 variants (lepton optimize first)",
+    )
+    ap.add_argument(
+        "--regression",
+        action="store_true",
+        help="also train and serve a regression model (diabetes), with lepton serve and mlflow models serve",
+    )
+    ap.add_argument(
+        "--team",
+        action="store_true",
+        help="also train and serve the team's model (examples/team_model), with lepton serve and mlflow models serve",
     )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -152,6 +235,10 @@ def main() -> None:
         print(r.stdout, end="", flush=True)
         if r.returncode != 0:
             raise SystemExit(r.stderr[-3000:])
+    if args.regression:
+        names, row = _regression_model(tmp, env)
+    if args.team:
+        _train(env, ["--params", str(ROOT / "examples" / "team_model" / "params.yaml")], "the team model")
 
     lp, mp, sp = free_port(), free_port(), free_port()
     procs = {
@@ -228,7 +315,31 @@ def main() -> None:
                 "/v1/predict",
                 json.dumps({"instances": x.tolist()}).encode(),
             )
+    if args.regression:
+        procs.update(
+            _model_servers(
+                tmp,
+                env,
+                "regression",
+                REGRESSION_MODEL,
+                json.dumps({"instances": [row]}).encode(),
+                # its signature is a table: MLflow's scoring server reads a DataFrame
+                json.dumps({"dataframe_split": {"columns": names, "data": [row]}}).encode(),
+            )
+        )
+    if args.team:
+        procs.update(
+            _model_servers(
+                tmp,
+                env,
+                "team model",
+                TEAM_MODEL,
+                json.dumps({"instances": x.tolist()}).encode(),
+                json.dumps({"inputs": x.tolist()}).encode(),
+            )
+        )
     headers = {"Content-Type": "application/json"}
+    width = max(20, *(len(name) for name in procs))
     results: dict[str, dict[int, dict]] = {}
     ctx = multiprocessing.get_context("spawn")
     try:
@@ -242,7 +353,7 @@ def main() -> None:
                     results[name][c] = pool.apply(_load, (port, path, body, headers, c, args.seconds))
                     res = results[name][c]
                     print(
-                        f"{name:<20} c={c:<3} {res['rps']:8.1f} req/s  p50 {res['p50']:7.2f} ms  "
+                        f"{name:<{width}} c={c:<3} {res['rps']:8.1f} req/s  p50 {res['p50']:7.2f} ms  "
                         f"p99 {res['p99']:8.2f} ms  errors {res['errors']}",
                         flush=True,
                     )
@@ -264,6 +375,13 @@ def main() -> None:
     for c in args.concurrency:
         a, b = results["lepton serve"][c], results["mlflow models serve"][c]
         print(f"c={c}: throughput {a['rps'] / b['rps']:.2f}x, p99 {a['p99'] / b['p99']:.2f}x of mlflow models serve")
+    for tag in [t for t, on in (("regression", args.regression), ("team model", args.team)) if on]:
+        for c in args.concurrency:
+            a, b = results[f"lepton serve ({tag})"][c], results[f"mlflow models serve ({tag})"][c]
+            print(
+                f"{tag} c={c}: throughput {a['rps'] / b['rps']:.2f}x, p99 {a['p99'] / b['p99']:.2f}x "
+                "of mlflow models serve"
+            )
 
 
 if __name__ == "__main__":

@@ -14,10 +14,14 @@ flight finish on the old model, the next batch uses the new one.
 
     POST /v1/predict   {"instances": [...]} (JSON) or a .npy array (application/x-npy)
     POST /v1/feedback  {"request_id": ..., "labels": [...]}: true labels of an answered request
-    GET  /v1/model     name, version, alias, data version, run id
+    GET  /v1/model     name, version, alias, data version, run id, task
     GET  /healthz      the process answers
     GET  /readyz       a model is loaded (503 before)
     GET  /metrics      Prometheus text format
+
+A classifier answers labels, class names and probabilities; a regression model
+(`/v1/model` says its task) answers `values`, numbers in the target's units, and its
+feedback labels are the true numbers.
 
 The /v1/* routes take the bearer token when the server has one (one dependency,
 `require_token`); the probes and /metrics stay open.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 import secrets
 import threading
 import time
@@ -215,6 +220,13 @@ class ModelServer:
         request_id = uuid.uuid4().hex
         await self._queue.put((raw, fut, request_id))
         answered, logits = await fut  # the version whose batch this request was in
+        if answered.predictor.regression:
+            return {
+                "model": self.model_name,
+                "version": answered.version,
+                "request_id": request_id,
+                "values": answered.predictor.preprocessing.values(logits).tolist(),
+            }
         p = softmax(logits)
         labels = p.argmax(1)
         classes = answered.predictor.classes
@@ -264,6 +276,7 @@ class ModelServer:
                     self.metrics.instances.inc(len(x))
                     x_log = loaded.predictor.log_input(t)  # images in [0, 1], tables raw: what the monitor reads
                     pre = loaded.predictor.preprocessing
+                    values = pre.values(logits) if pre.regression else None
                     start = 0
                     for raw, fut, request_id in group:
                         end = start + len(raw)
@@ -276,6 +289,7 @@ class ModelServer:
                             logits[start:end],
                             pre.kind,
                             list(pre.feature_names),
+                            None if values is None else values[start:end],
                         )
                         start = end
             except Exception as e:  # noqa: BLE001 - answer every waiting request
@@ -322,16 +336,36 @@ def _by_shape(items: list) -> list[list]:
 # ---------------------------------------------------------------- the HTTP app
 class FeedbackBody(BaseModel):
     """POST /v1/feedback: the true labels of an answered request, one per instance in
-    the request's order, each a class index or a class name. The labels are JSON as
-    sent: which of them are valid depends on the loaded model's classes
-    (`label_indices`)."""
+    the request's order, each a class index or a class name (a regression model: the
+    true number). The labels are JSON as sent: which of them are valid depends on the
+    loaded model (`label_indices`, `targets`)."""
 
     request_id: StrictStr = Field(max_length=64)
     labels: list[JsonValue] = Field(min_length=1)
 
-    def label_indices(self, classes: list[str], max_labels: int) -> list[int]:
+    def _check_count(self, max_labels: int) -> None:
         if len(self.labels) > max_labels:
             raise BadRequest(413, f"{len(self.labels)} labels is over the limit of {max_labels}")
+
+    def targets(self, max_labels: int) -> list[float]:
+        """A regression model's true values: finite numbers (JSON ints or floats)."""
+        self._check_count(max_labels)
+        out = []
+        for v in self.labels:
+            # bool is an int to Python; NaN and Infinity are tokens Python's JSON reads,
+            # and a JSON integer of hundreds of digits is no float at all
+            try:
+                target = float(v) if isinstance(v, int | float) and not isinstance(v, bool) else math.nan
+            except OverflowError:
+                target = math.nan
+            if not math.isfinite(target):
+                shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:40] + "..."
+                raise BadRequest(400, f"label {shown} is not a finite number (the model predicts numbers)")
+            out.append(target)
+        return out
+
+    def label_indices(self, classes: list[str], max_labels: int) -> list[int]:
+        self._check_count(max_labels)
         out = []
         for v in self.labels:
             if isinstance(v, str) and v in classes:
@@ -406,7 +440,11 @@ async def feedback(
     server: Server, body: Annotated[FeedbackBody, Depends(_feedback_body)], cur: LoadedModel
 ) -> Response:
     """True labels for an answered request: {"request_id": ..., "labels": [...]}."""
-    labels = body.label_indices(cur.predictor.classes, server.params.max_instances)
+    labels: list[int] | list[float]
+    if cur.predictor.regression:
+        labels = body.targets(server.params.max_instances)
+    else:
+        labels = body.label_indices(cur.predictor.classes, server.params.max_instances)
     try:
         await asyncio.get_running_loop().run_in_executor(None, server.log.add_feedback, body.request_id, labels)
     except OSError as e:
@@ -431,6 +469,7 @@ async def model(server: Server) -> Response:
             "input_shape": list(pre.input_shape),
             "dtype": pre.dtype,
             "classes": list(pre.classes),
+            "task": pre.task,
         }
     )
 

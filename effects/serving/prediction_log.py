@@ -3,7 +3,9 @@ path in batches, in the monitor's prediction-log format (see effects/monitoring/
 
     timestamp, model_version, request_id, instance, prediction, confidence, f_<feature>...
 
-and, in `feedback/`, the true labels clients post later: request_id, instance, label.
+(for a regression model, `value`, the predicted number in the target's units, in place
+of prediction and confidence), and, in `feedback/`, the true labels clients post later:
+request_id, instance, label (an int64 class index; a float64 target for regression).
 
 The log lives in a folder, or under an S3 prefix (`lepton up`): a `LogStore`.
 Rows wait in a bounded queue; a background thread turns them into feature rows and
@@ -148,6 +150,16 @@ class _Entry:
     logits: np.ndarray  # (N, K)
     kind: str
     feature_names: list[str]
+    values: np.ndarray | None = None  # (N,) float64 predicted targets (a regression model)
+
+
+def _regression_frame(x: np.ndarray, logits: np.ndarray, values: np.ndarray, kind: str, names: list[str]):
+    """The monitored input features and the predicted `value`: a class and its
+    confidence mean nothing for a model with one real-valued output."""
+    df = feature_frame(x, logits, kind, names, None)
+    df = df[[c for c in df.columns if str(c).startswith("f_")]].copy()
+    df["value"] = values.astype(np.float64)
+    return df
 
 
 class PredictionLog:
@@ -178,22 +190,32 @@ class PredictionLog:
         return str(self.store)
 
     def add(
-        self, version: str, request_id: str, x: np.ndarray, logits: np.ndarray, kind: str, feature_names: list[str]
+        self,
+        version: str,
+        request_id: str,
+        x: np.ndarray,
+        logits: np.ndarray,
+        kind: str,
+        feature_names: list[str],
+        values: np.ndarray | None = None,
     ) -> None:
-        """Queue the instances of one answered request (never blocks)."""
+        """Queue the instances of one answered request (never blocks); `values`, the
+        predicted targets of a regression model, are logged in place of the class."""
         try:
-            self._queue.put_nowait(_Entry(time.time(), version, request_id, x, logits, kind, feature_names))
+            self._queue.put_nowait(_Entry(time.time(), version, request_id, x, logits, kind, feature_names, values))
         except queue.Full:
             self._drop(len(x))
 
-    def add_feedback(self, request_id: str, labels: list[int]) -> None:
-        """True labels for the instances of an answered request, written at once
-        (small, and a client waits for the confirmation) into `feedback/`; raises
-        only when neither the store nor the spool would take them."""
+    def add_feedback(self, request_id: str, labels: list[int] | list[float]) -> None:
+        """True labels for the instances of an answered request (class indices, or the
+        true targets of a regression model: floats), written at once (small, and a
+        client waits for the confirmation) into `feedback/`; raises only when neither
+        the store nor the spool would take them."""
         import pandas as pd
 
+        dtype = np.float64 if any(isinstance(v, float) for v in labels) else np.int64
         table = pd.DataFrame(
-            {"request_id": request_id, "instance": np.arange(len(labels)), "label": np.asarray(labels, dtype=np.int64)}
+            {"request_id": request_id, "instance": np.arange(len(labels)), "label": np.asarray(labels, dtype=dtype)}
         )
         buf = io.BytesIO()
         table.to_parquet(buf, index=False)
@@ -292,11 +314,17 @@ class PredictionLog:
             # requests cost one vectorised pass, not thousands of DataFrames
             groups: dict[tuple, list[_Entry]] = {}
             for e in entries:
-                groups.setdefault((e.version, e.kind, e.x.shape[1:], e.logits.shape[1]), []).append(e)
-            for (version, kind, _, _), group in groups.items():
+                key = (e.version, e.kind, e.x.shape[1:], e.logits.shape[1], e.values is not None)
+                groups.setdefault(key, []).append(e)
+            for (version, kind, _, _, regression), group in groups.items():
                 x = np.concatenate([e.x for e in group])
                 logits = np.concatenate([e.logits for e in group])
-                df = feature_frame(x, logits, kind, group[0].feature_names, None)
+                names = group[0].feature_names
+                if regression:
+                    values = np.concatenate([e.values for e in group if e.values is not None])
+                    df = _regression_frame(x, logits, values, kind, names)
+                else:
+                    df = feature_frame(x, logits, kind, names, None)
                 counts = [len(e.x) for e in group]
                 df.insert(0, "instance", np.concatenate([np.arange(c) for c in counts]))
                 df.insert(0, "request_id", np.repeat([e.request_id for e in group], counts))

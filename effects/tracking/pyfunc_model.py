@@ -8,7 +8,8 @@ pandas and pydantic. The checkpoint is the model's one artifact and is read with
 
 Input: raw samples as users have them (uint8 images (N, C, H, W), or (N, H, W) for
 one channel; or a table with the training feature columns).
-Output: a DataFrame with `label` (class index), `class_name` and `probabilities`.
+Output: a DataFrame with `label` (class index), `class_name` and `probabilities`;
+for a regression model, one column `value` (float, in the target's units).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class LeptonClassifier(PythonModel):
     # an ndarray hint (it infers no schema from one), and asks for no hint on every load.
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         p = self.predictor.predict(model_input)
+        if p.values is not None:  # regression
+            return pd.DataFrame({"value": np.asarray(p.values, dtype=np.float64)})
         return pd.DataFrame(
             {"label": p.labels, "class_name": p.names, "probabilities": [row.tolist() for row in p.probabilities]}
         )

@@ -68,7 +68,7 @@ def predict(
     progress: bool = typer.Option(True, help="show a progress bar"),
     params_file: Path | None = ParamsOpt,
 ):
-    """Score a file or folder offline with the champion (labels, class names, probabilities)."""
+    """Score a file or folder offline with the champion (labels, class names, probabilities; or values)."""
     if fmt is not None and fmt not in FORMATS:
         raise ParamsError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     from effects.runtime.settings import configure_environment
