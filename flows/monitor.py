@@ -16,7 +16,9 @@ def monitor(
     registry: RegistryParams = RegistryParams(),
 ) -> dict:
     """Check one batch (`batch`), or every unprocessed batch in the inbox, for drift
-    against the champion; emit `lepton.drift.detected` when the thresholds say so."""
+    against the champion; emit `lepton.drift.detected` when the thresholds say so. The
+    event carries `monitor.retrain_init`, which makes the retrain it triggers a warm
+    start from the champion ("champion") or leaves it as deployed ("scratch")."""
     batches = [batch] if batch else find_new_batches(monitor.inbox, monitor.prediction_log, monitor.min_rows)
     results = [
         check_batch_task(b, batch_format, monitor, registry.model_name, registry.experiment, from_inbox=batch is None)

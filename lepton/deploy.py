@@ -37,7 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
-from lepton_core.drift import DRIFT_EVENT
+from lepton_core.drift import DRIFT_EVENT, RETRAIN_INIT_KEY, WARM_START
 from lepton_core.errors import LeptonError
 from lepton_core.params import SECTIONS, DeployParams, Params
 
@@ -93,8 +93,10 @@ def load_base_job_template(path: str | Path | None = None) -> dict:
     return template
 
 
-def drift_trigger() -> dict:
-    """The retrain deployment's trigger, as prefect.yaml spells it."""
+def drift_trigger(params: Params) -> dict:
+    """The retrain deployment's trigger, as prefect.yaml spells it: a drift event
+    starts a retrain, warm-started from the champion when the monitor that saw the
+    drift says so (`monitor.retrain_init`, in the event's payload)."""
     return {
         "type": "event",
         "name": AUTOMATION_NAME,
@@ -104,7 +106,24 @@ def drift_trigger() -> dict:
         "posture": "Reactive",
         "threshold": 1,
         "within": 0,
+        "parameters": drift_trigger_parameters(params.train.model_dump(mode="json")),
     }
+
+
+def drift_trigger_parameters(train: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of the retrain deployment's drift trigger: its `train` section
+    (`train`, as deployed) with init_from taken from the event, as `retrain_init_from`
+    says, when the trigger fires. Prefect lays a trigger's parameters over the
+    deployment's key by key at the top level only, so the whole section goes. A Jinja
+    template (of the event) renders a string; the "json" kind around it parses that,
+    so a scratch retrain's init_from stays null rather than becoming "None"."""
+    deployed = json.dumps(train.get("init_from"))
+    template = (
+        f"{{% if event.payload.{RETRAIN_INIT_KEY} == {json.dumps(WARM_START)} %}}{json.dumps(WARM_START)}"
+        f"{{% else %}}{{% raw %}}{deployed}{{% endraw %}}{{% endif %}}"
+    )
+    init_from = {"__prefect_kind": "json", "value": {"__prefect_kind": "jinja", "template": template}}
+    return {"train": {**train, "init_from": init_from}}
 
 
 def deployment_specs(params: Params) -> list[dict]:
@@ -124,7 +143,7 @@ def deployment_specs(params: Params) -> list[dict]:
                 "progress": True,
             },
             "concurrency_limit": 1,
-            "triggers": [drift_trigger()],
+            "triggers": [drift_trigger(params)],
             **common,
         },
         {

@@ -11,7 +11,9 @@ grey-level picture scaled to [0, 1]:
     spread_x/y       intensity-weighted standard deviation around that centre
     asymmetry        mean |image - its mirror image| (left-right)
 
-and the model's outputs: the predicted class and its softmax confidence.
+and the model's outputs: the predicted class and its softmax confidence, or, for a
+regression model, the predicted `value` in the target's units (the column the
+serving endpoint's prediction log has too).
 """
 
 from __future__ import annotations
@@ -79,12 +81,26 @@ def output_features(logits: np.ndarray) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- feature frames
 DRIFT_EVENT = "lepton.drift.detected"  # the Prefect event the monitor emits and retrain reacts to
+VALUE_COLUMN = "value"  # a regression model's predicted number (the prediction log's name for it)
+PREDICTION_COLUMN = "prediction"  # a classifier's predicted class index
+
+
+def output_column(regression: bool) -> str:
+    """The column of a feature frame that holds the model's answer."""
+    return VALUE_COLUMN if regression else PREDICTION_COLUMN
 
 
 def feature_frame(
-    x: np.ndarray, logits: np.ndarray, kind: str, feature_names: list[str], labels: np.ndarray | None
+    x: np.ndarray,
+    logits: np.ndarray,
+    kind: str,
+    feature_names: list[str],
+    labels: np.ndarray | None,
+    values: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per sample: f_<feature> columns, prediction, confidence (and label).
+    """One row per sample: f_<feature> columns, prediction, confidence (and label);
+    with `values` (a regression model's predicted targets) `value` in place of
+    prediction and confidence, and labels kept as numbers.
 
     x: model input, images (N, C, H, W) in [0, 1] or tables (N, F) raw; logits (N, K)."""
     import pandas as pd
@@ -95,10 +111,14 @@ def feature_frame(
         names = feature_names or [str(i) for i in range(x.shape[1])]
         cols = {f"f_{n}": x[:, i].astype(np.float64) for i, n in enumerate(names)}
     df = pd.DataFrame(cols)
-    for k, v in output_features(logits).items():
-        df[k] = v
+    if values is not None:
+        # one real-valued output: a softmax "class" and "confidence" of it would be constant
+        df[VALUE_COLUMN] = np.asarray(values, dtype=np.float64)
+    else:
+        for k, v in output_features(logits).items():
+            df[k] = v
     if labels is not None:
-        df["label"] = labels.astype(np.int64)
+        df["label"] = labels.astype(np.float64 if values is not None else np.int64)
     return df
 
 
@@ -107,7 +127,9 @@ def predictor_frame(predictor: Predictor, samples: Any, labels: np.ndarray | Non
     raw = predictor.check(samples)
     pre = predictor.preprocessing
     x = predictor.to_input(raw).numpy() if pre.kind == "image" else raw.astype(np.float32)
-    return feature_frame(x, predictor.logits(raw), pre.kind, list(pre.feature_names), labels)
+    logits = predictor.logits(raw)
+    values = pre.values(logits) if pre.regression else None
+    return feature_frame(x, logits, pre.kind, list(pre.feature_names), labels, values)
 
 
 # ---------------------------------------------------------------- verdicts
@@ -117,6 +139,7 @@ class DriftThresholds:
     max_accuracy_drop: float  # accuracy drop (labels present) that counts as drift
     min_rows: int  # fewer usable rows: "insufficient data"
     prediction_drift: bool = True  # a drifted prediction distribution counts as drift
+    max_rmse_increase: float = 0.25  # regression: relative RMSE increase (labels present) that counts as drift
 
 
 @dataclass
@@ -133,20 +156,72 @@ class Verdict:
         return self.status + (": " + "; ".join(self.reasons) if self.reasons else "")
 
 
+def rmse_increase(reference: float, current: float) -> float:
+    """current / reference - 1 (0.41: 41 % worse); a perfect reference makes any error an
+    infinite increase."""
+    if reference > 0:
+        return current / reference - 1.0
+    return math.inf if current > 0 else 0.0
+
+
+def _number(v: float) -> str:
+    """58.3, 0.0412, 1,234: three significant digits without an exponent below 1000."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
 def decide_drift(
-    share_drifted: float, prediction_drifted: bool, accuracy_drop: float | None, t: DriftThresholds
+    share_drifted: float,
+    prediction_drifted: bool,
+    accuracy_drop: float | None,
+    t: DriftThresholds,
+    *,
+    rmse: tuple[float, float] | None = None,
+    regression: bool = False,
 ) -> Verdict:
+    """The verdict. Classification: `accuracy_drop` of a labelled batch. Regression
+    (`regression=True`): the predicted values' distribution is the prediction, and
+    `rmse` = (reference RMSE, batch RMSE) of a labelled batch."""
     reasons = []
     if share_drifted >= t.drift_share:
         reasons.append(f"{share_drifted:.0%} of features drifted (threshold {t.drift_share:.0%})")
     if t.prediction_drift and prediction_drifted:
-        reasons.append("the distribution of predicted classes drifted")
+        what = "predicted values" if regression else "predicted classes"
+        reasons.append(f"the distribution of {what} drifted")
     if accuracy_drop is not None and accuracy_drop >= t.max_accuracy_drop:
         reasons.append(f"accuracy dropped by {accuracy_drop:.3f} (threshold {t.max_accuracy_drop})")
     scores = {"share_drifted": float(share_drifted), "prediction_drifted": float(prediction_drifted)}
     if accuracy_drop is not None:
         scores["accuracy_drop"] = float(accuracy_drop)
+    if rmse is not None:
+        ref, cur = float(rmse[0]), float(rmse[1])
+        increase = rmse_increase(ref, cur)
+        if increase >= t.max_rmse_increase:
+            reasons.append(
+                f"RMSE rose by {increase:.0%} ({_number(ref)} -> {_number(cur)}; threshold {t.max_rmse_increase:.0%})"
+            )
+        scores.update(reference_rmse=ref, current_rmse=cur, rmse_increase=increase)
     return Verdict("drift" if reasons else "no drift", reasons, scores)
+
+
+# ---------------------------------------------------------------- the retrain a drift event starts
+# The monitor puts `monitor.retrain_init` into the drift event's payload; the retrain
+# deployment's trigger (lepton.deploy) turns it into the `train` parameter of the run
+# it starts, so the setting of the monitor run that saw the drift decides.
+RETRAIN_INIT_KEY = "retrain_init"
+WARM_START = "champion"  # train.init_from of a warm start from the model being monitored
+
+
+def drift_payload_fields(retrain_init: str) -> dict[str, str]:
+    """What the drift event carries for the retrain it triggers."""
+    if retrain_init not in ("scratch", WARM_START):
+        raise ValueError(f"monitor.retrain_init {retrain_init!r}: scratch or champion")
+    return {RETRAIN_INIT_KEY: retrain_init}
+
+
+def retrain_init_from(payload: dict[str, Any], deployed: str | None) -> str | None:
+    """train.init_from of the retrain a drift event with `payload` starts: the champion
+    for a warm start, else what the deployment was given (`deployed`)."""
+    return WARM_START if payload.get(RETRAIN_INIT_KEY) == WARM_START else deployed
 
 
 # ---------------------------------------------------------------- synthetic drift

@@ -24,7 +24,7 @@ from effects.monitoring.monitor import (
 from effects.runtime.settings import get_settings
 from effects.state import monitor_state
 from effects.tracking.summaries import monitor_markdown
-from lepton_core.drift import DRIFT_EVENT
+from lepton_core.drift import DRIFT_EVENT, drift_payload_fields
 from lepton_core.params import MonitorParams
 
 
@@ -64,7 +64,9 @@ def check_batch_task(
 def emit_drift_event(results: list[dict], params: MonitorParams, model_name: str) -> dict:
     """One `lepton.drift.detected` event for the drifted batches, unless in cool-down.
     Returns {"emitted": bool, "suppressed": None or "suppressed: cool-down until
-    HH:MM UTC (...)"}; the drifted batches' monitoring runs say which (a tag)."""
+    HH:MM UTC (...)"}; the drifted batches' monitoring runs say which (a tag). The
+    payload carries `monitor.retrain_init`: the retrain the event triggers starts from
+    the champion's weights when it is "champion" (lepton.deploy.drift_trigger_parameters)."""
     drifted = [r for r in results if r["status"] == "drift"]
     if not drifted:
         return {"emitted": False, "suppressed": None}
@@ -74,6 +76,7 @@ def emit_drift_event(results: list[dict], params: MonitorParams, model_name: str
         "batch_ids": [r["batch_id"] for r in drifted],
         "scores": {r["batch_id"]: r["scores"] for r in drifted},
         "mlflow_run_ids": [r["mlflow_run_id"] for r in drifted],
+        **drift_payload_fields(params.retrain_init),
     }
     cooldown = monitor_state.claim_event_or_cooldown(get_settings(), params.cooldown_minutes, payload)
     if cooldown is not None:

@@ -25,6 +25,18 @@ The report holds
     is computed here with numpy on the rows that have both a label and a prediction. The
     reason is that ``Snapshot.dict()`` only reports the current frame's value of each metric.
 
+For a regression model (``regression=True``) the prediction column holds the predicted
+numbers and the label column the true targets, both numerical:
+  * ``ValueDrift(prediction_column)`` with Evidently's default numerical test (K-S p-value up
+    to 1000 reference rows, normed Wasserstein distance above), as for a feature column;
+    there is no confidence column.
+  * ``RegressionPreset()`` (mean error, MAPE, RMSE, MAE, R2, max error, with the predicted
+    vs actual and error plots) when both frames have a label column without nulls, via
+    ``DataDefinition(regression=[Regression(target=label, prediction=prediction)])``.
+    ``quality`` is then RMSE, MAE and R2 on each frame, computed here with numpy on the
+    rows with both a label and a prediction (again: ``Snapshot.dict()`` holds the current
+    frame's values only).
+
 The report runs with ``include_tests=True``, so the HTML and JSON carry Evidently's
 automatic tests. The per-column "drifted" flags are Evidently's own verdicts, read from
 those tests; they are not recomputed here.
@@ -68,7 +80,7 @@ class DriftResult:
     share_drifted: float  # drifted feature columns / feature columns
     prediction: dict  # {"score", "method", "threshold", "drifted"} (categorical)
     confidence: dict | None  # same for the confidence column (numerical), None if absent
-    quality: dict | None  # accuracy / macro-F1 on both frames; None without labels
+    quality: dict | None  # accuracy / macro-F1 (regression: RMSE / MAE / R2) on both frames; None without labels
     data_quality: dict  # {"rows_current", "rows_reference", "missing_share": {col: share}}
     html_path: Path
     json_path: Path
@@ -89,37 +101,32 @@ def run_drift_report(
     label_column: str | None = "label",
     title: str = "Lepton drift report",
     *,
-    prediction_method: str = PREDICTION_METHOD,
+    prediction_method: str | None = None,
     prediction_threshold: float | None = None,
+    regression: bool = False,
 ) -> DriftResult:
     """Run one Evidently report of `current` against `reference`.
 
     This writes `out_dir/report.html` and `out_dir/report.json`. Only the named columns are
     used. Feature columns and the confidence column must be numeric. Prediction and label
-    are class ids (ints, or labels of any type) and are treated as categorical.
+    are class ids (ints, or labels of any type) and are treated as categorical; with
+    `regression` they are numbers (predicted and true targets) and numerical.
     `prediction_method` and `prediction_threshold` pick the Evidently test for prediction
-    drift; a threshold of None means the method's default."""
+    drift; None means Jensen-Shannon for classes and Evidently's default test for numbers,
+    and a threshold of None the method's default."""
     features = list(dict.fromkeys(feature_columns))
+    if regression:
+        confidence_column = None  # one real-valued output: no confidence
     has_conf, has_label = _check_columns(
         reference, current, features, prediction_column, confidence_column, label_column
     )
+    outputs = [prediction_column] + ([label_column] if has_label and label_column else [])
     numerical = features + ([confidence_column] if has_conf and confidence_column else [])
-    categorical = [prediction_column] + ([label_column] if has_label and label_column else [])
+    numerical, categorical = (numerical + outputs, []) if regression else (numerical, outputs)
     ref = _prepare(reference, numerical, categorical)
     cur = _prepare(current, numerical, categorical)
 
-    quality = _quality(ref, cur, label_column, prediction_column) if has_label and label_column is not None else None
-    # Evidently's classification metrics raise on null labels or predictions.
-    with_classification = quality is not None and not any(
-        f[c].isna().any() for f in (ref, cur) for c in (label_column, prediction_column)
-    )
-    if quality is not None and not with_classification:
-        log.warning(
-            "labels or predictions have missing values: ClassificationPreset left out of the "
-            "Evidently report; quality computed on the %d/%d labelled rows",
-            quality["rows_labelled_reference"],
-            quality["rows_labelled_current"],
-        )
+    quality, with_quality = _quality_of(ref, cur, label_column if has_label else None, prediction_column, regression)
     page, raw, version = _evidently_run(
         ref,
         cur,
@@ -129,10 +136,13 @@ def run_drift_report(
         title,
         prediction_column=prediction_column,
         confidence_column=confidence_column if has_conf else None,
-        label_column=label_column if with_classification else None,
-        prediction_method=prediction_method,
+        label_column=label_column if with_quality else None,
+        prediction_method=prediction_method if prediction_method or regression else PREDICTION_METHOD,
         prediction_threshold=prediction_threshold,
+        regression=regression,
     )
+    if regression and with_quality and quality is not None:
+        _check_rmse(raw, quality["current_rmse"])
 
     drifts = _value_drifts(raw)
     columns = {c: _need(drifts, c) for c in features}
@@ -156,6 +166,27 @@ def run_drift_report(
     )
     _write_report(result, page, raw, title, version)
     return result
+
+
+def _quality_of(
+    ref: pd.DataFrame, cur: pd.DataFrame, label: str | None, prediction: str, regression: bool
+) -> tuple[dict | None, bool]:
+    """The model's quality on both frames (None without labels), and whether Evidently's
+    quality preset can run: its classification and regression metrics raise on null
+    labels or predictions."""
+    if label is None:
+        return None, False
+    quality = (_regression_quality if regression else _quality)(ref, cur, label, prediction)
+    with_quality = quality is not None and not any(f[c].isna().any() for f in (ref, cur) for c in (label, prediction))
+    if quality is not None and not with_quality:
+        log.warning(
+            "labels or predictions have missing values: %s left out of the Evidently report; "
+            "quality computed on the %d/%d labelled rows",
+            "RegressionPreset" if regression else "ClassificationPreset",
+            quality["rows_labelled_reference"],
+            quality["rows_labelled_current"],
+        )
+    return quality, with_quality
 
 
 def _share_drifted(columns: dict[str, dict], raw: dict) -> float:
@@ -209,23 +240,23 @@ def _evidently_run(
     prediction_column: str,
     confidence_column: str | None,
     label_column: str | None,
-    prediction_method: str,
+    prediction_method: str | None,
     prediction_threshold: float | None,
+    regression: bool = False,
 ) -> tuple[str, dict, str]:
-    """One Evidently Report (classification quality only with `label_column`): its HTML
-    page, its Snapshot.dict() and Evidently's version."""
-    from evidently import DataDefinition, Dataset, MulticlassClassification, Report
+    """One Evidently Report (classification or regression quality only with
+    `label_column`): its HTML page, its Snapshot.dict() and Evidently's version."""
+    from evidently import DataDefinition, Dataset, MulticlassClassification, Regression, Report
     from evidently import __version__ as evidently_version
     from evidently.metrics import ValueDrift
-    from evidently.presets import ClassificationPreset, DataDriftPreset, DataSummaryPreset
+    from evidently.presets import ClassificationPreset, DataDriftPreset, DataSummaryPreset, RegressionPreset
 
-    definition = DataDefinition(
-        numerical_columns=numerical,
-        categorical_columns=categorical,
-        classification=[MulticlassClassification(target=label_column, prediction_labels=prediction_column)]
-        if label_column
-        else None,
-    )
+    task: dict[str, Any] = {}
+    if label_column and regression:
+        task["regression"] = [Regression(target=label_column, prediction=prediction_column)]
+    elif label_column:
+        task["classification"] = [MulticlassClassification(target=label_column, prediction_labels=prediction_column)]
+    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical, **task)
     items: list[Any] = [
         DataDriftPreset(columns=features),
         ValueDrift(column=prediction_column, method=prediction_method, threshold=prediction_threshold),
@@ -234,7 +265,7 @@ def _evidently_run(
         items.append(ValueDrift(column=confidence_column))
     items.append(DataSummaryPreset())
     if label_column:
-        items.append(ClassificationPreset())
+        items.append(RegressionPreset() if regression else ClassificationPreset())
 
     report = Report(items, include_tests=True, metadata={"title": title})
     with warnings.catch_warnings():
@@ -243,6 +274,8 @@ def _evidently_run(
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"evidently(\.|$)")
         # a drifted batch may predict no sample of some class: precision 0 there is expected
         warnings.filterwarnings("ignore", message=".*ill-defined.*")
+        # Evidently's regression plots score R2 per group, some of one row
+        warnings.filterwarnings("ignore", message=".*R\\^2 score is not well-defined.*")
         snapshot = report.run(
             Dataset.from_pandas(cur, data_definition=definition),
             Dataset.from_pandas(ref, data_definition=definition),
@@ -345,6 +378,48 @@ def _quality(ref: pd.DataFrame, cur: pd.DataFrame, label: str, pred: str) -> dic
         "rows_labelled_reference": r[2],
         "rows_labelled_current": c[2],
     }
+
+
+def _regression_quality(ref: pd.DataFrame, cur: pd.DataFrame, label: str, pred: str) -> dict | None:
+    """RMSE, MAE and R2 on each frame's rows with both a label and a prediction, and the
+    relative RMSE increase of `cur` over `ref` (0.41: 41 % worse)."""
+    import numpy as np
+
+    from lepton_core.drift import rmse_increase
+
+    def scores(df):
+        m = (df[label].notna() & df[pred].notna()).to_numpy()
+        y, p = df[label].to_numpy(dtype="float64")[m], df[pred].to_numpy(dtype="float64")[m]
+        if len(y) == 0:
+            return None
+        err = p - y
+        ss_tot = float(np.sum((y - y.mean()) ** 2))
+        r2 = 1.0 - float(np.sum(err**2)) / ss_tot if ss_tot > 0 else float("nan")
+        return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err))), r2, int(len(y))
+
+    r, c = scores(ref), scores(cur)
+    if r is None or c is None:
+        return None
+    return {
+        "reference_rmse": r[0],
+        "current_rmse": c[0],
+        "rmse_increase": rmse_increase(r[0], c[0]),
+        "reference_mae": r[1],
+        "current_mae": c[1],
+        "reference_r2": r[2],
+        "current_r2": c[2],
+        "rows_labelled_reference": r[3],
+        "rows_labelled_current": c[3],
+    }
+
+
+def _check_rmse(raw: dict, rmse: float) -> None:
+    """Warn when Evidently's RMSE of the current frame is not the one the verdict uses."""
+    for m in raw.get("metrics", []):
+        if _metric_type(m) == "RMSE" and isinstance(m.get("value"), (int, float)):
+            if not math.isclose(float(m["value"]), rmse, rel_tol=1e-6, abs_tol=1e-9):
+                log.warning("Evidently's RMSE %.6g differs from the verdict's %.6g", float(m["value"]), rmse)
+            return
 
 
 # --- snapshot parsing ---------------------------------------------------------------------

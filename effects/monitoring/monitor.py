@@ -11,8 +11,12 @@ CIFAR, CSV/Parquet), or the prediction log the serving endpoint writes:
         model_version  registry version that answered
         prediction     predicted class index (int)
         confidence     softmax probability of that class (float)
+        value          a regression model's predicted number, in place of prediction and confidence
         f_<name>       one column per monitored input feature (see lepton_core.drift)
-        label          true class index, optional (when feedback arrives)
+        label          true class index (regression: the true number), optional (when feedback arrives)
+
+A regression champion is checked on its inputs, on the distribution of the numbers it
+predicts, and, in a labelled batch, on its RMSE against the reference's.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from effects.tracking import runs, tags
 from effects.tracking.registry import champion, checkpoint_of
 from lepton_core.data.formats import load_raw
 from lepton_core.data.prepare import Prepared
-from lepton_core.drift import DriftThresholds, Verdict, decide_drift, predictor_frame
+from lepton_core.drift import VALUE_COLUMN, DriftThresholds, Verdict, decide_drift, output_column, predictor_frame
 from lepton_core.errors import DataError, InputError, LeptonError
 from lepton_core.fileio import publish_dir
 from lepton_core.params import MonitorParams
@@ -85,6 +89,21 @@ def batch_id(path: Path) -> str:
     return f"{path.name}-{h.hexdigest()[:12]}"
 
 
+def batch_format(path: Path, fmt: str | None) -> str:
+    """The batch's format: `fmt`, else detected (effects.data.data_source.detect_format),
+    where a regression model's prediction log (`value` in place of prediction and
+    confidence, next to the f_ features and request ids) is a prediction log too."""
+    if not fmt:
+        parquet = [path] if path.suffix == ".parquet" else sorted(path.glob("*.parquet")) if path.is_dir() else []
+        if parquet:
+            import pyarrow.parquet as pq
+
+            cols = set(pq.read_schema(parquet[0]).names)
+            if {VALUE_COLUMN, "request_id"} <= cols and any(c.startswith("f_") for c in cols):
+                return "predlog"
+    return detect_format(path, fmt)
+
+
 def _with_feedback(df: pd.DataFrame, feedback_dir: Path | None) -> pd.DataFrame:
     """Join the true labels clients posted (`POST /v1/feedback`) onto logged rows."""
     files = sorted(feedback_dir.glob("*.parquet")) if feedback_dir and feedback_dir.is_dir() else []
@@ -96,36 +115,58 @@ def _with_feedback(df: pd.DataFrame, feedback_dir: Path | None) -> pd.DataFrame:
     return out if out["label"].notna().any() else df
 
 
+def _table_columns(path: Path) -> list[str]:
+    """The column names of a CSV/Parquet table, read from its header alone."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        return [str(c) for c in pq.read_schema(path).names]
+    return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+
+
+def _batch_labels(path: Path, raw, predictor: Predictor) -> np.ndarray | None:
+    """The batch's true labels in the model's terms, None for an unlabelled batch:
+    class indices by class name (a batch with fewer classes maps correctly), or a
+    regression model's targets (its label column is in the table)."""
+    pre = predictor.preprocessing
+    if pre.regression:
+        # an unlabelled table reads as targets -1, a number like any other: ask the header
+        return raw.y.astype(np.float64) if pre.label_column in _table_columns(path) else None
+    index = {c: i for i, c in enumerate(pre.classes)}
+    labels = np.array([index.get(raw.classes[int(c)], -1) if c >= 0 else -1 for c in raw.y], dtype=np.int64)
+    return labels if len(labels) and (labels >= 0).all() else None
+
+
 def current_frame(path: Path, fmt: str, predictor: Predictor, feedback_dir: Path | None = None) -> pd.DataFrame:
     """The batch as a feature frame; DataError with a verdict-ready message if unusable.
-    Labelled raw batches are read with the model's own label column and class names."""
+    Labelled raw batches are read with the model's own label column and class names
+    (a regression model's: its target column, as numbers)."""
+    pre = predictor.preprocessing
     if fmt == "predlog":
         files = [path] if path.is_file() else sorted(path.glob("*.parquet"))
         if not files:
             raise DataError("insufficient data: no parquet files in the prediction log")
         df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-        missing = [c for c in ("prediction", "confidence") if c not in df.columns]
+        needed = (VALUE_COLUMN,) if pre.regression else ("prediction", "confidence")
+        missing = [c for c in needed if c not in df.columns]
         if missing:
             raise DataError(f"schema mismatch: the prediction log lacks {', '.join(missing)}")
         return _with_feedback(df, feedback_dir)
-    pre = predictor.preprocessing
     try:
-        raw = load_raw(fmt, path, pre.label_column, labelled=False)
+        raw = load_raw(fmt, path, pre.label_column, labelled=False, task=pre.task)
     except DataError as e:
         msg = str(e)
         if "no readable" in msg or "no class sub-folders" in msg or "no usable" in msg:
             raise DataError(f"insufficient data: {msg}") from None
         raise DataError(f"schema mismatch: {msg}") from None
-    # labels by class name, so a batch with fewer classes maps correctly
-    index = {c: i for i, c in enumerate(pre.classes)}
-    labels = np.array([index.get(raw.classes[int(c)], -1) if c >= 0 else -1 for c in raw.y], dtype=np.int64)
+    labels = _batch_labels(path, raw, predictor)
     x = raw.x
     if np.issubdtype(x.dtype, np.floating):
         ok = np.isfinite(x.reshape(len(x), -1)).all(1)
-        x, labels = x[ok], labels[ok]
+        x, labels = x[ok], labels[ok] if labels is not None else None
     samples = pd.DataFrame(x, columns=raw.feature_names) if raw.kind == "tabular" else x
     try:
-        return predictor_frame(predictor, samples, labels if len(labels) and (labels >= 0).all() else None)
+        return predictor_frame(predictor, samples, labels)
     except InputError as e:
         raise DataError(f"schema mismatch: {e}") from None
 
@@ -163,8 +204,6 @@ def check_batch(
     settings: Settings | None = None,
 ) -> MonitorResult:
     """Compare one batch with the champion's reference profile; log the report."""
-    from effects.monitoring.drift_report import run_drift_report
-
     s = settings or get_settings()
     path = fetch_s3_batch(str(batch), s) if str(batch).startswith("s3://") else Path(batch).expanduser().resolve()
     if not path.exists():
@@ -176,36 +215,14 @@ def check_batch(
         raise LeptonError(f"model {model_name!r} has no @champion to monitor; run `lepton retrain` first")
     result = MonitorResult(batch=str(path), batch_id=bid, champion_version=str(champ.version), verdict="", status="")
     reference = _reference(c, champ.run_id, s)
-    out = s.home / "monitor" / "reports" / bid
-    thresholds = DriftThresholds(params.drift_share, params.max_accuracy_drop, params.min_rows, params.prediction_drift)
     verdict: Verdict
     try:
-        fmt = detect_format(path, fmt)
+        fmt = batch_format(path, fmt)
         predictor = Predictor.from_checkpoint(checkpoint_of(c, champ.run_id, s))
         current = current_frame(path, fmt, predictor, feedback_folder(s) if fmt == "predlog" else None)
-        features = [col for col in reference.columns if col.startswith("f_")]
-        missing = [col for col in features if col not in current.columns]
-        if missing:
-            raise DataError(f"schema mismatch: the batch lacks {', '.join(missing[:5])}")
-        usable = current.dropna(subset=features + ["prediction"])
-        result.rows = int(len(usable))
-        if len(usable) < params.min_rows:
-            raise DataError(f"insufficient data: {len(usable)} usable rows (< {params.min_rows})")
-        drift = run_drift_report(
-            reference,
-            usable,
-            features,
-            out,
-            title=f"{model_name} v{champ.version}: {bid}",
-            label_column="label" if "label" in usable.columns else None,
-        )
-        acc_drop = drift.quality["accuracy_drop"] if drift.quality else None
-        verdict = decide_drift(drift.share_drifted, bool(drift.prediction["drifted"]), acc_drop, thresholds)
-        result.drifted_features = [
-            {"feature": k.removeprefix("f_"), **v} for k, v in sorted(drift.columns.items()) if v["drifted"]
-        ]
-        result.report_html, result.report_json = str(drift.html_path), str(drift.json_path)
-        result.accepted_for_training = "label" in usable.columns and fmt != "predlog"
+        out, title = s.home / "monitor" / "reports" / bid, f"{model_name} v{champ.version}: {bid}"
+        verdict = _judge(result, reference, current, predictor.regression, params, out, title)
+        result.accepted_for_training = "label" in current.columns and fmt != "predlog"
     except DataError as e:
         status, _, why = str(e).partition(": ")
         if status not in ("insufficient data", "schema mismatch"):
@@ -218,6 +235,61 @@ def check_batch(
         assert fmt is not None  # set only after detect_format named the format
         result.accepted_for_training = monitor_state.accept_batch(s, path, fmt, bid, result.rows)
     return result
+
+
+def _judge(
+    result: MonitorResult,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    regression: bool,
+    params: MonitorParams,
+    out: Path,
+    title: str,
+) -> Verdict:
+    """The Evidently report of `current` against `reference` and the verdict; fills in
+    `result`'s rows, drifted features and report paths. DataError for a batch that
+    cannot be judged."""
+    from effects.monitoring.drift_report import run_drift_report
+
+    output = output_column(regression)  # the predicted class, or a regression model's predicted number
+    if output not in reference.columns:
+        raise DataError(f"schema mismatch: the champion's reference profile has no {output!r} column")
+    features = [col for col in reference.columns if col.startswith("f_")]
+    missing = [col for col in features if col not in current.columns]
+    if missing:
+        raise DataError(f"schema mismatch: the batch lacks {', '.join(missing[:5])}")
+    usable = current.dropna(subset=features + [output])
+    result.rows = int(len(usable))
+    if len(usable) < params.min_rows:
+        raise DataError(f"insufficient data: {len(usable)} usable rows (< {params.min_rows})")
+    drift = run_drift_report(
+        reference,
+        usable,
+        features,
+        out,
+        prediction_column=output,
+        title=title,
+        label_column="label" if "label" in usable.columns else None,
+        regression=regression,
+    )
+    t = DriftThresholds(
+        params.drift_share, params.max_accuracy_drop, params.min_rows, params.prediction_drift, params.max_rmse_increase
+    )
+    q, drifted = drift.quality, bool(drift.prediction["drifted"])
+    if regression:
+        # The RMSE is compared with the reference's: the champion's predictions on its own
+        # test split, so the same number as its test_rmse, but computed by the same code
+        # on the frame the report shows beside the batch (no dependence on how a run
+        # logged its metrics, and the HTML and the verdict cannot disagree).
+        rmse = (q["reference_rmse"], q["current_rmse"]) if q else None
+        verdict = decide_drift(drift.share_drifted, drifted, None, t, rmse=rmse, regression=True)
+    else:
+        verdict = decide_drift(drift.share_drifted, drifted, q["accuracy_drop"] if q else None, t)
+    result.drifted_features = [
+        {"feature": k.removeprefix("f_"), **v} for k, v in sorted(drift.columns.items()) if v["drifted"]
+    ]
+    result.report_html, result.report_json = str(drift.html_path), str(drift.json_path)
+    return verdict
 
 
 def cooldown_line(last: float, until: float, now: float | None = None) -> str:
