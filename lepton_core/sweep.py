@@ -13,19 +13,26 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
 from lepton_core.errors import ParamsError
 from lepton_core.params import Params, SweepParams, SweepRange, TrainParams
 
+if TYPE_CHECKING:  # the training loop (torch) is not needed to check a space
+    from lepton_core.train import TrainResult
+
 LOCAL = "local"  # `--dask local`: a temporary LocalCluster
 # tcp://host:8786, tls://..., [::1]:8786 or host:port (Dask's default scheme is tcp)
 _ADDRESS = re.compile(r"^(?:[a-z][a-z0-9+]*://)?(?:[^\s/:\[\]]+|\[[0-9a-fA-F:]+\])(?::\d{1,5})?$")
 # Trials share one prepared dataset, so only the training can vary between them.
 SEARCHABLE: tuple[str, ...] = ("train",)
-GOALS: dict[str, Literal["maximize", "minimize"]] = {"val_accuracy": "maximize", "val_loss": "minimize"}
+GOALS: dict[str, Literal["maximize", "minimize"]] = {
+    "val_accuracy": "maximize",
+    "val_loss": "minimize",
+    "val_rmse": "minimize",  # regression, in the target's units
+}
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,19 @@ class Dimension:
 
 def goal(sweep: SweepParams) -> Literal["maximize", "minimize"]:
     return GOALS[sweep.metric]
+
+
+def objective(result: TrainResult, metric: str) -> float:
+    """A trial's value of the sweep's metric at its best epoch: val_accuracy, val_loss,
+    or val_rmse (regression, in the target's units)."""
+    if metric == "val_accuracy":
+        return float(result.best_val_accuracy)
+    if metric == "val_rmse" and result.best_val_rmse is not None:
+        return float(result.best_val_rmse)
+    best = next((h for h in result.history if int(h["epoch"]) == result.best_epoch), {})
+    if metric not in best:  # check_metric refuses a metric the task has not before any trial
+        raise ParamsError(f"sweep.metric={metric}: the training recorded no {metric}")
+    return float(best[metric])
 
 
 def _number_kind(annotation: Any) -> Literal["int", "float"] | None:
@@ -128,13 +148,30 @@ def _dimension(path: str, rng: SweepRange, base: TrainParams) -> Dimension:
     )
 
 
+def check_metric(sweep: SweepParams, task: str) -> None:
+    """The sweep's metric must exist for the task: a regression model has no accuracy,
+    a classifier no RMSE (one-line ParamsError naming the one to use)."""
+    if task == "regression" and sweep.metric == "val_accuracy":
+        raise ParamsError(
+            "sweep.metric=val_accuracy: a regression model (data.task=regression) has no accuracy; "
+            "set sweep.metric=val_rmse (or val_loss)"
+        )
+    if task != "regression" and sweep.metric == "val_rmse":
+        raise ParamsError(
+            "sweep.metric=val_rmse is for regression (data.task=regression); "
+            "set sweep.metric=val_accuracy (or val_loss) for a classifier"
+        )
+
+
 def search_space(sweep: SweepParams, base: Params | None = None) -> tuple[Dimension, ...]:
     """The checked search space, one Dimension per path (sorted by path); a
-    ParamsError (one line) names the first path or value that cannot be searched."""
+    ParamsError (one line) names the first path or value that cannot be searched,
+    or a metric the task has not (`check_metric`)."""
+    params = base or Params()
+    check_metric(sweep, params.data.task)
     if not sweep.space:
         raise ParamsError("sweep.space is empty: give at least one params path to search (e.g. train.lr)")
-    train = (base or Params()).train
-    return tuple(_dimension(path, sweep.space[path], train) for path in sorted(sweep.space))
+    return tuple(_dimension(path, sweep.space[path], params.train) for path in sorted(sweep.space))
 
 
 def with_values(base: Params, values: dict[str, Any]) -> Params:

@@ -29,7 +29,7 @@ from effects.tracking.sweep import Search  # noqa: F401  (the flow's ask/tell ob
 from effects.training.tracked import train_in_run
 from lepton_core.errors import LeptonError
 from lepton_core.params import Params, flatten_params
-from lepton_core.sweep import LOCAL, Dimension, check_dask_address, with_values  # noqa: F401
+from lepton_core.sweep import LOCAL, Dimension, check_dask_address, objective, with_values  # noqa: F401
 from tasks.train import TrainOutcome
 
 if TYPE_CHECKING:  # prefect.task_runners is imported where a runner is made
@@ -113,8 +113,7 @@ def train_trial(
         trial = with_values(params, values)
         runs.log_params_and_tags(c, run_id, flatten_params(trial), {})
         result, _ = train_in_run(c, run_id, dataset_path(data.version, s), trial.train, final, None, progress=progress)
-        best = next((h for h in result.history if int(h["epoch"]) == result.best_epoch), {})
-        value = result.best_val_accuracy if params.sweep.metric == "val_accuracy" else float(best["val_loss"])
+        value = objective(result, params.sweep.metric)
         c.log_batch(
             run_id,
             metrics=[
@@ -128,9 +127,10 @@ def train_trial(
         checkpoint=str(final),
         epochs_run=result.epochs_run,
         best_epoch=result.best_epoch,
-        best_val_accuracy=result.best_val_accuracy,
+        best_val_accuracy=None if result.best_val_rmse is not None else result.best_val_accuracy,
         resumed_from_epoch=0,
         device=result.device,
+        best_val_rmse=result.best_val_rmse,
     )
     return TrialOutcome(number=number, values=values, run_id=run_id, value=value, params=trial, train=outcome)
 

@@ -8,8 +8,18 @@ scale, flatten for the MLP) inside the graph, and three outputs:
     probabilities  (N, K) float32  softmax of the logits
     label          (N,)   int64    argmax
 
+or, for a regression model (`Preprocessing.regression`), two:
+
+    value          (N,)   float32  the prediction in the target's units
+                                   (output * target_std + target_mean, in the graph)
+    output         (N, 1) float32  the model's standardised output
+
 so a stock ONNX Runtime session (or MLflow's `onnx` flavor) answers like the
 PyTorch predictor from raw samples, with no Lepton code.
+
+A model the exporter cannot capture (data-dependent Python control flow, an op with
+no ONNX translation) raises `ExportRefused`, whose message is one line: the
+exporter's own first error line, for the variant's refusal.
 
 The int8 variant is ONNX Runtime's static quantisation (QDQ format, per-channel int8
 weights, uint8 activations) calibrated on raw samples of the training split:
@@ -21,11 +31,15 @@ evaluation take it unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -34,22 +48,38 @@ import numpy as np
 import torch
 from torch import nn
 
-from lepton_core.errors import InputError
+from lepton_core.errors import InputError, LeptonError
 from lepton_core.models import ModelKind
 from lepton_core.predictor import BasePredictor, Predictor, Preprocessing, model_input
 
 VARIANTS: tuple[str, ...] = ("onnx", "int8")
 OUTPUTS: tuple[str, ...] = ("logits", "probabilities", "label")
+REGRESSION_OUTPUTS: tuple[str, ...] = ("value", "output")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class ExportRefused(LeptonError):
+    """The ONNX exporter cannot export this model; the message is its first error line."""
+
+
+def outputs_of(pre: Preprocessing) -> tuple[str, ...]:
+    """The graph's output names for a model of this preprocessing."""
+    return REGRESSION_OUTPUTS if pre.regression else OUTPUTS
 
 
 class _RawModel(nn.Module):
-    """The predictor as one module: raw samples -> (logits, probabilities, label)."""
+    """The predictor as one module: raw samples -> (logits, probabilities, label), or
+    for regression (value in target units, standardised output)."""
 
     def __init__(self, predictor: Predictor):
         super().__init__()
+        pre = predictor.preprocessing
         self.model = predictor.model
-        self.scale = float(predictor.preprocessing.scale)
+        self.scale = float(pre.scale)
         self.flatten = predictor.model_config.kind == "mlp"
+        self.regression = pre.regression
+        self.target_mean = float(pre.target_mean)
+        self.target_std = float(pre.target_std)
 
     def forward(self, x: torch.Tensor):  # (N, *input_shape) raw dtype
         t = x.to(torch.float32)
@@ -58,40 +88,73 @@ class _RawModel(nn.Module):
         if self.flatten:
             t = t.flatten(1)
         z = self.model(t)
+        if self.regression:
+            return z[:, 0] * self.target_std + self.target_mean, z
         return z, torch.softmax(z, 1), z.argmax(1)
+
+
+def export_error_line(e: BaseException) -> str:
+    """The exporter's first error line: the innermost cause's class and first line
+    (torch wraps it in a page of advice whose first line names only the step)."""
+    root = e
+    seen = {id(root)}
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        root = nxt
+    first = next((ln.strip() for ln in _ANSI.sub("", str(root)).splitlines() if ln.strip()), "")
+    line = f"{type(root).__name__}: {first}" if first else type(root).__name__
+    return line[:400]
 
 
 def export_onnx(predictor: Predictor, path: str | Path, example: np.ndarray) -> Path:
     """The predictor as an ONNX fp32 graph (torch's dynamo exporter, dynamic batch).
-    `example`: a few raw samples (N >= 2), as `Predictor.check` returns them."""
+    `example`: a few raw samples (N >= 2), as `Predictor.check` returns them. A model
+    the exporter refuses raises `ExportRefused` (one line)."""
     path = Path(path)
     raw = torch.from_numpy(np.ascontiguousarray(predictor.check(example)[:4]))
     if len(raw) < 2:
         raise InputError("export needs at least 2 example samples")
     module = _RawModel(predictor).cpu().eval()
-    # the exporter announces every missing optional op set on the root logger
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    with warnings.catch_warnings():  # torch's own deprecation notices, not the user's concern
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return _export(module, raw, path, predictor, quiet, level)
-
-
-def _export(module, raw, path: Path, predictor: Predictor, quiet, level) -> Path:
     try:
-        program = torch.onnx.export(
-            module,
-            (raw,),
-            dynamo=True,
-            input_names=["x"],
-            output_names=list(OUTPUTS),
-            dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
-            verbose=False,
-        )
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                module,
+                (raw,),
+                dynamo=True,
+                input_names=["x"],
+                output_names=list(outputs_of(predictor.preprocessing)),
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+                verbose=False,
+            )
+    except Exception as e:  # noqa: BLE001  (any exporter failure is the model's refusal, in one line)
+        raise ExportRefused(export_error_line(e)) from e
+    return _save(program, path, predictor)
+
+
+# the exporter announces every missing optional op set, and torch.export logs (and
+# prints to stderr) the partial graph of a model it cannot capture: the refusal's one
+# line says what went wrong
+_NOISY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "torch.fx.experimental.symbolic_shapes")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _NOISY_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            # torch's own deprecation notices, not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
     finally:
-        quiet.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _save(program, path: Path, predictor: Predictor) -> Path:
     assert program is not None  # the dynamo exporter always returns its program (None is the legacy exporter's)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -159,7 +222,9 @@ def quantize_int8(fp32_path: str | Path, path: str | Path, calibration: np.ndarr
 
 class OnnxPredictor(BasePredictor):
     """An ONNX variant with the `Predictor` contract: raw samples in; `to_input`
-    checks them (the graph does the rest), `forward` gives logits."""
+    checks them (the graph does the rest), `forward` gives logits (regression: the
+    (N, 1) standardised output, which `values` turns into target units as
+    `Predictor` does)."""
 
     def __init__(
         self, model: str | Path | bytes, preprocessing: Preprocessing | None = None, threads: int | None = None
@@ -175,8 +240,11 @@ class OnnxPredictor(BasePredictor):
         names = [o.name for o in self.session.get_outputs()]
         stored, kind = metadata(self.session)
         pre = preprocessing or stored
-        if "logits" not in names or pre is None:
-            raise InputError("not a Lepton ONNX variant (no `logits` output or no preprocessing metadata)")
+        if pre is None:
+            raise InputError("not a Lepton ONNX variant (no preprocessing metadata)")
+        self._output = outputs_of(pre)[1] if pre.regression else "logits"
+        if self._output not in names:
+            raise InputError(f"not a Lepton ONNX variant (no `{self._output}` output)")
         self.preprocessing = pre
         self._input = self.session.get_inputs()[0].name
         # the graph's metadata holds the `ModelConfig.kind` it was exported from
@@ -193,14 +261,18 @@ class OnnxPredictor(BasePredictor):
 
         pre = self.preprocessing
         shape = pre.input_shape if self._kind == "cnn" else (int(np.prod(pre.input_shape)),)
-        cfg = ModelConfig(kind=self._kind, input_shape=shape, n_classes=len(pre.classes))
+        cfg = ModelConfig(kind=self._kind, input_shape=shape, n_classes=self._width)
         return model_input(t.numpy(), pre, cfg).numpy()
+
+    @property
+    def _width(self) -> int:
+        return 1 if self.regression else len(self.classes)
 
     def forward(self, t: torch.Tensor) -> np.ndarray:
         x = t.numpy()
         if len(x) == 0:
-            return np.zeros((0, len(self.classes)), np.float32)
-        return self.session.run(["logits"], {self._input: x})[0].astype(np.float32, copy=False)
+            return np.zeros((0, self._width), np.float32)
+        return self.session.run([self._output], {self._input: x})[0].astype(np.float32, copy=False)
 
 
 @dataclass(frozen=True)

@@ -252,7 +252,14 @@ def sweep_markdown(result: dict, model_name: str) -> str:
     lines += [
         "",
         f"- parent MLflow run: `{result['parent_run_id']}` (runner: {result['runner']})",
-        f"- test accuracy of the best: {result['metrics']['test_accuracy']:.4f}",
+        f"- {_test_figures(result['metrics'])} of the best",
         f"- data version: `{result['data_version']}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _test_figures(metrics: dict[str, float]) -> str:
+    """The best trial's headline test figures: accuracy, or (regression) RMSE and R²."""
+    if "test_rmse" in metrics:
+        return f"test RMSE {metrics['test_rmse']:.4g}, R² {metrics.get('test_r2', float('nan')):.4f}"
+    return f"test accuracy {metrics['test_accuracy']:.4f}"

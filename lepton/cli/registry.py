@@ -67,7 +67,9 @@ def optimize(
     params_file: Path | None = ParamsOpt,
 ):
     """Build ONNX and int8 variants of VERSION, check each on its test split, and register
-    those within optimize.max_accuracy_drop (exit 3 when one is refused)."""
+    those within optimize.max_accuracy_drop (regression: optimize.max_rmse_increase); a
+    variant that is refused, or that the ONNX exporter cannot make, gets its one-line
+    reason (exit 3 when one is refused)."""
     if version is not None and not version.isdigit():
         raise LeptonError(f"{version!r} is not a model version number")
     bad = [v for v in variant if v not in ("onnx", "int8")]

@@ -27,21 +27,26 @@ def retrain_summary(result: dict, status: dict, registry: str) -> list[str]:
         f"model version   {status['registered_model']} v{result['version']}: {verdict(d['promoted'])}",
         f"gate            {d['reason']}",
     ]
+    for v in result.get("optimized", {}).get("variants", []):
+        lines.append(f"variant         {v['reason']}")
     champ = status["champion"]
     if champ:
-        m = champ["metrics"]
-        lines.append(
-            f"champion        v{champ['version']}  test accuracy {m.get('accuracy', NaN):.4f}"
-            f"  macro-F1 {m.get('f1_macro', NaN):.4f}"
-        )
+        lines.append(f"champion        v{champ['version']}  {_headline(champ['metrics'])}")
+    this = {k.removeprefix("test_"): v for k, v in result["metrics"].items()}
     lines += [
-        f"this run        test accuracy {result['metrics']['test_accuracy']:.4f}"
-        f"  macro-F1 {result['metrics']['test_f1_macro']:.4f}",
+        f"this run        {_headline(this)}",
         f"data version    {result['data_version']}",
         f"MLflow run      {result['run_id']}",
         f"registry        {registry}",
     ]
     return lines
+
+
+def _headline(m: dict) -> str:
+    """Test accuracy and macro-F1, or (regression) RMSE, MAE and R²."""
+    if "rmse" in m:
+        return f"test RMSE {m['rmse']:.4g}  MAE {m.get('mae', NaN):.4g}  R² {m.get('r2', NaN):.4f}"
+    return f"test accuracy {m.get('accuracy', NaN):.4f}  macro-F1 {m.get('f1_macro', NaN):.4f}"
 
 
 def browse(tracking_uri: str, run_link: str | None, local_link: str | None = None) -> list[str]:
@@ -75,9 +80,16 @@ def sweep_summary(result: dict, model_name: str) -> list[str]:
     lines += [
         f"model version   {model_name} v{result['version']} (trial {best['number']}): {verdict(d['promoted'])}",
         f"gate            {d['reason']}",
-        f"best trial      test accuracy {result['metrics']['test_accuracy']:.4f}  run {best['run_id']}",
+        f"best trial      {_best_figures(result['metrics'])}  run {best['run_id']}",
     ]
     return lines
+
+
+def _best_figures(m: dict) -> str:
+    """The best trial's test accuracy, or (regression) its test RMSE and R²."""
+    if "test_rmse" in m:
+        return f"test RMSE {m['test_rmse']:.4g}  R² {m.get('test_r2', NaN):.4f}"
+    return f"test accuracy {m['test_accuracy']:.4f}"
 
 
 # ---------------------------------------------------------------- status
@@ -249,6 +261,8 @@ def serving_line(model_name: str, alias: str, host: str, port: int, auth: bool, 
 
 def predict_line(r: dict) -> str:
     acc = f", accuracy {r['accuracy']:.4f} against the labels in the data" if "accuracy" in r else ""
+    if "rmse" in r:  # a regression model, on a table with the true targets
+        acc = f", RMSE {r['rmse']:.4g} and MAE {r['mae']:.4g} against the targets in the data"
     return (
         f"scored {r['rows']} samples with {r['model']} v{r['version']} ({r['quarantined']} quarantined)"
         f"{acc} -> {r['out']}"
