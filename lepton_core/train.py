@@ -578,15 +578,28 @@ def train_model(
             if at.stopped_early:
                 break
     bar.close()
+    return _result(run, at, model_config, compile_seconds, first_rows, left_out)
+
+
+def _result(
+    run: _Setup,
+    at: _Standing,
+    model_config: ModelConfig,
+    compile_seconds: float,
+    first_rows: list[torch.Tensor],
+    left_out: dict[str, list[str]] | None,
+) -> TrainResult:
+    """The finished training: the best epoch's weights, on the CPU, in eval mode."""
     if at.best_state is not None:
         run.model.load_state_dict(at.best_state)
     run.model.eval()
+    regression = run.task == "regression"
     return TrainResult(
         model=run.model.to("cpu").to(memory_format=torch.contiguous_format),  # type: ignore[call-overload]
         model_config=model_config,
         epochs_run=len(at.history),
         best_epoch=at.best_epoch,
-        best_val_accuracy=math.nan if task == "regression" else at.best_score,
+        best_val_accuracy=math.nan if regression else at.best_score,
         resumed_from_epoch=at.resumed_from,
         stopped_early=at.stopped_early,
         history=at.history,
@@ -595,8 +608,8 @@ def train_model(
         world_size=run.world,
         rank_rows=sorted(torch.cat(first_rows).tolist()) if first_rows else None,
         warm_start=left_out,
-        task=task,
-        best_val_rmse=-at.best_score if task == "regression" else None,
+        task=run.task,
+        best_val_rmse=-at.best_score if regression else None,
     )
 
 

@@ -105,3 +105,55 @@ def test_regression_on_images_is_refused_before_any_work(project):
     _, env = project
     r = run_cli(["retrain", "--set", "data.format=digits", "--set", "data.task=regression", "--no-progress"], env)
     assert r.returncode == 2 and "needs a table (csv) or a custom loader" in r.stderr
+
+
+def test_an_installed_librarys_module_trains_and_stock_mlflow_reproduces_its_rmse(two_versions, project, tmp_path):
+    """`torch.nn.Linear` by class path (an installed library named in train.requirements):
+    trained, registered, and loaded by stock MLflow in a fresh process in another folder,
+    predicting the test rows at the version's logged RMSE."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from effects.data.dvc_store import dataset_path
+    from lepton_core.data.prepare import read_prepared
+
+    root, env = project
+    linear = retrain(
+        env,
+        "train.model.class_path=torch.nn.Linear",
+        "train.model.init_args.in_features=${in_channels}",
+        "train.model.init_args.out_features=${n_outputs}",
+        "train.requirements=[torch]",
+        "train.lr=0.1",
+        "train.weight_decay=0",
+        "train.epochs=100",
+        "train.patience=20",
+        "registry.model_name=diabetes-linear",
+    )
+    assert linear["version"] == "1" and linear["decision"]["promoted"]
+    assert linear["metrics"]["test_r2"] > 0.3
+    prepared = read_prepared(dataset_path(linear["data_version"]))
+    np.save(tmp_path / "x.npy", prepared.x["test"])
+    np.save(tmp_path / "y.npy", prepared.y["test"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    names = prepared.meta["feature_names"]
+    script = (
+        "import numpy as np, pandas as pd, mlflow\n"
+        f"mlflow.set_tracking_uri({env['MLFLOW_TRACKING_URI']!r})\n"
+        "m = mlflow.pyfunc.load_model('models:/diabetes-linear@champion')\n"
+        f"x = pd.DataFrame(np.load({str(tmp_path / 'x.npy')!r}).astype('float64'), columns={names!r})\n"
+        "out = m.predict(x)\n"
+        f"err = out['value'].to_numpy() - np.load({str(tmp_path / 'y.npy')!r})\n"
+        "print(f'rmse {float(np.sqrt((err ** 2).mean())):.6f}')\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "MLFLOW_"))}
+    clean["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    r = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=elsewhere, env=clean, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"rmse {linear['metrics']['test_rmse']:.6f}" in r.stdout
