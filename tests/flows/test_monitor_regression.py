@@ -137,7 +137,7 @@ def test_the_drift_event_starts_a_warm_start_retrain(monitored):
     from effects.state import monitor_state
     from lepton.deploy import drift_trigger_parameters
     from lepton_core.params import Params
-    from tests.core.test_drift_regression import _rendered
+    from tests.platform.test_drift_trigger import _rendered
 
     out, res, _, _ = monitored
     assert out["event_emitted"] is True
