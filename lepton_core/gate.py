@@ -189,7 +189,9 @@ def decide_regression(
     if params.min_r2 is not None and r2 < params.min_r2:
         return RegressionDecision(False, f"R² {r2:.4f} below floor {params.min_r2}", rmse, r2, None, None)
     if champion_sq_err is None:
-        return RegressionDecision(True, "no champion to beat; floor met", rmse, r2, None, None)
+        floors = params.max_rmse is not None or params.min_r2 is not None
+        why = "no champion to beat; floor met" if floors else "no champion to beat (no RMSE or R² floor set)"
+        return RegressionDecision(True, why, rmse, r2, None, None)
     champ = float(np.sqrt(np.asarray(champion_sq_err, dtype=np.float64).mean()))
     mean_d, t, p = paired_t_worse(champion_sq_err, z)
     evidence = (rmse, r2, champ, p, mean_d, t)

@@ -208,7 +208,7 @@ def resolve(class_path: str, bundle: CodeBundle, requirements: list[str], source
         for i in range(len(parts) - 1, 0, -1):
             mod = modules.get(".".join(parts[:i]))
             if mod is not None:
-                return _attr(mod, parts[i:], class_path, source)
+                return _attr(mod, parts[i:], class_path, source, tuple(sorted(bundle.top_names)))
         raise ModelError(f"{source.class_path} {class_path!r}: no such module in {source.code}")
     for i in range(len(parts) - 1, 0, -1):
         try:
@@ -219,18 +219,39 @@ def resolve(class_path: str, bundle: CodeBundle, requirements: list[str], source
             raise ModelError(f"cannot import {class_path}: {_first_line(e)}") from None
         except Exception as e:
             raise ModelError(f"cannot import {class_path}: {_first_line(e)}") from None
-        return _attr(mod, parts[i:], class_path, source)
+        owner = (LEPTON_MODELS,) if where == "lepton" else (parts[0],)
+        return _attr(mod, parts[i:], class_path, source, owner)
     raise ModelError(f"cannot import {class_path}: no such module")
 
 
-def _attr(mod: ModuleType, names: list[str], class_path: str, source: Source = MODEL_SOURCE) -> Any:
+def _within(name: str, allowed: tuple[str, ...]) -> bool:
+    return any(name == a or name.startswith(a + ".") for a in allowed)
+
+
+def _attr(
+    mod: ModuleType, names: list[str], class_path: str, source: Source = MODEL_SOURCE, allowed: tuple[str, ...] = ()
+) -> Any:
+    """The attribute `names` of `mod`, which must be defined inside the `allowed`
+    modules: a path through a module the allowed code merely imports
+    (`my_models.os.system`) is refused before the call, as `os.system` itself is."""
     obj: Any = mod
     for n in names:
         if not hasattr(obj, n):
             raise ModelError(f"cannot import {class_path}: {mod.__name__.split('.')[-1]} has no {n!r}")
         obj = getattr(obj, n)
+        if isinstance(obj, ModuleType) and not _within(obj.__name__, allowed):
+            raise ModelError(
+                f"{source.class_path} {class_path!r} is not allowed: it reaches module {obj.__name__}, "
+                f"outside {', '.join(allowed)}"
+            )
     if not callable(obj):
         raise ModelError(f"{source.class_path} {class_path!r} is not a class or a function")
+    owner = getattr(obj, "__module__", None)
+    if not isinstance(owner, str) or not _within(owner, allowed):
+        raise ModelError(
+            f"{source.class_path} {class_path!r} is not allowed: it names something defined in "
+            f"{owner or 'no module'}, outside {', '.join(allowed)}"
+        )
     return obj
 
 

@@ -151,7 +151,8 @@ def plan_split(
             )
         idx = {"train": rest[part["train"]], "val": rest[part["val"]], "test": test}
     if len(idx["test"]) == 0 or len(idx["val"]) == 0:
-        raise DataError("too few samples per class to split into train/val/test")
+        per = "per class " if classes else ""
+        raise DataError(f"too few samples {per}to split into train/val/test")
     orig = kept[np.flatnonzero(unique)]
     return SplitPlan(
         rows={s: orig[idx[s]] for s in SPLITS},

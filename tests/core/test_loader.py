@@ -318,3 +318,12 @@ def test_the_regression_example_loads_from_the_project():
     raw = load_custom(params.data, ROOT)
     assert raw.x.shape == (442, 10) and raw.task == "regression" and "bmi" in raw.feature_names
     assert np.isclose(raw.y.mean(), 152.133, atol=1e-3)
+
+
+def test_a_path_through_a_module_the_loader_imports_is_refused_before_the_call(tmp_path):
+    code = _loader_code(tmp_path / "code", "import os\n")
+    marker = tmp_path / "pwned"
+    p = _params("team_data.os.system", [str(code)], init_args={"command": f"touch {marker}"})
+    with pytest.raises(DataError, match="is not allowed: it reaches module os"):
+        load_custom(p, tmp_path)
+    assert not marker.exists()

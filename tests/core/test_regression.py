@@ -249,3 +249,14 @@ def test_squared_errors_are_in_the_targets_units(trained):
     e = squared_errors(predictor, prep.x["test"], prep.y["test"])
     m = evaluate_predictor(predictor, prep.x["test"], prep.y["test"])
     assert np.sqrt(e.mean()) == pytest.approx(m["rmse"])
+
+
+def test_a_tiny_table_is_too_few_rows_not_too_few_per_class(tmp_path):
+    path, _ = linear_table(tmp_path, n=5)
+    with pytest.raises(DataError, match=r"^too few samples to split into train/val/test$"):
+        prepare_dataset(load_raw("csv", path, "price", task="regression"), val_fraction=0.15, test_fraction=0.2, seed=0)
+
+
+def test_without_a_floor_the_first_version_says_so():
+    d = decide_regression(errors(), None, np.zeros(200), PromoteParams())
+    assert d.promote and d.reason == "no champion to beat (no RMSE or R² floor set)"

@@ -247,3 +247,24 @@ def test_an_installed_library_by_class_path_needs_its_requirement(digits, tmp_pa
     assert usermodel.check_class_path("torch.nn.Linear", usermodel.CodeBundle(), ["torch==2.13.0"]) == "package"
     model = usermodel.build("torch.nn.Linear", {"in_features": 4, "out_features": 3}, usermodel.CodeBundle(), ["torch"])
     usermodel.check_contract(model, "Linear", (4,), 3)
+
+
+@pytest.mark.parametrize(
+    ("class_path", "requirements"),
+    [
+        ("my_models.os.system", []),  # through a module the team's code imports
+        ("my_models.shell", []),  # a name the team's code re-exports from elsewhere
+        ("torch.os.system", ["torch"]),  # through a module an allowed package imports
+        ("lepton_core.models.torch.nn.Linear", []),  # out of Lepton's models
+    ],
+)
+def test_a_path_through_an_imported_module_is_refused_before_the_call(class_path, requirements, tmp_path):
+    from lepton_core import usermodel
+
+    code = tmp_path / "code"
+    _package(code, "import os\nfrom os import system as shell\n", name="my_models")
+    marker = tmp_path / "pwned"
+    bundle = usermodel.CodeBundle.from_folders([str(code / "my_models")], tmp_path)
+    with pytest.raises(ModelError, match="is not allowed"):
+        usermodel.build(class_path, {"command": f"touch {marker}"}, bundle, requirements)
+    assert not marker.exists()
