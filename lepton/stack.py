@@ -16,7 +16,9 @@ Backends: SQLite files under `<home>/stack/` by default, or PostgreSQL with
 `--db postgresql://user@host:port/NAME` (databases NAME_mlflow and NAME_prefect are
 created when missing). S3 credentials are generated once, kept in
 `<home>/stack/credentials.json` (mode 0600) and handed to the processes through
-their environment, never through a committed file, a param or a tag.
+their environment, never through a committed file, a param or a tag. SeaweedFS's
+own ports take only clients with the stack's certificates (mutual TLS), and a
+sentinel object tells a store that lost its data from a healthy one: `lepton.weed`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from effects.runtime.stack_state import (
     write_state,
 )
 from effects.runtime.stack_state import client_env as _client_env
+from lepton import weed
 from lepton_core.errors import LeptonError
 from lepton_core.fileio import atomic_write
 
@@ -81,6 +84,7 @@ class StackState:
     sse: str | None = None  # server-side encryption asked for on every S3 write (MLflow's server and DVC)
     auth: bool | None = None  # authentication on every service; None: a record from before it was kept
     internal: dict[str, int] | None = None  # SeaweedFS's own ports, chosen afresh at every start
+    sentinel: str | None = None  # the token of the bucket's sentinel object (lepton.weed); None: none written
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they are
 
     @classmethod
@@ -96,6 +100,7 @@ class StackState:
             sse=d.get("sse"),
             auth=d.get("auth"),
             internal=d.get("internal"),
+            sentinel=d.get("sentinel"),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -119,6 +124,8 @@ class StackState:
             out["auth"] = self.auth
         if self.internal:
             out["internal"] = self.internal
+        if self.sentinel:
+            out["sentinel"] = self.sentinel
         return out
 
     def write(self, home: Path) -> None:
@@ -242,44 +249,8 @@ def _choose_sse(asked: str | None, last: str | None, s: Settings) -> str | None:
     return value
 
 
-# SeaweedFS's volumes: small, and a fixed number of slots. With -volume.max=0 it
-# allowed free disk / 30 GB volumes (2 on a disk with 75 GB free), the filer's own
-# collection could take them all, and then every write to the bucket failed. Volumes
-# of 128 MB (files grow as written: nothing is preallocated) and 2000 slots let a
-# handful of collections grow on a disk with a few GB free, up to 250 GB in all.
-WEED_VOLUME_SIZE_MB = 128
-WEED_VOLUME_MAX = 2000
-
 # How long `up` waits for a dead service's port to be released before it gives up.
 PORT_RELEASE_WAIT = 60.0
-
-
-def _seaweedfs_cmd(d: Path, s3_port: int, internal: dict[str, int], s3_config: Path) -> list[str]:
-    return [
-        _bin("weed"),
-        "server",
-        f"-dir={d / 'seaweedfs'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-master.port={internal['master']}",
-        f"-master.port.grpc={internal['master_grpc']}",
-        f"-volume.port={internal['volume']}",
-        f"-volume.port.grpc={internal['volume_grpc']}",
-        "-filer",
-        f"-filer.port={internal['filer']}",
-        f"-filer.port.grpc={internal['filer_grpc']}",
-        f"-filer.localSocket={d / 'seaweedfs' / 'filer.sock'}",
-        "-s3",
-        f"-s3.port={s3_port}",
-        f"-s3.port.grpc={internal['s3_grpc']}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-s3.config={s3_config}",
-        f"-s3.localSocket={d / 'seaweedfs' / 's3.sock'}",
-        "-master.telemetry=false",
-        f"-master.volumeSizeLimitMB={WEED_VOLUME_SIZE_MB}",
-        f"-volume.max={WEED_VOLUME_MAX}",
-    ]
 
 
 def _service_ports(name: str, state: StackState) -> list[int]:
@@ -371,6 +342,26 @@ class _Starter:
         _ensure_bucket(self.u.s3, self.state.bucket or "", self.creds)
         wait_healthy("seaweedfs (a write, read and delete in the bucket)", self.checks["seaweedfs"], pid, 60, log)
 
+    def check_data(self, accept_loss: bool) -> None:
+        """The bucket still holds what was written to it: its sentinel reads back (one
+        is written when none was). With `accept_loss`, a store that lost its data gets
+        a new sentinel instead of an error."""
+        bucket, c = self.state.bucket or "", _store_client(self.u.s3, self.creds)
+        if self.state.sentinel:
+            problem = weed.data_problem(c, bucket, self.state.sentinel)
+            if problem is None:
+                return
+            if not accept_loss:
+                raise LeptonError(
+                    f"seaweedfs: {problem}: bucket {bucket!r} no longer holds what was written to it "
+                    f"(datasets, runs, models); restore {self.d / 'seaweedfs'} from a backup, or "
+                    "`lepton up --accept-data-loss` to go on with what is left"
+                )
+            self.echo(f"seaweedfs: {problem}; going on with what is left (--accept-data-loss)")
+        self.state.sentinel = weed.new_sentinel()
+        weed.write_sentinel(c, bucket, self.state.sentinel)
+        self.state.write(self.s.home)
+
     # -- the five services
     def seaweedfs(self) -> int:
         d, creds = self.d, self.creds
@@ -396,16 +387,20 @@ class _Starter:
                 (free_port(avoid=self.state.ports.values()) for _ in range(7)),
             )
         )
-        self.state.internal = internal
         weed_env = {
             **self.base,
             "WEED_S3_SSE_KEK_PASSPHRASE": creds["sse_kek_passphrase"],
             "WEED_S3_SSE_KEK": creds["sse_kek"],
         }
-        if self.state.auth:
+        tls = bool(self.state.auth)
+        if tls:  # the JWT keys in the environment; certificates and security.toml under <home>/stack
             weed_env.update(_weed_jwt_env(creds))
-        self.echo(f"starting seaweedfs (S3 on {self.u.s3}) ...")
-        return _spawn(self.s, "seaweedfs", _seaweedfs_cmd(d, self.state.ports["s3"], internal, s3_config), weed_env)
+            weed.write_security_toml(d)
+        weed.remove_sockets(self.state.internal)  # what a killed store left in /tmp
+        self.state.internal = internal
+        self.echo(f"starting seaweedfs (S3 on {self.u.s3}{', mutual TLS inside' if tls else ''}) ...")
+        cmd = weed.command(_bin("weed"), d, self.state.ports["s3"], internal, s3_config, tls)
+        return _spawn(self.s, "seaweedfs", cmd, weed_env)
 
     def mlflow(self) -> int:
         creds, u, state = self.creds, self.u, self.state
@@ -639,6 +634,7 @@ def _next_state(
         auth=bool(asked_auth),
         pids={n: stale.pid(n) for n in SERVICES},
         internal=stale.internal or None,
+        sentinel=stale.sentinel,
     )
 
 
@@ -649,10 +645,11 @@ def _databases(db_url: str | None, d: Path) -> tuple[str, str]:
     return f"sqlite:///{d / 'mlflow.db'}", f"sqlite+aiosqlite:///{d / 'prefect.db'}"
 
 
-def _bring_up(go: _Starter) -> None:
-    # 1. the object store
+def _bring_up(go: _Starter, accept_loss: bool = False) -> None:
+    # 1. the object store, and the data in it
     go.ensure("seaweedfs", go.seaweedfs)
     go.wait_seaweedfs()
+    go.check_data(accept_loss)
     # 2. both servers at once: they take tens of seconds each to boot
     go.ensure("mlflow", go.mlflow)
     go.ensure("prefect", go.prefect)
@@ -673,10 +670,12 @@ def up(
     echo=print,
     sse: str | None = None,
     auth: bool | None = None,
+    accept_data_loss: bool = False,
 ) -> dict:
     """Start the stack, or what is missing of it: services that run and answer keep
-    their processes; dead ones are started again (after their port is released).
-    Returns the state (the record `lepton up` leaves in `<home>/stack/stack.json`)."""
+    their processes; dead ones are started again (after their port is released). A
+    store whose data is gone (lepton.weed's sentinel) stops it with an error, unless
+    `accept_data_loss`. Returns the state (the record `lepton up` leaves in `<home>/stack/stack.json`)."""
     stale = StackState.read(s.home) or StackState()
     survivors = [n for n in SERVICES if pid_alive(stale.pid(n))]
     d = stack_dir(s.home)
@@ -687,11 +686,13 @@ def up(
         echo(f"running: {', '.join(survivors)} (kept as they are)")
     go = _Starter(s, state, mlflow_db, prefect_db, echo)
     try:
-        _bring_up(go)
+        _bring_up(go, accept_data_loss)
     except BaseException:
         # what this call started goes; what was running before stays as it was
         for name in reversed(go.started):
             stop_group(state.pid(name))
+        if "seaweedfs" in go.started:
+            weed.remove_sockets(state.internal)
         state.write(s.home)
         raise
     state.up = True
@@ -699,6 +700,25 @@ def up(
     if go.started and go.kept:
         echo(f"started again: {', '.join(go.started)}; kept: {', '.join(go.kept)}")
     return state.record()
+
+
+def _store_client(endpoint: str, creds: dict):
+    """An S3 client for health checks: two tries, short timeouts."""
+    return s3.client(endpoint, attempts=2, connect_timeout=5, read_timeout=5, creds=_keys(creds), region="us-east-1")
+
+
+def data_problem(home: Path, state: StackState) -> str | None:
+    """What `lepton status` says of a store that answers but lost its data; None
+    when the sentinel (and each data prefix's first object) reads back, or when no
+    sentinel was written yet."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not state.sentinel:
+        return None
+    try:
+        return weed.data_problem(_store_client(state.urls().s3, credentials(home)), state.bucket or "", state.sentinel)
+    except (BotoCoreError, ClientError, OSError):
+        return "not healthy (the data check got no answer)"
 
 
 def _ensure_bucket(endpoint: str, bucket: str, creds: dict) -> None:
@@ -756,6 +776,7 @@ def down(s: Settings) -> list[str]:
             stopped.append(name)
         else:  # a leader killed alone leaves its workers (MLflow's uvicorn) serving
             kill_leftovers(pid)
+    weed.remove_sockets(st.internal)
     st.up = False
     st.write(s.home)
     return stopped
@@ -763,12 +784,16 @@ def down(s: Settings) -> list[str]:
 
 def health(s: Settings) -> dict[str, dict]:
     """Each service: its address, whether its process runs, whether it is healthy
-    (by `service_checks`, the checks `up` uses)."""
+    (by `service_checks`, the checks `up` uses); for a store that answers but lost
+    its data, healthy is false and `problem` says so (`data_problem`)."""
     st = StackState.read(s.home)
     if not st:
         return {}
-    out = {}
+    out: dict[str, dict] = {}
     for c in service_checks(s.home, st):
         alive = pid_alive(st.pid(c.name))
         out[c.name] = {"url": c.where, "running": alive, "healthy": bool(alive and c.healthy())}
+        problem = data_problem(s.home, st) if c.name == "seaweedfs" and out[c.name]["healthy"] else None
+        if problem:  # it answers, but what was written to it is gone
+            out[c.name].update(healthy=False, problem=problem)
     return out

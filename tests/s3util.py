@@ -59,12 +59,14 @@ class SeaweedS3:
                 "-filer",
                 f"-filer.port={p[5]}",
                 f"-filer.port.grpc={p[6]}",
+                f"-filer.localSocket={self.dir / 'filer.sock'}",
                 "-s3",
                 f"-s3.port={p[0]}",
                 f"-s3.port.grpc={p[7]}",
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
                 f"-s3.config={self.config}",
+                f"-s3.localSocket={self.dir / 's3.sock'}",
                 "-master.telemetry=false",
                 "-master.volumeSizeLimitMB=64",
                 "-volume.max=16",
@@ -97,7 +99,10 @@ class SeaweedS3:
 
     def kill(self) -> None:
         from effects.runtime.procs import pid_alive, stop_group
+        from lepton import weed
 
         stop_group(self.proc.pid, timeout=0)
         self.proc.wait(10)
         assert not pid_alive(self.proc.pid)
+        p = self.ports  # the gRPC sockets `weed server` leaves in /tmp
+        weed.remove_sockets({"master_grpc": p[2], "volume_grpc": p[4], "filer_grpc": p[6], "s3_grpc": p[7]})

@@ -41,6 +41,7 @@ _COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("up", platform.up),
     ("down", platform.down),
     ("env", platform.env),
+    ("certs", platform.certs),
     ("deploy", platform.deploy),
     ("simulate-drift", monitoring.simulate_drift),
     ("serve", serving.serve),

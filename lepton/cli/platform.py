@@ -50,8 +50,13 @@ def up(
     no_auth: bool = typer.Option(
         False,
         "--no-auth",
-        help="no authentication on S3's filer, MLflow and Prefect (default: on, "
-        "credentials in <home>/stack/credentials.json)",
+        help="no authentication on S3, SeaweedFS's own ports, MLflow and Prefect (default: on, "
+        "credentials in <home>/stack/credentials.json, certificates in <home>/stack/tls)",
+    ),
+    accept_data_loss: bool = typer.Option(
+        False,
+        "--accept-data-loss",
+        help="go on when the store has lost what was written to it (its sentinel is gone): write a new sentinel",
     ),
 ):
     """Start the live stack: S3 store, MLflow server, Prefect server, a worker and the model server."""
@@ -73,6 +78,7 @@ def up(
         echo=lambda m: typer.echo(m, err=True),
         sse=sse,
         auth=False if no_auth else None,
+        accept_data_loss=accept_data_loss,
     )
     urls = dataclasses.asdict(stack.urls(state))
     backend = redact_uri(state["db_url"]) if state["db_url"] else ""
@@ -85,6 +91,21 @@ def down():
     from lepton import stack
 
     typer.echo(render.down_line(stack.down(configure_environment(use_stack=False))))
+
+
+def certs(
+    folder: Path = typer.Argument(..., metavar="DIR", help="folder for the files (made 0700 when missing)"),
+):
+    """Make a CA and the certificates of SeaweedFS's internal ports (for infra/'s Secret).
+
+    Writes ca.crt and ca.key, and NAME.crt and NAME.key for master, volume, filer, s3
+    and client: what `lepton up` makes under <home>/stack/tls (keys 0600). Valid files
+    already there are kept. `lepton up` needs none of this: it makes its own."""
+    from lepton import weed
+
+    made = weed.certs_in(folder)
+    typer.echo(f"{folder}: {', '.join(p.name for pair in made.values() for p in pair)}")
+    typer.echo("keep ca.key out of the cluster: the Secret needs ca.crt and the five pairs", err=True)
 
 
 def status(
@@ -107,6 +128,8 @@ def status(
         else:
             echo_lines(render.services_table(services))
         h = services[sick[0]]
+        if h.get("problem"):
+            raise StackDown(f"{sick[0]}: {h['problem']} ({h['url']}); `lepton up` says what to do")
         raise StackDown(
             f"the stack's {sick[0]} is {'not healthy' if h['running'] else 'down'} ({h['url']}); "
             "run `lepton up` to start it again"

@@ -98,6 +98,7 @@ def services_table(services: dict) -> list[str]:
     lines = []
     for svc, h in services.items():
         word = "healthy" if h["healthy"] else ("running, not healthy" if h["running"] else "down")
+        word = h.get("problem") or word
         lines.append(f"{svc:<17} {word:<22} {h['url']}")
     return lines
 
@@ -139,6 +140,7 @@ def up_summary(state: dict, urls: dict, stack_dir: str, backend: str) -> list[st
         f"work pool          {state['pool']}",
         f"S3 encryption      {state.get('sse') or 'none requested'}",
         f"authentication     {auth}",
+        *([f"SeaweedFS inside   mutual TLS (certificates in {stack_dir}/tls)"] if state.get("auth") else []),
         f"backend            {backend or 'SQLite under ' + stack_dir}",
         "every lepton command now uses this stack; `lepton deploy` registers the deployments",
     ]

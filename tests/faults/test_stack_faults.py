@@ -40,9 +40,13 @@ def nothing_left_behind(tmp_path_factory):
     stack's home is left, and no temporary file of an interrupted write."""
     seen: list[Live] = []
     yield seen
+    from lepton import weed
+
     for live in seen:
         left = _processes_of(live.home, wait=30)
         assert not left, left
+        sockets = [p for p in weed.grpc_sockets(live.state().get("internal")) if p.exists()]
+        assert not sockets, sockets  # SeaweedFS's gRPC sockets in /tmp
         temps = [p for p in live.home.rglob("*.tmp") if ".dvc" not in p.parts]
         assert not temps, temps
 
@@ -280,10 +284,12 @@ def test_writes_to_many_buckets_succeed(stack):
 
 
 def _weed_shell(live: Live, command: str) -> str:
+    """SeaweedFS's own shell, with the stack's security.toml (its client certificate)."""
     i = live.state()["internal"]
     r = subprocess.run(
         [
             str(ROOT / ".venv" / "bin" / "weed"),
+            f"-config_dir={live.home / 'stack' / 'seaweedfs-config'}",
             "shell",
             f"-master=127.0.0.1:{i['master']}.{i['master_grpc']}",
             f"-filer=127.0.0.1:{i['filer']}.{i['filer_grpc']}",
@@ -413,3 +419,47 @@ def test_nothing_under_the_home_is_readable_by_others(stack):
         and not _kept_by_its_tool(p.relative_to(stack.home), p.lstat().st_mode & 0o777)
     ]
     assert not open_to_others, open_to_others[:20]
+
+
+# ---------------------------------------------------------------- lost data (last: it deletes the store's volumes)
+
+
+def test_status_and_up_name_lost_data_though_the_store_answers(stack):
+    """The bucket's volumes deleted through the master with the stack's own
+    certificate (what a stranger's `/col/delete` did before mutual TLS). SeaweedFS
+    makes fresh volumes, so a write, read and delete of a new object still go through;
+    the sentinel is gone, and `lepton status` and `lepton up` both say so and exit
+    non-zero. `lepton up --accept-data-loss` writes a new sentinel and goes on."""
+    import ssl
+    import urllib.request
+
+    from lepton.stack import s3_roundtrip
+
+    tls = stack.home / "stack" / "tls"
+    ctx = ssl.create_default_context(cafile=str(tls / "ca.crt"))
+    ctx.load_cert_chain(str(tls / "client.crt"), str(tls / "client.key"))
+    master = stack.state()["internal"]["master"]
+    assert stack.cli("status", timeout=120).returncode == 0
+    with urllib.request.urlopen(
+        f"https://127.0.0.1:{master}/col/delete?collection=lepton", timeout=30, context=ctx
+    ) as r:
+        assert 200 <= r.status < 300
+    assert s3_roundtrip(stack.s3, "lepton", stack.credentials())  # the old check: still fine
+    st = stack.cli("status", timeout=120)
+    assert st.returncode != 0
+    assert "seaweedfs         data missing (sentinel gone)" in st.stdout, st.stdout
+    assert _error_line(st).startswith("error: seaweedfs: data missing (sentinel gone)"), st.stderr[-2000:]
+    js = stack.cli("status", "--json", timeout=120)
+    assert js.returncode != 0
+    assert json.loads(js.stdout)["services"]["seaweedfs"]["problem"] == "data missing (sentinel gone)"
+    before = _pids(stack)
+    up = stack.up(check=False)
+    assert up.returncode != 0
+    line = _error_line(up)
+    assert line.startswith("error: seaweedfs: data missing (sentinel gone)") and "--accept-data-loss" in line, line
+    assert _pids(stack) == before  # nothing was stopped or started
+    up = stack.up("--accept-data-loss")
+    assert "going on with what is left (--accept-data-loss)" in up.stderr, up.stderr[-2000:]
+    assert _pids(stack) == before
+    st = stack.cli("status", timeout=120)
+    assert st.returncode == 0 and "seaweedfs         healthy" in st.stdout, st.stdout + st.stderr[-2000:]

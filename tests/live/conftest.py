@@ -60,7 +60,7 @@ class Live:
     def cli(self, *args: str, timeout: float = 600):
         return run_cli(list(args), self.env, timeout=timeout)
 
-    def up(self):
+    def up(self, *extra: str, check: bool = True):
         args = [
             "up",
             "--prefect-port",
@@ -78,8 +78,9 @@ class Live:
             args += ["--sse", self.sse]  # a restart keeps it without being told again
         if not self.auth:
             args += ["--no-auth"]
-        r = self.cli(*args)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+        r = self.cli(*args, *extra)
+        if check:
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
         return r
 
     def down(self):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -18,13 +19,41 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def _status(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None) -> int:
+def _status(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict | None = None,
+    context: ssl.SSLContext | None = None,
+) -> int:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=15) as r:
+        with urllib.request.urlopen(req, timeout=15, context=context) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
+
+
+def _tls(live, with_cert: bool = True) -> ssl.SSLContext:
+    """A client that trusts the stack's CA and (`with_cert`) shows the stack's client
+    certificate: what SeaweedFS's own ports ask for under `lepton up`."""
+    d = live.home / "stack" / "tls"
+    ctx = ssl.create_default_context(cafile=str(d / "ca.crt"))
+    if with_cert:
+        ctx.load_cert_chain(str(d / "client.crt"), str(d / "client.key"))
+    return ctx
+
+
+def _refused_without_certificate(url: str, live) -> str:
+    """What a TLS client without a certificate gets: the handshake fails."""
+    try:
+        urllib.request.urlopen(url, timeout=15, context=_tls(live, with_cert=False)).close()
+    except urllib.error.URLError as e:
+        assert isinstance(e.reason, ssl.SSLError) or "certificate" in str(e.reason).lower(), e
+        return str(e.reason)
+    except (ssl.SSLError, ConnectionError) as e:
+        return str(e)
+    raise AssertionError(f"{url} answered a client without a certificate")
 
 
 @pytest.fixture(scope="module")
@@ -63,32 +92,109 @@ def test_s3_refuses_unsigned_requests_and_works_signed(live):
 
 
 def test_the_filer_and_volume_servers_refuse_requests_without_a_jwt(live):
-    """SeaweedFS's own HTTP ports (bound to 127.0.0.1, so reachable by every local
-    user) take only requests signed with the stack's JWT keys: no reading, listing,
-    writing or deleting the bucket behind S3's back."""
+    """Behind the certificate, SeaweedFS's own HTTP ports still take only requests
+    signed with the stack's JWT keys: a client with the stack's certificate but no
+    JWT reads, lists, writes and deletes nothing behind S3's back."""
     s3 = live.s3_client()
     s3.put_object(Bucket="lepton", Key="filer-probe", Body=b"secret bytes")
-    filer = f"http://127.0.0.1:{live.state()['internal']['filer']}"
+    filer = f"https://127.0.0.1:{live.state()['internal']['filer']}"
+    tls = _tls(live)
     try:
-        assert _status(f"{filer}/buckets/lepton/filer-probe") == 401
-        assert _status(f"{filer}/buckets/lepton/") == 401
-        assert _status(f"{filer}/buckets/lepton/stranger.txt", "PUT", b"x") == 401
-        assert _status(f"{filer}/buckets/lepton/stranger.txt", "POST", b"x") == 401
-        assert _status(f"{filer}/buckets/lepton/filer-probe", "DELETE") == 401
+        assert _status(f"{filer}/buckets/lepton/filer-probe", context=tls) == 401
+        assert _status(f"{filer}/buckets/lepton/", context=tls) == 401
+        assert _status(f"{filer}/buckets/lepton/stranger.txt", "PUT", b"x", context=tls) == 401
+        assert _status(f"{filer}/buckets/lepton/stranger.txt", "POST", b"x", context=tls) == 401
+        assert _status(f"{filer}/buckets/lepton/filer-probe", "DELETE", context=tls) == 401
         assert s3.get_object(Bucket="lepton", Key="filer-probe")["Body"].read() == b"secret bytes"
         # the volume server: a file id from the master is not enough to write or read
-        master = f"http://127.0.0.1:{live.state()['internal']['master']}"
-        with urllib.request.urlopen(f"{master}/dir/assign", timeout=10) as r:
+        master = f"https://127.0.0.1:{live.state()['internal']['master']}"
+        with urllib.request.urlopen(f"{master}/dir/assign", timeout=10, context=tls) as r:
             a = json.loads(r.read())
         assert "auth" not in a
         body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nx\r\n--b--\r\n'
-        assert (
-            _status(f"http://{a['url']}/{a['fid']}", "POST", body, {"Content-Type": "multipart/form-data; boundary=b"})
-            == 401
-        )
-        assert _status(f"http://{a['url']}/{a['fid']}") == 401
+        multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+        assert _status(f"https://{a['url']}/{a['fid']}", "POST", body, multipart, context=tls) == 401
+        assert _status(f"https://{a['url']}/{a['fid']}", context=tls) == 401
     finally:
         s3.delete_object(Bucket="lepton", Key="filer-probe")
+
+
+def test_seaweedfs_http_ports_refuse_a_client_without_the_stacks_certificate(live):
+    """The master's, volume server's and filer's HTTP ports: plain HTTP gets a 400
+    (they speak only TLS), and TLS without a certificate signed by the stack's CA is
+    refused in the handshake; so a stranger's `/col/delete` deletes nothing and
+    `/dir/assign` hands out no file id. The stack's own certificate gets answers."""
+    i = live.state()["internal"]
+    s3 = live.s3_client()
+    s3.put_object(Bucket="lepton", Key="kept-probe", Body=b"still here")
+    master, volume, filer = (f"127.0.0.1:{i[k]}" for k in ("master", "volume", "filer"))
+    try:
+        for url in (
+            f"{master}/col/delete?collection=lepton",
+            f"{master}/dir/assign",
+            f"{master}/vol/grow?collection=lepton&count=1",
+            f"{volume}/status",
+            f"{filer}/buckets/lepton/",
+        ):
+            assert _status(f"http://{url}") == 400, url  # "Client sent an HTTP request to an HTTPS server"
+            _refused_without_certificate(f"https://{url}", live)
+        # the same ports with the stack's certificate: they answer (the JWT is checked after)
+        with urllib.request.urlopen(f"https://{master}/dir/status", timeout=15, context=_tls(live)) as r:
+            assert "Topology" in json.loads(r.read())
+        assert _status(f"https://{volume}/status", context=_tls(live)) == 200
+        # nothing was deleted: the object reads back, the sentinel check passes
+        assert s3.get_object(Bucket="lepton", Key="kept-probe")["Body"].read() == b"still here"
+        r = live.cli("status", timeout=120)
+        assert r.returncode == 0 and "seaweedfs         healthy" in r.stdout, r.stdout + r.stderr[-2000:]
+    finally:
+        s3.delete_object(Bucket="lepton", Key="kept-probe")
+
+
+# One harmless method of each of SeaweedFS's gRPC services (an empty request is a
+# valid protobuf message); the S3 gateway's is unknown to it, so its answer is
+# UNIMPLEMENTED, which still proves the connection was accepted.
+GRPC_PROBES = {
+    "master_grpc": "/master_pb.Seaweed/GetMasterConfiguration",
+    "volume_grpc": "/volume_server_pb.VolumeServer/VolumeServerStatus",
+    "filer_grpc": "/filer_pb.SeaweedFiler/GetFilerConfiguration",
+    "s3_grpc": "/s3_pb.SeaweedS3/NoSuchMethod",
+}
+
+
+def _grpc_call(channel, method: str) -> str:
+    import grpc
+
+    with channel:
+        try:
+            channel.unary_unary(method)(b"", timeout=10)
+            return "OK"
+        except grpc.RpcError as e:
+            return e.code().name
+
+
+def test_seaweedfs_grpc_ports_refuse_plain_text_and_tls_without_a_certificate(live):
+    """Each gRPC port (and the Unix socket `weed server` serves it on in /tmp), with
+    the stock gRPC client: a plain-text channel and a TLS channel without a client
+    certificate both fail to connect; the stack's certificate gets an answer."""
+    import grpc
+
+    from lepton import weed
+
+    i = live.state()["internal"]
+    d = live.home / "stack" / "tls"
+    ca, crt, key = ((d / n).read_bytes() for n in ("ca.crt", "client.crt", "client.key"))
+    for port_name, method in GRPC_PROBES.items():
+        target = f"127.0.0.1:{i[port_name]}"
+        assert _grpc_call(grpc.insecure_channel(target), method) == "UNAVAILABLE", port_name
+        no_cert = grpc.ssl_channel_credentials(root_certificates=ca)
+        assert _grpc_call(grpc.secure_channel(target, no_cert), method) == "UNAVAILABLE", port_name
+        ours = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=crt)
+        answer = _grpc_call(grpc.secure_channel(target, ours), method)
+        assert answer == ("UNIMPLEMENTED" if port_name == "s3_grpc" else "OK"), (port_name, answer)
+    sockets = weed.grpc_sockets(i)
+    assert len(sockets) == 4 and all(p.is_socket() for p in sockets), sockets
+    for sock, method in zip(sockets, GRPC_PROBES.values(), strict=True):
+        assert _grpc_call(grpc.insecure_channel(f"unix:{sock}"), method) == "UNAVAILABLE", sock
 
 
 def test_mlflow_refuses_without_credentials_and_works_with_them(live, monkeypatch):

@@ -27,6 +27,7 @@ COMMANDS = [
     "up",
     "down",
     "env",
+    "certs",
     "deploy",
     "simulate-drift",
     "serve",

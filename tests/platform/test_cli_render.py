@@ -138,12 +138,14 @@ def test_up_summary_with_auth_and_sqlite_and_without_auth_on_postgres():
         "work pool          lepton",
         "S3 encryption      AES256",
         "authentication     on (credentials in /h/stack/credentials.json)",
+        "SeaweedFS inside   mutual TLS (certificates in /h/stack/tls)",
         "backend            SQLite under /h/stack",
         "every lepton command now uses this stack; `lepton deploy` registers the deployments",
     ]
     open_pg = render.up_summary({**state, "auth": False, "sse": None}, URLS, "/h/stack", "postgresql://u:***@h/x")
     assert "S3 encryption      none requested" in open_pg
     assert "authentication     off (--no-auth)" in open_pg
+    assert not any(line.startswith("SeaweedFS inside") for line in open_pg)
     assert "backend            postgresql://u:***@h/x" in open_pg
 
 

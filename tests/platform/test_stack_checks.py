@@ -183,7 +183,9 @@ class _Table:
 
 
 def _no_start(monkeypatch, **allowed) -> None:
-    """No real server starts in these tests: each start is refused unless stood in for."""
+    """No real server starts in these tests: each start is refused unless stood in for
+    (and no store is there to hold a sentinel: its check is stood in for too)."""
+    monkeypatch.setattr(stack._Starter, "check_data", lambda self, accept_loss: None)
     for name in SERVICES:
         fn = allowed.get(name) or (lambda self, name=name: pytest.fail(f"{name} was started"))
         monkeypatch.setattr(stack._Starter, name, fn)
@@ -294,3 +296,38 @@ def test_down_stops_by_pid_and_keeps_the_record(settings, sleeper):
         "up": False,
     }
     assert stack.down(replace(settings, home=settings.home / "none")) == []
+
+
+def test_a_store_that_lost_its_data_stops_up_and_fails_status(settings, sleeper, monkeypatch):
+    """The sentinel's verdict (lepton.weed.data_problem, stood in for here; the real
+    store is tests/faults -k lost_data): `status` marks SeaweedFS unhealthy with the
+    problem, `up` stops with it and starts nothing, `--accept-data-loss` writes a new
+    sentinel; a first `up` writes one; the token is kept in the record."""
+    from lepton import weed
+
+    table = _Table()
+    monkeypatch.setattr(stack, "service_checks", table)
+    for name in SERVICES:
+        monkeypatch.setattr(stack._Starter, name, lambda self, name=name: pytest.fail(f"{name} was started"))
+    verdict: list[str | None] = [weed.DATA_MISSING]
+    written: list[str] = []
+    monkeypatch.setattr(weed, "data_problem", lambda c, bucket, token: verdict[0])
+    monkeypatch.setattr(weed, "write_sentinel", lambda c, bucket, token: written.append(token))
+    pids = {name: sleeper() for name in SERVICES}
+    StackState.from_record({**RECORD, "ports": _ports(), "pids": pids, "sentinel": "t0"}).write(settings.home)
+    h = stack.health(settings)
+    assert h["seaweedfs"]["healthy"] is False and h["seaweedfs"]["problem"] == "data missing (sentinel gone)"
+    assert all(h[n]["healthy"] for n in SERVICES if n != "seaweedfs")
+    with pytest.raises(LeptonError, match=r"^seaweedfs: data missing \(sentinel gone\): .*--accept-data-loss"):
+        stack.up(settings, None, {}, echo=lambda m: None)
+    assert written == [] and StackState.read(settings.home).sentinel == "t0"
+    said: list[str] = []
+    stack.up(settings, None, {}, echo=said.append, accept_data_loss=True)
+    assert "seaweedfs: data missing (sentinel gone); going on with what is left (--accept-data-loss)" in said
+    assert len(written) == 1 and StackState.read(settings.home).sentinel == written[0] != "t0"
+    verdict[0] = None
+    assert stack.health(settings)["seaweedfs"] == {"url": "where seaweedfs", "running": True, "healthy": True}
+    # a record without a sentinel (a first `up`, or one from before it was kept): one is written
+    StackState.from_record({**RECORD, "ports": _ports(), "pids": pids}).write(settings.home)
+    stack.up(settings, None, {}, echo=lambda m: None)
+    assert len(written) == 2 and StackState.read(settings.home).sentinel == written[1]
