@@ -3,8 +3,9 @@
 No Docker engine runs on the development and CI machines, so nothing here builds an
 image or starts a container. These tests check what can be checked from the files:
 structure, ports, commands, the variable names (against effects.runtime.settings.KNOWN_ENV),
-GPU wiring of the templates, and that no secret or machine path is written down.
-Only pyyaml, json, re and pathlib.
+GPU wiring of the templates, SeaweedFS's TLS settings (the security.toml its command
+writes, run here and parsed), and that no secret or machine path is written down.
+Only pyyaml, json, re, shlex, tomllib, pathlib and Lepton's own weed module.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
-from pathlib import Path
+import tomllib
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
 
 from effects.runtime.settings import KNOWN_ENV
+from lepton import weed
+from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -26,6 +31,14 @@ COMPOSE = INFRA / "compose.yaml"
 DOCKERFILES = {"cpu": INFRA / "Dockerfile", "cuda": INFRA / "Dockerfile.cuda"}
 ENV_EXAMPLE = INFRA / "env.example"
 POOLS = INFRA / "work-pools"
+
+# SeaweedFS's certificates: made by `lepton certs infra/seaweedfs-tls` (git-ignored),
+# mounted under TLS_DIR; security.toml is written next to them at every start.
+TLS_SOURCE = INFRA / "seaweedfs-tls"
+TLS_DIR = "/etc/seaweedfs/tls"
+SECURITY_TOML = "/etc/seaweedfs/security.toml"
+# every file of `lepton certs` but ca.key: the CA's certificate and a pair per component
+TLS_FILES = {"ca.crt"} | {f"{n}.{ext}" for n in weed.TLS_NAMES for ext in ("crt", "key")}
 
 SERVICES = {"postgres", "seaweedfs", "mlflow", "prefect-server", "prefect-worker", "model-server"}
 # service -> (port variable, default = container port), as in `lepton up`
@@ -119,8 +132,123 @@ def _pool_values(template: dict, job_variables: dict) -> dict:
 
 
 def _infra_files() -> list[Path]:
-    """Every text file under infra/ except a user's own infra/.env (git-ignored)."""
-    return sorted(p for p in INFRA.rglob("*") if p.is_file() and p.name != ".env" and "__pycache__" not in p.parts)
+    """Every text file under infra/ except a user's own infra/.env and certificates
+    (infra/seaweedfs-tls/), both git-ignored."""
+    return sorted(
+        p
+        for p in INFRA.rglob("*")
+        if p.is_file() and p.name != ".env" and "__pycache__" not in p.parts and TLS_SOURCE not in p.parents
+    )
+
+
+# ---------------------------------------------------------------- SeaweedFS's shell script
+# Shared with tests/infra/test_k8s_stack.py, which runs them on the StatefulSet's script.
+
+
+def seaweedfs_script() -> str:
+    """The compose seaweedfs service's script as its shell sees it ($$ -> $)."""
+    return _command(_compose()["services"]["seaweedfs"]).replace("$$", "$")
+
+
+def weed_argv(script: str) -> list[str]:
+    """The words after `exec` of the script's one `exec weed ...` line (continuations joined)."""
+    lines = [ln.strip() for ln in script.replace("\\\n", " ").splitlines()]
+    (line,) = [ln for ln in lines if ln.startswith("exec weed ")]
+    return shlex.split(line)[1:]
+
+
+def _sh(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", "-ec", script], env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30
+    )
+
+
+def certificate_check(script: str) -> str:
+    """The script's two lines that refuse to start without every certificate."""
+    lines = script.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.startswith(f"(cd {TLS_DIR} && cat "))
+    return "\n".join(lines[i : i + 2])
+
+
+def written_security_toml(script: str, folder: Path) -> tuple[str, dict]:
+    """Run the script's lines that write security.toml (a here-document), with that
+    file in `folder`; returns what they wrote, as text and parsed."""
+    lines = script.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(f"cat > {SECURITY_TOML} <<")]
+    assert len(starts) == 1, "security.toml is written once, by one here-document"
+    delimiter = lines[starts[0]].rsplit("<<", 1)[1].strip().strip("'\"")
+    end = lines.index(delimiter, starts[0] + 1)
+    target = folder / "security.toml"
+    r = _sh("\n".join(lines[starts[0] : end + 1]).replace(SECURITY_TOML, str(target)), {})
+    assert r.returncode == 0, r.stderr
+    text = target.read_text()
+    return text, tomllib.loads(text)
+
+
+def _tls_files_in(toml: dict) -> list[str]:
+    """Every string value of security.toml (its paths)."""
+    out = []
+    for v in toml.values():
+        out += _tls_files_in(v) if isinstance(v, dict) else [v] if isinstance(v, str) else []
+    return out
+
+
+def _by_file_name(toml: dict) -> dict:
+    return {
+        k: _by_file_name(v) if isinstance(v, dict) else PurePosixPath(v).name if isinstance(v, str) else v
+        for k, v in toml.items()
+    }
+
+
+def check_security_toml(script: str, folder: Path, mounted: set[str]) -> None:
+    """What `script` writes to security.toml: mutual TLS on every SeaweedFS port but
+    S3's, every path one of the `mounted` files under TLS_DIR, and the same sections,
+    keys and files as `lepton up`'s (lepton.weed.write_security_toml)."""
+    lines = script.splitlines()
+    write = next(i for i, ln in enumerate(lines) if ln.startswith(f"cat > {SECURITY_TOML}"))
+    run = next(i for i, ln in enumerate(lines) if ln.startswith("exec weed "))
+    assert lines.index("umask 077") < write < run, "written (0600) before weed starts"
+    _, toml = written_security_toml(script, folder)
+    ca = f"{TLS_DIR}/ca.crt"
+    pair = {name: {"cert": f"{TLS_DIR}/{name}.crt", "key": f"{TLS_DIR}/{name}.key"} for name in weed.TLS_NAMES}
+    assert set(toml) == {"grpc", "https"}, "no JWT keys: they stay in the environment"
+    grpc, https = toml["grpc"], toml["https"]
+    assert grpc == {"ca": ca, **pair}  # the gRPC ports of all four components, and their clients
+    # HTTPS on the master, volume and filer ports (not S3's: signed requests over HTTP)
+    assert https == {
+        "client": {"enabled": True, **pair["client"], "ca": ca},
+        **{name: {**pair[name], "ca": ca} for name in ("master", "volume", "filer")},
+    }
+    for path in _tls_files_in(toml):
+        assert str(PurePosixPath(path).parent) == TLS_DIR and PurePosixPath(path).name in mounted, path
+    assert "ca.key" not in {PurePosixPath(p).name for p in _tls_files_in(toml)}
+    live = tomllib.loads((weed.write_security_toml(folder / "live") / "security.toml").read_text())
+    assert _by_file_name(toml) == _by_file_name(live)
+
+
+def check_weed_argv(argv: list[str]) -> None:
+    """`weed -config_dir=/etc/seaweedfs server ...`: the internal ports on loopback only,
+    S3 on all addresses, and otherwise the flags of `lepton up`'s command."""
+    assert argv[:3] == ["weed", "-config_dir=/etc/seaweedfs", "server"], argv[:3]
+    flags = dict(f.split("=", 1) if "=" in f else (f, "") for f in argv[3:])
+    assert len(flags) == len(argv) - 3, "each flag once"
+    assert (flags["-ip"], flags["-ip.bind"], flags["-s3.ip.bind"]) == ("127.0.0.1", "127.0.0.1", "0.0.0.0")
+    internal = dict.fromkeys(("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc"), 1)
+    live = weed.command("weed", Path("d"), 8333, internal, Path("s3.json"), tls=True)
+    assert live[1].startswith("-config_dir=") and live[2] == "server"
+    live_flags = dict(f.split("=", 1) if "=" in f else (f, "") for f in live[3:])
+    assert set(flags) - {"-s3.ip.bind"} <= set(live_flags), set(flags) - set(live_flags)
+    for name in (
+        "-ip",
+        "-ip.bind",
+        "-s3.port",
+        "-s3.port.iceberg",
+        "-s3.port.lance",
+        "-master.telemetry",
+        "-master.volumeSizeLimitMB",
+        "-volume.max",
+    ):
+        assert flags[name] == live_flags[name], name
 
 
 # ---------------------------------------------------------------- compose.yaml
@@ -195,7 +323,7 @@ def test_seaweedfs_matches_the_live_stack():
     assert sw["image"] == f"chrislusf/seaweedfs:{bin_version}", "same SeaweedFS release as `lepton up`"
     cmd = _command(sw)
     for flag in (
-        "weed server",
+        "exec weed -config_dir=/etc/seaweedfs server ",
         "-s3 ",
         "-s3.port=8333",
         "-s3.config=/etc/seaweedfs/s3.json",
@@ -206,6 +334,67 @@ def test_seaweedfs_matches_the_live_stack():
     # the identity file is written from the two AWS_* variables (escaped for compose)
     assert '"$$AWS_ACCESS_KEY_ID" "$$AWS_SECRET_ACCESS_KEY" > /etc/seaweedfs/s3.json' in cmd
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(_env_map(sw))
+    check_weed_argv(weed_argv(seaweedfs_script()))
+
+
+def _seaweedfs_secrets() -> dict[str, str]:
+    """target -> file (relative to infra/) of every secret the seaweedfs service mounts."""
+    compose = _compose()
+    declared = compose["secrets"]
+    out = {}
+    for s in compose["services"]["seaweedfs"]["secrets"]:
+        assert set(s) == {"source", "target"}, s  # long syntax, an absolute target
+        out[s["target"]] = declared[s["source"]]["file"]
+    assert set(declared) == {s["source"] for s in compose["services"]["seaweedfs"]["secrets"]}, "unused secrets"
+    return out
+
+
+def test_seaweedfs_mounts_every_certificate_but_the_ca_key():
+    mounted = _seaweedfs_secrets()
+    assert len(mounted) == len(TLS_FILES)
+    for target, file in mounted.items():
+        name = PurePosixPath(target).name
+        assert str(PurePosixPath(target).parent) == TLS_DIR, target
+        assert PurePosixPath(file) == PurePosixPath("./seaweedfs-tls") / name, (target, file)
+        assert (COMPOSE.parent / file).parent == TLS_SOURCE
+    assert {PurePosixPath(t).name for t in mounted} == TLS_FILES
+    # the CA's key never goes into a container: not as a secret, nor in a mounted folder
+    compose = _compose()
+    assert not [s for s in compose["secrets"].values() if PurePosixPath(s["file"]).name == "ca.key"]
+    for name, service in compose["services"].items():
+        assert not [v for v in service.get("volumes", []) if "seaweedfs-tls" in str(v)], name
+
+
+def test_seaweedfs_writes_a_security_toml_for_mutual_tls(tmp_path):
+    check_security_toml(seaweedfs_script(), tmp_path, {PurePosixPath(t).name for t in _seaweedfs_secrets()})
+
+
+def test_seaweedfs_refuses_to_start_without_every_certificate(tmp_path):
+    script = seaweedfs_script()
+    check = certificate_check(script)
+    assert set(check.split(" cat ", 1)[1].split(">/dev/null")[0].split()) == TLS_FILES
+    assert script.index(check) < script.index("exec weed ")
+    here = check.replace(TLS_DIR, str(tmp_path))
+    for name in TLS_FILES:
+        (tmp_path / name).write_text("-")
+    assert _sh(here, {}).returncode == 0
+    (tmp_path / "s3.key").unlink()
+    r = _sh(here, {})
+    assert r.returncode == 1 and "lepton certs infra/seaweedfs-tls" in r.stderr
+    (tmp_path / "s3.key").mkdir()  # what a bind mount of a missing file can leave
+    assert _sh(here, {}).returncode == 1
+
+
+def test_lepton_certs_writes_the_files_the_secrets_name(tmp_path):
+    folder = tmp_path / "seaweedfs-tls"
+    r = run_cli(["certs", str(folder)], {})
+    assert r.returncode == 0, r.stderr[-2000:]
+    made = {p.name for p in folder.iterdir()}
+    assert made == TLS_FILES | {"ca.key"}
+    assert {PurePosixPath(f).name for f in _seaweedfs_secrets().values()} == made - {"ca.key"}
+    assert set(re.findall(r"[\w-]+\.(?:crt|key)", r.stdout)) == made
+    assert "ca.key" in r.stderr  # it says to keep the CA's key out
+    assert all((folder / n).stat().st_mode & 0o077 == 0 for n in made)
 
 
 def test_mlflow_matches_the_live_stack():
@@ -232,12 +421,6 @@ def test_mlflow_matches_the_live_stack():
     # psycopg2 (postgresql://) and boto3 (s3://) come from the lock
     lock = (ROOT / "requirements.lock").read_text()
     assert re.search(r"^psycopg2-binary==", lock, re.M) and re.search(r"^boto3==", lock, re.M)
-
-
-def _sh(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["sh", "-ec", script], env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30
-    )
 
 
 @pytest.mark.parametrize("sse", ["AES256", "aws:kms"])
@@ -490,9 +673,10 @@ def test_console_script_and_flows_exist():
 
 def test_secrets_and_state_stay_out_of_images_and_git():
     assert ".env" in (INFRA / ".gitignore").read_text().split()
+    assert "infra/seaweedfs-tls/" in (ROOT / ".gitignore").read_text().split()
     for kind in DOCKERFILES:
         ignore = (INFRA / f"{DOCKERFILES[kind].name}.dockerignore").read_text().split()
-        for entry in ("infra/.env", ".venv", ".lepton", ".dvc/cache"):
+        for entry in ("infra/.env", "infra/seaweedfs-tls", ".venv", ".lepton", ".dvc/cache"):
             assert entry in ignore, (kind, entry)
 
 
@@ -594,9 +778,11 @@ def test_no_secret_values_in_infra():
         assert not re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", text), f"{rel}: private key"
         assert not re.search(r"(?<![\w/+=-])[A-Za-z0-9/+=]{40}(?![\w/+=-])", text), f"{rel}: 40-char key-like string"
         # KEY=value / KEY: value / "KEY": "value" with a secret-looking KEY: placeholders only
+        # (a value on the same line: a YAML key followed by a line break holds a mapping
+        # or a list, as `secrets:` does; `secretName` names a Kubernetes Secret)
         unreferenced = re.sub(r"\$\{[^}]*\}", "${}", text)
-        for key, value in re.findall(r"[\"']?(\w+)[\"']?\s*[:=]\s*[\"']?([^\s\"',{}\[\]]*)", unreferenced):
-            if _SECRET_KEYS.search(key) and not key.startswith("s3_"):
+        for key, value in re.findall(r"[\"']?(\w+)[\"']?[ \t]*[:=][ \t]*[\"']?([^\s\"',{}\[\]]*)", unreferenced):
+            if _SECRET_KEYS.search(key) and not key.startswith("s3_") and key != "secretName":
                 assert _is_placeholder(value), f"{rel}: {key} has a value that looks real: {value!r}"
         # credentials inside URLs come from the environment: user:${VAR}@host
         for userinfo in re.findall(r"://([^/@\s\"']+)@", re.sub(r"\$\{[^}]*\}", "${}", text)):
@@ -639,9 +825,13 @@ def test_readme_documents_compose_local_use_and_ports():
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
         "gpu_count",
+        "lepton certs infra/seaweedfs-tls",
     ):
         assert needle in text, needle
     assert "planned" not in text.lower()
+    # the port table names every port of SeaweedFS's `weed server` (defaults; gRPC = HTTP + 10000)
+    for port in (8333, 18333, 9333, 19333, 8080, 18080, 8888, 18888):
+        assert re.search(rf"^\| [\d, ]*\b{port}\b[\d, ]* \| seaweedfs", (INFRA / "README.md").read_text(), re.M), port
 
 
 def test_model_server_matches_the_live_stack():

@@ -4,8 +4,9 @@ Offline: every object is validated against the Kubernetes 1.33 API schemas
 (kubernetes-validate, strict) in tests/infra/test_k8s.py; here the objects are checked
 against each other and against the servers they run: Services select pods that exist,
 on ports those pods open; every Secret and ConfigMap they name is one the
-README's steps create, with the keys asked for; probes hit endpoints the servers
-really serve; the worker's Role allows what prefect-kubernetes calls.
+README's steps create, with the keys asked for; SeaweedFS mounts its certificates
+from a Secret and writes the same security.toml as compose; probes hit endpoints the
+servers really serve; the worker's Role allows what prefect-kubernetes calls.
 
 Against a real Prefect server (no cluster): `lepton deploy --pool-type kubernetes`
 creates the pool from infra/work-pools/kubernetes.json and registers the training
@@ -23,7 +24,7 @@ import json
 import re
 import urllib.request
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import kubernetes_validate
 import pytest
@@ -31,6 +32,16 @@ import yaml
 
 from effects.runtime.settings import KNOWN_ENV
 from tests.conftest import lepton_env_vars, run_cli
+from tests.infra.test_infra import (
+    TLS_DIR,
+    TLS_FILES,
+    certificate_check,
+    check_security_toml,
+    check_weed_argv,
+    seaweedfs_script,
+    weed_argv,
+    written_security_toml,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "infra" / "k8s"
@@ -46,7 +57,6 @@ K8S_ONLY_ENV = {
     "POSTGRES_DB": "postgres image: the database it creates (mlflow)",
     "PGDATA": "postgres image: data folder inside the volume (a volume root may hold lost+found)",
     "PGPASSWORD": "libpq: the MLflow server's database password, so no URL holds it",
-    "POD_IP": "SeaweedFS's own address, from the downward API",
     "PREFECT_SERVER_DATABASE_DRIVER": "Prefect server: database connection in parts",
     "PREFECT_SERVER_DATABASE_HOST": "Prefect server: database connection in parts",
     "PREFECT_SERVER_DATABASE_PORT": "Prefect server: database connection in parts",
@@ -88,12 +98,20 @@ def _containers(objs: list[dict]):
 
 
 def _readme_secrets() -> dict[str, set[str]]:
-    """name -> keys of every `kubectl create secret generic NAME --from-literal=KEY=...`."""
-    text = README.read_text().replace("\\\n", " ")
+    """name -> keys of every `kubectl create secret generic NAME --from-literal=KEY=...`
+    or `--from-file=[KEY=]PATH` (the key: KEY, else the file's name)."""
     out: dict[str, set[str]] = {}
-    for m in re.finditer(r"kubectl create secret generic ([a-z0-9-]+)([^\n]*)", text):
-        out.setdefault(m.group(1), set()).update(re.findall(r"--from-literal=([A-Za-z0-9_.-]+)=", m.group(2)))
+    for name, args in _readme_secret_commands():
+        keys = out.setdefault(name, set())
+        keys.update(re.findall(r"--from-literal=([A-Za-z0-9_.-]+)=", args))
+        for key, path in re.findall(r"--from-file=(?:([A-Za-z0-9_.-]+)=)?(\S+)", args):
+            keys.add(key or PurePosixPath(path).name)
     return out
+
+
+def _readme_secret_commands() -> list[tuple[str, str]]:
+    text = README.read_text().replace("\\\n", " ")
+    return re.findall(r"kubectl create secret generic ([a-z0-9-]+)([^\n]*)", text)
 
 
 def _config_maps(objs: list[dict]) -> dict[str, set[str]]:
@@ -286,19 +304,46 @@ def test_seaweedfs_runs_the_compose_command_and_release():
     compose = _compose()["services"]["seaweedfs"]
     assert c["image"] == compose["image"]
     ours = _words(c)
-    theirs = " ".join(compose["command"]).replace("$$", "$")
-
-    def weed_flags(script: str) -> set[str]:
-        return {w for w in script.split("exec weed server", 1)[1].split() if w.startswith("-")}
-
-    assert weed_flags(ours) - {'-ip="$POD_IP"'} == weed_flags(theirs) - {"-ip=seaweedfs"}
-    assert '-ip="$POD_IP"' in ours  # the pod's own address: the Service opens the S3 port only
+    theirs = seaweedfs_script()
+    assert weed_argv(ours) == weed_argv(theirs)  # the same words, in the same order
+    # internal ports on the pod's 127.0.0.1 (no POD_IP any more), S3 on all addresses
+    check_weed_argv(weed_argv(ours))
+    assert "POD_IP" not in ours and "POD_IP" not in {e["name"] for e in c["env"]}
     assert "s3.json" in ours and "umask 077" in ours
     compose_health = compose["healthcheck"]["test"][-1]
     for probe in (c["readinessProbe"], c["livenessProbe"]):
         assert compose_health.endswith(":8333" + probe["httpGet"]["path"])
     policy = _one(objs, "NetworkPolicy", "seaweedfs-s3-only")
     assert policy["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8333}]}]
+
+
+def test_seaweedfs_mounts_its_certificates_and_writes_the_compose_security_toml(tmp_path):
+    objs = _all_objects()
+    pod = _one(objs, "StatefulSet", "seaweedfs")["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    (volume,) = [v for v in pod["volumes"] if "secret" in v]
+    # owner-read only: weed runs as root (the image has no USER, and the command replaces
+    # its entrypoint, which would switch to uid 1000), so no fsGroup is needed
+    assert volume["secret"] == {"secretName": "lepton-seaweedfs-tls", "defaultMode": 0o400}
+    assert "securityContext" not in pod and "securityContext" not in c
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": TLS_DIR, "readOnly": True}
+    # the Secret (the README makes it from `lepton certs`'s folder) holds every file but ca.key
+    keys = _readme_secrets()["lepton-seaweedfs-tls"]
+    assert keys == TLS_FILES and "ca.key" not in keys
+    (args,) = [a for n, a in _readme_secret_commands() if n == "lepton-seaweedfs-tls"]
+    paths = re.findall(r"--from-file=(\S+)", args)
+    assert len(paths) == len(TLS_FILES) and all(p.startswith("infra/seaweedfs-tls/") for p in paths)
+    (script,) = c["args"]
+    check_security_toml(script, tmp_path, keys)
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "compose").mkdir()
+    ours, _ = written_security_toml(script, tmp_path / "k8s")
+    theirs, _ = written_security_toml(seaweedfs_script(), tmp_path / "compose")
+    assert ours == theirs
+    check = certificate_check(script)
+    assert set(check.split(" cat ", 1)[1].split(">/dev/null")[0].split()) == TLS_FILES
+    assert script.index(check) < script.index("exec weed ")
 
 
 def test_mlflow_serves_artifacts_from_s3_with_postgres_and_probes_its_health_endpoint():
