@@ -3,11 +3,13 @@ sentinel that tells a store that lost its data from a healthy one.
 
 Authentication (the default) closes every SeaweedFS port:
 - S3 takes only requests signed with the stack's keys (`s3.json`);
-- the master, volume and filer HTTP ports and the gRPC ports of all four components
-  take only clients with a certificate signed by the stack's own CA (mutual TLS, in
+- the gRPC ports of all four components and the master's and filer's HTTP ports take
+  only clients with a certificate signed by the stack's own CA (mutual TLS, in
   SeaweedFS's `security.toml`: `[grpc.*]` and `[https.*]`);
-- behind that, the volume and filer servers still want a JWT signed with the stack's
-  keys (handed through the environment, `WEED_JWT_*`).
+- the volume server's HTTP port and (behind its certificate) the filer's want a JWT
+  signed with the stack's keys for every read, write and delete (handed through the
+  environment, `WEED_JWT_*`); `write_security_toml` says why the volume server's HTTP
+  port cannot take TLS.
 
 The CA and the certificates are made once, under `<home>/stack/tls/` (keys 0600), and
 made again only when one is missing or has less than 30 days left.
@@ -32,6 +34,10 @@ from lepton_core.fileio import atomic_write
 # SeaweedFS's servers (its own outgoing connections, and the stack's tests).
 TLS_NAMES = ("master", "volume", "filer", "s3", "client")
 CA_DAYS, LEAF_DAYS, RENEW_DAYS = 3650, 825, 30
+
+# The HTTP ports that take only clients with the stack's certificate (see
+# write_security_toml for the volume server's).
+HTTPS_SERVERS = ("master", "filer")
 
 SENTINEL_KEY = "_lepton/sentinel.json"
 # What the sentinel check lists besides reading the sentinel: the DVC remote and
@@ -201,16 +207,22 @@ def config_dir(stack_dir: Path) -> Path:
 
 
 def write_security_toml(stack_dir: Path) -> Path:
-    """SeaweedFS's security.toml for mutual TLS on all its ports but S3's: each
-    server presents its certificate and requires one signed by the stack's CA; its own
-    outgoing gRPC and HTTPS connections present the client certificate. The JWT keys
-    are not in it (they travel in the environment). Returns the folder."""
+    """SeaweedFS's security.toml: mutual TLS on every gRPC port and on the master's and
+    the filer's HTTP ports (each server presents its certificate and requires one signed
+    by the stack's CA; its own outgoing gRPC connections present the client certificate).
+
+    The volume server's HTTP port stays plain HTTP, behind its JWT: SeaweedFS's S3
+    gateway reads server-side-encrypted chunks from it with a plain HTTP client of its
+    own (not the `[https.client]` one), so with TLS there every encrypted object would be
+    unreadable. Without `[https.client]` nothing of SeaweedFS calls the master's or the
+    filer's HTTP port (they talk gRPC), so those two can require certificates.
+    The JWT keys are not in this file (they travel in the environment). Returns the folder."""
     certs = ensure_certs(stack_dir)
     q = lambda p: json.dumps(str(p))  # noqa: E731 - a TOML basic string
     ca = q(certs["ca"][0])
     lines = [
-        "# Written by `lepton up` (authentication on): mutual TLS on SeaweedFS's master,",
-        "# volume and filer ports (HTTP and gRPC) and on its S3 gateway's gRPC port.",
+        "# Written by `lepton up` (authentication on): mutual TLS on SeaweedFS's gRPC ports",
+        "# and on its master's and filer's HTTP ports (lepton/weed.py says why not the volume's).",
         "[grpc]",
         f"ca = {ca}",
     ]
@@ -219,8 +231,7 @@ def write_security_toml(stack_dir: Path) -> Path:
         lines += [f"[grpc.{name}]", f"cert = {q(crt)}", f"key = {q(key)}"]
     crt, key = certs["client"]
     lines += ["[grpc.client]", f"cert = {q(crt)}", f"key = {q(key)}"]
-    lines += ["[https.client]", "enabled = true", f"cert = {q(crt)}", f"key = {q(key)}", f"ca = {ca}"]
-    for name in ("master", "volume", "filer"):
+    for name in HTTPS_SERVERS:
         crt, key = certs[name]
         lines += [f"[https.{name}]", f"cert = {q(crt)}", f"key = {q(key)}", f"ca = {ca}"]
     d = config_dir(stack_dir)

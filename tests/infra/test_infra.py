@@ -214,11 +214,9 @@ def check_security_toml(script: str, folder: Path, mounted: set[str]) -> None:
     assert set(toml) == {"grpc", "https"}, "no JWT keys: they stay in the environment"
     grpc, https = toml["grpc"], toml["https"]
     assert grpc == {"ca": ca, **pair}  # the gRPC ports of all four components, and their clients
-    # HTTPS on the master, volume and filer ports (not S3's: signed requests over HTTP)
-    assert https == {
-        "client": {"enabled": True, **pair["client"], "ca": ca},
-        **{name: {**pair[name], "ca": ca} for name in ("master", "volume", "filer")},
-    }
+    # HTTPS with client certificates on the master's and filer's ports (not S3's: signed
+    # requests over HTTP; not the volume server's: JWT only, see lepton/weed.py)
+    assert https == {name: {**pair[name], "ca": ca} for name in ("master", "filer")}
     for path in _tls_files_in(toml):
         assert str(PurePosixPath(path).parent) == TLS_DIR and PurePosixPath(path).name in mounted, path
     assert "ca.key" not in {PurePosixPath(p).name for p in _tls_files_in(toml)}
