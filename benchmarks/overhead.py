@@ -1,4 +1,5 @@
-"""Lepton's own overhead: `lepton retrain` end to end vs the bare training loop.
+"""Lepton's own overhead: `lepton retrain` end to end vs the bare training loop,
+and what the model report (`evaluate.report`) adds to a retrain.
 
 Both train the same model on the same prepared digits with the same params (the
 loop is deterministic, so both run the same epochs). Run:
@@ -7,7 +8,10 @@ loop is deterministic, so both run the same epochs). Run:
 
 It uses a fresh temporary project (so the first `lepton retrain` is "cold": new
 MLflow database, new DVC repo, new Prefect database) and prints every timing and
-the differences. Nothing is asserted: the numbers are for the README.
+the differences. The report's cost is the retrain's time outside training (wall
+minus the run's `train_seconds`, so the training's own jitter drops out) with the
+report and with `--set evaluate.report=false`, both warm, in turn. Nothing is
+asserted: the numbers are for the README and docs/model-report.md.
 """
 
 from __future__ import annotations
@@ -72,12 +76,13 @@ def bare_loop(env: dict[str, str]) -> dict:
     return res
 
 
-def lepton_retrain(env: dict[str, str]) -> dict:
+def lepton_retrain(env: dict[str, str], *sets: str) -> dict:
     from mlflow.tracking import MlflowClient
 
     t0 = time.perf_counter()
+    overrides = [a for s in sets for a in ("--set", s)]
     out = subprocess.run(
-        [sys.executable, "-c", "from lepton.cli import main; main()", "retrain", "--no-progress", "--json"],
+        [sys.executable, "-c", "from lepton.cli import main; main()", "retrain", "--no-progress", "--json", *overrides],
         env=env,
         capture_output=True,
         text=True,
@@ -91,9 +96,11 @@ def lepton_retrain(env: dict[str, str]) -> dict:
     return {"wall_s": wall, "train_s": run.data.metrics["train_seconds"], "epochs": int(run.data.metrics["epochs_run"])}
 
 
-def in_process_flow(env: dict[str, str], repeats: int) -> list[dict]:
+def in_process_flow(env: dict[str, str], repeats: int) -> tuple[dict[bool, list[dict]], dict[bool, list[float]]]:
     """The retrain flow called in this process, imports and server already paid:
-    what the orchestration, tracking, DVC and registry steps themselves cost."""
+    what the orchestration, tracking, DVC and registry steps themselves cost, with
+    the model report (True) and without it (False), in turn; then the evaluate step
+    alone, with and without it."""
     os.environ.update(env)
     from lepton.local_server import LocalPrefectServer
 
@@ -103,21 +110,51 @@ def in_process_flow(env: dict[str, str], repeats: int) -> list[dict]:
     from mlflow.tracking import MlflowClient
 
     from flows.retrain import retrain
-    from lepton_core.params import load_params
+    from lepton_core.params import EvaluateParams, load_params
 
     server.wait_healthy()
     p = load_params(ROOT / "params.yaml")
     client = MlflowClient(f"sqlite:///{Path(env['LEPTON_HOME']) / 'mlflow.db'}")
-    out = []
+    out: dict[bool, list[dict]] = {True: [], False: []}
     try:
         for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            r = retrain(data=p.data, train=p.train, promote=p.promote, registry=p.registry, progress=False)
-            wall = time.perf_counter() - t0
-            if i:  # the first call warms torch.export and the clients
-                out.append({"wall_s": wall, "train_s": client.get_run(r["run_id"]).data.metrics["train_seconds"]})
+            for report in (True, False):
+                t0 = time.perf_counter()
+                r = retrain(
+                    data=p.data,
+                    train=p.train,
+                    evaluate=EvaluateParams(report=report),
+                    promote=p.promote,
+                    registry=p.registry,
+                    progress=False,
+                )
+                wall = time.perf_counter() - t0
+                if i:  # the first round warms torch.export and the clients
+                    train_s = client.get_run(r["run_id"]).data.metrics["train_seconds"]
+                    out[report].append({"wall_s": wall, "train_s": train_s})
+        steps = evaluate_step(r["run_id"], max(repeats, 5))
     finally:
         server.stop()
+    return out, steps
+
+
+def evaluate_step(run_id: str, pairs: int) -> dict[bool, list[float]]:
+    """The evaluate task alone on a finished run (its plain function), with the report
+    and without it, in turn: the report's own seconds, with little else around them."""
+    from effects.data.dvc_store import version_dataset
+    from effects.runtime.settings import get_settings
+    from lepton_core.params import EvaluateParams, load_params
+    from tasks.evaluate import evaluate
+
+    data = version_dataset(load_params(ROOT / "params.yaml").data)
+    checkpoint = str(get_settings().home / "runs" / run_id / "model.pt")
+    out: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(pairs + 1):
+        for report in (True, False):
+            t0 = time.perf_counter()
+            evaluate.fn(run_id, checkpoint, data, EvaluateParams(report=report))
+            if i:  # the first pair warms the clients
+                out[report].append(time.perf_counter() - t0)
     return out
 
 
@@ -130,8 +167,11 @@ def main() -> None:
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
         bare = [bare_loop(env) for _ in range(args.repeats)]
         cold = lepton_retrain(env)
-        warm = [lepton_retrain(env) for _ in range(args.repeats)]
-        flows = in_process_flow(env, args.repeats)
+        warm, plain = [], []
+        for _ in range(args.repeats):  # in turn, so a busy moment hits both alike
+            warm.append(lepton_retrain(env))
+            plain.append(lepton_retrain(env, "evaluate.report=false"))
+        flows, steps = in_process_flow(env, args.repeats)
 
     med = statistics.median
     bare_train = med(b["train_s"] for b in bare)
@@ -145,13 +185,40 @@ def main() -> None:
     print(
         f"lepton retrain, warm               {warm_wall:6.2f} s  (training inside: {warm_train:.2f} s; median of {len(warm)})"
     )
-    flow_wall = med(f["wall_s"] for f in flows)
-    flow_train = med(f["train_s"] for f in flows)
+    flow_wall = med(f["wall_s"] for f in flows[True])
+    flow_train = med(f["train_s"] for f in flows[True])
     print(f"retrain flow in-process (no imports, server up) {flow_wall:6.2f} s  (training inside: {flow_train:.2f} s)")
     print(f"overhead, flow only: flow - its own training {flow_wall - flow_train:6.2f} s")
     print(f"overhead, warm: lepton - bare loop {warm_wall - bare_train:6.2f} s")
     print(f"overhead, warm: lepton - bare script {warm_wall - bare_proc:6.2f} s")
     print(f"overhead, cold: lepton - bare loop {cold['wall_s'] - bare_train:6.2f} s")
+    report_rows(warm, plain, flows, steps)
+
+
+def report_rows(
+    warm: list[dict], plain: list[dict], flows: dict[bool, list[dict]], steps: dict[bool, list[float]]
+) -> None:
+    """What the model report adds: time outside training, with and without it."""
+    med = statistics.median
+
+    def outside(runs: list[dict]) -> float:
+        return med(r["wall_s"] - r["train_s"] for r in runs)
+
+    cli_on, cli_off = outside(warm), outside(plain)
+    flow_on, flow_off = outside(flows[True]), outside(flows[False])
+    n = len(warm)
+    print(
+        f"lepton retrain, warm, outside training: with report {cli_on:6.2f} s, without {cli_off:6.2f} s (median of {n})"
+    )
+    print(f"retrain flow in-process, outside training: with report {flow_on:6.2f} s, without {flow_off:6.2f} s")
+    step_on, step_off = med(steps[True]), med(steps[False])
+    print(
+        f"evaluate step alone: with report {step_on:6.2f} s, without {step_off:6.2f} s (median of {len(steps[True])})"
+    )
+    print(
+        f"the model report adds: {cli_on - cli_off:+.2f} s (lepton retrain), {flow_on - flow_off:+.2f} s (flow), "
+        f"{step_on - step_off:+.2f} s (evaluate step)"
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ The same champion (trained here on the digits into a temporary home), the same
 1-instance payload (one raw 8x8 uint8 digit), the same machine. Each server runs in
 its own process with one worker; the load generator runs in a third process
 (threads with keep-alive connections), at concurrency 1, 8, 32 and 64, for
-`--seconds` per cell after a warm-up. Prints req/s, p50 and p99 latency and errors.
+`--seconds` per cell after a warm-up. Prints req/s, p50 and p99 latency and errors,
+then the latency of `POST /v1/explain` (Integrated Gradients, 32 steps) for the same
+digit on `lepton serve`, one client (the server runs one explanation at a time).
 
     .venv/bin/python benchmarks/serve.py [--seconds 8] [--concurrency 1 8 32 64] [--litserve] [--variants]
                                           [--regression] [--team]
@@ -178,6 +180,19 @@ def _model_servers(tmp: Path, env: dict, tag: str, model: str, lepton_body: byte
     }
 
 
+def _explain_latency(pool, server: tuple, headers: dict, seconds: float, width: int) -> dict:
+    """`POST /v1/explain` of the same one-digit body on `lepton serve`, one client."""
+    _proc, port, _ready, _path, body = server
+    pool.apply(_load, (port, "/v1/explain", body, headers, 1, 1.0))  # warm-up (the first one imports Captum)
+    res = pool.apply(_load, (port, "/v1/explain", body, headers, 1, seconds))
+    print(
+        f"{'lepton serve /v1/explain':<{width}} c=1   {res['rps']:8.1f} req/s  p50 {res['p50']:7.2f} ms  "
+        f"p99 {res['p99']:8.2f} ms  errors {res['errors']}",
+        flush=True,
+    )
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell (default 8)")
@@ -339,8 +354,9 @@ def main() -> None:
             )
         )
     headers = {"Content-Type": "application/json"}
-    width = max(20, *(len(name) for name in procs))
+    width = max(len("lepton serve /v1/explain"), *(len(name) for name in procs))
     results: dict[str, dict[int, dict]] = {}
+    explain: dict = {}
     ctx = multiprocessing.get_context("spawn")
     try:
         for proc, port, ready, _path, _body in procs.values():
@@ -357,6 +373,7 @@ def main() -> None:
                         f"p99 {res['p99']:8.2f} ms  errors {res['errors']}",
                         flush=True,
                     )
+            explain = _explain_latency(pool, procs["lepton serve"], headers, args.seconds, width)
     finally:
         for proc, *_ in procs.values():
             _stop(proc)
@@ -371,7 +388,10 @@ def main() -> None:
         for name in procs:
             res = results[name][c]
             print(f"| {c} | {name} | {res['rps']:.0f} | {res['p50']:.1f} | {res['p99']:.1f} | {res['errors']} |")
-    print()
+    print(
+        f"\nPOST /v1/explain, one digit, one client: {explain['rps']:.1f} req/s  p50 {explain['p50']:.1f} ms  "
+        f"p99 {explain['p99']:.1f} ms  errors {explain['errors']}\n"
+    )
     for c in args.concurrency:
         a, b = results["lepton serve"][c], results["mlflow models serve"][c]
         print(f"c={c}: throughput {a['rps'] / b['rps']:.2f}x, p99 {a['p99'] / b['p99']:.2f}x of mlflow models serve")

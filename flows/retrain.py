@@ -25,7 +25,7 @@ def retrain(params: Params, progress: bool = True) -> dict:
     data, registry, promote, optimize = params.data, params.registry, params.promote, params.optimize
     dataset = prepare_data(data)
     outcome = train_task(dataset, params, progress=progress)
-    metrics = evaluate(outcome.run_id, outcome.checkpoint, dataset)
+    metrics = evaluate(outcome.run_id, outcome.checkpoint, dataset, params.evaluate)
     version = register(outcome, dataset, params, metrics)
     decision = promote_task(registry.model_name, version, promote)
     result = {

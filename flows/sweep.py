@@ -71,7 +71,7 @@ def sweep(params: Params, dask: str | None = None, progress: bool = False) -> di
             report = close_sweep(parent, search)
             raise LeptonError(f"all {sweep.trials} trials failed (trial 0: {report['trials'][0]['error']})")
         trained = local_checkpoint(best.train)
-        metrics = evaluate(trained.run_id, trained.checkpoint, dataset)
+        metrics = evaluate(trained.run_id, trained.checkpoint, dataset, best.params.evaluate)
         version = register(trained, dataset, best.params, metrics)
         tag_version(registry.model_name, version, parent, best.number)
         decision = promote_task(registry.model_name, version, promote)

@@ -14,6 +14,8 @@ flight finish on the old model, the next batch uses the new one.
 
     POST /v1/predict   {"instances": [...]} (JSON) or a .npy array (application/x-npy)
     POST /v1/feedback  {"request_id": ..., "labels": [...]}: true labels of an answered request
+    POST /v1/explain   {"instances": [...]}: Integrated Gradients attributions, each of its
+                       instance's shape (at most `serve.max_explain_instances`, one at a time)
     GET  /v1/model     name, version, alias, data version, run id, task
     GET  /healthz      the process answers
     GET  /readyz       a model is loaded (503 before)
@@ -25,6 +27,11 @@ feedback labels are the true numbers.
 
 The /v1/* routes take the bearer token when the server has one (one dependency,
 `require_token`); the probes and /metrics stay open.
+
+Explanations cost some 30 forward and backward passes per instance, so they are
+bounded and kept apart from predictions: one at a time (a second one meanwhile gets
+429), on a thread of their own (the batcher's passes never queue behind them), in
+chunks that stop once `serve.explain_timeout_s` is spent (504).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +64,10 @@ from effects.tracking.registry import alias_version, predictor_of
 from effects.tracking.variants import variant_predictor
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.params import ServeParams
-from lepton_core.predictor import BasePredictor, softmax
+from lepton_core.predictor import BasePredictor, Predictor, softmax
 
 JSON_TYPES = ("application/json",)
+EXPLAIN_CHUNK = 4  # instances explained between two looks at the deadline
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
 
 
@@ -99,6 +108,12 @@ class _Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
         )
         self.instances = Counter("lepton_instances", "instances scored", registry=r)
+        self.explain_latency = Histogram(
+            "lepton_explain_seconds",
+            "explain request latency",
+            registry=r,
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60),
+        )
         self.version = Gauge("lepton_model_version", "the loaded registry version", ["model", "alias"], registry=r)
         self.swaps = Counter("lepton_model_swaps", "model versions swapped in", registry=r)
         self.log_dropped = Gauge("lepton_prediction_log_dropped_rows", "rows the prediction log dropped", registry=r)
@@ -129,6 +144,9 @@ class ModelServer:
         )
         self._queue: asyncio.Queue[_Queued] | None = None  # made by the app's lifespan, before any request
         self._inflight = 0  # predict requests checked and not yet answered (event loop only)
+        # explanations: one worker thread, and whether it is busy (event loop only)
+        self._explainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
+        self._explaining = False
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.load_error: str | None = None
@@ -171,6 +189,7 @@ class ModelServer:
 
     def stop(self) -> None:
         self._stop.set()
+        self._explainer.shutdown(wait=False, cancel_futures=True)
         self.log.close()
 
     # ------------------------------------------------------------ requests
@@ -296,6 +315,66 @@ class ModelServer:
                 for _, fut, _ in items:
                     if not fut.done():
                         fut.set_exception(e)
+
+    # ------------------------------------------------------------ explanations
+    async def explain(self, x: np.ndarray) -> dict:
+        """Attributions of each instance (its shape) for the class the model answers
+        (regression: its value), off the event loop, within the time limit."""
+        p = self.params
+        if len(x) > p.max_explain_instances:
+            raise BadRequest(413, f"{len(x)} instances is over the explain limit of {p.max_explain_instances}")
+        loaded = self.current
+        if loaded is None:
+            raise BadRequest(503, "no model loaded yet")
+        try:
+            loaded.predictor.check(x)
+        except InputError as e:
+            raise BadRequest(400, str(e)) from None
+        if not isinstance(loaded.predictor, Predictor):
+            raise BadRequest(501, "explanations need the PyTorch model; this server runs an ONNX variant")
+        if self._explaining:
+            raise BadRequest(429, "another explanation is running; retry in a moment")
+        deadline = time.monotonic() + p.explain_timeout_s
+        job = asyncio.wrap_future(self._explainer.submit(_explain_until, loaded.predictor, x, deadline))
+        self._explaining = True  # until the thread is done, even after a time-out answered
+        job.add_done_callback(self._explained)
+        try:
+            # shielded: on time-out the thread still finishes its chunk, and only then
+            # may the next explanation start
+            attr, answers = await asyncio.wait_for(asyncio.shield(job), p.explain_timeout_s)
+        except (TimeoutError, _Overdue):
+            limit = f"{p.explain_timeout_s:g} s (serve.explain_timeout_s)"
+            raise BadRequest(504, f"the explanation took over {limit}; send fewer instances") from None
+        except InputError as e:
+            raise BadRequest(400, str(e)) from None
+        return {"model": self.model_name, "version": loaded.version, **answers, "attributions": attr.tolist()}
+
+    def _explained(self, job: asyncio.Future) -> None:
+        self._explaining = False
+        if not job.cancelled():
+            job.exception()  # retrieved: a time-out already answered the request
+
+
+class _Overdue(Exception):
+    """The explanation's time ran out between two chunks."""
+
+
+def _explain_until(predictor: Predictor, x: np.ndarray, deadline: float) -> tuple[np.ndarray, dict]:
+    """Attributions of `x` in chunks, stopping at the first chunk that would start
+    after `deadline` (time.monotonic); with what they explain."""
+    from lepton_core.explain import attributions  # imports Captum: the first explanation pays for it
+
+    parts = []
+    for i in range(0, len(x), EXPLAIN_CHUNK):
+        if time.monotonic() > deadline:
+            raise _Overdue
+        parts.append(attributions(predictor, x[i : i + EXPLAIN_CHUNK]))
+    pred = predictor.predict(x)
+    if pred.values is not None:
+        answers: dict = {"values": pred.values.tolist()}
+    else:
+        answers = {"labels": pred.labels.tolist(), "class_names": pred.names}
+    return np.concatenate(parts), answers
 
 
 def _read_npy(body: bytes) -> np.ndarray:
@@ -431,6 +510,17 @@ async def predict(server: Server, request: Request) -> Response:
     x = server.parse(request.headers.get("content-type", ""), await request.body())
     out = await server.predict(x)
     server.metrics.latency.observe(time.perf_counter() - t0)
+    server.metrics.requests.labels("200").inc()
+    return JSONResponse(out)
+
+
+@protected.post("/v1/explain")
+async def explain(server: Server, request: Request) -> Response:
+    """{"instances": [...]} (or a .npy array) -> attributions of each instance's shape."""
+    t0 = time.perf_counter()
+    x = server.parse(request.headers.get("content-type", ""), await request.body())
+    out = await server.explain(x)
+    server.metrics.explain_latency.observe(time.perf_counter() - t0)
     server.metrics.requests.labels("200").inc()
     return JSONResponse(out)
 

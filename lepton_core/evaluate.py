@@ -101,3 +101,13 @@ def evaluate_predictor(predictor: BasePredictor, x_raw: np.ndarray, y: np.ndarra
     if predictor.regression:
         return regression_metrics(y, predictor.values(x_raw))
     return classification_metrics(y, predictor.logits(x_raw).argmax(1), predictor.classes)
+
+
+def logged_test_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """What a training run records of its evaluation: `test_<headline>` for each
+    summary key, and `test_f1_class_<name>` for each class whose name fits a metric key."""
+    out = {f"test_{k}": float(metrics[k]) for k in summary_keys(metrics) if k in metrics}
+    for name, v in metrics.get("per_class", {}).items():
+        if name.isidentifier() or name.isalnum():
+            out[f"test_f1_class_{name}"] = float(v["f1"])
+    return out

@@ -6,11 +6,13 @@ and what `dvc.yaml` stages list under `params:`.
 
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
 import posixpath
+import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -257,6 +259,16 @@ class DeployParams(_Section):
     )
 
 
+class EvaluateParams(_Section):
+    """The model report of every version (`report/model.html` on the training run) and
+    the explanations in it."""
+
+    report: bool = Field(True, description="write the model report, with its explanations, on every training run")
+    explain_per_class: int = Field(
+        2, ge=0, le=50, description="report: test samples per class explained with Integrated Gradients (images)"
+    )
+
+
 class ServeParams(_Section):
     """`lepton serve`: batching, request limits, hot swap, the prediction log."""
 
@@ -267,6 +279,8 @@ class ServeParams(_Section):
     poll_seconds: float = Field(5.0, gt=0, le=86_400, description="how often the server checks where the alias points")
     log_flush_seconds: float = Field(5.0, gt=0, le=86_400, description="prediction log: write a part file this often")
     log_flush_rows: int = Field(2048, ge=1, le=10_000_000, description="prediction log: or when this many rows wait")
+    max_explain_instances: int = Field(16, ge=1, le=10_000, description="most instances in one /v1/explain request")
+    explain_timeout_s: float = Field(10.0, gt=0, le=3600, description="an /v1/explain request gets at most this long")
 
 
 class OptimizeParams(_Section):
@@ -347,6 +361,7 @@ class SweepParams(_Section):
 class Params(_Section):
     data: DataParams = DataParams()
     train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
     promote: PromoteParams = PromoteParams()
     registry: RegistryParams = RegistryParams()
     deploy: DeployParams = DeployParams()
@@ -521,3 +536,56 @@ def flatten_params(params: Params) -> dict[str, str]:
         for key, value in model.model_dump().items():
             flat[f"{section}.{key}"] = "" if value is None else str(value)
     return flat
+
+
+def _wants_text(annotation: Any) -> bool:
+    """A field that takes text: str, a path, a Literal of strings, or a union with one."""
+    if annotation in (str, Path):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return any(_wants_text(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _admits_none(annotation: Any) -> bool:
+    return annotation is None or type(None) in typing.get_args(annotation)
+
+
+def _recorded_value(section: str, key: str, raw: str) -> Any:
+    """One value as `flatten_params` wrote it (`str(value)`; None as "") back to what
+    the field takes. Text stays text ("1" for a str field is "1", not 1); containers,
+    numbers and booleans come back through `ast.literal_eval`."""
+    sec = Params.model_fields.get(section)
+    model = sec.annotation if sec is not None else None
+    field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) else None
+    annotation = field.annotation if field is not None else None
+    if raw == "" and (annotation is None or _admits_none(annotation)):
+        return None
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return raw
+    if annotation is not None and _wants_text(annotation) and not isinstance(value, (dict, list, tuple)):
+        return raw
+    return value
+
+
+def nested_from_flat(flat: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`section.key -> str(value)` (what a run records, `flatten_params`) back to
+    params.yaml's shape, without checking it against this code's model (a run made
+    by older code may have fields this code lacks)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in flat.items():
+        section, _, key = name.partition(".")
+        if key:
+            out.setdefault(section, {})[key] = _recorded_value(section, key, raw)
+    return out
+
+
+def params_from_flat(flat: Mapping[str, str]) -> Params:
+    """The Params a run recorded (`flatten_params`'s inverse; `sweep`, which runs do
+    not record, is the default). ParamsError when they do not fit this code's model."""
+    return parse_params(nested_from_flat(flat))

@@ -17,6 +17,7 @@ from effects.data.dvc_store import DataVersion, dataset_path
 from effects.runtime.retry import not_user_error
 from effects.runtime.settings import get_settings
 from effects.tracking import runs, tags
+from effects.tracking.model_report import report_line, report_url
 from effects.tracking.registry import log_and_register, promote_version, rollback_champion
 from effects.tracking.variants import follow_champion
 from lepton_core.data.prepare import read_prepared
@@ -79,6 +80,9 @@ def register(outcome: TrainOutcome, data: DataVersion, params: Params, metrics: 
         "params": params.model_dump(mode="json"),
     }
     description = "Provenance:\n\n```json\n" + json.dumps(provenance, indent=1, sort_keys=True) + "\n```"
+    if params.evaluate.report:  # the evaluate task logged the model report on the run
+        run = runs.client(s).get_run(outcome.run_id)
+        description = report_line(report_url(s.tracking_uri, run)) + "\n\n" + description
     return log_and_register(
         outcome.run_id, outcome.checkpoint, prepared, params.registry.model_name, version_tags, description, s
     )

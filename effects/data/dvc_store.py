@@ -57,11 +57,13 @@ def _quiet_dvc_stdout() -> None:
                 logger.removeHandler(h)
 
 
-def _data_repo(settings: Settings):
+def _data_repo(settings: Settings, root: Path | None = None):
+    """The DVC repository of prepared datasets (or, `root`, a scratch one with its own
+    empty cache and the same remote)."""
     from dvc.repo import Repo
 
     _quiet_dvc_stdout()
-    root = settings.data_repo
+    root = root or settings.data_repo
     if not (root / ".dvc").exists():
         root.mkdir(parents=True, exist_ok=True)
         with contextlib.redirect_stdout(io.StringIO()):  # DVC prints its init banner twice
@@ -122,36 +124,48 @@ def _copy_version(src: Path, dst: Path) -> None:
     publish_dir(dst, build, replace=False)
 
 
-def restore_dataset(version: str, to_dir: str | Path, settings: Settings | None = None) -> Path:
-    """Fetch a data version from the DVC remote and check it out at `to_dir`."""
+def restore_dataset(
+    version: str, to_dir: str | Path, settings: Settings | None = None, from_remote: bool = False
+) -> Path:
+    """Fetch a data version from the DVC remote and check it out at `to_dir`.
+    `from_remote`: through a scratch repository with an empty cache, so the objects
+    come from the remote itself, never from this machine's cache."""
     s = settings or get_settings()
     v = check_version(version)
     dest = Path(to_dir).expanduser().resolve()
     if dest.exists() and any(dest.iterdir()):
         raise DataError(f"{dest}: exists and is not empty")
-    with file_lock(s.locks_dir / "data.lock"):
-        repo = _data_repo(s)
-        scratch = s.data_repo / "restore" / uuid.uuid4().hex
-        scratch.mkdir(parents=True)
-        pin = scratch.with_suffix(".dvc")
-        pin.write_text(f"outs:\n- md5: {v}.dir\n  hash: md5\n  path: {scratch.name}/data\n")
-        try:
-            repo.pull(targets=[str(pin)])
-        except Exception as e:
-            shutil.rmtree(scratch, ignore_errors=True)  # nothing half-fetched stays behind
-            raise DataError(
-                f"data version {v} could not be restored from the remote ({e.__class__.__name__})"
-            ) from None
-        finally:
-            pin.unlink(missing_ok=True)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if dest.exists():
-                dest.rmdir()
-            shutil.move(str(scratch / "data"), str(dest))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    own = s.data_repo.parent / "data-restore" / uuid.uuid4().hex if from_remote else None
+    try:
+        with file_lock(s.locks_dir / "data.lock"):
+            _pull_into(s, v, dest, own)
+    finally:
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
     return dest
+
+
+def _pull_into(s: Settings, v: str, dest: Path, root: Path | None) -> None:
+    """Pull data version `v` through the repository at `root` (default: the datasets' one) into `dest`."""
+    repo = _data_repo(s, root)
+    scratch = (root or s.data_repo) / "restore" / uuid.uuid4().hex
+    scratch.mkdir(parents=True)
+    pin = scratch.with_suffix(".dvc")
+    pin.write_text(f"outs:\n- md5: {v}.dir\n  hash: md5\n  path: {scratch.name}/data\n")
+    try:
+        repo.pull(targets=[str(pin)])
+    except Exception as e:
+        shutil.rmtree(scratch, ignore_errors=True)  # nothing half-fetched stays behind
+        raise DataError(f"data version {v} could not be restored from the remote ({e.__class__.__name__})") from None
+    finally:
+        pin.unlink(missing_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            dest.rmdir()
+        shutil.move(str(scratch / "data"), str(dest))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def dataset_path(version: str, settings: Settings | None = None) -> Path:

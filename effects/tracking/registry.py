@@ -24,6 +24,7 @@ from effects.data.dvc_store import dataset_path
 from effects.runtime.locks import file_lock
 from effects.runtime.settings import Settings, get_settings, redact_uri
 from effects.tracking import runs, tags
+from effects.tracking.model_report import has_report, report_url
 from lepton_core.data.prepare import Prepared, read_prepared
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.evaluate import REGRESSION_KEYS, SUMMARY_KEYS, gate_evidence
@@ -382,10 +383,11 @@ def rollback_champion(model_name: str, settings: Settings | None = None) -> dict
         return {"champion": str(prev.version), "demoted": _ver(champ)}
 
 
-def _describe(c, mv) -> dict | None:
+def _describe(c, mv, tracking_uri: str = "") -> dict | None:
     if mv is None:
         return None
     metrics: dict[str, float] = {}
+    report = None
     try:
         run = c.get_run(mv.run_id)
         metrics = {
@@ -393,6 +395,7 @@ def _describe(c, mv) -> dict | None:
             for k, v in run.data.metrics.items()
             if k.startswith("test_") and k.removeprefix("test_") in (*SUMMARY_KEYS, *REGRESSION_KEYS)
         }
+        report = report_url(tracking_uri, run) if has_report(run) else None
     except Exception:  # the run may have been deleted; the version still stands
         acc, rmse = mv.tags.get(tags.TEST_ACCURACY), mv.tags.get(tags.TEST_RMSE)
         metrics = {"accuracy": float(acc)} if acc else {"rmse": float(rmse)} if rmse else {}
@@ -402,6 +405,7 @@ def _describe(c, mv) -> dict | None:
         "metrics": metrics,
         "data_version": mv.tags.get(tags.DATA_VERSION),
         "git_commit": mv.tags.get(tags.GIT_COMMIT),
+        "report_url": report,  # the model report (report/model.html), where a browser opens it
     }
 
 
@@ -411,6 +415,6 @@ def registry_status(model_name: str, settings: Settings | None = None) -> dict:
     return {
         "registered_model": model_name,
         "tracking_uri": redact_uri(s.tracking_uri),
-        "champion": _describe(c, alias_version(c, model_name, CHAMPION)),
-        "previous": _describe(c, alias_version(c, model_name, PREVIOUS)),
+        "champion": _describe(c, alias_version(c, model_name, CHAMPION), s.tracking_uri),
+        "previous": _describe(c, alias_version(c, model_name, PREVIOUS), s.tracking_uri),
     }

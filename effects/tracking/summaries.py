@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from effects.runtime.settings import get_settings
 from effects.tracking import runs
+from effects.tracking.model_report import REPORT_ARTIFACT, has_report, report_url
 
 
 def _links(run_id: str | None, model_name: str, version: str | None) -> tuple[str, str]:
@@ -45,7 +46,17 @@ Gate: {d["reason"]}
 - data version: `{result["data_version"]}`
 - MLflow run: {run_link}
 - model version: {version_link}
-"""
+{_report_item(result["run_id"])}"""
+
+
+def _report_item(run_id: str | None) -> str:
+    """The list item that links the run's model report (none when it was not written)."""
+    if not run_id:
+        return ""
+    run = runs.client().get_run(run_id)
+    if not has_report(run):
+        return ""
+    return f"- model report: [{REPORT_ARTIFACT}]({report_url(get_settings().tracking_uri, run)})\n"
 
 
 def _gate_figures(d: dict) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from lepton.cli import data, monitoring, platform, registry, serving, training
+from lepton.cli import data, explain, monitoring, platform, registry, reproduce, serving, training, versions
 from lepton.cli.options import run_main
 
 app = typer.Typer(
@@ -34,7 +34,10 @@ _COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("demo", training.demo),
     ("retrain", training.retrain),
     ("sweep", training.sweep),
+    ("reproduce", reproduce.reproduce),
     ("status", platform.status),
+    ("versions", versions.versions),
+    ("compare", versions.compare),
     ("promote", registry.promote),
     ("rollback", registry.rollback),
     ("optimize", registry.optimize),
@@ -46,6 +49,7 @@ _COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("simulate-drift", monitoring.simulate_drift),
     ("serve", serving.serve),
     ("predict", serving.predict),
+    ("explain", explain.explain),
 ]
 for _name, _command in _COMMANDS:
     app.command(_name)(_command)

@@ -143,6 +143,7 @@ def status(
         return
     echo_lines(render.services_table(services))
     echo_lines(render.registry_table(st, registry_label(s)))
+    echo_lines(render.report_lines(st))
 
 
 def _local_env(s) -> dict[str, str]:

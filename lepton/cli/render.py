@@ -273,3 +273,199 @@ def predict_line(r: dict) -> str:
 
 def restored_line(version: str, path, files: int) -> str:
     return f"restored data version {version} to {path} ({files} files)"
+
+
+# ---------------------------------------------------------------- reproduce
+def reproduce_lines(rep) -> list[str]:
+    """`lepton reproduce`: the logged and the reproduced test metrics side by side, and
+    whether they match. `rep`: a lepton.reproduce.Reproduction."""
+    lin = rep.lineage
+    lines = [
+        f"{lin.name} v{lin.version}: data {lin.data_version}, run {lin.run_id}, commit {lin.commit[:12]}",
+        f"{'metric':<22} {'logged':>12} {'reproduced':>12} {'difference':>12}",
+    ]
+    for k, logged in sorted(lin.metrics.items()):
+        if k in rep.metrics:
+            lines.append(f"{k:<22} {logged:>12.6g} {rep.metrics[k]:>12.6g} {rep.metrics[k] - logged:>12.3g}")
+    if rep.exact:
+        lines.append(f"the metrics match exactly (reproduction run {rep.run_id})")
+    else:
+        worst = max(rep.diffs, key=lambda k: abs(rep.diffs[k]), default=None)
+        where = f"; largest difference {worst} {rep.diffs[worst]:+.3g}" if worst else ""
+        lines.append(f"the metrics differ{where} (reproduction run {rep.run_id})")
+    return lines
+
+
+# ---------------------------------------------------------------- versions and compare
+def _metrics_cell(m: dict) -> str:
+    """A version's test metrics in a few words: accuracy and macro-F1, or RMSE and R²."""
+    if "rmse" in m:
+        return f"RMSE {m['rmse']:.4g}" + (f"  R² {m['r2']:.4f}" if "r2" in m else "")
+    if "accuracy" in m:
+        return f"accuracy {m['accuracy']:.4f}" + (f"  F1 {m['f1_macro']:.4f}" if "f1_macro" in m else "")
+    return "-"
+
+
+def _gate_cell(v: dict) -> str:
+    """What the gate decided on a version (a variant is not judged: what it is a variant of)."""
+    if v.get("variant"):
+        return f"{v['variant']} variant of v{v['variant_of']}"
+    g = v.get("gate")
+    if not g:
+        return "not judged"
+    against = f" against v{g['champion_version']}" if g.get("champion_version") else ""
+    p = f", p {g['p_value']:.4g}" if g.get("p_value") is not None else ""
+    return f"{g['decision']}{against}{p}: {g['reason']}"
+
+
+def versions_table(r: dict) -> list[str]:
+    """`lepton versions`: one line per version, newest first."""
+    vs = r["versions"]
+    lines = [f"registered model  {r['registered_model']}  ({len(vs)} version{'' if len(vs) == 1 else 's'})"]
+    if not vs:
+        return lines
+    aliases = [", ".join(v["aliases"]) or "-" for v in vs]
+    width = max(7, *(len(a) for a in aliases))
+    lines.append(
+        f"{'version':<8} {'aliases':<{width}}  {'created (UTC)':<16}  {'test metrics':<26}  "
+        f"{'data':<12}  {'commit':<8}  gate"
+    )
+    for v, a in zip(vs, aliases, strict=True):
+        created = v["created_at"][:16].replace("T", " ")
+        lines.append(
+            f"v{v['version']:<7} {a:<{width}}  {created:<16}  {_metrics_cell(v['metrics']):<26}  "
+            f"{(v['data_version'] or '-')[:12]:<12}  {(v['git_commit'] or '-')[:8]:<8}  {_gate_cell(v)}"
+        )
+    return lines
+
+
+def _who(side: dict) -> str:
+    aliases = f" @{', @'.join(side['aliases'])}" if side["aliases"] else ""
+    variant = f" ({side['variant']} variant of v{side['variant_of']})" if side.get("variant") else ""
+    return f"v{side['version']}{aliases}{variant}"
+
+
+def _metric_rows(r: dict) -> list[str]:
+    a, b = r["a"]["metrics"], r["b"]["metrics"]
+    lines = [f"{'metric':<16} {'A v' + r['a']['version']:>10} {'B v' + r['b']['version']:>10} {'B - A':>10}"]
+    for k in a:
+        lines.append(f"{k:<16} {a[k]:>10.4f} {b[k]:>10.4f} {b[k] - a[k]:>+10.4f}")
+    return lines
+
+
+def paired_test_text(r: dict) -> str:
+    """The gate's paired test on the two versions, with its discordant counts."""
+    t = r["paired_test"]
+    if "only_a_right" in t:
+        return (
+            f"McNemar exact (two-sided): {t['only_a_right']} samples only A labels right, "
+            f"{t['only_b_right']} only B; p = {t['p_value']:.4g}"
+        )
+    return (
+        f"paired t-test on squared errors: A closer on {t['a_closer']} rows, B on "
+        f"{t['b_closer']}; mean difference (B - A) {t['mean_sq_err_diff']:.4g}, t {t['t_statistic']:.3g}, "
+        f"p (B worse) = {t['p_value']:.4g}"
+    )
+
+
+def gate_text(r: dict) -> str:
+    """What the gate recorded when it judged B against A on this split, if it did."""
+    g = r.get("gate")
+    if not g:
+        return f"did not judge v{r['b']['version']} against v{r['a']['version']} on this split"
+    p = "no p-value" if g["p_value"] is None else f"p = {g['p_value']:.4g}"
+    return f"judged v{g['version']} against v{g['champion_version']} on this split: {g['decision']}, {p}"
+
+
+def _per_class_rows(per_class: dict) -> list[str]:
+    lines = [f"{'class':<16} {'F1 A':>7} {'F1 B':>7} {'B - A':>7}  {'recall A':>8} {'recall B':>8} {'support':>8}"]
+    for name, d in per_class.items():
+        a, b = d["a"], d["b"]
+        lines.append(
+            f"{name[:16]:<16} {a['f1']:>7.3f} {b['f1']:>7.3f} {d['f1_diff']:>+7.3f}  "
+            f"{a['recall']:>8.3f} {b['recall']:>8.3f} {a['support']:>8}"
+        )
+    return lines
+
+
+MAX_MATRIX_CLASSES = 20  # wider matrices are in --json and --html only
+
+
+def confusion_rows(cm: list[list[int]], classes: list[str], title: str) -> list[str]:
+    """A confusion matrix as text: rows true classes, columns predictions."""
+    w = max(4, *(len(str(v)) + 1 for row in cm for v in row), *(len(c[:6]) + 1 for c in classes))
+    lines = [f"{title} (rows: true class, columns: predicted)", " " * 8 + "".join(f"{c[:6]:>{w}}" for c in classes)]
+    for name, row in zip(classes, cm, strict=True):
+        lines.append(f"{name[:8]:<8}" + "".join(f"{v:>{w}}" for v in row))
+    return lines
+
+
+def _samples_line(label: str, rows: list[dict], count: int, shown: int, regression: bool) -> str:
+    def one(s: dict) -> str:
+        if regression:
+            return f"#{s['index']} true {s['true']:.4g} (A {s['a']:.4g}, B {s['b']:.4g})"
+        return f"#{s['index']} true {s['true']} (A {s['a']}, B {s['b']})"
+
+    more = f", ... ({count - shown} more)" if count > shown else ""
+    listed = ", ".join(one(s) for s in rows[:shown])
+    return f"{label:<16} {count} sample{'' if count == 1 else 's'}" + (f": {listed}{more}" if count else "")
+
+
+def compare_summary(r: dict, shown: int = 6) -> list[str]:
+    """`lepton compare A B`: metrics side by side, the paired test, per-class
+    differences, both confusion matrices and the samples they disagree on."""
+    n, dv = r["n"], r["test_data_version"]
+    lines = [
+        f"A  {r['registered_model']} {_who(r['a'])}",
+        f"B  {r['registered_model']} {_who(r['b'])}",
+        f"both scored on the test split of data version {dv[:12]} ({r['test_data_of']}'s), {n} samples",
+        "",
+        *_metric_rows(r),
+        "",
+        f"{'paired test':<16} {paired_test_text(r)}",
+        f"{'the gate':<16} {gate_text(r)}",
+    ]
+    t = r["paired_test"]
+    if r["task"] == "regression":
+        return lines + [
+            _samples_line("A much closer", r["a_closer"], t["a_closer"], shown, True),
+            _samples_line("B much closer", r["b_closer"], t["b_closer"], shown, True),
+        ]
+    lines += [
+        _samples_line("only A right", r["only_a_right"], t["only_a_right"], shown, False),
+        _samples_line("only B right", r["only_b_right"], t["only_b_right"], shown, False),
+        "",
+        *_per_class_rows(r["per_class"]),
+    ]
+    classes = r["classes"]
+    if len(classes) > MAX_MATRIX_CLASSES:
+        return lines + ["", f"confusion matrices: {len(classes)} classes, see --json or --html"]
+    for side in ("a", "b"):
+        title = f"confusion matrix of {side.upper()} v{r[side]['version']}"
+        lines += ["", *confusion_rows(r[side]["confusion_matrix"], classes, title)]
+    return lines
+
+
+# ---------------------------------------------------------------- explanations
+def explain_lines(r: dict) -> list[str]:
+    """After `lepton explain`: what was explained, the features that weigh most (tables),
+    and what was written where."""
+    shown = f"the first {r['n']} of {r['total']} samples (--limit)" if r["n"] < r["total"] else f"{r['n']} samples"
+    lines = [f"explained       {shown} with {r['model']} v{r['version']} (Integrated Gradients, {r['steps']} steps)"]
+    if r["kind"] == "tabular":
+        top = ", ".join(f"{name} {value:.3g}" for name, value in r["top"][:5])
+        lines += [f"top features    {top}  (mean |attribution|)", f"wrote           {r['out']}/attributions.parquet"]
+    else:
+        lines.append(f"wrote           {r['out']}/  ({r['n']} maps as PNG, all in attributions.npy)")
+    return lines
+
+
+# ---------------------------------------------------------------- model report
+def report_lines(st: dict) -> list[str]:
+    """Under `registry_table` (`lepton status`): where the model report of @champion
+    and @previous opens, for the versions whose run wrote one."""
+    return [
+        f"{'@' + alias + ' report':<18}{st[alias]['report_url']}"
+        for alias in ("champion", "previous")
+        if st.get(alias) and st[alias].get("report_url")
+    ]

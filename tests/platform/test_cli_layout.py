@@ -20,7 +20,10 @@ COMMANDS = [
     "demo",
     "retrain",
     "sweep",
+    "reproduce",
     "status",
+    "versions",
+    "compare",
     "promote",
     "rollback",
     "optimize",
@@ -32,6 +35,7 @@ COMMANDS = [
     "simulate-drift",
     "serve",
     "predict",
+    "explain",
 ]
 GROUPS = {"data": ["restore"], "monitor": ["check", "accepted", "reject"]}
 
