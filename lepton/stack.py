@@ -18,7 +18,7 @@ created when missing). S3 credentials are generated once, kept in
 `<home>/stack/credentials.json` (mode 0600) and handed to the processes through
 their environment, never through a committed file, a param or a tag. SeaweedFS's
 own ports take only clients with the stack's certificates (mutual TLS), and a
-sentinel object tells a store that lost its data from a healthy one: `lepton.weed`.
+sentinel object notices a store whose volumes were deleted: `lepton.weed`.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class StackState:
     sse: str | None = None  # server-side encryption asked for on every S3 write (MLflow's server and DVC)
     auth: bool | None = None  # authentication on every service; None: a record from before it was kept
     internal: dict[str, int] | None = None  # SeaweedFS's own ports, chosen afresh at every start
-    sentinel: str | None = None  # the token of the bucket's sentinel object (lepton.weed); None: none written
+    sentinels: dict[str, str] = field(default_factory=dict)  # bucket -> the token of its sentinel (lepton.weed)
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they are
 
     @classmethod
@@ -100,7 +100,7 @@ class StackState:
             sse=d.get("sse"),
             auth=d.get("auth"),
             internal=d.get("internal"),
-            sentinel=d.get("sentinel"),
+            sentinels=dict(d.get("sentinels") or {}),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -124,8 +124,8 @@ class StackState:
             out["auth"] = self.auth
         if self.internal:
             out["internal"] = self.internal
-        if self.sentinel:
-            out["sentinel"] = self.sentinel
+        if self.sentinels:
+            out["sentinels"] = self.sentinels
         return out
 
     def write(self, home: Path) -> None:
@@ -347,8 +347,8 @@ class _Starter:
         is written when none was). With `accept_loss`, a store that lost its data gets
         a new sentinel instead of an error."""
         bucket, c = self.state.bucket or "", _store_client(self.u.s3, self.creds)
-        if self.state.sentinel:
-            problem = weed.data_problem(c, bucket, self.state.sentinel)
+        if bucket in self.state.sentinels:
+            problem = weed.data_problem(c, bucket, self.state.sentinels[bucket])
             if problem is None:
                 return
             if not accept_loss:
@@ -358,8 +358,9 @@ class _Starter:
                     "`lepton up --accept-data-loss` to go on with what is left"
                 )
             self.echo(f"seaweedfs: {problem}; going on with what is left (--accept-data-loss)")
-        self.state.sentinel = weed.new_sentinel()
-        weed.write_sentinel(c, bucket, self.state.sentinel)
+        token = weed.new_sentinel()
+        weed.write_sentinel(c, bucket, token)
+        self.state.sentinels = {**self.state.sentinels, bucket: token}
         self.state.write(self.s.home)
 
     # -- the five services
@@ -381,12 +382,7 @@ class _Starter:
                 ]
             },
         )
-        internal = dict(
-            zip(
-                ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc"),
-                (free_port(avoid=self.state.ports.values()) for _ in range(7)),
-            )
-        )
+        internal = self._internal_ports()
         weed_env = {
             **self.base,
             "WEED_S3_SSE_KEK_PASSPHRASE": creds["sse_kek_passphrase"],
@@ -398,9 +394,20 @@ class _Starter:
             weed.write_security_toml(d)
         weed.remove_sockets(self.state.internal)  # what a killed store left in /tmp
         self.state.internal = internal
+        (self.logs / "weed").mkdir(parents=True, exist_ok=True)
         self.echo(f"starting seaweedfs (S3 on {self.u.s3}{', mutual TLS inside' if tls else ''}) ...")
         cmd = weed.command(_bin("weed"), d, self.state.ports["s3"], internal, s3_config, tls)
         return _spawn(self.s, "seaweedfs", cmd, weed_env)
+
+    def _internal_ports(self) -> dict[str, int]:
+        """SeaweedFS's own ports: free, and with no file at their gRPC socket paths in
+        /tmp (weed could not listen there; another user may have put one there)."""
+        names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc")
+        for _ in range(20):
+            internal = {n: free_port(avoid=self.state.ports.values()) for n in names}
+            if weed.sockets_free(internal):
+                return internal
+        raise LeptonError("no free ports for SeaweedFS: files lie at their gRPC socket paths (/tmp/seaweedfs-*.sock)")
 
     def mlflow(self) -> int:
         creds, u, state = self.creds, self.u, self.state
@@ -634,7 +641,7 @@ def _next_state(
         auth=bool(asked_auth),
         pids={n: stale.pid(n) for n in SERVICES},
         internal=stale.internal or None,
-        sentinel=stale.sentinel,
+        sentinels=stale.sentinels,
     )
 
 
@@ -713,10 +720,11 @@ def data_problem(home: Path, state: StackState) -> str | None:
     sentinel was written yet."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    if not state.sentinel:
+    token = state.sentinels.get(state.bucket or "")
+    if not token:
         return None
     try:
-        return weed.data_problem(_store_client(state.urls().s3, credentials(home)), state.bucket or "", state.sentinel)
+        return weed.data_problem(_store_client(state.urls().s3, credentials(home)), state.bucket or "", token)
     except (BotoCoreError, ClientError, OSError):
         return "not healthy (the data check got no answer)"
 

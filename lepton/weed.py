@@ -15,9 +15,11 @@ The CA and the certificates are made once, under `<home>/stack/tls/` (keys 0600)
 made again only when one is missing or has less than 30 days left.
 
 The sentinel: `up` writes a small object to the bucket once and records its token in
-the stack's state; `up` and `lepton status` read it back. A store whose volumes were
-deleted still answers a write, read and delete of a new object (it makes fresh
-volumes for it); only reading what was written before tells that the data is gone.
+the stack's state (one per bucket); `up` and `lepton status` read it back. A store
+whose volumes were deleted still answers a write, read and delete of a new object (it
+makes fresh volumes for it); only reading what was written before tells that the data
+is gone. It notices the loss of the volume that holds the sentinel (all of them, as
+`/col/delete` does), not of another single volume.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ SENTINEL_KEY = "_lepton/sentinel.json"
 # MLflow's artifacts.
 DATA_PREFIXES = ("dvc/", "mlflow/")
 DATA_MISSING = "data missing (sentinel gone)"
+# S3 answers that say "try again later", not "it is gone"
+BUSY = ("SlowDown", "ServiceUnavailable", "503", "RequestTimeout", "Throttling")
 
 
 # ---------------------------------------------------------------- certificates
@@ -57,16 +61,21 @@ def cert_paths(stack_dir: Path, name: str) -> tuple[Path, Path]:
 
 
 def _usable(crt: Path, key: Path, ca=None) -> bool:
-    """The pair exists, has RENEW_DAYS left, and (given a CA) that CA signed it."""
+    """The pair exists and reads, the key is the certificate's, it has RENEW_DAYS left,
+    and (given a CA) that CA signed it."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
 
     if not (crt.exists() and key.exists()):
         return False
     try:
         cert = x509.load_pem_x509_certificate(crt.read_bytes())
-    except ValueError:
+        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    except (ValueError, TypeError):
         return False
+    if private.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
+        return False  # a key that is not this certificate's
     left = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)
     if left < dt.timedelta(days=RENEW_DAYS):
         return False
@@ -173,19 +182,22 @@ def _make_leaf(crt: Path, key: Path, cn: str, ca_cert, ca_key) -> None:
 
 
 def ensure_certs(stack_dir: Path) -> dict[str, tuple[Path, Path]]:
-    """The stack's CA and a certificate per TLS_NAMES under `tls_dir(stack_dir)`."""
-    return certs_in(tls_dir(stack_dir))
+    """The stack's CA and a certificate per TLS_NAMES under `tls_dir(stack_dir)` (0700)."""
+    d = tls_dir(stack_dir)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    d.chmod(0o700)
+    return certs_in(d)
 
 
 def certs_in(d: Path) -> dict[str, tuple[Path, Path]]:
-    """A CA and a certificate per TLS_NAMES in folder `d` (NAME.crt, NAME.key), made
-    when missing or expiring (a new CA means new certificates for all). Returns
-    name -> (cert, key), "ca" included. `lepton certs DIR` (for infra/) calls it too."""
+    """A CA and a certificate per TLS_NAMES in folder `d` (NAME.crt, NAME.key; the keys
+    0600), made when missing or expiring (a new CA means new certificates for all). A
+    folder made here is 0700; an existing one keeps its mode. Returns name -> (cert,
+    key), "ca" included. `lepton certs DIR` (for infra/) calls it too."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    d.chmod(0o700)
     ca_crt, ca_key_path = d / "ca.crt", d / "ca.key"
     if _usable(ca_crt, ca_key_path):
         ca_cert = x509.load_pem_x509_certificate(ca_crt.read_bytes())
@@ -256,6 +268,7 @@ def command(weed: str, d: Path, s3_port: int, internal: dict[str, int], s3_confi
     return [
         weed,
         *([f"-config_dir={config_dir(d)}"] if tls else []),
+        f"-logdir={d / 'logs' / 'weed'}",  # glog's files (else in /tmp, never removed)
         "server",
         f"-dir={d / 'seaweedfs'}",
         "-ip=127.0.0.1",
@@ -299,10 +312,14 @@ def data_problem(c, bucket: str, token: str) -> str | None:
     from botocore.exceptions import ClientError
 
     try:
-        body = c.get_object(Bucket=bucket, Key=SENTINEL_KEY)["Body"].read()
-        if json.loads(body).get("sentinel") != token:
-            return DATA_MISSING
-    except (ClientError, ValueError):
+        doc = json.loads(c.get_object(Bucket=bucket, Key=SENTINEL_KEY)["Body"].read())
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in BUSY:
+            raise  # no verdict: the store is busy, not empty
+        return DATA_MISSING  # gone (404), or its bytes are (the 500 of a missing chunk)
+    except ValueError:
+        return DATA_MISSING
+    if not isinstance(doc, dict) or doc.get("sentinel") != token:
         return DATA_MISSING
     for prefix in DATA_PREFIXES:
         try:
@@ -324,8 +341,22 @@ def grpc_sockets(internal: dict[str, int] | None) -> list[Path]:
     return [Path(f"/tmp/seaweedfs-{n}-grpc-{internal[k]}.sock") for n, k in _GRPC_SOCKETS.items() if k in internal]
 
 
+def _listening(path: Path) -> bool:
+    """Something accepts connections on the Unix socket `path` (a live store's)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 def remove_sockets(internal: dict[str, int] | None) -> None:
-    """Remove the gRPC sockets a stopped store left (only sockets, only our own)."""
+    """Remove the gRPC sockets a stopped store left: only sockets, only our own, and
+    only those nothing listens on (another stack may have the same ports by now)."""
     import os
     import stat
 
@@ -334,5 +365,13 @@ def remove_sockets(internal: dict[str, int] | None) -> None:
             st = p.lstat()
         except OSError:
             continue
-        if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid():
+        if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid() and not _listening(p):
             p.unlink(missing_ok=True)
+
+
+def sockets_free(internal: dict[str, int]) -> bool:
+    """No file lies at any of the gRPC socket paths of these ports (after our own stale
+    ones are removed): `weed server` could not listen there, and another user may have
+    put a file there on purpose."""
+    remove_sockets(internal)
+    return not any(p.exists() or p.is_symlink() for p in grpc_sockets(internal))

@@ -48,6 +48,7 @@ class SeaweedS3:
         self.proc = spawn(
             [
                 shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed",
+                f"-logdir={self.dir.parent}",  # glog's files beside its log, not in /tmp
                 "server",
                 f"-dir={self.dir}",
                 "-ip=127.0.0.1",

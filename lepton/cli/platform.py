@@ -47,11 +47,12 @@ def up(
         metavar="AES256|aws:kms|none",
         help="server-side encryption asked for on every S3 write (default: LEPTON_S3_SSE, else as at the last up)",
     ),
-    no_auth: bool = typer.Option(
-        False,
-        "--no-auth",
-        help="no authentication on S3, SeaweedFS's own ports, MLflow and Prefect (default: on, "
-        "credentials in <home>/stack/credentials.json, certificates in <home>/stack/tls)",
+    auth: bool | None = typer.Option(
+        None,
+        "--auth/--no-auth",
+        help="authentication on S3, SeaweedFS's own ports, MLflow and Prefect, or none (default: as at the "
+        "last up, else on; credentials in <home>/stack/credentials.json, certificates in <home>/stack/tls)",
+        show_default=False,
     ),
     accept_data_loss: bool = typer.Option(
         False,
@@ -77,7 +78,7 @@ def up(
         },
         echo=lambda m: typer.echo(m, err=True),
         sse=sse,
-        auth=False if no_auth else None,
+        auth=auth,
         accept_data_loss=accept_data_loss,
     )
     urls = dataclasses.asdict(stack.urls(state))
@@ -94,7 +95,9 @@ def down():
 
 
 def certs(
-    folder: Path = typer.Argument(..., metavar="DIR", help="folder for the files (made 0700 when missing)"),
+    folder: Path = typer.Argument(
+        ..., metavar="DIR", help="folder for the files (made 0700 when missing; an existing one keeps its mode)"
+    ),
 ):
     """Make a CA and the certificates of SeaweedFS's internal ports (for infra/'s Secret).
 
@@ -103,6 +106,8 @@ def certs(
     already there are kept. `lepton up` needs none of this: it makes its own."""
     from lepton import weed
 
+    if not str(folder).strip() or folder == Path():
+        raise LeptonError("DIR: name a folder of its own (for example infra/seaweedfs-tls)")
     made = weed.certs_in(folder)
     typer.echo(f"{folder}: {', '.join(p.name for pair in made.values() for p in pair)}")
     typer.echo("keep ca.key out of the cluster: the Secret needs ca.crt and the five pairs", err=True)

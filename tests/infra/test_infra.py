@@ -233,8 +233,9 @@ def check_weed_argv(argv: list[str]) -> None:
     assert (flags["-ip"], flags["-ip.bind"], flags["-s3.ip.bind"]) == ("127.0.0.1", "127.0.0.1", "0.0.0.0")
     internal = dict.fromkeys(("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc"), 1)
     live = weed.command("weed", Path("d"), 8333, internal, Path("s3.json"), tls=True)
-    assert live[1].startswith("-config_dir=") and live[2] == "server"
-    live_flags = dict(f.split("=", 1) if "=" in f else (f, "") for f in live[3:])
+    # lepton up's global flags: its security.toml, and glog's files in the stack's logs
+    assert live[1].startswith("-config_dir=") and live[2].startswith("-logdir=") and live[3] == "server"
+    live_flags = dict(f.split("=", 1) if "=" in f else (f, "") for f in live[4:])
     assert set(flags) - {"-s3.ip.bind"} <= set(live_flags), set(flags) - set(live_flags)
     for name in (
         "-ip",

@@ -314,20 +314,25 @@ def test_a_store_that_lost_its_data_stops_up_and_fails_status(settings, sleeper,
     monkeypatch.setattr(weed, "data_problem", lambda c, bucket, token: verdict[0])
     monkeypatch.setattr(weed, "write_sentinel", lambda c, bucket, token: written.append(token))
     pids = {name: sleeper() for name in SERVICES}
-    StackState.from_record({**RECORD, "ports": _ports(), "pids": pids, "sentinel": "t0"}).write(settings.home)
+    record = {**RECORD, "ports": _ports(), "pids": pids, "sentinels": {"lepton": "t0", "other": "t9"}}
+    StackState.from_record(record).write(settings.home)
     h = stack.health(settings)
     assert h["seaweedfs"]["healthy"] is False and h["seaweedfs"]["problem"] == "data missing (sentinel gone)"
     assert all(h[n]["healthy"] for n in SERVICES if n != "seaweedfs")
     with pytest.raises(LeptonError, match=r"^seaweedfs: data missing \(sentinel gone\): .*--accept-data-loss"):
         stack.up(settings, None, {}, echo=lambda m: None)
-    assert written == [] and StackState.read(settings.home).sentinel == "t0"
+    assert written == [] and StackState.read(settings.home).sentinels == {"lepton": "t0", "other": "t9"}
     said: list[str] = []
     stack.up(settings, None, {}, echo=said.append, accept_data_loss=True)
     assert "seaweedfs: data missing (sentinel gone); going on with what is left (--accept-data-loss)" in said
-    assert len(written) == 1 and StackState.read(settings.home).sentinel == written[0] != "t0"
+    assert len(written) == 1 and StackState.read(settings.home).sentinels == {"lepton": written[0], "other": "t9"}
+    assert written[0] != "t0"
     verdict[0] = None
     assert stack.health(settings)["seaweedfs"] == {"url": "where seaweedfs", "running": True, "healthy": True}
-    # a record without a sentinel (a first `up`, or one from before it was kept): one is written
-    StackState.from_record({**RECORD, "ports": _ports(), "pids": pids}).write(settings.home)
+    # a record without a sentinel for its bucket (a first `up`, another bucket, or one from
+    # before they were kept): one is written for it, the other buckets' are kept
+    StackState.from_record({**RECORD, "ports": _ports(), "pids": pids, "sentinels": {"other": "t9"}}).write(
+        settings.home
+    )
     stack.up(settings, None, {}, echo=lambda m: None)
-    assert len(written) == 2 and StackState.read(settings.home).sentinel == written[1]
+    assert len(written) == 2 and StackState.read(settings.home).sentinels == {"other": "t9", "lepton": written[1]}

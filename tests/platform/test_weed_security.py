@@ -53,6 +53,27 @@ def test_certificates_are_made_once_private_and_signed_by_the_stacks_ca(tmp_path
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_lepton_certs_keeps_an_existing_folders_mode_and_a_mismatched_key_is_made_again(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o1777)
+    certs = weed.certs_in(shared)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777  # not the user's to lock
+    assert all(stat.S_IMODE(key.stat().st_mode) == 0o600 for _, key in certs.values())
+    volume = certs["volume"][0].read_bytes()
+    certs["client"][1].write_bytes(certs["volume"][1].read_bytes())  # a key that is not client.crt's
+    weed.certs_in(shared)
+    assert certs["volume"][0].read_bytes() == volume
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(certs["client"][1].read_bytes(), password=None)
+    assert key.public_key().public_numbers() == _cert(certs["client"][0]).public_key().public_numbers()
+    certs["ca"][1].write_text("not a key")  # an unreadable CA key: a new CA, and new certificates under it
+    weed.certs_in(shared)
+    for name in weed.TLS_NAMES:
+        _cert(certs[name][0]).verify_directly_issued_by(_cert(certs["ca"][0]))
+
+
 def test_a_missing_or_expiring_certificate_is_made_again(tmp_path, monkeypatch):
     certs = weed.ensure_certs(tmp_path)
     ca_bytes = certs["ca"][0].read_bytes()
@@ -108,9 +129,10 @@ def test_the_command_reads_the_config_only_with_tls_and_carries_no_secret(tmp_pa
     }
     on = weed.command("weed", tmp_path, 8333, internal, tmp_path / "s3.json", tls=True)
     off = weed.command("weed", tmp_path, 8333, internal, tmp_path / "s3.json", tls=False)
-    assert on[1] == f"-config_dir={weed.config_dir(tmp_path)}" and on[2] == "server"  # a global flag
-    assert off[1] == "server" and not any("config_dir" in a for a in off)
-    assert on[2:] == off[1:]
+    assert on[1] == f"-config_dir={weed.config_dir(tmp_path)}" and on[3] == "server"  # global flags
+    assert on[2] == off[1] == f"-logdir={tmp_path / 'logs' / 'weed'}"  # glog's files in the stack, not /tmp
+    assert off[2] == "server" and not any("config_dir" in a for a in off)
+    assert on[:1] + on[2:] == off
     assert "-ip.bind=127.0.0.1" in on
     assert not any(".key" in a or "jwt" in a.lower() for a in on)
 
@@ -137,10 +159,15 @@ def test_the_grpc_sockets_a_stopped_store_left_are_removed_and_nothing_else(tmp_
             s = socket.socket(socket.AF_UNIX)
             s.bind(str(p))
             socks.append(s)
+        socks[2].listen()  # a live store's socket (another stack may have these ports now)
         paths[3].write_text("not a socket")  # a file of that name that is not ours to remove
+        assert not weed.sockets_free(internal)
         weed.remove_sockets(internal)
-        assert not any(p.exists() for p in paths[:3])
-        assert paths[3].read_text() == "not a socket"
+        assert not any(p.exists() for p in paths[:2])
+        assert paths[2].is_socket() and paths[3].read_text() == "not a socket"
+        socks[2].close()
+        paths[3].unlink()
+        assert weed.sockets_free(internal) and not any(p.exists() for p in paths)  # now stale: removed
     finally:
         for s in socks:
             s.close()
@@ -219,8 +246,9 @@ def test_the_sentinel_reads_back_until_it_is_gone(store):
     assert weed.data_problem(c, "lepton", token) is None
     c.delete_object(Bucket="lepton", Key=weed.SENTINEL_KEY)
     assert weed.data_problem(c, "lepton", token) == weed.DATA_MISSING
-    c.put_object(Bucket="lepton", Key=weed.SENTINEL_KEY, Body=b"not json")
-    assert weed.data_problem(c, "lepton", token) == weed.DATA_MISSING
+    for body in (b"not json", b"[]", b"null", b'"x"', b'{"sentinel": 5}', b"{}"):
+        c.put_object(Bucket="lepton", Key=weed.SENTINEL_KEY, Body=body)
+        assert weed.data_problem(c, "lepton", token) == weed.DATA_MISSING, body
     weed.write_sentinel(c, "lepton", token)
     assert weed.data_problem(c, "lepton", token) is None
     assert os.environ.get("AWS_ACCESS_KEY_ID") != store.key  # the check used the client it was given
