@@ -26,7 +26,20 @@ def test_defaults():
     assert p.promote.min_accuracy == 0.9 and p.promote.tolerance == 0.005 and p.promote.alpha == 0.05
     assert p.registry.model_name == "lepton-digits"
     assert p.deploy.retrain_cron == "0 3 * * 1" and p.deploy.timezone == "UTC"
-    assert SECTIONS == ("data", "train", "promote", "registry", "deploy", "monitor", "serve", "optimize", "sweep")
+    assert p.evaluate.report is True and p.evaluate.explain_per_class == 2
+    assert p.serve.max_explain_instances == 16 and p.serve.explain_timeout_s == 10.0
+    assert SECTIONS == (
+        "data",
+        "train",
+        "evaluate",
+        "promote",
+        "registry",
+        "deploy",
+        "monitor",
+        "serve",
+        "optimize",
+        "sweep",
+    )
 
 
 def test_repository_params_yaml_matches_the_defaults():
