@@ -392,6 +392,7 @@ class _Starter:
         if tls:  # the JWT keys in the environment; certificates and security.toml under <home>/stack
             weed_env.update(_weed_jwt_env(creds))
             weed.write_security_toml(d)
+        _wait_gone(self.state.pid("seaweedfs"))  # a store just stopped: its sockets close as it dies
         weed.remove_sockets(self.state.internal)  # what a killed store left in /tmp
         self.state.internal = internal
         (self.logs / "weed").mkdir(parents=True, exist_ok=True)
@@ -557,6 +558,13 @@ def _weed_jwt_env(creds: dict) -> dict[str, str]:
     }
 
 
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until process `pid` is gone (a stop's SIGKILL takes a moment)."""
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _healthy_within(check: Callable[[], bool], pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -699,6 +707,7 @@ def up(
         for name in reversed(go.started):
             stop_group(state.pid(name))
         if "seaweedfs" in go.started:
+            _wait_gone(state.pid("seaweedfs"))
             weed.remove_sockets(state.internal)
         state.write(s.home)
         raise
@@ -784,6 +793,7 @@ def down(s: Settings) -> list[str]:
             stopped.append(name)
         else:  # a leader killed alone leaves its workers (MLflow's uvicorn) serving
             kill_leftovers(pid)
+    _wait_gone(st.pid("seaweedfs"))  # SIGKILLed a moment ago: its sockets close as it dies
     weed.remove_sockets(st.internal)
     st.up = False
     st.write(s.home)
