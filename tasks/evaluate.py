@@ -15,7 +15,7 @@ from effects.tracking import runs
 from effects.tracking.model_report import REPORT_DIR, history_of, write_model_report
 from effects.training.stages import evaluate_stage
 from lepton_core.data.prepare import Prepared, read_prepared
-from lepton_core.evaluate import summary_keys
+from lepton_core.evaluate import logged_test_metrics, summary_keys
 from lepton_core.params import EvaluateParams
 from lepton_core.predictor import Predictor
 
@@ -30,12 +30,8 @@ def evaluate(run_id: str, checkpoint: str, data: DataVersion, params: EvaluatePa
     out = s.home / "runs" / run_id / "evaluation"
     metrics = evaluate_stage(prepared, checkpoint, out)
     summary = {f"test_{k}": float(metrics[k]) for k in summary_keys(metrics)}
-    per_class = {
-        f"test_f1_class_{name}": v["f1"]
-        for name, v in metrics.get("per_class", {}).items()
-        if name.isidentifier() or name.isalnum()
-    }
-    c.log_batch(run_id, metrics=[runs.Metric(k, v, 0, 0) for k, v in {**summary, **per_class}.items()])
+    # the headlines and each class's F1: what `lepton reproduce` compares too
+    c.log_batch(run_id, metrics=[runs.Metric(k, v, 0, 0) for k, v in logged_test_metrics(metrics).items()])
     c.log_artifact(run_id, str(out / "metrics.json"), "evaluation")
     for plot in ("predicted_vs_actual.png", "residuals.png", "confusion_matrix.png"):
         if (out / plot).exists():
