@@ -16,7 +16,7 @@ UV_FIND_LINKS_ARGS := $(foreach f,$(FIND_LINKS),--find-links $(f))
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo test test-fast lint docs hooks postgres bench repro lock clean-state help browser
+.PHONY: install demo test test-fast lint docs hooks postgres bench repro lock clean-state help browser monitoring
 
 help:
 	@echo "make demo      - set up (first time) and run the retraining loop on the bundled digits"
@@ -50,6 +50,20 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || { echo "error: the dashboard tests need Debian's chromium (apt-get install chromium)" >&2; exit 1; }
 
+# Prometheus and Alertmanager (the serving alerts; `lepton up` runs them when they are
+# installed, and the tests check the rules with promtool): Debian's packages, installed
+# when missing. The packages' own services are kept from starting (policy-rc.d, when
+# the machine has none): `lepton up` runs its own, on loopback.
+MONITORING_PKGS := prometheus prometheus-alertmanager
+monitoring:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1 && exit 0; \
+	echo "installing Debian's $(MONITORING_PKGS) for the serving alerts"; \
+	policy=/usr/sbin/policy-rc.d; made=; \
+	if [ ! -e $$policy ] && [ -w /usr/sbin ]; then printf '#!/bin/sh\nexit 101\n' > $$policy && chmod 755 $$policy && made=1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(MONITORING_PKGS) >/dev/null; rc=$$?; \
+	[ -n "$$made" ] && rm -f $$policy; \
+	[ $$rc -eq 0 ] || { echo "error: the alerting tests need Debian's $(MONITORING_PKGS) (apt-get install $(MONITORING_PKGS))" >&2; exit 1; }
+
 # PostgreSQL at 127.0.0.1:5432 (the `postgres` tests): started with pg_ctlcluster
 # when it is installed but down; otherwise `make test` stops here, saying so.
 PG_HOST := 127.0.0.1
@@ -75,7 +89,7 @@ lint: $(STAMP)
 	echo "lint-imports --no-cache"; $(BIN)/lint-imports --no-cache || rc=1; \
 	exit $$rc
 
-test: $(STAMP) lint postgres browser
+test: $(STAMP) lint postgres browser monitoring
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # No server to provide: the tests marked slow, postgres, live or browser are left

@@ -5,7 +5,11 @@ A tabular champion with 20 features is trained (synthetic data), then batches of
 
   * bare:   Report([DataDriftPreset, ValueDrift(prediction), DataSummaryPreset]).run(current, reference)
   * lepton: the `monitor` flow (features, the same Evidently report plus the
-            classification preset when labelled, verdict, MLflow logging, Prefect artifact)
+            classification preset when labelled, verdict, MLflow logging, Prefect artifact),
+            without adding the snapshot to the Evidently workspace and with it (a local
+            workspace folder), four times each in turn (off, on, off, on, ...; single runs
+            of the same flow vary by about a second, so the medians are shown), and `add`:
+            the median time of that step alone
 
 Both see the same reference (the champion's test-split profile) and current frames.
 Run:  .venv/bin/python benchmarks/monitor.py   (numbers are printed, nothing asserted)
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -37,6 +42,32 @@ def synthetic_table(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
     return df
 
 
+ADDED: list[float] = []  # seconds of each add_snapshot call (the step alone)
+
+
+def timed_flow(monitor, batch: Path, registry, snapshot: bool) -> tuple[float, str]:
+    """One `monitor` flow run on `batch`, with or without adding its snapshot to the
+    Evidently workspace (the step replaced by a no-op); seconds and the verdict."""
+    import effects.monitoring.monitor as m
+    from lepton_core.params import MonitorParams
+
+    real = m.add_snapshot
+
+    def add(*args, **kwargs):
+        t = time.perf_counter()
+        out = real(*args, **kwargs) if snapshot else None
+        ADDED.append(time.perf_counter() - t)
+        return out
+
+    m.add_snapshot = add
+    try:
+        t0 = time.perf_counter()
+        out = monitor(batch=str(batch), monitor=MonitorParams(min_rows=10), registry=registry)
+        return time.perf_counter() - t0, out["results"][0]["verdict"]
+    finally:
+        m.add_snapshot = real
+
+
 def main() -> None:
     argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog="numbers are printed, nothing asserted"
@@ -48,7 +79,7 @@ def main() -> None:
         LEPTON_DVC_REMOTE=str(tmp / "remote"),
         PREFECT_LOGGING_LEVEL="WARNING",
     )
-    for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+    for k in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "LEPTON_EVIDENTLY_URL", "LEPTON_EVIDENTLY_SECRET"):
         os.environ.pop(k, None)
     from effects.runtime.settings import configure_environment
 
@@ -65,7 +96,7 @@ def main() -> None:
     from effects.tracking import runs
     from flows.monitor import monitor
     from flows.retrain import retrain
-    from lepton_core.params import DataParams, MonitorParams, PromoteParams, RegistryParams, TrainParams
+    from lepton_core.params import DataParams, PromoteParams, RegistryParams, TrainParams
 
     server.wait_healthy()
     train_csv = tmp / "train.csv"
@@ -106,15 +137,18 @@ def main() -> None:
         )
         bare = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        out = monitor(batch=str(batch), monitor=MonitorParams(min_rows=10), registry=registry)
-        flow = time.perf_counter() - t0
-        verdict = out["results"][0]["verdict"]
+        times: dict[bool, list[float]] = {False: [], True: []}
+        for snapshot in (False, True) * (1 if rows == 2_000 else 4):
+            seconds, verdict = timed_flow(monitor, batch, registry, snapshot=snapshot)
+            times[snapshot].append(seconds)
         if rows == 2_000:
             continue
+        off, flow = statistics.median(times[False]), statistics.median(times[True])
+        added = statistics.median(ADDED[-8:][1::2])  # the "on" runs' (the "off" ones add nothing)
         print(
-            f"{rows:>7} rows: bare Evidently {bare:6.2f} s | lepton monitor flow {flow:6.2f} s | "
-            f"overhead {flow - bare:5.2f} s ({flow / bare:.2f}x) | verdict: {verdict}"
+            f"{rows:>7} rows: bare Evidently {bare:6.2f} s | monitor flow without snapshot {off:6.2f} s, "
+            f"with {flow:6.2f} s ({flow / off - 1:+.1%}; add {added:4.2f} s) | "
+            f"overhead over bare {flow - bare:5.2f} s ({flow / bare:.2f}x) | verdict: {verdict}"
         )
     server.stop()
 

@@ -12,6 +12,12 @@ the differences. The report's cost is the retrain's time outside training (wall
 minus the run's `train_seconds`, so the training's own jitter drops out) with the
 report and with `--set evaluate.report=false`, both warm, in turn. Nothing is
 asserted: the numbers are for the README and docs/model-report.md.
+
+    .venv/bin/python benchmarks/overhead.py --resources [--repeats 5]
+
+measures only what recording a run's resources and cost, with MLflow's system-metrics
+monitor at `cost.system_metrics_seconds`, adds to the digits retrain: the retrain flow
+in this process with both on and with both off, in turn (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,17 +103,23 @@ def lepton_retrain(env: dict[str, str], *sets: str) -> dict:
     return {"wall_s": wall, "train_s": run.data.metrics["train_seconds"], "epochs": int(run.data.metrics["epochs_run"])}
 
 
-def in_process_flow(env: dict[str, str], repeats: int) -> tuple[dict[bool, list[dict]], dict[bool, list[float]]]:
-    """The retrain flow called in this process, imports and server already paid:
-    what the orchestration, tracking, DVC and registry steps themselves cost, with
-    the model report (True) and without it (False), in turn; then the evaluate step
-    alone, with and without it."""
+def _bench_server(env: dict[str, str]):  # noqa: ANN202 - a LocalPrefectServer, imported late
+    """A temporary Prefect server for the in-process flow runs, this process pointed at it."""
     os.environ.update(env)
     from lepton.local_server import LocalPrefectServer
 
     server = LocalPrefectServer(Path(env["LEPTON_HOME"]) / "bench-server.log").start()
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    return server
+
+
+def in_process_flow(env: dict[str, str], repeats: int) -> tuple[dict[bool, list[dict]], dict[bool, list[float]]]:
+    """The retrain flow called in this process, imports and server already paid:
+    what the orchestration, tracking, DVC and registry steps themselves cost, with
+    the model report (True) and without it (False), in turn; then the evaluate step
+    alone, with and without it."""
+    server = _bench_server(env)
     from mlflow.tracking import MlflowClient
 
     from flows.retrain import retrain
@@ -158,13 +171,111 @@ def evaluate_step(run_id: str, pairs: int) -> dict[bool, list[float]]:
     return out
 
 
+@contextmanager
+def _unmetered(*_args, **_kwargs):
+    """effects.tracking.resources.metered with nothing measured, sampled or logged."""
+
+    class Nothing:
+        summary: dict = {}
+
+        def trained(self, *_a, **_k) -> None:
+            pass
+
+    yield Nothing()
+
+
+def resources_overhead(env: dict[str, str], repeats: int) -> None:
+    """The retrain flow in this process (server up, imports paid, model report off) with
+    resource recording and the system-metrics monitor on, and with both off, in turn
+    after one warm-up run; and, measured directly in the runs with them on, the
+    recording's own seconds on the retrain's path (start the monitor, stop it, log the
+    figures) and the CPU seconds of the monitor's sampling thread."""
+    server = _bench_server(env)
+    import effects.training.tracked as tracked
+    from effects.tracking import resources
+    from flows.retrain import retrain
+    from lepton_core.params import EvaluateParams, load_params
+
+    server.wait_healthy()
+    p = load_params(ROOT / "params.yaml")
+    own, sampler = _instrument(resources)
+    walls: dict[bool, list[float]] = {True: [], False: []}
+    own_per_run, sampler_per_run = [], []
+    try:
+        for on in [False] + [on for i in range(repeats) for on in ((True, False) if i % 2 else (False, True))]:
+            tracked.metered = resources.metered if on else _unmetered  # type: ignore[assignment]
+            own.clear()
+            sampler.clear()
+            t0 = time.perf_counter()
+            retrain(
+                **{s: getattr(p, s) for s in ("data", "train", "promote", "registry", "cost")},
+                evaluate=EvaluateParams(report=False),
+                progress=False,
+            )
+            walls[on].append(time.perf_counter() - t0)
+            if on:
+                own_per_run.append(sum(own))
+                sampler_per_run.append(sum(sampler))
+    finally:
+        server.stop()
+    _print_resources(p.cost.system_metrics_seconds, walls[True], walls[False][1:], own_per_run, sampler_per_run)
+
+
+def _instrument(resources) -> tuple[list[float], list[float]]:
+    """Time the recording's steps (into the first list) and the sampling thread's CPU
+    seconds (into the second)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    own: list[float] = []
+    sampler: list[float] = []
+    for name in ("start_system_metrics", "stop_system_metrics", "record"):
+        setattr(resources, name, _timed(getattr(resources, name), own))
+    loop = SystemMetricsMonitor.monitor
+
+    def monitor(self):
+        try:
+            loop(self)
+        finally:
+            sampler.append(time.thread_time())
+
+    SystemMetricsMonitor.monitor = monitor
+    return own, sampler
+
+
+def _print_resources(interval: float, on: list[float], off: list[float], own: list[float], sampler: list[float]):
+    med = statistics.median
+    print(f"cost.system_metrics_seconds = {interval:g}; {len(on)} runs with, {len(off)} without, in turn")
+    print(f"retrain flow, resources and system metrics on   {med(on):7.3f} s (median; {min(on):.2f} to {max(on):.2f})")
+    print(
+        f"retrain flow, resources and system metrics off  {med(off):7.3f} s (median; {min(off):.2f} to {max(off):.2f})"
+    )
+    print(f"difference of the medians: {med(on) - med(off):+.3f} s")
+    print(f"the recording's own seconds on the retrain's path: {med(own):.3f} s per run (median)")
+    print(f"the sampling thread's CPU: {med(sampler):.3f} s per run (median)")
+
+
+def _timed(fn, into: list[float]):
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            into.append(time.perf_counter() - t0)
+
+    return timed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3, help="warm runs of each (default 3)")
+    ap.add_argument("--resources", action="store_true", help="only: resource recording and system metrics on vs off")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="lepton-bench-") as tmp:
         env = _env(Path(tmp))
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        if args.resources:
+            resources_overhead(env, args.repeats)
+            return
         bare = [bare_loop(env) for _ in range(args.repeats)]
         cold = lepton_retrain(env)
         warm, plain = [], []

@@ -35,6 +35,7 @@ def retrain(params: Params, progress: bool = True) -> dict:
         "metrics": metrics,
         "resumed_from_epoch": outcome.resumed_from_epoch,
         "epochs_run": outcome.epochs_run,
+        "cost": outcome.cost,  # what the training used and cost (lepton_core.resources.priced)
         "decision": decision,
     }
     if optimize.enabled and decision["promoted"]:

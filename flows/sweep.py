@@ -87,6 +87,7 @@ def sweep(params: Params, dask: str | None = None, progress: bool = False) -> di
         "best": report["best"],
         "trials": report["trials"],
         "failed": report["failed"],
+        "cost": report["cost"],  # the trials' usage and cost, all together
         "run_id": best.run_id,
         "version": version,
         "metrics": metrics,

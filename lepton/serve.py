@@ -54,7 +54,15 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from pydantic import BaseModel, Field, JsonValue, StrictStr, ValidationError
 
 from effects.runtime.settings import Settings
@@ -121,6 +129,47 @@ class _Metrics:
         self.log_spooled = Gauge(
             "lepton_prediction_log_spooled_rows", "rows waiting in the local spool for S3 to answer again", registry=r
         )
+        self.loaded = Gauge("lepton_model_loaded", "1 while a model version is loaded, else 0", registry=r)
+        # every request, refusals and errors included (an alert on latency must see a
+        # server that fails fast as well as one that answers slowly)
+        self.http = Histogram(
+            "lepton_http_request_seconds",
+            "latency of every request, by route and HTTP status",
+            ["route", "code"],
+            registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
+        )
+        # the server's own CPU seconds and memory (process_cpu_seconds_total,
+        # process_resident_memory_bytes, ...): what its predictions cost
+        ProcessCollector(registry=r)
+
+
+ROUTES = frozenset(("/v1/predict", "/v1/explain", "/v1/feedback", "/v1/model", "/healthz", "/readyz", "/metrics"))
+
+
+class _Timed:
+    """ASGI middleware: each HTTP request's latency and status into `lepton_http_request_seconds`
+    (paths outside ROUTES count as "other", so a scanner cannot add series)."""
+
+    def __init__(self, app, metrics: _Metrics) -> None:  # type: ignore[no-untyped-def]
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, status = time.perf_counter(), [500]
+
+        async def sent(message) -> None:  # type: ignore[no-untyped-def]
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            route = scope["path"] if scope["path"] in ROUTES else "other"
+            self.metrics.http.labels(route, str(status[0])).observe(time.perf_counter() - t0)
 
 
 class ModelServer:
@@ -582,6 +631,7 @@ async def metrics(server: Server) -> Response:
     server.metrics.log_dropped.set(server.log.dropped)
     server.metrics.log_written.set(server.log.written)
     server.metrics.log_spooled.set(server.log.spooled)
+    server.metrics.loaded.set(1 if server.current is not None else 0)
     return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -621,4 +671,5 @@ def create_app(server: ModelServer) -> FastAPI:
     app.add_exception_handler(Exception, _unexpected)
     app.include_router(protected)
     app.include_router(public)
+    app.add_middleware(_Timed, metrics=server.metrics)
     return app

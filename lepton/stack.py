@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -62,7 +63,7 @@ from effects.runtime.stack_state import (
     write_state,
 )
 from effects.runtime.stack_state import client_env as _client_env
-from lepton import weed
+from lepton import watchers, weed
 from lepton_core.errors import LeptonError
 from lepton_core.fileio import atomic_write
 
@@ -85,6 +86,7 @@ class StackState:
     auth: bool | None = None  # authentication on every service; None: a record from before it was kept
     internal: dict[str, int] | None = None  # SeaweedFS's own ports, chosen afresh at every start
     sentinels: dict[str, str] = field(default_factory=dict)  # bucket -> the token of its sentinel (lepton.weed)
+    watch: dict[str, dict[str, int]] = field(default_factory=dict)  # {"ports", "pids"} of lepton.watchers' services
     extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept as they are
 
     @classmethod
@@ -101,6 +103,7 @@ class StackState:
             auth=d.get("auth"),
             internal=d.get("internal"),
             sentinels=dict(d.get("sentinels") or {}),
+            watch={k: dict(v) for k, v in (d.get("watch") or {}).items()},
             extra={k: v for k, v in d.items() if k not in known},
         )
 
@@ -126,6 +129,8 @@ class StackState:
             out["internal"] = self.internal
         if self.sentinels:
             out["sentinels"] = self.sentinels
+        if self.watch:
+            out["watch"] = self.watch
         return out
 
     def write(self, home: Path) -> None:
@@ -529,6 +534,57 @@ class _Starter:
             {**self.client_env(), **worker_env()},
         )
 
+    # -- the watching services (lepton.watchers), each optional
+    def watch(self) -> None:
+        """Prometheus, Alertmanager and Evidently's UI: kept when running and healthy
+        (told to reload their configuration, which may have changed), else started;
+        one not installed is said so and skipped."""
+        w = self.state.watch
+        kept = {n: p for n, p in (w.get("ports") or {}).items() if n in watchers.WATCHERS}
+        ports = watchers.choose_ports(kept, set(self.state.ports.values()))
+        pids = dict(w.get("pids") or {})
+        self.state.watch = {"ports": ports, "pids": pids}
+        checks = {x.name: x.healthy for x in watchers.watchers(ports)}
+        for name in watchers.WATCHERS:
+            exe = watchers.binary(name)
+            if exe is None:
+                self.echo(f"{name}: {watchers.missing_line(name)}")
+                stop_group(pids.get(name, 0), 5)  # it was there at the last up: it goes
+                pids[name] = 0
+                continue
+            pids[name] = self._ensure_watcher(name, exe, ports, checks[name], pids.get(name, 0))
+            self.state.write(self.s.home)
+        for name in watchers.WATCHERS:
+            if name in self.started:
+                wait_healthy(name, checks[name], pids[name], 60, self.logs / f"{name}.log")
+
+    def _ensure_watcher(self, name: str, exe: str, ports: dict[str, int], healthy, pid: int) -> int:
+        cmd, env = self._watcher_command(name, exe, ports)
+        if pid_alive(pid):
+            if _healthy_within(healthy, pid, 15):
+                if name != "evidently":
+                    os.kill(pid, signal.SIGHUP)  # both reload their configuration on SIGHUP
+                self.kept.append(name)
+                return pid
+            self.echo(f"{name} (PID {pid}) is running but not healthy: restarting it")
+            stop_group(pid, 5)
+        else:
+            kill_leftovers(pid)
+        self.echo(f"starting {name} (http://127.0.0.1:{ports[name]}) ...")
+        self.started.append(name)
+        return _spawn(self.s, name, cmd, env)
+
+    def _watcher_command(self, name: str, exe: str, ports: dict[str, int]) -> tuple[list[str], dict[str, str]]:
+        if name == "prometheus":
+            config = watchers.prometheus_config(self.d, {**ports, "serve": self.state.ports["serve"]})
+            return watchers.prometheus_command(exe, config, ports[name]), self.base
+        if name == "alertmanager":
+            config = watchers.alertmanager_config(self.s.home, self.d)
+            return watchers.alertmanager_command(exe, config, ports[name]), self.base
+        workspace = watchers.evidently_workspace(self.s.home)
+        env = {**self.base, "EVIDENTLY_SECRET": self.creds["evidently_secret"]}
+        return watchers.evidently_command(exe, workspace, ports[name]), env
+
     def serve(self) -> int:
         self.echo(f"starting the model server ({self.u.serve}) ...")
         return _spawn(
@@ -650,6 +706,7 @@ def _next_state(
         pids={n: stale.pid(n) for n in SERVICES},
         internal=stale.internal or None,
         sentinels=stale.sentinels,
+        watch=stale.watch,
     )
 
 
@@ -670,10 +727,12 @@ def _bring_up(go: _Starter, accept_loss: bool = False) -> None:
     go.ensure("prefect", go.prefect)
     go.wait("prefect", "prefect server", 180)
     go.wait("mlflow", "mlflow server", 240)
-    # 3. the worker, with everything a flow run needs to reach the stack
+    # 3. the watching services, before the worker: its flow runs write to Evidently's UI
+    go.watch()
+    # 4. the worker, with everything a flow run needs to reach the stack
     go.ensure("worker", go.worker)
     go.wait("worker", "prefect worker", 120)
-    # 4. the model server: follows @champion of the default model, token required
+    # 5. the model server: follows @champion of the default model, token required
     go.ensure("serve", go.serve)
     go.wait("serve", "model server", 120)
 
@@ -705,7 +764,7 @@ def up(
     except BaseException:
         # what this call started goes; what was running before stays as it was
         for name in reversed(go.started):
-            stop_group(state.pid(name))
+            stop_group(state.pid(name) or state.watch.get("pids", {}).get(name, 0))
         if "seaweedfs" in go.started:
             _wait_gone(state.pid("seaweedfs"))
             weed.remove_sockets(state.internal)
@@ -786,6 +845,10 @@ def down(s: Settings) -> list[str]:
     if not st:
         return []
     stopped = []
+    for name, pid in reversed((st.watch.get("pids") or {}).items()):
+        if pid_alive(pid):
+            stop_group(pid, 5)
+            stopped.append(name)
     for name in reversed(SERVICES):
         pid = st.pid(name)
         if pid_alive(pid):
@@ -814,4 +877,20 @@ def health(s: Settings) -> dict[str, dict]:
         problem = data_problem(s.home, st) if c.name == "seaweedfs" and out[c.name]["healthy"] else None
         if problem:  # it answers, but what was written to it is gone
             out[c.name].update(healthy=False, problem=problem)
+    return {**out, **_watch_health(st)}
+
+
+def _watch_health(st: StackState) -> dict[str, dict]:
+    """The watching services, marked optional: `lepton status` names one that is down
+    without failing (nothing else needs them)."""
+    if not st.watch:
+        return {}
+    pids, out = st.watch.get("pids") or {}, {}
+    for w in watchers.watchers(st.watch.get("ports") or {}):
+        if not pids.get(w.name) and watchers.binary(w.name) is None:
+            out[w.name] = {"url": "", "running": False, "healthy": False, "optional": True}
+            out[w.name]["problem"] = watchers.missing_line(w.name)
+            continue
+        alive = pid_alive(pids.get(w.name, 0))
+        out[w.name] = {"url": w.url, "running": alive, "healthy": bool(alive and w.healthy()), "optional": True}
     return out

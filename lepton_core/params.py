@@ -239,6 +239,12 @@ class MonitorParams(_Section):
         "the part files no run has checked, as one window",
     )
     cron: str = Field("0 * * * *", description="schedule of the monitor deployment (hourly)")
+    keep_snapshots: int = Field(
+        500,
+        ge=1,
+        le=100_000,
+        description="Evidently workspace: snapshots kept for the dashboard over time (the oldest go first)",
+    )
 
 
 class DeployParams(_Section):
@@ -298,6 +304,20 @@ class OptimizeParams(_Section):
     )
     calibration_samples: int = Field(256, ge=1, description="training samples that calibrate int8 quantisation")
     threads: int | None = Field(None, ge=1, description="ONNX Runtime threads per session (default: all cores)")
+
+
+class CostParams(_Section):
+    """What a run used, priced: CPU-core-hours and GPU-hours at these prices."""
+
+    currency: str = Field("USD", min_length=1, max_length=8, description="currency of the prices below")
+    cpu_core_hour: float = Field(0.04, ge=0, le=1e6, description="price of one CPU core for an hour")
+    gpu_hour: float = Field(2.5, ge=0, le=1e6, description="price of one GPU for an hour")
+    system_metrics_seconds: float = Field(
+        15.0,
+        ge=0,
+        le=3600,
+        description="MLflow system metrics: sampling interval of a training run (0 = off)",
+    )
 
 
 class SweepRange(_Section):
@@ -368,6 +388,7 @@ class Params(_Section):
     monitor: MonitorParams = MonitorParams()
     serve: ServeParams = ServeParams()
     optimize: OptimizeParams = OptimizeParams()
+    cost: CostParams = CostParams()
     sweep: SweepParams = SweepParams()
 
 

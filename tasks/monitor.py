@@ -24,6 +24,7 @@ from effects.monitoring.monitor import (
 from effects.runtime.settings import get_settings
 from effects.state import monitor_state
 from effects.tracking.summaries import monitor_markdown
+from lepton_core.alerts import DRIFT_SUPPRESSED_EVENT, drift_summary
 from lepton_core.drift import DRIFT_EVENT, drift_payload_fields
 from lepton_core.params import MonitorParams
 
@@ -62,11 +63,13 @@ def check_batch_task(
 
 @task(name="emit-drift-event")
 def emit_drift_event(results: list[dict], params: MonitorParams, model_name: str) -> dict:
-    """One `lepton.drift.detected` event for the drifted batches, unless in cool-down.
+    """One `lepton.drift.detected` event for the drifted batches, unless in cool-down:
+    then one `lepton.drift.suppressed` event (a notification, no retrain).
     Returns {"emitted": bool, "suppressed": None or "suppressed: cool-down until
     HH:MM UTC (...)"}; the drifted batches' monitoring runs say which (a tag). The
     payload carries `monitor.retrain_init`: the retrain the event triggers starts from
-    the champion's weights when it is "champion" (lepton.deploy.drift_trigger_parameters)."""
+    the champion's weights when it is "champion" (lepton.deploy.drift_trigger_parameters),
+    and `summary`, the text the notification sends (lepton_core.alerts)."""
     drifted = [r for r in results if r["status"] == "drift"]
     if not drifted:
         return {"emitted": False, "suppressed": None}
@@ -76,20 +79,27 @@ def emit_drift_event(results: list[dict], params: MonitorParams, model_name: str
         "batch_ids": [r["batch_id"] for r in drifted],
         "scores": {r["batch_id"]: r["scores"] for r in drifted},
         "mlflow_run_ids": [r["mlflow_run_id"] for r in drifted],
+        "report_urls": {r["batch_id"]: r.get("report_url") for r in drifted},
         **drift_payload_fields(params.retrain_init),
     }
     cooldown = monitor_state.claim_event_or_cooldown(get_settings(), params.cooldown_minutes, payload)
-    if cooldown is not None:
-        line = cooldown_line(*cooldown)
-        record_event_outcome(payload["mlflow_run_ids"], line)
-        return {"emitted": False, "suppressed": line}
+    line = cooldown_line(*cooldown) if cooldown is not None else None
+    summary = drift_summary(model_name, payload["model_version"], drifted, line)
+    _emit(
+        DRIFT_EVENT if line is None else DRIFT_SUPPRESSED_EVENT,
+        model_name,
+        {**payload, "summary": summary, **({"cooldown": line} if line else {})},
+    )
+    record_event_outcome(payload["mlflow_run_ids"], line or "emitted")
+    return {"emitted": line is None, "suppressed": line}
+
+
+def _emit(name: str, model_name: str, payload: dict) -> None:
     emit_event(
-        event=DRIFT_EVENT,
+        event=name,
         resource={"prefect.resource.id": f"lepton.model.{model_name}", "prefect.resource.name": model_name},
         payload=payload,
     )
-    record_event_outcome(payload["mlflow_run_ids"], "emitted")
-    return {"emitted": True, "suppressed": None}
 
 
 @task(name="publish-monitor-summary")

@@ -96,7 +96,22 @@ def promote(model_name: str, version: str, params: PromoteParams, force: bool = 
         moved = follow_champion(model_name)
         if moved:
             result["variant_aliases"] = moved
-        return result
+    emit_gate_event(model_name, result)
+    return result
+
+
+def emit_gate_event(model_name: str, result: dict) -> None:
+    """`lepton.gate.rejected` or `lepton.gate.promoted` (both scores, the p-value and
+    the reason), which the notification automations of `lepton deploy` send on."""
+    from prefect.events import emit_event
+
+    from lepton_core.alerts import gate_event
+
+    found = gate_event(model_name, result)
+    if found is not None:
+        name, payload = found
+        resource = {"prefect.resource.id": f"lepton.model.{model_name}", "prefect.resource.name": model_name}
+        emit_event(event=name, resource=resource, payload=payload)
 
 
 @task(name="rollback", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=600, retry_condition_fn=not_user_error)

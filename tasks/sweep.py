@@ -112,7 +112,9 @@ def train_trial(
     with runs.failing_run(c, run_id, tag_error=True):
         trial = with_values(params, values)
         runs.log_params_and_tags(c, run_id, flatten_params(trial), {})
-        result, _ = train_in_run(c, run_id, dataset_path(data.version, s), trial.train, final, None, progress=progress)
+        result, cost = train_in_run(
+            c, run_id, dataset_path(data.version, s), trial.train, final, None, progress=progress, cost=trial.cost
+        )
         value = objective(result, params.sweep.metric)
         c.log_batch(
             run_id,
@@ -131,6 +133,7 @@ def train_trial(
         resumed_from_epoch=0,
         device=result.device,
         best_val_rmse=result.best_val_rmse,
+        cost=cost,
     )
     return TrialOutcome(number=number, values=values, run_id=run_id, value=value, params=trial, train=outcome)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
@@ -36,6 +37,7 @@ class TrainOutcome(BaseModel):
     device: str
     init_from: str = ""  # a warm start's source (models:/NAME/VERSION, or a file and its hash)
     best_val_rmse: float | None = None  # regression
+    cost: dict[str, Any] = {}  # what the training used and cost (lepton_core.resources.priced)
 
 
 def work_key(version: str, params: TrainParams) -> str:
@@ -141,7 +143,7 @@ def _train_in_run(
 ) -> TrainOutcome:
     final = s.home / "runs" / run_id / "model.pt"
     with runs.failing_run(c, run_id):
-        result, _ = train_in_run(
+        result, cost = train_in_run(
             c,
             run_id,
             dataset_path(data.version, s),
@@ -149,6 +151,7 @@ def _train_in_run(
             final,
             ckpt,
             progress=progress,
+            cost=params.cost,
             extra_state={"mlflow_run_id": run_id},
             note=note,
         )
@@ -169,4 +172,5 @@ def _train_in_run(
         resumed_from_epoch=result.resumed_from_epoch,
         device=result.device,
         best_val_rmse=result.best_val_rmse,
+        cost=cost,
     )

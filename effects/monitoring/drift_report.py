@@ -57,7 +57,7 @@ import json
 import logging
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,9 +84,12 @@ class DriftResult:
     data_quality: dict  # {"rows_current", "rows_reference", "missing_share": {col: share}}
     html_path: Path
     json_path: Path
+    # Evidently's SnapshotModel of the report (for an Evidently workspace); not in to_dict()
+    snapshot: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = asdict(replace(self, snapshot=None))
+        d.pop("snapshot")
         d["html_path"], d["json_path"] = str(self.html_path), str(self.json_path)
         return d
 
@@ -127,7 +130,7 @@ def run_drift_report(
     cur = _prepare(current, numerical, categorical)
 
     quality, with_quality = _quality_of(ref, cur, label_column if has_label else None, prediction_column, regression)
-    page, raw, version = _evidently_run(
+    page, raw, version, snapshot = _evidently_run(
         ref,
         cur,
         features,
@@ -163,6 +166,7 @@ def run_drift_report(
         data_quality=data_quality,
         html_path=out / HTML_NAME,
         json_path=out / JSON_NAME,
+        snapshot=snapshot,
     )
     _write_report(result, page, raw, title, version)
     return result
@@ -243,9 +247,10 @@ def _evidently_run(
     prediction_method: str | None,
     prediction_threshold: float | None,
     regression: bool = False,
-) -> tuple[str, dict, str]:
+) -> tuple[str, dict, str, Any]:
     """One Evidently Report (classification or regression quality only with
-    `label_column`): its HTML page, its Snapshot.dict() and Evidently's version."""
+    `label_column`): its HTML page, its Snapshot.dict(), Evidently's version and the
+    snapshot's SnapshotModel."""
     from evidently import DataDefinition, Dataset, MulticlassClassification, Regression, Report
     from evidently import __version__ as evidently_version
     from evidently.metrics import ValueDrift
@@ -283,7 +288,7 @@ def _evidently_run(
         )
         page = snapshot.get_html_str(as_iframe=False)  # exactly what snapshot.save_html writes
         raw = json.loads(snapshot.json())  # == snapshot.dict(), numpy types made plain
-    return page, raw, evidently_version
+    return page, raw, evidently_version, snapshot.to_snapshot_model()
 
 
 def _write_report(result: DriftResult, page: str, raw: dict, title: str, evidently_version: str) -> None:

@@ -25,11 +25,13 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from effects.data.data_source import detect_format
+from effects.monitoring.workspace import SnapshotRecord, add_snapshot, batch_time
 from effects.runtime import s3
 from effects.runtime.settings import Settings, get_settings
 from effects.serving.prediction_log import feedback_folder, open_store
@@ -43,6 +45,9 @@ from lepton_core.errors import DataError, InputError, LeptonError
 from lepton_core.fileio import publish_dir
 from lepton_core.params import MonitorParams
 from lepton_core.predictor import Predictor
+
+if TYPE_CHECKING:
+    from effects.monitoring.drift_report import DriftResult
 
 REFERENCE_ARTIFACT = "monitoring/reference.parquet"
 
@@ -216,12 +221,14 @@ def check_batch(
     result = MonitorResult(batch=str(path), batch_id=bid, champion_version=str(champ.version), verdict="", status="")
     reference = _reference(c, champ.run_id, s)
     verdict: Verdict
+    record = None  # the report, for the Evidently workspace (none for a batch that could not be judged)
     try:
         fmt = batch_format(path, fmt)
         predictor = Predictor.from_checkpoint(checkpoint_of(c, champ.run_id, s))
         current = current_frame(path, fmt, predictor, feedback_folder(s) if fmt == "predlog" else None)
         out, title = s.home / "monitor" / "reports" / bid, f"{model_name} v{champ.version}: {bid}"
-        verdict = _judge(result, reference, current, predictor.regression, params, out, title)
+        verdict, drift = _judge(result, reference, current, predictor.regression, params, out, title)
+        record = SnapshotRecord(drift.snapshot, list(drift.columns), predictor.regression, batch_time(path, current))
         result.accepted_for_training = "label" in current.columns and fmt != "predlog"
     except DataError as e:
         status, _, why = str(e).partition(": ")
@@ -231,6 +238,8 @@ def check_batch(
     result.verdict, result.status = verdict.line(), verdict.status
     result.reasons, result.scores = verdict.reasons, verdict.scores
     result.mlflow_run_id = _log_monitoring_run(c, s, experiment, champ, result, flow_run_id)
+    if record is not None and record.snapshot is not None:  # over time: never fails the run
+        add_snapshot(record, model_name, result, params.keep_snapshots, s)
     if result.accepted_for_training:  # False for a batch a person rejected before
         assert fmt is not None  # set only after detect_format named the format
         result.accepted_for_training = monitor_state.accept_batch(s, path, fmt, bid, result.rows)
@@ -245,8 +254,8 @@ def _judge(
     params: MonitorParams,
     out: Path,
     title: str,
-) -> Verdict:
-    """The Evidently report of `current` against `reference` and the verdict; fills in
+) -> tuple[Verdict, DriftResult]:
+    """The verdict and the Evidently report of `current` against `reference`; fills in
     `result`'s rows, drifted features and report paths. DataError for a batch that
     cannot be judged."""
     from effects.monitoring.drift_report import run_drift_report
@@ -289,7 +298,7 @@ def _judge(
         {"feature": k.removeprefix("f_"), **v} for k, v in sorted(drift.columns.items()) if v["drifted"]
     ]
     result.report_html, result.report_json = str(drift.html_path), str(drift.json_path)
-    return verdict
+    return verdict, drift
 
 
 def cooldown_line(last: float, until: float, now: float | None = None) -> str:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from effects.runtime.procs import pid_alive, port_open
+from lepton_core.errors import LeptonError
 from lepton_core.fileio import atomic_write
 
 SERVICES = ("seaweedfs", "mlflow", "prefect", "worker", "serve")
@@ -61,6 +63,8 @@ def _new_secrets() -> dict:
         "mlflow_flask_secret": secrets.token_hex(32),
         # Prefect's API auth string (user:password, sent as HTTP basic auth)
         "prefect_auth_string": "lepton:" + secrets.token_urlsafe(24),
+        # the write secret of `evidently ui` (its reads are open: it listens on loopback only)
+        "evidently_secret": secrets.token_urlsafe(32),
     }
 
 
@@ -81,6 +85,46 @@ def credentials(home: Path) -> dict:
     return creds
 
 
+ALERT_WEBHOOK_ENV = "LEPTON_ALERT_WEBHOOK"
+
+
+def set_alert_webhook(home: Path, url: str | None) -> None:
+    """Keep the alert webhook with the stack's secrets (`lepton up --alert-webhook URL`);
+    None forgets it. Never in params, tags or logs: a webhook URL is a credential."""
+    creds = credentials(home)
+    if url:
+        creds["alert_webhook"] = url
+    else:
+        creds.pop("alert_webhook", None)
+    write_private(stack_dir(home) / "credentials.json", creds)
+
+
+def alert_webhook(home: Path) -> str | None:
+    """Where notifications go: $LEPTON_ALERT_WEBHOOK, else the one `lepton up
+    --alert-webhook` kept; None when neither is set."""
+    env = os.environ.get(ALERT_WEBHOOK_ENV, "").strip()
+    if env:
+        return env
+    p = stack_dir(home) / "credentials.json"
+    return json.loads(p.read_text()).get("alert_webhook") if p.exists() else None
+
+
+ALERT_FORMATS = ("slack", "json")
+SLACK_HOSTS = ("hooks.slack.com", "hooks.slack-gov.com")
+
+
+def alert_format(url: str) -> str:
+    """How a webhook wants its notifications: "slack" (a JSON `text`) for a Slack URL,
+    else "json" (a generic JSON body); $LEPTON_ALERT_FORMAT (slack|json) decides over
+    the guess. Prefect's notifications and Alertmanager's both follow it."""
+    chosen = os.environ.get("LEPTON_ALERT_FORMAT", "").strip().lower()
+    if chosen and chosen not in ALERT_FORMATS:
+        raise LeptonError(f"LEPTON_ALERT_FORMAT={chosen!r}: one of {', '.join(ALERT_FORMATS)}")
+    if chosen:
+        return chosen
+    return "slack" if (urlsplit(url).hostname or "").lower() in SLACK_HOSTS else "json"
+
+
 @dataclass(frozen=True)
 class Urls:
     prefect: str
@@ -99,6 +143,13 @@ def urls(state: dict) -> Urls:
         s3=f"http://127.0.0.1:{p['s3']}",
         serve=f"http://127.0.0.1:{p.get('serve', 8000)}",
     )
+
+
+def watch_port(state: dict, name: str) -> int | None:
+    """The port of a watching service (prometheus, alertmanager, evidently) while
+    `lepton up` runs it; None when it does not (not installed, or an older stack)."""
+    w = state.get("watch") or {}
+    return (w.get("ports") or {}).get(name) if (w.get("pids") or {}).get(name) else None
 
 
 def auth_on(state: dict) -> bool:
@@ -127,6 +178,15 @@ def client_env(home: Path, state: dict) -> dict[str, str]:
         **({"LEPTON_S3_SSE": state["sse"]} if state.get("sse") else {}),
         # the monitor's state (processed batches, cool-down) where every worker sees it
         **({"LEPTON_STATE_DB": state_db_url(state["db_url"])} if state.get("db_url") else {}),
+        # the Evidently UI's workspace, where every monitor run adds its snapshot
+        **(
+            {
+                "LEPTON_EVIDENTLY_URL": f"http://127.0.0.1:{watch_port(state, 'evidently')}",
+                "LEPTON_EVIDENTLY_SECRET": creds["evidently_secret"],
+            }
+            if watch_port(state, "evidently")
+            else {}
+        ),
     }
     if auth_on(state):
         env.update(

@@ -25,6 +25,7 @@ from effects.runtime.locks import file_lock
 from effects.runtime.settings import Settings, get_settings, redact_uri
 from effects.tracking import runs, tags
 from effects.tracking.model_report import has_report, report_url
+from effects.tracking.resources import recorded_cost
 from lepton_core.data.prepare import Prepared, read_prepared
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.evaluate import REGRESSION_KEYS, SUMMARY_KEYS, gate_evidence
@@ -387,9 +388,10 @@ def _describe(c, mv, tracking_uri: str = "") -> dict | None:
     if mv is None:
         return None
     metrics: dict[str, float] = {}
-    report = None
+    report, cost = None, None
     try:
         run = c.get_run(mv.run_id)
+        cost = recorded_cost(run)
         metrics = {
             k.removeprefix("test_"): v
             for k, v in run.data.metrics.items()
@@ -406,6 +408,7 @@ def _describe(c, mv, tracking_uri: str = "") -> dict | None:
         "data_version": mv.tags.get(tags.DATA_VERSION),
         "git_commit": mv.tags.get(tags.GIT_COMMIT),
         "report_url": report,  # the model report (report/model.html), where a browser opens it
+        "cost": cost,  # what its training used and cost (lepton_core.resources.priced); None if not recorded
     }
 
 

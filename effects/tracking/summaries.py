@@ -6,6 +6,7 @@ from __future__ import annotations
 from effects.runtime.settings import get_settings
 from effects.tracking import runs
 from effects.tracking.model_report import REPORT_ARTIFACT, has_report, report_url
+from lepton_core.resources import usage_text
 
 
 def _links(run_id: str | None, model_name: str, version: str | None) -> tuple[str, str]:
@@ -44,9 +45,14 @@ Gate: {d["reason"]}
 
 - {_gate_figures(d)}
 - data version: `{result["data_version"]}`
-- MLflow run: {run_link}
+{_cost_item(result)}- MLflow run: {run_link}
 - model version: {version_link}
 {_report_item(result["run_id"])}"""
+
+
+def _cost_item(result: dict) -> str:
+    """The list item with what the training used and cost (none for a result without it)."""
+    return f"- training cost: {usage_text(result['cost'])}\n" if result.get("cost") else ""
 
 
 def _report_item(run_id: str | None) -> str:

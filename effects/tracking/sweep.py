@@ -21,6 +21,7 @@ from effects.runtime.procs import process_identity
 from effects.runtime.settings import Settings
 from effects.tracking import runs, tags
 from lepton_core.params import Params, SweepParams, flatten_params
+from lepton_core.resources import Usage, usage_text
 from lepton_core.sweep import Dimension, goal, space_record
 
 
@@ -202,7 +203,9 @@ def close_parent_run(
     trials, the registered version and the gate's word) and finish it. Failed
     trials get their child run's id from MLflow (their task never returned one)."""
     exp = c.get_run(parent_run_id).info.experiment_id
-    by_number = {r.data.tags.get(tags.SWEEP_TRIAL): r.info.run_id for r in child_runs(c, exp, parent_run_id)}
+    children = child_runs(c, exp, parent_run_id)
+    by_number = {r.data.tags.get(tags.SWEEP_TRIAL): r.info.run_id for r in children}
+    spent = trials_cost(children)
     table = search.table()
     for row in table:
         row["run_id"] = row["run_id"] or by_number.get(str(row["number"]))
@@ -212,8 +215,10 @@ def close_parent_run(
     metrics = [
         runs.Metric("trials_complete", sum(1 for r in table if r["state"] == "COMPLETE"), 0, 0),
         runs.Metric("trials_failed", failed, 0, 0),
+        runs.Metric("cost", spent["amount"], 0, 0),
+        *(runs.Metric(f"resources.{k}", spent[k], 0, 0) for k in ("cpu_seconds", "gpu_seconds", "peak_rss_mb")),
     ]
-    run_tags = []
+    run_tags = [runs.RunTag(tags.COST_CURRENCY, spent["currency"])]
     if best is not None:
         metrics.append(runs.Metric(f"best_{metric}", float(best["value"]), 0, 0))
         metrics += [runs.Metric(f"best_{k}", float(v), 0, 0) for k, v in (test_metrics or {}).items()]
@@ -229,7 +234,22 @@ def close_parent_run(
     c.log_batch(parent_run_id, metrics=metrics, tags=run_tags)
     c.log_dict(parent_run_id, {"best": best, "trials": table}, "sweep/trials.json")
     c.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
-    return {"best": best, "trials": table, "failed": failed}
+    return {"best": best, "trials": table, "failed": failed, "cost": spent}
+
+
+def trials_cost(children: list) -> dict[str, Any]:
+    """What the trials used and cost, all together (failed trials too): their `cost` and
+    seconds summed, the highest peak memory; in the trials' currency."""
+    figures = [Usage.from_metrics(r.data.metrics) for r in children]
+    return {
+        "amount": sum(float(r.data.metrics.get("cost", 0.0)) for r in children),
+        "currency": next((r.data.tags[tags.COST_CURRENCY] for r in children if tags.COST_CURRENCY in r.data.tags), ""),
+        "cpu_seconds": sum(u.cpu_seconds for u in figures),
+        "gpu_seconds": sum(u.gpu_seconds for u in figures),
+        "peak_rss_mb": max((u.peak_rss_mb for u in figures), default=0.0),
+        "peak_gpu_mb": max((u.peak_gpu_mb for u in figures), default=0.0),
+        "trials": len(children),
+    }
 
 
 def sweep_markdown(result: dict, model_name: str) -> str:
@@ -255,6 +275,8 @@ def sweep_markdown(result: dict, model_name: str) -> str:
         f"- {_test_figures(result['metrics'])} of the best",
         f"- data version: `{result['data_version']}`",
     ]
+    if result.get("cost"):
+        lines.append(f"- cost of the {result['cost']['trials']} trials: {usage_text(result['cost'])}")
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ DEVICE = "lepton.device"
 WORLD_SIZE = "lepton.world_size"  # processes of a data-parallel training
 ERROR = "lepton.error"  # the one-line error of a failed run
 INIT_FROM = "lepton.init_from"  # a warm start's weights: models:/NAME/VERSION, or a file and its hash
+COST_CURRENCY = "lepton.cost.currency"  # the currency of the run's `cost` metric
 
 # ---------------------------------------------------------------- model versions
 TEST_ACCURACY = "lepton.test_accuracy"

@@ -15,6 +15,7 @@ from effects.runtime.procs import die_with_parent
 from effects.runtime.settings import get_settings
 from lepton_core.data.prepare import read_prepared
 from lepton_core.params import TrainParams
+from lepton_core.resources import own_peaks
 
 if TYPE_CHECKING:  # torch is imported in main() only
     from lepton_core.train import LogFn
@@ -60,9 +61,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         if log is not None:
             log.flush()
-        # every rank's account: the rows it trained on first and a digest of its final
-        # weights (the same on every rank when the gradients were all-reduced)
-        report = {"rank": rank, "rows": result.rank_rows or [], "weights_sha256": _weights_digest(result.model)}
+        # every rank's account: the rows it trained on first, a digest of its final weights
+        # (the same on every rank when the gradients were all-reduced) and its peak memory
+        report = {
+            "rank": rank,
+            "rows": result.rank_rows or [],
+            "weights_sha256": _weights_digest(result.model),
+            **own_peaks(),  # for the run's resources (lepton_core.resources)
+        }
         Path(f"{args['result']}.rank{rank}").write_text(json.dumps(report))
         dist.barrier()
         if rank == 0:

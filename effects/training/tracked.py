@@ -1,6 +1,7 @@
 """One training inside an MLflow run, as the retrain and the sweep's trials both run
 it: the prepared dataset -> `train_stage` with a batched metric logger -> the final
-checkpoint as the run's artifact, with the figures every training run carries."""
+checkpoint as the run's artifact, with the figures every training run carries: what
+it used and cost (effects.tracking.resources) among them."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from effects.runtime.settings import get_settings
 from effects.tracking import runs, tags
+from effects.tracking.resources import metered
 from effects.training.stages import train_stage
 from lepton_core.checkpoint import remove_partial_writes
 from lepton_core.data.prepare import read_prepared
-from lepton_core.params import TrainParams
+from lepton_core.params import CostParams, TrainParams
 from lepton_core.train import TrainResult
 
 
@@ -25,26 +28,31 @@ def train_in_run(
     work_checkpoint: Path | None,
     *,
     progress: bool,
+    cost: CostParams | None = None,
     **train_kwargs: Any,
-) -> tuple[TrainResult, float]:
+) -> tuple[TrainResult, dict[str, Any]]:
     """Train on the dataset at `prepared_dir`, logging each epoch to `run_id`; write the
-    final checkpoint to `final` and log it. Returns the result and the training's
-    seconds. `train_kwargs`: extra_state, note (see effects.training.stages)."""
+    final checkpoint to `final` and log it, with what the training used, priced at
+    `cost` (and MLflow's system metrics meanwhile). Returns the result and the run's
+    usage and cost (lepton_core.resources.priced). `train_kwargs`: extra_state, note
+    (see effects.training.stages)."""
     prepared = read_prepared(prepared_dir)
     remove_partial_writes(final)  # a killed writer's temporaries
     logger = runs.BatchedMetricLogger(c, run_id)
-    t0 = time.perf_counter()
-    result = train_stage(
-        prepared,
-        params,
-        final,
-        work_checkpoint,
-        log=logger,
-        progress=progress,
-        prepared_dir=prepared_dir,
-        **train_kwargs,
-    )
-    seconds = time.perf_counter() - t0
+    with metered(c, run_id, cost or CostParams(), get_settings().tracking_uri) as meter:
+        t0 = time.perf_counter()
+        result = train_stage(
+            prepared,
+            params,
+            final,
+            work_checkpoint,
+            log=logger,
+            progress=progress,
+            prepared_dir=prepared_dir,
+            **train_kwargs,
+        )
+        seconds = time.perf_counter() - t0
+        meter.trained(result.device, result.world_size, result.ranks)
     logger.flush()
     c.log_artifact(run_id, str(final), "checkpoint")
     if result.warm_start is not None:  # what a warm start left out (a new head), for the reviewer
@@ -58,7 +66,7 @@ def train_in_run(
         ],
         tags=[runs.RunTag(tags.DEVICE, result.device)],
     )
-    return result, seconds
+    return result, meter.summary
 
 
 def best_metric(result: TrainResult) -> runs.Metric:

@@ -3,7 +3,7 @@
 One module per group of commands: training (demo, retrain, sweep), registry
 (promote, rollback, optimize), platform (up, down, status, env, deploy),
 monitoring (monitor, simulate-drift), serving (serve, predict), data (data
-restore). `options` holds what they share (params, --set, --json, the setup before
+restore), alerts (alerts test). `options` holds what they share (params, --set, --json, the setup before
 a flow, how the process ends), `render` every line they print for a person,
 `services` the quick check that a needed service answers.
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from lepton.cli import data, explain, monitoring, platform, registry, reproduce, serving, training, versions
+from lepton.cli import alerts, data, explain, monitoring, platform, registry, reproduce, serving, training, versions
 from lepton.cli.options import run_main
 
 app = typer.Typer(
@@ -55,6 +55,7 @@ for _name, _command in _COMMANDS:
     app.command(_name)(_command)
 app.add_typer(data.data_app, name="data")
 app.add_typer(monitoring.monitor_app, name="monitor")
+app.add_typer(alerts.alerts_app, name="alerts")
 
 
 def main() -> None:

@@ -59,14 +59,26 @@ def up(
         "--accept-data-loss",
         help="go on when the store has lost what was written to it (its sentinel is gone): write a new sentinel",
     ),
+    alert_webhook: str | None = typer.Option(
+        None,
+        "--alert-webhook",
+        metavar="URL",
+        help="where notifications go (Slack-compatible or generic JSON webhook; kept with the stack's secrets, "
+        "default: LEPTON_ALERT_WEBHOOK, else the last one given; 'none' forgets it)",
+        show_default=False,
+    ),
 ):
-    """Start the live stack: S3 store, MLflow server, Prefect server, a worker and the model server."""
+    """Start the live stack: S3 store, MLflow server, Prefect server, a worker and the model server
+    (and Prometheus, Alertmanager and Evidently's UI where they are installed)."""
     from effects.runtime.settings import configure_environment, redact_uri
+    from effects.runtime.stack_state import set_alert_webhook
     from lepton import stack
 
     # bounded=False: the worker started here inherits this environment, and its flow
     # runs (long, unattended) keep the clients' own patient retries
     s = configure_environment(use_stack=False, bounded=False)
+    if alert_webhook is not None:
+        set_alert_webhook(s.home, _webhook_url(alert_webhook))
     state = stack.up(
         s,
         db,
@@ -84,6 +96,18 @@ def up(
     urls = dataclasses.asdict(stack.urls(state))
     backend = redact_uri(state["db_url"]) if state["db_url"] else ""
     echo_lines(render.up_summary(state, urls, str(stack.stack_dir(s.home)), backend))
+
+
+def _webhook_url(url: str) -> str | None:
+    """`--alert-webhook`'s value checked: an http(s) URL with a host, or 'none'."""
+    from urllib.parse import urlsplit
+
+    if url.strip().lower() == "none":
+        return None
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise LeptonError("--alert-webhook: give an http:// or https:// URL with a host (or 'none')")
+    return url.strip()
 
 
 def down():
@@ -126,7 +150,11 @@ def status(
     s = configure_environment(allow_down=True, timeout=STATUS_TIMEOUT_S)
     name = model or load_params(params_file, [], s).registry.model_name
     services = stack.health(s)
-    sick = [svc for svc, h in services.items() if not h["healthy"]] if s.stack else []
+    sick = [svc for svc, h in services.items() if not h["healthy"] and not h.get("optional")] if s.stack else []
+    for svc in (svc for svc, h in services.items() if h.get("optional") and h["running"] and not h["healthy"]):
+        typer.echo(f"{svc} is not healthy ({services[svc]['url']}); `lepton up` restarts it", err=True)
+    for svc in (svc for svc, h in services.items() if h.get("optional") and not h["running"] and h["url"]):
+        typer.echo(f"{svc} is down ({services[svc]['url']}); `lepton up` starts it again", err=True)
     if sick:  # a configured stack with a service down: say which, never show local state
         if as_json:
             echo_json({"services": services, "registry": None})
@@ -143,12 +171,25 @@ def status(
     from effects.tracking.registry import registry_status
 
     st = registry_status(name, s)
+    alerts = _alert_failures(s, services)
     if as_json:
-        echo_json({**st, "registry": registry_label(s), **({"services": services} if services else {})})
+        extra = {**({"services": services} if services else {}), **({"alerts": alerts} if alerts else {})}
+        echo_json({**st, "registry": registry_label(s), **extra})
         return
     echo_lines(render.services_table(services))
+    echo_lines([render.alert_failures_line(alerts)] if alerts else [])
     echo_lines(render.registry_table(st, registry_label(s)))
     echo_lines(render.report_lines(st))
+
+
+def _alert_failures(s, services: dict) -> dict | None:
+    """Notifications of the last day that did not reach the alert webhook, from the
+    stack's Prefect server (one quick request; None when all went through)."""
+    if not (services.get("prefect") or {}).get("healthy") or not s.prefect_api_url:
+        return None
+    from lepton.alerts import delivery_failures
+
+    return delivery_failures(s.prefect_api_url, os.environ.get("PREFECT_API_AUTH_STRING"))
 
 
 def _local_env(s) -> dict[str, str]:
@@ -244,6 +285,7 @@ def deploy(
     ids = deploy_all(params, str(s.project_dir), pool or s.work_pool, pool_type, template)
     automation = ids.pop("automation")
     recovery = [k for k in (LOST_RUNS_AUTOMATION, RETRY_CRASHED_AUTOMATION) if ids.pop(k, None)]
+    notify = _deploy_notifications(s, list(ids.values()), CRASH_RETRIES)
     echo_lines(
         render.deploy_summary(
             ids,
@@ -255,7 +297,21 @@ def deploy(
             pool=pool or s.work_pool,
             pool_type=pool_type,
         )
+        + notify
     )
+
+
+def _deploy_notifications(s, deployment_ids: list[str], crash_retries: int) -> list[str]:
+    """The alert webhook's block and notification automations (lepton.alerts),
+    replaced on every deploy; none without a webhook. The lines that say so."""
+    from effects.runtime.stack_state import alert_webhook
+    from lepton.alerts import alert_format, ensure_notifications
+    from lepton_core.alerts import redact_url
+
+    url = alert_webhook(s.home)
+    ui = (s.prefect_api_url or "").removesuffix("/api")
+    names = list(ensure_notifications(url, deployment_ids, ui, crash_retries))
+    return render.alert_deploy_lines(redact_url(url) if url else None, alert_format(url) if url else None, names)
 
 
 def _write_prefect_yaml(

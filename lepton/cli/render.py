@@ -10,6 +10,8 @@ import shlex
 import time
 from collections.abc import Iterable
 
+from lepton_core.resources import usage_text
+
 NaN = float("nan")
 
 
@@ -35,6 +37,7 @@ def retrain_summary(result: dict, status: dict, registry: str) -> list[str]:
     this = {k.removeprefix("test_"): v for k, v in result["metrics"].items()}
     lines += [
         f"this run        {_headline(this)}",
+        *([f"training cost   {usage_text(result['cost'])}"] if result.get("cost") else []),
         f"data version    {result['data_version']}",
         f"MLflow run      {result['run_id']}",
         f"registry        {registry}",
@@ -82,6 +85,8 @@ def sweep_summary(result: dict, model_name: str) -> list[str]:
         f"gate            {d['reason']}",
         f"best trial      {_best_figures(result['metrics'])}  run {best['run_id']}",
     ]
+    if result.get("cost"):
+        lines.append(f"sweep cost      {usage_text(result['cost'])}  ({result['cost']['trials']} trials)")
     return lines
 
 
@@ -113,6 +118,8 @@ def registry_table(st: dict, registry: str) -> list[str]:
             continue
         m = ", ".join(f"{k} {val:.4f}" for k, val in sorted(v["metrics"].items()))
         lines.append(f"@{alias:<9}        v{v['version']}  {m}  data {str(v['data_version'])[:12]}  run {v['run_id']}")
+        if alias == "champion" and v.get("cost"):
+            lines.append(f"  training cost   {usage_text(v['cost'])}")
     return lines
 
 
@@ -137,6 +144,7 @@ def up_summary(state: dict, urls: dict, stack_dir: str, backend: str) -> list[st
         f"MLflow UI          {urls['mlflow']}",
         f"S3 (SeaweedFS)     {urls['s3']}  bucket {state['bucket']}",
         f"model server       {urls['serve']}  (@champion; bearer token in {creds})",
+        *_watch_lines(state),
         f"work pool          {state['pool']}",
         f"S3 encryption      {state.get('sse') or 'none requested'}",
         f"authentication     {auth}",
@@ -144,6 +152,26 @@ def up_summary(state: dict, urls: dict, stack_dir: str, backend: str) -> list[st
         f"backend            {backend or 'SQLite under ' + stack_dir}",
         "every lepton command now uses this stack; `lepton deploy` registers the deployments",
     ]
+
+
+_WATCH_TITLES = {
+    "prometheus": ("Prometheus", "scrapes the model server, evaluates its alert rules", "prometheus"),
+    "alertmanager": ("Alertmanager", "sends firing alerts to the alert webhook", "prometheus-alertmanager"),
+    "evidently": ("Evidently UI", "the monitor's reports over time", "evidently"),
+}
+
+
+def _watch_lines(state: dict) -> list[str]:
+    """The watching services `up` runs (lepton.watchers): address, or not installed."""
+    w = state.get("watch") or {}
+    lines = []
+    for name, port in (w.get("ports") or {}).items():
+        title, what, package = _WATCH_TITLES[name]
+        if (w.get("pids") or {}).get(name):
+            lines.append(f"{title:<19}http://127.0.0.1:{port}  ({what})")
+        else:
+            lines.append(f"{title:<19}not installed (apt-get install {package}); the stack works without it")
+    return lines
 
 
 def down_line(stopped: list[str]) -> str:
@@ -184,6 +212,34 @@ def deploy_summary(
             f"{deploy['memory']} memory, {deploy['cpu']} CPU(s)"
         )
     return lines
+
+
+# ---------------------------------------------------------------- alerts
+def alert_deploy_lines(where: str | None, fmt: str | None, names: list[str]) -> list[str]:
+    """After `lepton deploy`: where notifications go and which automations send them
+    (`where`: the webhook, redacted), or that none are sent."""
+    if not where:
+        return [
+            "notifications: off (no alert webhook; `lepton up --alert-webhook URL` or LEPTON_ALERT_WEBHOOK, "
+            "then `lepton deploy`)"
+        ]
+    kinds = ", ".join(n.removeprefix("lepton-notify-") for n in names)
+    return [f"notifications to {where} ({'Slack' if fmt == 'slack' else 'generic'} JSON): {kinds}"]
+
+
+def alert_test_line(where: str, fmt: str, status: str) -> str:
+    """`lepton alerts test`: where the test notification went."""
+    return f"sent a test notification to {where} ({'Slack' if fmt == 'slack' else 'generic'} JSON): {status}"
+
+
+def alert_failures_line(f: dict) -> str:
+    """`lepton status`: notifications that did not reach the webhook (lepton.alerts)."""
+    latest = f["latest"]
+    at = str(latest["at"])[:16].replace("T", " ")
+    return (
+        f"alerts: {f['failed']} of the last {f['failed'] + f['delivered']} notifications did not reach the webhook "
+        f"(latest {at} UTC, {latest['automation']}: {latest['reason']}); `lepton alerts test` checks it"
+    )
 
 
 def env_exports(env: dict) -> list[str]:

@@ -38,8 +38,11 @@ def test_defaults():
         "monitor",
         "serve",
         "optimize",
+        "cost",
         "sweep",
     )
+    assert p.cost.currency == "USD" and p.cost.cpu_core_hour == 0.04 and p.cost.gpu_hour == 2.5
+    assert p.monitor.keep_snapshots == 500
 
 
 def test_repository_params_yaml_matches_the_defaults():

@@ -46,6 +46,7 @@ def test_two_processes_give_the_shape_of_one(digits, tmp_path):
     assert rows0 and rows1 and not rows0 & rows1 and len(rows0 | rows1) == n_train
     assert abs(len(rows0) - len(rows1)) <= 64  # half of each batch (64 rows) each
     assert r0["weights_sha256"] == r1["weights_sha256"]
+    assert r0["peak_rss_mb"] > 50 and r1["peak_rss_mb"] > 50  # each rank's own, for the run's resources
     assert two.epochs_run == one.epochs_run == 3 and len(two.history) == 3
     assert set(two.history[0]) == set(one.history[0])
     # the same global batches, split over the ranks: the same descent, up to float order
@@ -149,11 +150,17 @@ def test_the_retrain_flow_trains_on_two_processes_and_logs_once_per_epoch(lepton
     from effects.tracking import runs
     from flows.retrain import retrain
 
+    before = os.times()
     r = retrain(data=DataParams(), train=DDP, progress=False)
+    after = os.times()
     assert r["version"] and r["epochs_run"] == 3
     c = runs.client(get_settings())
     run = c.get_run(r["run_id"])
     assert run.data.tags["lepton.world_size"] == "2"
+    # torchrun's ranks are the run's: their CPU seconds (reaped by this process) and peak memory count
+    ranks_cpu = after.children_user + after.children_system - before.children_user - before.children_system
+    assert ranks_cpu > 1 and run.data.metrics["resources.cpu_seconds"] >= ranks_cpu * 0.99
+    assert run.data.metrics["resources.peak_rss_mb"] > 3 * 100  # this process and two ranks with torch loaded
     history = c.get_metric_history(r["run_id"], "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]  # rank 0 alone logged
     assert r["metrics"]["test_accuracy"] > 0.5

@@ -214,7 +214,8 @@ def _monitor_worker(home: str, url: str, inbox: str, out: str, barrier) -> None:
 
     tm.check_batch = fake_check
     tm.record_event_outcome = lambda *a, **k: None
-    tm.emit_event = lambda **kw: events.append(kw["payload"]["batch_ids"])
+    # the drift events only (a worker in the cool-down sends lepton.drift.suppressed instead)
+    tm.emit_event = lambda **kw: kw["event"] == "lepton.drift.detected" and events.append(kw["payload"]["batch_ids"])
     monitor_state.processed(get_settings())
     params = MonitorParams(inbox=inbox, cooldown_minutes=60)
     runs = []

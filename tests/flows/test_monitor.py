@@ -89,6 +89,17 @@ def test_mild_batch_no_alarm_strong_batch_drift_event_then_cooldown(champion, le
     assert mv.description.count("Latest drift report:") == 1
     assert again["results"][0]["batch_id"] in mv.description
 
+    # Over time: each of the three runs added its snapshot to the Evidently workspace
+    # (a local folder here), read as the UI's dashboard reads it: three points per panel.
+    from tests.evidently_ui import local_points
+
+    points = local_points(s.home / "monitor" / "evidently", "lepton-digits")
+    assert len(points) == 6 and all(len(p["sources"]) == 3 for p in points.values()), points.keys()
+    sources = points["Rows checked"]["sources"]
+    runs_ = [mild["results"][0]["mlflow_run_id"], r["mlflow_run_id"], again["results"][0]["mlflow_run_id"]]
+    assert [src["metadata"]["mlflow_run_id"] for src in sources] == runs_
+    assert {tuple(src["tags"]) for src in sources} == {(f"v{champion['version']}",)}
+
 
 def test_bad_batches_get_a_clear_verdict_and_no_event(champion, lepton_env):
     from PIL import Image

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lepton_core.params import DataParams, MonitorParams, PromoteParams, RegistryParams, TrainParams
+from lepton_core.params import CostParams, DataParams, MonitorParams, PromoteParams, RegistryParams, TrainParams
 
 pytestmark = pytest.mark.slow
 
 FAST = TrainParams(epochs=8, width=16, patience=3)
 WORSE = TrainParams(epochs=1, width=4, max_train_samples=30, lr=1e-3)
+PRICES = CostParams(currency="EUR", cpu_core_hour=0.5, system_metrics_seconds=0.5)  # system metrics twice a second
 
 
 def _sha(path: Path) -> dict[str, str]:
@@ -27,7 +28,7 @@ def runs(lepton_env, prefect_server):
     from flows.retrain import retrain
 
     # a non-default monitor section: the run must record what it was given, not defaults
-    first = retrain(data=DataParams(), train=FAST, monitor=MonitorParams(drift_share=0.3), progress=False)
+    first = retrain(data=DataParams(), train=FAST, monitor=MonitorParams(drift_share=0.3), cost=PRICES, progress=False)
     second = retrain(data=DataParams(), train=WORSE, promote=PromoteParams(min_accuracy=0.0), progress=False)
     return first, second
 
@@ -97,6 +98,34 @@ def test_run_and_version_carry_params_metrics_artifacts_and_provenance(runs, lep
     assert float(mv.tags["lepton.gate.champion_accuracy"]) == pytest.approx(first["metrics"]["test_accuracy"])
     assert mv.tags["lepton.data_version"] == second["data_version"]
     assert mv.tags["lepton.run_id"] == second["run_id"]
+
+
+def test_run_records_what_training_used_its_cost_and_system_metrics(runs):
+    from effects.tracking.registry import registry_status
+    from effects.tracking.runs import client
+    from effects.tracking.summaries import retrain_markdown
+
+    first, second = runs
+    run = client().get_run(first["run_id"])
+    m = run.data.metrics
+    assert 0 < m["resources.cpu_seconds"] < 600
+    assert 50 < m["resources.peak_rss_mb"] < 64_000
+    assert 0 < m["resources.wall_seconds"] and m["resources.wall_seconds"] >= m["train_seconds"]
+    assert m["resources.gpu_seconds"] == 0 and m["resources.peak_gpu_mb"] == 0  # trained on the CPU
+    assert m["cost"] == pytest.approx(m["resources.cpu_seconds"] / 3600 * 0.5)
+    assert run.data.tags["lepton.cost.currency"] == "EUR" and run.data.params["cost.cpu_core_hour"] == "0.5"
+    assert first["cost"]["amount"] == pytest.approx(m["cost"]) and first["cost"]["currency"] == "EUR"
+    # MLflow's system metrics, sampled while it trained
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(m)
+    assert 0 < m["system/system_memory_usage_megabytes"]
+    # the default params: a point even for a run shorter than one interval (15 s)
+    assert "system/cpu_utilization_percentage" in client().get_run(second["run_id"]).data.metrics
+    assert client().get_run(second["run_id"]).data.tags["lepton.cost.currency"] == "USD"
+    assert "- training cost: " in retrain_markdown(first, "lepton-digits")
+    assert " EUR  (CPU " in retrain_markdown(first, "lepton-digits")
+    champion = registry_status("lepton-digits")["champion"]
+    assert champion["cost"]["amount"] == pytest.approx(m["cost"])
+    assert champion["cost"]["cpu_seconds"] == pytest.approx(m["resources.cpu_seconds"])
 
 
 def test_prepare_is_cached_when_raw_data_unchanged(runs, prefect_server):

@@ -87,6 +87,7 @@ def _check_shape(result: dict, experiment: str, trials: int, failed: int = 0):
 
 
 def test_sweep_on_threads_nests_four_trials_and_registers_only_the_best(lepton_env, prefect_server):
+    from effects.tracking.sweep import sweep_markdown
     from flows.sweep import sweep
 
     result = sweep(
@@ -99,6 +100,15 @@ def test_sweep_on_threads_nests_four_trials_and_registers_only_the_best(lepton_e
     _, _, children = _check_shape(result, "sweep-threads", trials=4)
     assert result["decision"]["promoted"] is True  # the first model of this registry passes the gate
     assert {r.data.tags["lepton.sweep_trial"] for r in children} == {"0", "1", "2", "3"}
+    # what the trials used and cost, summed on the parent run and in the summary
+    costs = [r.data.metrics["cost"] for r in children]
+    assert all(c > 0 for c in costs) and all(r.data.metrics["resources.cpu_seconds"] > 0 for r in children)
+    parent = _runs("sweep-threads")[1]
+    assert parent.data.metrics["cost"] == pytest.approx(sum(costs)) == pytest.approx(result["cost"]["amount"])
+    cpu = sum(r.data.metrics["resources.cpu_seconds"] for r in children)
+    assert parent.data.metrics["resources.cpu_seconds"] == pytest.approx(cpu)
+    assert result["cost"]["trials"] == 4 and result["cost"]["currency"] == "USD"
+    assert "- cost of the 4 trials: " in sweep_markdown(result, "lepton-digits")
 
 
 def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(lepton_env, prefect_server, monkeypatch):
@@ -133,6 +143,11 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(lepton_env, prefe
     assert bad_run.info.run_id == bad["run_id"]
     assert bad_run.data.tags["lepton.error"] == "FloatingPointError: loss is nan at epoch 1 (injected)"
     assert result["best"]["number"] != bad["number"]
+    # a failed training still records what it used, its system metrics end with it, and it counts in the sum
+    assert bad_run.data.metrics["resources.wall_seconds"] > 0 and "cost" in bad_run.data.metrics
+    assert "system/cpu_utilization_percentage" in bad_run.data.metrics
+    assert parent.data.metrics["cost"] == pytest.approx(sum(r.data.metrics["cost"] for r in children))
+    assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]
 
 
 def test_cli_sweep_on_a_local_dask_cluster_of_two_worker_processes(lepton_env, prefect_server):

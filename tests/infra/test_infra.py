@@ -41,12 +41,16 @@ SECURITY_TOML = "/etc/seaweedfs/security.toml"
 TLS_FILES = {"ca.crt"} | {f"{n}.{ext}" for n in weed.TLS_NAMES for ext in ("crt", "key")}
 
 SERVICES = {"postgres", "seaweedfs", "mlflow", "prefect-server", "prefect-worker", "model-server"}
+WATCHERS = {"prometheus", "alertmanager", "evidently-ui"}  # tests/infra/test_infra_watchers.py
 # service -> (port variable, default = container port), as in `lepton up`
 PUBLISHED = {
     "mlflow": ("LEPTON_MLFLOW_PORT", 5000),
     "prefect-server": ("LEPTON_PREFECT_PORT", 4200),
     "seaweedfs": ("LEPTON_S3_PORT", 8333),
     "model-server": ("LEPTON_SERVE_PORT", 8000),
+    "prometheus": ("LEPTON_PROMETHEUS_PORT", 9090),
+    "alertmanager": ("LEPTON_ALERTMANAGER_PORT", 9093),
+    "evidently-ui": ("LEPTON_EVIDENTLY_PORT", 8085),
 }
 
 # Variables infra/ may use that Lepton itself never reads: each with its reason.
@@ -253,9 +257,9 @@ def check_weed_argv(argv: list[str]) -> None:
 # ---------------------------------------------------------------- compose.yaml
 
 
-def test_compose_parses_and_has_the_five_services():
+def test_compose_parses_and_has_the_services():
     compose = _compose()
-    assert SERVICES <= set(compose["services"]), set(compose["services"])
+    assert SERVICES | WATCHERS == set(compose["services"]), set(compose["services"])
 
 
 @pytest.mark.parametrize("service", sorted(PUBLISHED))
@@ -276,7 +280,7 @@ def test_every_published_port_binds_to_localhost_only():
 def test_services_have_healthchecks_restart_and_named_volumes():
     compose = _compose()
     declared = set(compose.get("volumes") or {})
-    for name in SERVICES:
+    for name in SERVICES | WATCHERS:
         service = compose["services"][name]
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         assert service.get("restart") == "unless-stopped", name
@@ -284,7 +288,7 @@ def test_services_have_healthchecks_restart_and_named_volumes():
             source = v.split(":", 1)[0]
             if not source.startswith("."):
                 assert source in declared, f"{name}: volume {source!r} is not declared"
-    assert {"postgres-data", "seaweedfs-data", "lepton-home"} <= declared
+    assert {"postgres-data", "seaweedfs-data", "lepton-home", "prometheus-data", "alertmanager-data"} <= declared
 
 
 def test_start_order_follows_health():
@@ -486,7 +490,14 @@ def test_urls_in_the_environment_point_at_services_and_their_ports():
         for net in (s.get("networks") or {}).values() if isinstance(s.get("networks"), dict) else []:
             for alias in (net or {}).get("aliases", []):
                 names[alias] = name
-    listens = {"mlflow": 5000, "prefect-server": 4200, "seaweedfs": 8333, "postgres": 5432, "model-server": 8000}
+    listens = {
+        "mlflow": 5000,
+        "prefect-server": 4200,
+        "seaweedfs": 8333,
+        "postgres": 5432,
+        "model-server": 8000,
+        "evidently-ui": 8085,
+    }
     for name, s in services.items():
         for key, value in _env_map(s).items():
             for host, port in re.findall(r"://(?:[^@/\s]*@)?([A-Za-z0-9.-]+):(\d+)", _resolve(value)):
@@ -507,8 +518,15 @@ def test_required_variables_are_in_env_example():
 # ---------------------------------------------------------------- variable names
 
 
+def shell_locals(text: str) -> set[str]:
+    """The container shells' own variables in compose commands ($$url, $${host%%/*}):
+    lower-case, escaped from compose, and assigned in the same file."""
+    return set(re.findall(r"\$\$\{?([a-z_][a-z0-9_]*)", text))
+
+
 def _names_in_compose() -> dict[str, str]:
-    found = {n: "compose.yaml reference" for n in _REF.findall(COMPOSE.read_text())}
+    text = COMPOSE.read_text()
+    found = {n: "compose.yaml reference" for n in _REF.findall(text) if n not in shell_locals(text)}
     for name, s in _compose()["services"].items():
         for k in _env_map(s):
             found[k] = f"compose.yaml {name}.environment"
@@ -573,6 +591,16 @@ def _all_names() -> dict[str, str]:
 def test_every_variable_is_known_to_lepton_or_listed_with_a_reason():
     unknown = {n: where for n, where in _all_names().items() if n not in KNOWN_ENV and n not in CONTAINER_ONLY_ENV}
     assert not unknown, f"add to effects.runtime.settings.KNOWN_ENV or CONTAINER_ONLY_ENV: {unknown}"
+
+
+def test_shell_locals_are_only_the_scripts_own_variables():
+    text = COMPOSE.read_text()
+    local = shell_locals(text)
+    assert {"url", "host", "format", "config"} <= local  # the alertmanager service's script
+    for name in local:
+        assert re.search(rf"(?m)^\s*(?:.*; )?{name}=", text), f"${name} is never assigned in a script"
+    # an upper-case name escaped the same way is still collected (the environment's)
+    assert "LEPTON_ALERT_WEBHOOK" in _names_in_compose() and "url" not in _names_in_compose()
 
 
 def test_the_allow_list_is_small_honest_and_used():

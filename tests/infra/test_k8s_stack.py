@@ -135,6 +135,11 @@ def test_the_kustomization_lists_every_manifest_in_one_namespace():
         ("Deployment", "prefect-server"),
         ("Deployment", "lepton-prefect-worker"),
         ("Deployment", "lepton-model-server"),
+        ("Deployment", "prometheus"),
+        ("Deployment", "alertmanager"),
+        ("Deployment", "evidently-ui"),
+        ("ConfigMap", "lepton-prometheus"),
+        ("ConfigMap", "lepton-prometheus-rules"),
         ("ServiceAccount", "lepton-prefect-worker"),
         ("Role", "lepton-prefect-worker"),
         ("RoleBinding", "lepton-prefect-worker"),
@@ -173,7 +178,17 @@ def test_services_select_the_pods_that_open_their_ports():
     assert _service_problems(objs) == []
     # the names the rest of the stack calls them by (the same as in infra/compose.yaml)
     ports = {o["metadata"]["name"]: o["spec"]["ports"][0]["port"] for o in objs if o["kind"] == "Service"}
-    assert ports == {"postgres": 5432, "seaweedfs": 8333, "mlflow": 5000, "prefect": 4200, "lepton-model-server": 8000}
+    assert ports == {
+        "postgres": 5432,
+        "seaweedfs": 8333,
+        "mlflow": 5000,
+        "prefect": 4200,
+        "lepton-model-server": 8000,
+        "lepton-model-server-pods": 8000,  # headless: every pod, what Prometheus scrapes
+        "prometheus": 9090,
+        "alertmanager": 9093,
+        "evidently-ui": 8085,
+    }
 
 
 def test_the_service_check_catches_a_selector_that_matches_nothing():
@@ -628,7 +643,11 @@ def test_the_rendered_training_job_is_valid_and_asks_for_the_gpus_and_memory(k8s
     assert c["args"] == ["prefect", "flow-run", "execute"]  # the worker's command, as the template leaves it
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["PREFECT__FLOW_RUN_ID"] and env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    assert {s["secretRef"]["name"] for s in c["envFrom"] if "secretRef" in s} == {"lepton-s3", "lepton-mlflow-auth"}
+    assert {s["secretRef"]["name"] for s in c["envFrom"] if "secretRef" in s} == {
+        "lepton-s3",
+        "lepton-mlflow-auth",
+        "lepton-evidently",  # the monitor writes its snapshots to the Evidently UI
+    }
     assert kept["metadata"]["labels"]["prefect.io/work-pool-name"] == pool
 
 

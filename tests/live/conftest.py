@@ -16,6 +16,7 @@ import pytest
 
 from effects.runtime.procs import free_port
 from tests.conftest import ROOT, run_cli
+from tests.live.receiver import Receiver
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 
@@ -23,6 +24,8 @@ PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
 class Live:
     def __init__(self, base: Path, backend: str, sse: str | None = None, auth: bool = True):
         self.base, self.backend, self.sse, self.auth = base, backend, sse, auth
+        self.receiver: Receiver | None = None  # the alert webhook, when the stack has one
+        self.deployed: tuple[dict, dict] | None = None  # deploy_and_run_retrain's deployment and run
         self.home = base / "home"
         self.ports = {"prefect": free_port(), "mlflow": free_port(), "s3": free_port(), "serve": free_port()}
         self.db = f"{PG_SERVER}/lepton_t{uuid.uuid4().hex[:10]}" if backend == "postgresql" else None
@@ -211,10 +214,11 @@ def _drop_databases(db: str) -> None:
     conn.close()
 
 
-def _running_stack(tmp_path_factory, backend: str, sse: str | None = None):
+def _running_stack(tmp_path_factory, backend: str, sse: str | None = None, receiver: Receiver | None = None):
     stack = Live(tmp_path_factory.mktemp(f"live-{backend}"), backend, sse)
+    stack.receiver = receiver
     try:
-        stack.up()
+        stack.up(*(["--alert-webhook", receiver.url] if receiver else []))
         yield stack
     finally:
         stack.down()
@@ -230,17 +234,33 @@ def live(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def live_sqlite(tmp_path_factory):
-    """The stack on SQLite only, one for the package (authentication, browser and
-    drift-loop tests: backend-independent)."""
-    yield from _running_stack(tmp_path_factory, "sqlite")
+def receiver():
+    """The webhook the package's SQLite stack sends its notifications to."""
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="package")
+def live_sqlite(tmp_path_factory, receiver):
+    """The stack on SQLite only, one for the package (authentication, browser,
+    drift-loop and alerting tests: backend-independent), with `receiver` as its
+    alert webhook (`lepton up --alert-webhook`)."""
+    yield from _running_stack(tmp_path_factory, "sqlite", receiver=receiver)
 
 
 FAST_TRAIN = {"epochs": 4, "width": 16}
 
 
 def deploy_and_run_retrain(live: Live) -> tuple[dict, dict]:
-    """`lepton deploy`, then a retrain started the way the dashboard's Run button does."""
+    """`lepton deploy`, then a retrain started the way the dashboard's Run button does;
+    once per stack (the modules that share a stack share its first champion)."""
+    if live.deployed is None:
+        live.deployed = _deploy_and_run_retrain(live)
+    return live.deployed
+
+
+def _deploy_and_run_retrain(live: Live) -> tuple[dict, dict]:
     r = live.cli("deploy")
     assert r.returncode == 0, r.stderr[-3000:]
     dep = live.get(f"{live.prefect_api}/deployments/name/retrain/lepton")

@@ -98,8 +98,11 @@ def _flow_runs(live, deployment_id: str) -> list[dict]:
 
 
 def _run_monitor_deployment(live) -> dict:
+    """A monitor run as deployed, but with no cool-down: a drift event of an earlier
+    test on the package's stack (test_live_alerts) must not hold this one back."""
     dep = _deployment(live, "monitor/lepton")
-    fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run", {})
+    params = {"monitor": {**dep["parameters"]["monitor"], "cooldown_minutes": 0}}
+    fr = live.post(f"{live.prefect_api}/deployments/{dep['id']}/create_flow_run", {"parameters": params})
     done = live.wait_flow_run(fr["id"])
     assert done["state"]["type"] == "COMPLETED", done["state"].get("logs") or done["state"]
     return done
@@ -418,3 +421,20 @@ def test_the_loop_closes_through_the_model_server(live, deployed_run):
     assert call("/v1/model")[1]["version"] == champion
     assert seen[0] == old and seen[-1] == champion and set(seen) <= {old, champion}
     assert len(seen) > 50
+
+
+def test_the_monitor_runs_are_points_in_the_stacks_evidently_ui(live, deployed_run):
+    """Every monitor run of this module (flow runs on the stack's worker) added its
+    snapshot to the Evidently UI `lepton up` runs, through its API with the stack's
+    write secret: the project's drift panel has a point for each, read as its page reads
+    it, and each snapshot names its batch and its MLflow run."""
+    from tests.evidently_ui import get, http_points
+
+    ui = f"http://127.0.0.1:{live.state()['watch']['ports']['evidently']}"
+    (project,) = [p for p in get(ui + "/api/projects") if p["name"] == "lepton-digits"]
+    listed = get(f"{ui}/api/projects/{project['id']}/snapshots")
+    assert len(listed) >= 3 and all(m["metadata"]["batch_id"] and m["metadata"]["mlflow_run_id"] for m in listed)
+    share = http_points(ui, "lepton-digits")["Share of drifted features"]
+    assert len(share["sources"]) == len(listed)
+    (line,) = share["series"]
+    assert len(line["values"]) == len(listed) and all(v is not None for v in line["values"])

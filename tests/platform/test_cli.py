@@ -164,3 +164,10 @@ def test_resume_after_a_crash_continues_from_the_checkpoint(env):
     assert run.data.params["train.epochs"] == "60"
     assert not list(ckpt_dir.glob("train-*.pt"))  # finished: the work checkpoint is gone
     assert out["status"]["champion"]["version"] == result["version"]
+    # what it used and cost, on the run, in the summary and in `lepton status`
+    assert run.data.metrics["resources.cpu_seconds"] > 0 and run.data.metrics["cost"] > 0
+    assert result["cost"]["amount"] == pytest.approx(run.data.metrics["cost"])
+    st = run_cli(["status"], env, timeout=120)
+    assert st.returncode == 0, st.stderr[-2000:]
+    (line,) = [ln for ln in st.stdout.splitlines() if ln.strip().startswith("training cost")]
+    assert " USD  (CPU " in line and "peak memory" in line

@@ -37,7 +37,7 @@ COMMANDS = [
     "predict",
     "explain",
 ]
-GROUPS = {"data": ["restore"], "monitor": ["check", "accepted", "reject"]}
+GROUPS = {"data": ["restore"], "monitor": ["check", "accepted", "reject"], "alerts": ["test"]}
 
 
 def test_the_commands_in_the_order_help_lists_them():

@@ -149,6 +149,26 @@ def test_up_summary_with_auth_and_sqlite_and_without_auth_on_postgres():
     assert "backend            postgresql://u:***@h/x" in open_pg
 
 
+def test_up_summary_names_the_watchers_or_says_they_are_not_installed():
+    state = {"bucket": "lepton", "pool": "lepton", "sse": None, "auth": True, "db_url": None}
+    watch = {"ports": {"prometheus": 9090, "alertmanager": 9093, "evidently": 8085}}
+    lines = render.up_summary(
+        {**state, "watch": {**watch, "pids": {"prometheus": 0, "alertmanager": 0, "evidently": 7}}},
+        URLS,
+        "/h/stack",
+        "",
+    )
+    i = lines.index("model server       http://127.0.0.1:8000  (@champion; bearer token in /h/stack/credentials.json)")
+    assert lines[i + 1 : i + 4] == [
+        "Prometheus         not installed (apt-get install prometheus); the stack works without it",
+        "Alertmanager       not installed (apt-get install prometheus-alertmanager); the stack works without it",
+        "Evidently UI       http://127.0.0.1:8085  (the monitor's reports over time)",
+    ]
+    running = render.up_summary({**state, "watch": {**watch, "pids": dict.fromkeys(watch["ports"], 5)}}, URLS, "/h", "")
+    assert "Prometheus         http://127.0.0.1:9090  (scrapes the model server, evaluates its alert rules)" in running
+    assert "Alertmanager       http://127.0.0.1:9093  (sends firing alerts to the alert webhook)" in running
+
+
 def test_down_and_wrote_lines():
     assert render.down_line(["serve", "worker"]) == "stopped serve, worker"
     assert render.down_line([]) == "nothing was running"
@@ -274,3 +294,26 @@ def test_drift_batch_serving_predict_and_restore_lines():
         " -> /o.parquet"
     )
     assert render.restored_line("ab12", "/r", 7) == "restored data version ab12 to /r (7 files)"
+
+
+def test_training_cost_lines_in_the_retrain_sweep_and_status_output():
+    cost = {"amount": 0.000137, "currency": "USD", "cpu_seconds": 12.34, "peak_rss_mb": 512.4, "wall_seconds": 10.2}
+    text = "0.000137 USD  (CPU 12.3 s, peak memory 512 MiB, wall 10.2 s)"
+    lines = render.retrain_summary({**RESULT, "cost": cost}, STATUS, "x")
+    assert lines[lines.index("this run        test accuracy 0.9512  macro-F1 0.9400") + 1] == f"training cost   {text}"
+    champ = {**STATUS, "champion": {**STATUS["champion"], "cost": cost}}
+    assert render.registry_table(champ, "x")[3:] == [f"  training cost   {text}", "@previous         none"]
+    sweep = {
+        "trials": [{"number": 0, "value": 0.9, "values": {}}],
+        "failed": 0,
+        "runner": "threads",
+        "parent_run_id": "p1",
+        "metric": "val_accuracy",
+        "best": {"number": 0, "run_id": "t0"},
+        "version": "5",
+        "decision": {"promoted": True, "reason": "better"},
+        "metrics": {"test_accuracy": 0.9},
+        "cost": {"amount": 0.0012, "currency": "EUR", "cpu_seconds": 108.0, "peak_rss_mb": 700.0, "trials": 4},
+    }
+    last = render.sweep_summary(sweep, "m")[-1]
+    assert last == "sweep cost      0.0012 EUR  (CPU 108.0 s, peak memory 700 MiB)  (4 trials)"

@@ -45,7 +45,8 @@ def test_prefect_yaml_names_every_flow_once_with_its_schedule():
 def test_the_trigger_listens_for_the_event_the_monitor_emits(tmp_path, monkeypatch):
     """Run the monitor's emit task on a drifted result and catch what it sends: the
     event name must be the one the retrain deployment's trigger expects; within the
-    cool-down a second drift sends nothing."""
+    cool-down a second drift sends only `lepton.drift.suppressed`, which no trigger
+    turns into a retrain."""
     import tasks.monitor as monitor_tasks
     from lepton_core.params import MonitorParams
 
@@ -74,12 +75,14 @@ def test_the_trigger_listens_for_the_event_the_monitor_emits(tmp_path, monkeypat
         "emitted": False,
         "suppressed": None,
     }
-    (event,) = sent
+    event, suppressed = sent
     (spec,) = [
         s for s in deployment_specs(load_params(ROOT / "params.yaml")) if s["entrypoint"] == "flows/retrain.py:retrain"
     ]
     assert spec["triggers"][0]["expect"] == [event["event"]]
     assert event["payload"]["batch_ids"] == ["b-1"] and event["payload"]["model_version"] == "3"
+    assert suppressed["event"] == "lepton.drift.suppressed" and suppressed["payload"]["cooldown"] == quiet["suppressed"]
+    assert suppressed["payload"]["batch_ids"] == ["b-1"] and "No retrain" in suppressed["payload"]["summary"]
 
 
 def test_specs_follow_params_overrides():

@@ -215,3 +215,39 @@ def test_no_deprecation_warning_from_lepton_code(home):
         if issubclass(w.category, DeprecationWarning) and Path(w.filename).resolve().is_relative_to(LEPTON_CODE)
     ]
     assert not ours, [f"{w.filename}:{w.lineno}: {w.message}" for w in ours]
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a Prometheus text exposition (labels in any order)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    raise AssertionError(f"{name} {labels} not in /metrics")
+
+
+def test_metrics_time_errors_too_and_show_the_process_and_the_loaded_model(home):
+    """What Prometheus's rules read: the latency of refusals and errors beside
+    answers (by route and status), whether a model is loaded, and the server's own
+    CPU seconds and memory (what its predictions cost)."""
+    with _client(_server(home, token=TOKEN), raise_server_exceptions=False) as c:
+        for _ in range(3):
+            assert _post(c, "/v1/predict", {"instances": [[[1, 2], [3, 4]]]}, BEARER).status_code == 200
+        assert _post(c, "/v1/predict", {"instances": "nope"}, BEARER).status_code == 400
+        assert _post(c, "/v1/predict", {"instances": [[[1, 2], [3, 4]]]}).status_code == 401
+        assert c.get("/nowhere").status_code == 404
+        text = c.get("/metrics").text
+    assert _sample(text, "lepton_http_request_seconds_count", route="/v1/predict", code="200") == 3
+    assert _sample(text, "lepton_http_request_seconds_count", route="/v1/predict", code="400") == 1
+    assert _sample(text, "lepton_http_request_seconds_count", route="/v1/predict", code="401") == 1
+    assert _sample(text, "lepton_http_request_seconds_count", route="other", code="404") == 1  # no series per path
+    assert _sample(text, "lepton_model_loaded") == 1
+    assert _sample(text, "process_cpu_seconds_total") > 0
+    assert _sample(text, "process_resident_memory_bytes") > 10 * 2**20
+
+
+def test_metrics_say_no_model_is_loaded_when_none_loads(home):
+    with _client(_server(home, loaded=False)) as c:
+        assert _sample(c.get("/metrics").text, "lepton_model_loaded") == 0
