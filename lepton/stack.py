@@ -540,9 +540,14 @@ class _Starter:
         (told to reload their configuration, which may have changed), else started;
         one not installed is said so and skipped."""
         w = self.state.watch
-        kept = {n: p for n, p in (w.get("ports") or {}).items() if n in watchers.WATCHERS}
-        ports = watchers.choose_ports(kept, set(self.state.ports.values()))
         pids = dict(w.get("pids") or {})
+        # a port kept from the last up, unless someone else took it while ours was down
+        kept = {
+            n: p
+            for n, p in (w.get("ports") or {}).items()
+            if n in watchers.WATCHERS and (pid_alive(pids.get(n, 0)) or port_free(p))
+        }
+        ports = watchers.choose_ports(kept, set(self.state.ports.values()))
         self.state.watch = {"ports": ports, "pids": pids}
         checks = {x.name: x.healthy for x in watchers.watchers(ports)}
         for name in watchers.WATCHERS:

@@ -8,6 +8,7 @@ tests/live/test_live_watchers.py."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.request
 
@@ -113,3 +114,15 @@ def test_without_the_packages_the_stack_says_so_and_runs_the_rest(settings, star
         "problem": "not installed (Debian package prometheus; the stack works without it)",
     }
     assert health["evidently"]["healthy"] is True
+    # stopped, and its port taken meanwhile: the next `up` gives it another one
+    old = st.watch["ports"]["evidently"]
+    stack.down(settings)
+    monkeypatch.delenv("LEPTON_EVIDENTLY_PORT")  # asked for by name, a taken port would be an error
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the old server's TIME_WAITs
+        squatter.bind(("127.0.0.1", old))
+        squatter.listen()
+        st = StackState.read(settings.home)
+        stack._Starter(settings, st, "", "", said.append).watch()
+        st.write(settings.home)
+        assert st.watch["ports"]["evidently"] != old and stack.health(settings)["evidently"]["healthy"] is True
