@@ -535,10 +535,11 @@ class _Starter:
         )
 
     # -- the watching services (lepton.watchers), each optional
-    def watch(self) -> None:
+    def watch(self, wait: bool = True) -> None:
         """Prometheus, Alertmanager and Evidently's UI: kept when running and healthy
         (told to reload their configuration, which may have changed), else started;
-        one not installed is said so and skipped."""
+        one not installed is said so and skipped. `wait=False`: `wait_watchers` later
+        (they boot while MLflow and Prefect do)."""
         w = self.state.watch
         pids = dict(w.get("pids") or {})
         # a port kept from the last up, unless someone else took it while ours was down
@@ -559,9 +560,15 @@ class _Starter:
                 continue
             pids[name] = self._ensure_watcher(name, exe, ports, checks[name], pids.get(name, 0))
             self.state.write(self.s.home)
-        for name in watchers.WATCHERS:
-            if name in self.started:
-                wait_healthy(name, checks[name], pids[name], 60, self.logs / f"{name}.log")
+        if wait:
+            self.wait_watchers()
+
+    def wait_watchers(self) -> None:
+        """Wait for the watchers this call started to be healthy."""
+        w = self.state.watch
+        for x in watchers.watchers(w.get("ports") or {}):
+            if x.name in self.started:
+                wait_healthy(x.name, x.healthy, w["pids"][x.name], 60, self.logs / f"{x.name}.log")
 
     def _ensure_watcher(self, name: str, exe: str, ports: dict[str, int], healthy, pid: int) -> int:
         cmd, env = self._watcher_command(name, exe, ports)
@@ -730,10 +737,11 @@ def _bring_up(go: _Starter, accept_loss: bool = False) -> None:
     # 2. both servers at once: they take tens of seconds each to boot
     go.ensure("mlflow", go.mlflow)
     go.ensure("prefect", go.prefect)
+    # 3. the watching services meanwhile, before the worker: its flow runs write to Evidently's UI
+    go.watch(wait=False)
     go.wait("prefect", "prefect server", 180)
     go.wait("mlflow", "mlflow server", 240)
-    # 3. the watching services, before the worker: its flow runs write to Evidently's UI
-    go.watch()
+    go.wait_watchers()
     # 4. the worker, with everything a flow run needs to reach the stack
     go.ensure("worker", go.worker)
     go.wait("worker", "prefect worker", 120)

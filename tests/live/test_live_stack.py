@@ -257,7 +257,7 @@ def test_status_reports_services_and_champion(live, deployed_run):
         "alertmanager": True,
         "evidently": True,
     }
-    assert [n for n, h in st["services"].items() if h.get("optional")] == ["prometheus", "alertmanager", "evidently"]
+    assert {n for n, h in st["services"].items() if h.get("optional")} == {"prometheus", "alertmanager", "evidently"}
 
 
 def test_a_taken_port_is_a_clear_error(live, tmp_path):

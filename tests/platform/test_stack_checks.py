@@ -186,7 +186,8 @@ def _no_start(monkeypatch, **allowed) -> None:
     """No real server starts in these tests: each start is refused unless stood in for
     (and no store is there to hold a sentinel: its check is stood in for too)."""
     monkeypatch.setattr(stack._Starter, "check_data", lambda self, accept_loss: None)
-    monkeypatch.setattr(stack._Starter, "watch", lambda self: None)  # the watchers: tests/platform/test_watchers.py
+    # the watchers: tests/platform/test_watchers.py
+    monkeypatch.setattr(stack._Starter, "watch", lambda self, wait=True: None)
     for name in SERVICES:
         fn = allowed.get(name) or (lambda self, name=name: pytest.fail(f"{name} was started"))
         monkeypatch.setattr(stack._Starter, name, fn)
@@ -310,7 +311,8 @@ def test_a_store_that_lost_its_data_stops_up_and_fails_status(settings, sleeper,
     monkeypatch.setattr(stack, "service_checks", table)
     for name in SERVICES:
         monkeypatch.setattr(stack._Starter, name, lambda self, name=name: pytest.fail(f"{name} was started"))
-    monkeypatch.setattr(stack._Starter, "watch", lambda self: None)  # the watchers: tests/platform/test_watchers.py
+    # the watchers: tests/platform/test_watchers.py
+    monkeypatch.setattr(stack._Starter, "watch", lambda self, wait=True: None)
     verdict: list[str | None] = [weed.DATA_MISSING]
     written: list[str] = []
     monkeypatch.setattr(weed, "data_problem", lambda c, bucket, token: verdict[0])
