@@ -145,7 +145,7 @@ def test_a_regression_model_gets_predicted_value_and_rmse_panels_with_points(hom
 
 
 def test_a_workspace_that_is_down_never_fails_the_monitor(records, home, monkeypatch, caplog):
-    from tests.evidently_ui import free_port
+    from effects.runtime.procs import free_port
 
     monkeypatch.setenv(W.URL_ENV, f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv(W.SECRET_ENV, "do-not-log-me")

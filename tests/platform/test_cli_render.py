@@ -62,22 +62,25 @@ def test_browse_points_at_mlflow_ui_for_sqlite_and_at_the_run_for_a_server():
     assert render.browse("databricks", None) == ["browse          databricks"]
 
 
+SWEEP = {
+    "trials": [
+        {"number": 0, "value": 0.91, "values": {"lr": 0.0031234, "width": 32}},
+        {"number": 1, "value": None, "values": {"lr": 0.1, "width": 8}},
+        {"number": 2, "value": 0.93, "values": {"lr": 0.001, "width": 64}},
+    ],
+    "failed": 1,
+    "runner": "threads",
+    "parent_run_id": "p1",
+    "metric": "val_accuracy",
+    "best": {"number": 2, "run_id": "t2"},
+    "version": "5",
+    "decision": {"promoted": True, "reason": "better"},
+    "metrics": {"test_accuracy": 0.9355},
+}
+
+
 def test_sweep_summary_marks_the_best_trial():
-    result = {
-        "trials": [
-            {"number": 0, "value": 0.91, "values": {"lr": 0.0031234, "width": 32}},
-            {"number": 1, "value": None, "values": {"lr": 0.1, "width": 8}},
-            {"number": 2, "value": 0.93, "values": {"lr": 0.001, "width": 64}},
-        ],
-        "failed": 1,
-        "runner": "threads",
-        "parent_run_id": "p1",
-        "metric": "val_accuracy",
-        "best": {"number": 2, "run_id": "t2"},
-        "version": "5",
-        "decision": {"promoted": True, "reason": "better"},
-        "metrics": {"test_accuracy": 0.9355},
-    }
+    result = dict(SWEEP)
     assert render.sweep_summary(result, "lepton-digits") == [
         "",
         "sweep           3 trials (1 failed) on threads; parent MLflow run p1",
@@ -303,17 +306,7 @@ def test_training_cost_lines_in_the_retrain_sweep_and_status_output():
     assert lines[lines.index("this run        test accuracy 0.9512  macro-F1 0.9400") + 1] == f"training cost   {text}"
     champ = {**STATUS, "champion": {**STATUS["champion"], "cost": cost}}
     assert render.registry_table(champ, "x")[3:] == [f"  training cost   {text}", "@previous         none"]
-    sweep = {
-        "trials": [{"number": 0, "value": 0.9, "values": {}}],
-        "failed": 0,
-        "runner": "threads",
-        "parent_run_id": "p1",
-        "metric": "val_accuracy",
-        "best": {"number": 0, "run_id": "t0"},
-        "version": "5",
-        "decision": {"promoted": True, "reason": "better"},
-        "metrics": {"test_accuracy": 0.9},
-        "cost": {"amount": 0.0012, "currency": "EUR", "cpu_seconds": 108.0, "peak_rss_mb": 700.0, "trials": 4},
-    }
+    cost = {"amount": 0.0012, "currency": "EUR", "cpu_seconds": 108.0, "peak_rss_mb": 700.0, "trials": 4}
+    sweep = {**SWEEP, "cost": cost}
     last = render.sweep_summary(sweep, "m")[-1]
     assert last == "sweep cost      0.0012 EUR  (CPU 108.0 s, peak memory 700 MiB)  (4 trials)"
