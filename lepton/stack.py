@@ -397,8 +397,8 @@ class _Starter:
         if tls:  # the JWT keys in the environment; certificates and security.toml under <home>/stack
             weed_env.update(_weed_jwt_env(creds))
             weed.write_security_toml(d)
-        _wait_gone(self.state.pid("seaweedfs"))  # a store just stopped: its sockets close as it dies
-        weed.remove_sockets(self.state.internal)  # what a killed store left in /tmp
+        _wait_gone(self.state.pid("seaweedfs"), 30.0)  # a store just stopped: its sockets close as it dies
+        weed.remove_sockets(self.state.internal, wait=15.0)  # what a killed store left in /tmp
         self.state.internal = internal
         (self.logs / "weed").mkdir(parents=True, exist_ok=True)
         self.echo(f"starting seaweedfs (S3 on {self.u.s3}{', mutual TLS inside' if tls else ''}) ...")
@@ -779,8 +779,8 @@ def up(
         for name in reversed(go.started):
             stop_group(state.pid(name) or state.watch.get("pids", {}).get(name, 0))
         if "seaweedfs" in go.started:
-            _wait_gone(state.pid("seaweedfs"))
-            weed.remove_sockets(state.internal)
+            _wait_gone(state.pid("seaweedfs"), 30.0)
+            weed.remove_sockets(state.internal, wait=15.0)
         state.write(s.home)
         raise
     state.up = True
@@ -869,8 +869,8 @@ def down(s: Settings) -> list[str]:
             stopped.append(name)
         else:  # a leader killed alone leaves its workers (MLflow's uvicorn) serving
             kill_leftovers(pid)
-    _wait_gone(st.pid("seaweedfs"))  # SIGKILLed a moment ago: its sockets close as it dies
-    weed.remove_sockets(st.internal)
+    _wait_gone(st.pid("seaweedfs"), 30.0)  # SIGKILLed a moment ago: its sockets close as it dies
+    weed.remove_sockets(st.internal, wait=15.0)
     st.up = False
     st.write(s.home)
     return stopped

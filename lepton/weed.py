@@ -354,19 +354,32 @@ def _listening(path: Path) -> bool:
             return False
 
 
-def remove_sockets(internal: dict[str, int] | None) -> None:
+def remove_sockets(internal: dict[str, int] | None, wait: float = 0.0) -> list[Path]:
     """Remove the gRPC sockets a stopped store left: only sockets, only our own, and
-    only those nothing listens on (another stack may have the same ports by now)."""
+    only those nothing listens on (another stack may have the same ports by now).
+    `wait`: seconds to keep trying while one still listens (a store killed a moment
+    ago on a busy machine can take that long to let go). Returns what is left."""
     import os
     import stat
+    import time
 
-    for p in grpc_sockets(internal):
-        try:
-            st = p.lstat()
-        except OSError:
-            continue
-        if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid() and not _listening(p):
-            p.unlink(missing_ok=True)
+    deadline = time.monotonic() + wait
+    while True:
+        left = []
+        for p in grpc_sockets(internal):
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            if not (stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid()):
+                continue
+            if _listening(p):
+                left.append(p)
+            else:
+                p.unlink(missing_ok=True)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.25)
 
 
 def sockets_free(internal: dict[str, int]) -> bool:
