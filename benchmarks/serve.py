@@ -1,10 +1,15 @@
-"""Lepton's server vs stock `mlflow models serve`, side by side in one run.
+"""Lepton's server vs its floor and stock `mlflow models serve`, side by side in one run.
 
 The same champion (trained here on the digits into a temporary home), the same
 1-instance payload (one raw 8x8 uint8 digit), the same machine. Each server runs in
-its own process with one worker; the load generator runs in a third process
-(threads with keep-alive connections), at concurrency 1, 8, 32 and 64, for
-`--seconds` per cell after a warm-up. Prints req/s, p50 and p99 latency and errors,
+its own process with one worker (and `lepton serve --workers 2` besides); the load
+generator runs in a process of its own (one asyncio loop, raw HTTP/1.1 keep-alive
+connections), at concurrency 1, 8, 32 and 64, for `--seconds` per cell after a
+warm-up. The floor is a bare FastAPI route under the same uvicorn that reads the body
+and answers Lepton's own answer, byte for byte (benchmarks/floor_app.py): what any
+Python model server spends at least. `lepton serve` is driven on `/v1/predict`, on the
+Open Inference Protocol's `/v2/models/lepton-digits/infer` and on MLflow's
+`/invocations`; the run ends with the ratios against the floor. Prints req/s, p50 and p99 latency and errors,
 then the latency of `POST /v1/explain` (Integrated Gradients, 32 steps) for the same
 digit on `lepton serve`, one client (the server runs one explanation at a time).
 
@@ -34,7 +39,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -45,44 +49,62 @@ BIN = Path(sys.executable).parent
 
 
 def _load(port: int, path: str, body: bytes, headers: dict, concurrency: int, seconds: float) -> dict:
-    """Closed-loop load: `concurrency` clients, each sending the next request when the
-    last one is answered, for `seconds`. Runs in its own process."""
-    lat: list[list[float]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-    stop = time.monotonic() + seconds
+    """Closed-loop load: `concurrency` keep-alive HTTP/1.1 connections from one asyncio
+    loop, each sending the next request when the last one is answered, for `seconds`.
+    A raw client (request bytes built once, the answer read by its Content-Length):
+    it drives the floor (benchmarks/floor_app.py) far harder than any model server, so
+    the figures are the servers' and not the client's. Runs in its own process."""
+    import asyncio
 
-    def client(k: int) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = head.encode() + b"\r\n" + body
+    lat: list[float] = []
+    errors = 0
+
+    async def answer(reader: asyncio.StreamReader) -> int:
+        status_and_headers = await reader.readuntil(b"\r\n\r\n")
+        lines = status_and_headers.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        return status
+
+    async def client(stop: float) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         while time.monotonic() < stop:
             t0 = time.perf_counter()
             try:
-                conn.request("POST", path, body, headers)
-                r = conn.getresponse()
-                r.read()
-                ok = r.status == 200
-            except (OSError, http.client.HTTPException):
+                writer.write(request)
+                ok = await asyncio.wait_for(answer(reader), 60) == 200
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError):
                 ok = False
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                writer.close()
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
             if ok:
-                lat[k].append(time.perf_counter() - t0)
+                lat.append(time.perf_counter() - t0)
             else:
-                errors[k] += 1
-        conn.close()
+                errors += 1
+        writer.close()
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    all_lat = np.array([x for per_thread in lat for x in per_thread]) * 1000
+    async def run() -> float:
+        t0 = time.perf_counter()
+        stop = time.monotonic() + seconds
+        await asyncio.gather(*(client(stop) for _ in range(concurrency)))
+        return time.perf_counter() - t0
+
+    wall = asyncio.run(run())
+    all_lat = np.array(lat) * 1000
     return {
         "rps": len(all_lat) / wall,
         "p50": float(np.percentile(all_lat, 50)) if len(all_lat) else float("nan"),
         "p99": float(np.percentile(all_lat, 99)) if len(all_lat) else float("nan"),
-        "errors": sum(errors),
+        "errors": errors,
         "n": len(all_lat),
     }
 
@@ -191,6 +213,88 @@ def _explain_latency(pool, server: tuple, headers: dict, seconds: float, width: 
         flush=True,
     )
     return res
+
+
+def _has_workers(env: dict) -> bool:
+    r = subprocess.run([str(BIN / "lepton"), "serve", "--help"], env=env, cwd=ROOT, capture_output=True, text=True)
+    return "--workers" in r.stdout
+
+
+def _post(port: int, path: str, body: bytes) -> bytes:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("POST", path, body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    out = r.read()
+    if r.status != 200:
+        raise SystemExit(f"POST {path} on port {port}: {r.status} {out[:300]!r}")
+    return out
+
+
+def _floor_and_protocols(tmp: Path, env: dict, lepton: tuple, x: np.ndarray) -> dict:
+    """The floor (a bare FastAPI route answering what `lepton serve` answers, byte for
+    byte) and `lepton serve`'s other protocols on the same process: the Open Inference
+    Protocol (/v2, its input named as the server's metadata says) and MLflow's
+    scoring protocol (/invocations)."""
+    from effects.runtime.procs import free_port
+
+    proc, port, _ready, path, body = lepton
+    answer = tmp / "answer.json"
+    answer.write_bytes(_post(port, path, body))
+    fp = free_port()
+    out = {
+        "floor (bare FastAPI)": (
+            _spawn(
+                [sys.executable, str(ROOT / "benchmarks" / "floor_app.py"), str(fp), str(answer)],
+                env,
+                tmp,
+                tmp / "floor.log",
+            ),
+            fp,
+            "/healthz",
+            "/predict",
+            body,
+        )
+    }
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request("GET", "/v2/models/lepton-digits")
+    r = c.getresponse()
+    meta = json.loads(r.read() or b"{}")
+    if r.status == 200:
+        spec = meta["inputs"][0]
+        v2 = {
+            "inputs": [
+                {"name": spec["name"], "shape": list(x.shape), "datatype": spec["datatype"], "data": x.ravel().tolist()}
+            ]
+        }
+        _post(port, "/v2/models/lepton-digits/infer", json.dumps(v2).encode())
+        out["lepton serve /v2"] = (proc, port, "/readyz", "/v2/models/lepton-digits/infer", json.dumps(v2).encode())
+        inv = json.dumps({"inputs": x.tolist()}).encode()
+        _post(port, "/invocations", inv)
+        out["lepton serve /invocations"] = (proc, port, "/readyz", "/invocations", inv)
+    return out
+
+
+def _targets(results: dict, concurrency: list[int]) -> None:
+    """Lepton against the floor and its protocols against each other, as ratios of one run."""
+    floor, v1 = results.get("floor (bare FastAPI)"), results["lepton serve"]
+    if floor and 32 in concurrency:
+        print(f"c=32: lepton serve /v1 at {v1[32]['rps'] / floor[32]['rps']:.0%} of the floor's throughput")
+    if floor and 1 in concurrency:
+        print(f"c=1: lepton serve /v1 p50 {v1[1]['p50'] - floor[1]['p50']:+.2f} ms over the floor's")
+    for name in ("lepton serve /v2", "lepton serve /invocations", "lepton serve, 2 workers"):
+        if name in results:
+            for c in concurrency:
+                print(f"c={c}: {name} at {results[name][c]['rps'] / v1[c]['rps']:.0%} of /v1's throughput")
+    if floor:
+        busiest = max(
+            (n for n in results if n != "floor (bare FastAPI)"),
+            key=lambda n: max(r["rps"] for r in results[n].values()),
+        )
+        top = max(r["rps"] for r in results[busiest].values())
+        print(
+            f"the load generator drove the floor to {max(r['rps'] for r in floor.values()):.0f} req/s; "
+            f"the busiest server ({busiest}) reached {top:.0f}"
+        )
 
 
 def main() -> None:
@@ -353,14 +457,29 @@ def main() -> None:
                 json.dumps({"inputs": x.tolist()}).encode(),
             )
         )
+    workers = _has_workers(env)
+    if workers:
+        wp = free_port()
+        procs["lepton serve, 2 workers"] = (
+            _spawn(
+                [str(BIN / "lepton"), "serve", "--port", str(wp), "--workers", "2"], env, ROOT, tmp / "lepton-2.log"
+            ),
+            wp,
+            "/readyz",
+            "/v1/predict",
+            json.dumps({"instances": x.tolist()}).encode(),
+        )
     headers = {"Content-Type": "application/json"}
-    width = max(len("lepton serve /v1/explain"), *(len(name) for name in procs))
     results: dict[str, dict[int, dict]] = {}
     explain: dict = {}
     ctx = multiprocessing.get_context("spawn")
     try:
         for proc, port, ready, _path, _body in procs.values():
             _wait(port, ready, proc)
+        procs = {**_floor_and_protocols(tmp, env, procs["lepton serve"], x), **procs}
+        for proc, port, ready, _path, _body in procs.values():
+            _wait(port, ready, proc)
+        width = max(len("lepton serve /v1/explain"), *(len(name) for name in procs))
         with ctx.Pool(1) as pool:
             for name, (_proc, port, _ready, path, body) in procs.items():
                 pool.apply(_load, (port, path, body, headers, 4, 2.0))  # warm-up
@@ -392,6 +511,7 @@ def main() -> None:
         f"\nPOST /v1/explain, one digit, one client: {explain['rps']:.1f} req/s  p50 {explain['p50']:.1f} ms  "
         f"p99 {explain['p99']:.1f} ms  errors {explain['errors']}\n"
     )
+    _targets(results, args.concurrency)
     for c in args.concurrency:
         a, b = results["lepton serve"][c], results["mlflow models serve"][c]
         print(f"c={c}: throughput {a['rps'] / b['rps']:.2f}x, p99 {a['p99'] / b['p99']:.2f}x of mlflow models serve")

@@ -12,12 +12,14 @@ from tasks.report import publish_registry_summary
 
 @flow(name="promote")
 def promote_flow(
-    version: str,
+    version: str | None = None,
     force: bool = False,
     promote: PromoteParams = PromoteParams(),
     registry: RegistryParams = RegistryParams(),
 ) -> dict:
-    """Run the promotion gate for one model version (`force` overrides it, tagged as such)."""
+    """Run the promotion gate for one model version (None: the @challenger), on its test
+    split and, for the @challenger or in promote.mode shadow, on the live traffic it
+    scored beside the champion (`force` overrides it, tagged as such)."""
     result = promote_task(registry.model_name, version, promote, force)
     publish_registry_summary("promote", result, registry.model_name)
     return result

@@ -27,7 +27,8 @@ def retrain(params: Params, progress: bool = True) -> dict:
     outcome = train_task(dataset, params, progress=progress)
     metrics = evaluate(outcome.run_id, outcome.checkpoint, dataset, params.evaluate)
     version = register(outcome, dataset, params, metrics)
-    decision = promote_task(registry.model_name, version, promote)
+    # promote.mode shadow: a version that passes becomes @challenger (`lepton promote` judges it live)
+    decision = promote_task(registry.model_name, version, promote, challenger_only=promote.mode == "shadow")
     result = {
         "run_id": outcome.run_id,
         "version": version,

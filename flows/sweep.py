@@ -74,7 +74,7 @@ def sweep(params: Params, dask: str | None = None, progress: bool = False) -> di
         metrics = evaluate(trained.run_id, trained.checkpoint, dataset, best.params.evaluate)
         version = register(trained, dataset, best.params, metrics)
         tag_version(registry.model_name, version, parent, best.number)
-        decision = promote_task(registry.model_name, version, promote)
+        decision = promote_task(registry.model_name, version, promote, challenger_only=promote.mode == "shadow")
         report = close_sweep(parent, search, version, decision, metrics)
     except BaseException as e:
         abandon_sweep(parent, f"{type(e).__name__}: {e}")

@@ -308,6 +308,7 @@ class _Starter:
         self.checks = {c.name: c.healthy for c in service_checks(s.home, state)}
         self.started: list[str] = []  # by this call
         self.kept: list[str] = []  # found running and healthy
+        self.serve_workers: int | None = None  # `up --serve-workers`; None: serve.workers of params.yaml
 
     # -- one service: keep it when alive and healthy, else start it
     def ensure(self, name: str, start: Callable[[], int]) -> None:
@@ -609,6 +610,7 @@ class _Starter:
                 "127.0.0.1",
                 "--port",
                 str(self.state.ports["serve"]),
+                *(["--workers", str(self.serve_workers)] if self.serve_workers else []),
             ],
             self.client_env(),
         )
@@ -758,11 +760,13 @@ def up(
     sse: str | None = None,
     auth: bool | None = None,
     accept_data_loss: bool = False,
+    serve_workers: int | None = None,
 ) -> dict:
     """Start the stack, or what is missing of it: services that run and answer keep
     their processes; dead ones are started again (after their port is released). A
     store whose data is gone (lepton.weed's sentinel) stops it with an error, unless
-    `accept_data_loss`. Returns the state (the record `lepton up` leaves in `<home>/stack/stack.json`)."""
+    `accept_data_loss`. `serve_workers`: the model server's processes (None: its
+    params.yaml's serve.workers). Returns the state (the record `lepton up` leaves in `<home>/stack/stack.json`)."""
     stale = StackState.read(s.home) or StackState()
     survivors = [n for n in SERVICES if pid_alive(stale.pid(n))]
     d = stack_dir(s.home)
@@ -772,6 +776,7 @@ def up(
     if survivors:
         echo(f"running: {', '.join(survivors)} (kept as they are)")
     go = _Starter(s, state, mlflow_db, prefect_db, echo)
+    go.serve_workers = serve_workers
     try:
         _bring_up(go, accept_data_loss)
     except BaseException:

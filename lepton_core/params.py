@@ -181,6 +181,18 @@ class PromoteParams(_Section):
     rmse_tolerance: float = Field(
         0.02, ge=0, le=10, description="regression: largest accepted relative RMSE increase vs the champion"
     )
+    mode: Literal["gate", "shadow"] = Field(
+        "gate",
+        description="gate: a retrain's version that passes the gate becomes @champion; shadow: it becomes "
+        "@challenger, and `lepton promote` judges it on live traffic (serve.shadow) as well",
+    )
+    min_live_pairs: int = Field(
+        100,
+        ge=1,
+        le=10**9,
+        description="fewest labelled live requests scored by both champion and challenger that `lepton promote` "
+        "judges on (fewer: refused unless --force)",
+    )
 
 
 class RegistryParams(_Section):
@@ -275,6 +287,14 @@ class EvaluateParams(_Section):
     )
 
 
+class CanarySpec(_Section):
+    """`serve.canary`: the alias that answers a share of the requests (sticky by the
+    `X-Request-Key` header when a client sends one)."""
+
+    alias: str = Field(min_length=1, max_length=256, description="the canary's alias")
+    share: float = Field(ge=0, le=1, description="the share of requests it answers")
+
+
 class ServeParams(_Section):
     """`lepton serve`: batching, request limits, hot swap, the prediction log."""
 
@@ -282,11 +302,51 @@ class ServeParams(_Section):
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill up")
     max_instances: int = Field(1024, ge=1, le=1_000_000, description="most instances in one request")
     max_body_mb: float = Field(16.0, gt=0, le=4096, description="largest request body")
+    max_queue: int = Field(
+        4096, ge=1, le=10_000_000, description="most instances waiting for the batcher; beyond it a request gets 503"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a request's headers must arrive within this (else 408, connection closed)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request's body must arrive within this (else 408, connection closed)"
+    )
+    metrics_auth: bool = Field(False, description="/metrics takes the bearer token too (default: open, as the probes)")
     poll_seconds: float = Field(5.0, gt=0, le=86_400, description="how often the server checks where the alias points")
+    workers: int = Field(
+        1, ge=1, le=256, description="server processes behind the one port, each with its own batcher and model"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the model runs: auto (the GPU when there is one), cpu or cuda"
+    )
+    threads: int = Field(
+        0, ge=0, le=1024, description="torch intra-op threads per worker (0: torch's default, or cores/workers)"
+    )
     log_flush_seconds: float = Field(5.0, gt=0, le=86_400, description="prediction log: write a part file this often")
     log_flush_rows: int = Field(2048, ge=1, le=10_000_000, description="prediction log: or when this many rows wait")
+    log_retention_days: float = Field(
+        30.0,
+        ge=0,
+        le=36_500,
+        description="prediction log: delete parts (and feedback) older than this, locally and on S3 (0: keep all)",
+    )
+    log_sample_rate: float = Field(
+        1.0, gt=0, le=1, description="prediction log: the share of instances logged (feedback joins those logged)"
+    )
+    feedback_window_hours: float = Field(
+        168.0, gt=0, le=87_600, description="/v1/feedback takes labels for a request id this long after it was issued"
+    )
     max_explain_instances: int = Field(16, ge=1, le=10_000, description="most instances in one /v1/explain request")
     explain_timeout_s: float = Field(10.0, gt=0, le=3600, description="an /v1/explain request gets at most this long")
+    shadow: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="an alias whose version scores the answered requests again, off the answer's path (its rows: "
+        "the log's shadow/ part)",
+    )
+    shadow_share: float = Field(1.0, gt=0, le=1, description="the share of answered requests the shadow scores")
+    canary: CanarySpec | None = Field(None, description="answer a share of requests with another alias's version")
 
 
 class OptimizeParams(_Section):

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run
 from effects.data.dvc_store import DataVersion, dataset_path
 from effects.runtime.retry import not_user_error
 from effects.runtime.settings import get_settings
+from effects.serving.live_log import live_evidence
 from effects.tracking import runs, tags
 from effects.tracking.model_report import report_line, report_url
 from effects.tracking.registry import log_and_register, promote_version, rollback_champion
@@ -89,14 +90,21 @@ def register(outcome: TrainOutcome, data: DataVersion, params: Params, metrics: 
 
 
 @task(name="promote", retries=2, retry_delay_seconds=[2, 5], timeout_seconds=1800, retry_condition_fn=not_user_error)
-def promote(model_name: str, version: str, params: PromoteParams, force: bool = False) -> dict:
+def promote(
+    model_name: str, version: str | None, params: PromoteParams, force: bool = False, challenger_only: bool = False
+) -> dict:
+    """The gate for `version` (None: the @challenger); `challenger_only` (a retrain in
+    promote.mode shadow): a version that passes becomes @challenger, not @champion."""
     with registry_slot():
-        result = promote_version(model_name, version, params, force)
+        result = promote_version(
+            model_name, version, params, force, challenger_only=challenger_only, live_evidence=live_evidence
+        )
         # @champion-onnx / @champion-int8 follow the champion (or go, until it has variants)
         moved = follow_champion(model_name)
         if moved:
             result["variant_aliases"] = moved
-    emit_gate_event(model_name, result)
+    if not result.get("challenger"):  # a challenger waits for `lepton promote`: no decision to announce yet
+        emit_gate_event(model_name, result)
     return result
 
 

@@ -34,7 +34,7 @@ from effects.data.data_source import detect_format
 from effects.monitoring.workspace import SnapshotRecord, add_snapshot, batch_time
 from effects.runtime import s3
 from effects.runtime.settings import Settings, get_settings
-from effects.serving.prediction_log import feedback_folder, open_store
+from effects.serving.prediction_log import feedback_folder, open_store, processed_key, read_feedback
 from effects.state import monitor_state
 from effects.tracking import runs, tags
 from effects.tracking.registry import champion, checkpoint_of
@@ -110,12 +110,14 @@ def batch_format(path: Path, fmt: str | None) -> str:
 
 
 def _with_feedback(df: pd.DataFrame, feedback_dir: Path | None) -> pd.DataFrame:
-    """Join the true labels clients posted (`POST /v1/feedback`) onto logged rows."""
-    files = sorted(feedback_dir.glob("*.parquet")) if feedback_dir and feedback_dir.is_dir() else []
-    if not files or "request_id" not in df.columns or "label" in df.columns:
+    """Join the true labels clients posted (`POST /v1/feedback`) onto logged rows: for
+    each instance the label received last (a correction replaces what it corrects)."""
+    if "request_id" not in df.columns or "label" in df.columns:
         return df
-    fb = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    fb = fb.drop_duplicates(["request_id", "instance"], keep="last")
+    fb = read_feedback(feedback_dir)
+    if fb is None:
+        return df
+    fb = fb[["request_id", "instance", "label"]]
     out = df.merge(fb, on=["request_id", "instance"], how="left")
     return out if out["label"].notna().any() else df
 
@@ -406,15 +408,17 @@ def prediction_log_window(s: Settings, min_rows: int) -> Path | None:
     that no run has checked into one window folder under <home>/monitor/windows/,
     and mark the parts taken; None while they hold fewer than `min_rows` rows. A
     window left unchecked by a crash is found by `new_batches` on the windows folder
-    next time. Parts are claimed first: two workers at once take disjoint parts."""
+    next time. Parts are claimed first: two workers at once take disjoint parts. The
+    log's upkeep merges parts only once they are marked here, and marks each merged
+    hour before writing it, so a window never takes a row twice."""
     store = open_store(s.prediction_log, s)
     done = monitor_state.processed(s)
-    parts = [name for name in store.list() if f"predlog:{name}" not in done]
+    parts = [name for name in store.list() if processed_key(name) not in done]
     rows = {name: store.rows(name) for name in parts}
     if not parts or sum(rows.values()) < min_rows:
         return None
-    mine = set(monitor_state.claim_batches(s, [f"predlog:{name}" for name in parts]))
-    parts = [name for name in parts if f"predlog:{name}" in mine]
+    mine = set(monitor_state.claim_batches(s, [processed_key(name) for name in parts]))
+    parts = [name for name in parts if processed_key(name) in mine]
     if not parts or sum(rows[name] for name in parts) < min_rows:
         monitor_state.release_batches(s, sorted(mine))  # too few left for this worker
         return None
@@ -425,7 +429,7 @@ def prediction_log_window(s: Settings, min_rows: int) -> Path | None:
             store.fetch(name, tmp / name)
 
     publish_dir(window, fetch, replace=False)
-    monitor_state.mark_processed(s, [f"predlog:{name}" for name in parts])
+    monitor_state.mark_processed(s, [processed_key(name) for name in parts])
     return window
 
 

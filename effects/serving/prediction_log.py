@@ -5,7 +5,9 @@ path in batches, in the monitor's prediction-log format (see effects/monitoring/
 
 (for a regression model, `value`, the predicted number in the target's units, in place
 of prediction and confidence), and, in `feedback/`, the true labels clients post later:
-request_id, instance, label (an int64 class index; a float64 target for regression).
+request_id, instance, label (an int64 class index; a float64 target for regression),
+received (when the server took it, ns since the epoch: of two labels for one instance
+the one received last counts, see `latest_feedback`).
 
 The log lives in a folder, or under an S3 prefix (`lepton up`): a `LogStore`.
 Rows wait in a bounded queue; a background thread turns them into feature rows and
@@ -14,11 +16,18 @@ writes one parquet part (`<UTC time>-<id>-n<rows>.parquet`, atomically) every
 waits in a local spool and is sent, oldest first, once S3 answers again. A part
 that cannot be written anywhere (full disk, no permission) or a full queue drops
 its rows and counts them in `dropped`; nothing here raises into, or slows, a
-prediction.
+prediction. Feedback waits in the same queue and is written on the same schedule,
+so a stream of feedback makes a part every `flush_seconds`, not one per POST.
+
+`sample_rate` below 1 logs that share of the instances, picked by the request id and
+the instance's index alone (`sampled`): the feedback for an instance is kept exactly
+when its prediction was. Compaction and retention (effects/serving/log_upkeep.py)
+run on a thread of their own, every `upkeep_every_s`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import queue
@@ -26,9 +35,11 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import EllipsisType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,11 +48,57 @@ from effects.runtime.settings import Settings
 from lepton_core.drift import feature_frame
 from lepton_core.fileio import atomic_write
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 _ROWS = re.compile(r"-n(\d+)\.parquet$")
+FEEDBACK = "feedback"  # the sub-folder of the true labels
 
 
-def part_name(rows: int) -> str:
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{uuid.uuid4().hex[:8]}-n{rows}.parquet"
+def part_name(rows: int, at: float | None = None) -> str:
+    """`<UTC time>-<id>-n<rows>.parquet`: names sort by the time they were written."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at))
+    return f"{stamp}-{uuid.uuid4().hex[:8]}-n{rows}.parquet"
+
+
+def processed_key(name: str) -> str:
+    """How the monitor's state records a prediction-log part it has read."""
+    return f"predlog:{name}"
+
+
+_WEYL = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / the golden ratio: instance i's step
+
+
+def sampled(request_id: str, instances: int, rate: float) -> np.ndarray:
+    """(instances,) bool: which instances of a request the log keeps at `rate`.
+    A function of the request id (its random leading hex digits) and the index
+    alone, so predictions and their feedback agree without a lookup; consecutive
+    instances follow a Weyl sequence, so a request keeps close to `rate` of its own."""
+    if rate >= 1:
+        return np.ones(instances, dtype=bool)
+    try:
+        seed = int(request_id[:16], 16)
+    except ValueError:  # an id of another shape: its hash
+        seed = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
+    u = np.uint64(seed) + np.arange(instances, dtype=np.uint64) * _WEYL  # wraps around 2**64
+    return (u >> np.uint64(11)).astype(np.float64) / 2.0**53 < rate
+
+
+def latest_feedback(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Feedback frames (in the order their parts were written) as one, with one label
+    per (request_id, instance): the one received last. Rows from before `received`
+    was recorded count as older than any that have it, in their parts' order."""
+    import pandas as pd
+
+    parts = []
+    for i, f in enumerate(frames):
+        f = f if "received" in f.columns else f.assign(received=np.int64(-1))
+        parts.append(f.assign(_part=i))
+    if not parts:
+        return pd.DataFrame(columns=["request_id", "instance", "label", "received"])
+    fb = pd.concat(parts, ignore_index=True).sort_values(["received", "_part"], kind="stable")
+    fb = fb.drop_duplicates(["request_id", "instance"], keep="last").drop(columns="_part")
+    return fb.sort_values(["request_id", "instance"], kind="stable").reset_index(drop=True)
 
 
 def part_rows(name: str, read=None) -> int:
@@ -83,6 +140,13 @@ class LocalStore:
         except OSError:  # another file system
             dest.write_bytes((self.folder / rel).read_bytes())
 
+    def read(self, rel: str) -> bytes:
+        return (self.folder / rel).read_bytes()
+
+    def delete(self, rels: Sequence[str]) -> None:
+        for rel in rels:
+            (self.folder / rel).unlink(missing_ok=True)
+
 
 class S3Store:
     """The log under s3://bucket/prefix. Short timeouts and one retry: a flush during
@@ -120,25 +184,53 @@ class S3Store:
     def fetch(self, rel: str, dest: Path) -> None:
         s3.download(self.client, self.bucket, self._key(rel), dest)
 
+    def read(self, rel: str) -> bytes:
+        body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read()
+        return body
+
+    def delete(self, rels: Sequence[str]) -> None:
+        """Delete these parts (missing ones are no error), 1,000 keys a request."""
+        for i in range(0, len(rels), 1000):
+            keys = [{"Key": self._key(rel)} for rel in rels[i : i + 1000]]
+            out = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+            if out.get("Errors"):
+                e = out["Errors"][0]
+                raise OSError(f"S3 refused to delete {e.get('Key')}: {e.get('Code')} {e.get('Message', '')}".strip())
+
 
 def open_store(uri: str, s: Settings) -> LocalStore | S3Store:
     return S3Store(uri, s) if uri.startswith("s3://") else LocalStore(Path(uri).expanduser())
 
 
 def feedback_folder(s: Settings, store: LocalStore | S3Store | None = None) -> Path:
-    """A local folder with every feedback part of the log (for S3, the parts not yet
-    copied are fetched into <home>/monitor/feedback)."""
+    """A local folder with every feedback part of the log (for S3, a copy in
+    <home>/monitor/feedback that follows the prefix: new parts fetched, parts that
+    compaction or retention removed there removed here)."""
     store = store or open_store(s.prediction_log, s)
     if isinstance(store, LocalStore):
-        return store.folder / "feedback"
-    cache = s.home / "monitor" / "feedback"
+        return store.folder / FEEDBACK
+    cache = s.home / "monitor" / FEEDBACK
     cache.mkdir(parents=True, exist_ok=True)
-    for name in store.list("feedback"):
+    names = store.list(FEEDBACK)
+    for name in names:
         if not (cache / name).exists():
             tmp = cache / f".{name}.part"
-            store.fetch(f"feedback/{name}", tmp)
+            store.fetch(f"{FEEDBACK}/{name}", tmp)
             os.replace(tmp, cache / name)
+    for gone in set(p.name for p in cache.glob("*.parquet")) - set(names):
+        (cache / gone).unlink(missing_ok=True)
     return cache
+
+
+def read_feedback(folder: Path | None) -> pd.DataFrame | None:
+    """Every label in a feedback folder, the last one per instance (`latest_feedback`);
+    None when there is none."""
+    import pandas as pd
+
+    files = sorted(folder.glob("*.parquet")) if folder and folder.is_dir() else []
+    if not files:
+        return None
+    return latest_feedback([pd.read_parquet(f) for f in files])
 
 
 @dataclass
@@ -151,6 +243,15 @@ class _Entry:
     kind: str
     feature_names: list[str]
     values: np.ndarray | None = None  # (N,) float64 predicted targets (a regression model)
+    instances: np.ndarray | None = None  # (N,) the instances' indices in the request (None: 0..N-1)
+
+
+@dataclass
+class _Feedback:
+    request_id: str
+    instances: np.ndarray  # (N,) int64 indices in the request
+    labels: np.ndarray  # (N,) int64 class indices, or float64 targets
+    received: int  # ns since the epoch, increasing within the process
 
 
 def _regression_frame(x: np.ndarray, logits: np.ndarray, values: np.ndarray, kind: str, names: list[str]):
@@ -170,20 +271,34 @@ class PredictionLog:
         flush_seconds: float = 5.0,
         flush_rows: int = 2048,
         max_queued: int = 1000,
+        sample_rate: float = 1.0,
+        upkeep: Callable[[], object] | None = None,
+        upkeep_every_s: float = 600.0,
     ):
         self.store = store
         # parts S3 could not take wait here (a local store needs no spool)
         self.spool = Path(spool) if spool is not None and not isinstance(store, LocalStore) else None
         self.flush_seconds, self.flush_rows = flush_seconds, flush_rows
-        self._queue: queue.Queue[_Entry | None] = queue.Queue(maxsize=max_queued)
+        self.sample_rate = sample_rate
+        self._queue: queue.Queue[_Entry | _Feedback | None] = queue.Queue(maxsize=max_queued)
         self.written = 0  # rows that reached the store
         self.dropped = 0  # rows lost (no store and no spool would take them, or the queue was full)
+        self.unsampled = 0  # instances left out by sample_rate
+        self.feedback_dropped = 0  # labels taken, then lost (no store and no spool would take their part)
         self.files = 0
+        self._received = 0  # the last feedback's `received`
         self._lock = threading.Lock()
         self._store_lock = threading.Lock()  # one writer to the store and the spool at a time
         self.spooled = sum(part_rows(p.name, lambda p=p: p) for p in self._spooled() if p.parent == self.spool)
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
+        # compaction and retention: slow listing and merging, never in the writer's way
+        self._upkeep, self._upkeep_every_s = upkeep, upkeep_every_s
+        self._closing = threading.Event()
+        self._upkeeper: threading.Thread | None = None
+        if upkeep is not None:
+            self._upkeeper = threading.Thread(target=self._keep_up, name="prediction-log-upkeep", daemon=True)
+            self._upkeeper.start()
 
     @property
     def folder(self) -> str:
@@ -200,36 +315,62 @@ class PredictionLog:
         values: np.ndarray | None = None,
     ) -> None:
         """Queue the instances of one answered request (never blocks); `values`, the
-        predicted targets of a regression model, are logged in place of the class."""
+        predicted targets of a regression model, are logged in place of the class.
+        Below a sample rate of 1, only the sampled instances (`sampled`)."""
+        instances = None
+        if self.sample_rate < 1:
+            keep = sampled(request_id, len(x), self.sample_rate)
+            instances = np.flatnonzero(keep)
+            with self._lock:
+                self.unsampled += len(x) - len(instances)
+            if len(instances) == 0:
+                return
+            x, logits = x[instances], logits[instances]
+            values = None if values is None else values[instances]
+        entry = _Entry(time.time(), version, request_id, x, logits, kind, feature_names, values, instances)
         try:
-            self._queue.put_nowait(_Entry(time.time(), version, request_id, x, logits, kind, feature_names, values))
+            self._queue.put_nowait(entry)
         except queue.Full:
             self._drop(len(x))
 
     def add_feedback(self, request_id: str, labels: list[int] | list[float]) -> None:
-        """True labels for the instances of an answered request (class indices, or the
-        true targets of a regression model: floats), written at once (small, and a
-        client waits for the confirmation) into `feedback/`; raises only when neither
-        the store nor the spool would take them."""
-        import pandas as pd
-
+        """True labels for the instances 0, 1, ... of an answered request (class
+        indices, or the true targets of a regression model: floats), queued for the
+        next part in `feedback/` (only those of instances the log sampled); OSError
+        when the queue is full."""
         dtype = np.float64 if any(isinstance(v, float) for v in labels) else np.int64
-        table = pd.DataFrame(
-            {"request_id": request_id, "instance": np.arange(len(labels)), "label": np.asarray(labels, dtype=dtype)}
-        )
-        buf = io.BytesIO()
-        table.to_parquet(buf, index=False)
-        if not self._write("feedback/" + part_name(len(labels)), buf.getvalue(), len(labels), count=False):
-            raise OSError("neither the prediction log nor its spool would take the feedback")
+        instances = np.flatnonzero(sampled(request_id, len(labels), self.sample_rate))
+        if len(instances) == 0:
+            return
+        with self._lock:  # a correction sent after a label always sorts after it
+            self._received = max(time.time_ns(), self._received + 1)
+            received = self._received
+        item = _Feedback(request_id, instances, np.asarray(labels, dtype=dtype)[instances], received)
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            raise OSError("the prediction log's queue is full") from None
 
     def _drop(self, n: int) -> None:
         with self._lock:
             self.dropped += n
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued, then stop the writer."""
+        """Write what is queued, then stop the writer (and the upkeep)."""
+        self._closing.set()
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._upkeeper is not None:
+            self._upkeeper.join(timeout)
+
+    def _keep_up(self) -> None:
+        assert self._upkeep is not None
+        while not self._closing.is_set():
+            try:
+                self._upkeep()
+            except Exception:  # noqa: BLE001 - an S3 outage or a race with another worker: next round
+                pass
+            self._closing.wait(self._upkeep_every_s)
 
     # ------------------------------------------------------------ writing
     def _spooled(self) -> list[Path]:
@@ -279,11 +420,11 @@ class PredictionLog:
         return sent
 
     def _run(self) -> None:
-        pending: list[_Entry] = []
+        pending: list[_Entry | _Feedback] = []
         rows = 0
         last = time.monotonic()
         while True:
-            entry: _Entry | EllipsisType | None  # ...: nothing arrived in time
+            entry: _Entry | _Feedback | EllipsisType | None  # ...: nothing arrived in time
             try:
                 entry = self._queue.get(timeout=min(0.5, self.flush_seconds))
             except queue.Empty:
@@ -294,7 +435,7 @@ class PredictionLog:
                 return
             if entry is not ...:
                 pending.append(entry)
-                rows += len(entry.x)
+                rows += len(entry.x) if isinstance(entry, _Entry) else len(entry.labels)
             if time.monotonic() - last >= self.flush_seconds or rows >= self.flush_rows:
                 if self.spooled or self._spooled():
                     self.drain()
@@ -302,7 +443,9 @@ class PredictionLog:
                     self._flush(pending)
                 pending, rows, last = [], 0, time.monotonic()
 
-    def _flush(self, entries: list[_Entry]) -> None:
+    def _flush(self, pending: list[_Entry | _Feedback]) -> None:
+        self._flush_feedback([e for e in pending if isinstance(e, _Feedback)])
+        entries = [e for e in pending if isinstance(e, _Entry)]
         if not entries:
             return
         n = sum(len(e.x) for e in entries)
@@ -326,7 +469,8 @@ class PredictionLog:
                 else:
                     df = feature_frame(x, logits, kind, names, None)
                 counts = [len(e.x) for e in group]
-                df.insert(0, "instance", np.concatenate([np.arange(c) for c in counts]))
+                index = [np.arange(len(e.x)) if e.instances is None else e.instances for e in group]
+                df.insert(0, "instance", np.concatenate(index).astype(np.int64))
                 df.insert(0, "request_id", np.repeat([e.request_id for e in group], counts))
                 df.insert(0, "model_version", version)
                 df.insert(
@@ -342,3 +486,31 @@ class PredictionLog:
             return
         if not self._write(part_name(n), data, n):
             self._drop(n)
+
+    def _flush_feedback(self, items: list[_Feedback]) -> None:
+        """One part per label type (int64 classes, float64 targets) into `feedback/`."""
+        import pandas as pd
+
+        by_type: dict[np.dtype, list[_Feedback]] = {}
+        for f in items:
+            by_type.setdefault(f.labels.dtype, []).append(f)
+        for group in by_type.values():
+            n = sum(len(f.labels) for f in group)
+            try:
+                counts = [len(f.labels) for f in group]
+                table = pd.DataFrame(
+                    {
+                        "request_id": np.repeat([f.request_id for f in group], counts),
+                        "instance": np.concatenate([f.instances for f in group]).astype(np.int64),
+                        "label": np.concatenate([f.labels for f in group]),
+                        "received": np.repeat(np.array([f.received for f in group], dtype=np.int64), counts),
+                    }
+                )
+                buf = io.BytesIO()
+                table.to_parquet(buf, index=False)
+                ok = self._write(f"{FEEDBACK}/" + part_name(n), buf.getvalue(), n, count=False)
+            except Exception:  # noqa: BLE001 - as for predictions: counted, never raised
+                ok = False
+            if not ok:
+                with self._lock:
+                    self.feedback_dropped += n

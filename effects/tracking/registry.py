@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,6 +31,7 @@ from lepton_core.data.prepare import Prepared, read_prepared
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.evaluate import REGRESSION_KEYS, SUMMARY_KEYS, gate_evidence
 from lepton_core.gate import Decision, RegressionDecision, decide_promotion, decide_regression
+from lepton_core.live import LiveDecision, decide_live
 from lepton_core.params import PromoteParams
 from lepton_core.predictor import Predictor
 
@@ -41,6 +43,8 @@ assert lepton_core.__file__ is not None  # a regular package (it has an __init__
 LEPTON_CORE = Path(lepton_core.__file__).parent
 
 CHAMPION, PREVIOUS = "champion", "previous"
+# a version that passed the gate on its test split and waits for live evidence (promote.mode: shadow)
+CHALLENGER = "challenger"
 # an ONNX / int8 variant of a version (effects/tracking/variants.py) is registered beside it
 
 
@@ -199,6 +203,9 @@ def init_weights_of(c, init_from: str, model_name: str, s: Settings) -> tuple[Pa
 
 GATE_TAGS = (tags.GATE_PROMOTE, tags.GATE_FORCED, tags.GATE_REASON, tags.GATE_P_VALUE, tags.GATE_CHAMPION_ACCURACY)
 REGRESSION_GATE_TAGS = (tags.GATE_CHAMPION_RMSE, tags.GATE_CHALLENGER_RMSE)
+LIVE_GATE_TAGS = tuple(
+    tags.GATE_LIVE_PREFIX + k for k in ("promote", "labelled_pairs", "champion_metric", "challenger_metric", "p_value")
+)
 
 
 def _with_block(description: str | None, heading: str, block: str) -> str:
@@ -251,10 +258,10 @@ def load_alias(model_name: str, alias: str, settings: Settings | None = None) ->
     return mv, predictor_of(mv, s)
 
 
-def predictor_of(mv, settings: Settings | None = None) -> Predictor:
-    """The predictor of a model version (its run's final checkpoint)."""
+def predictor_of(mv, settings: Settings | None = None, device: str = "cpu") -> Predictor:
+    """The predictor of a model version (its run's final checkpoint), its model on `device`."""
     s = settings or get_settings()
-    return Predictor.from_checkpoint(checkpoint_of(runs.client(s), mv.run_id, s))
+    return Predictor.from_checkpoint(checkpoint_of(runs.client(s), mv.run_id, s), device)
 
 
 def _registry_lock(s: Settings, name: str):
@@ -299,18 +306,112 @@ def _figures(decision: Decision | RegressionDecision) -> dict:
     return {"challenger_accuracy": decision.challenger_accuracy, "champion_accuracy": decision.champion_accuracy}
 
 
+# (champion version, challenger version, settings) -> their live figures
+# (lepton_core.live.live_figures; effects.serving.live_log.live_evidence reads them from
+# the prediction log), LeptonError when one of them has no row there
+LiveEvidence = Callable[[str, str, Settings], dict]
+
+
+def _judge_live(mv, champ, params: PromoteParams, s: Settings, evidence: LiveEvidence | None) -> LiveDecision:
+    """The live half: `mv` against the champion on the prediction log's requests both
+    scored (a shadow beside the champion), as `lepton compare --live` reports them."""
+    if evidence is None:
+        raise ValueError(f"v{mv.version} is to be judged on live traffic, but no live evidence reader was given")
+    try:
+        figures = evidence(str(champ.version), str(mv.version), s)
+    except LeptonError:  # one of them has no row in the log: nothing was scored by both
+        figures = {
+            "task": "regression" if mv.tags.get(tags.TASK) == "regression" else "classification",
+            "paired": {"instances": 0, "labelled": 0, "a": {}, "b": {}, "paired_test": None},
+        }
+    live = decide_live(figures, params)
+    if live.labelled_pairs < params.min_live_pairs:
+        hint = f"; serve v{mv.version} as a shadow (serve.shadow: {CHALLENGER}) until clients post labels, or --force"
+        live = replace(live, reason=live.reason + hint)
+    return live
+
+
+def _wants_live(c, model_name: str, mv, champ, params: PromoteParams, challenger_only: bool) -> bool:
+    """Whether `lepton promote` judges `mv` on live traffic too: in promote.mode shadow,
+    or when it is the @challenger (never with no champion to pair it with)."""
+    if challenger_only or champ is None:
+        return False
+    chal = alias_version(c, model_name, CHALLENGER)
+    return params.mode == "shadow" or (chal is not None and str(chal.version) == str(mv.version))
+
+
+Verdict = Decision | RegressionDecision
+
+
+def _settle(decision: Verdict, live: LiveDecision | None, as_challenger: bool, force: bool) -> tuple[Verdict, bool]:
+    """The test split's decision with the live half (both must pass), as a challenger
+    (passing means @challenger, not @champion) and forced; (decision, forced)."""
+    if live is not None and decision.promote:
+        why = f"{decision.reason}; {live.reason}" if live.promote else f"live traffic: {live.reason}"
+        decision = replace(decision, promote=live.promote, reason=why)
+    if as_challenger:
+        why = (
+            f"registered as @{CHALLENGER} (promote.mode: shadow), it passed the gate: {decision.reason}; serve it "
+            f"as a shadow (serve.shadow: {CHALLENGER}), then `lepton promote` judges it on live traffic"
+        )
+        return replace(decision, promote=False, reason=why), False
+    forced = force and not decision.promote
+    if forced:
+        decision = replace(decision, promote=True, reason=f"forced over the gate: {decision.reason}")
+    return decision, forced
+
+
+def _record_decision(c, s: Settings, model_name: str, mv, gate: dict[str, str]) -> None:
+    """One gate decision (its `lepton.gate.*` tags) on the version: appended to the
+    history in its run, the latest in its description, the headline ones as tags."""
+    record = {k.removeprefix(tags.GATE_PREFIX): v for k, v in gate.items()}
+    record["decided_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    # every decision is kept, newest last, in the version's run (written first: if
+    # that fails, nothing below has changed)
+    history = [*gate_history(c, mv, s), record]
+    c.log_text(mv.run_id, json.dumps(history, indent=1, sort_keys=True), GATE_HISTORY)
+    # a few tags keep the versions table readable; the latest decision goes into
+    # the version's description, as JSON
+    for k in GATE_TAGS + REGRESSION_GATE_TAGS + (tags.GATE_CHALLENGER,):
+        if k in gate:  # the regression gate has RMSEs where the classification gate has accuracies
+            c.set_model_version_tag(model_name, str(mv.version), k, gate[k])
+    for k in LIVE_GATE_TAGS:  # the live half's headline figures (all of them: the description)
+        if k in gate:
+            c.set_model_version_tag(model_name, str(mv.version), k, gate[k])
+    block = (
+        f"Promotion gate:\n\nThe latest of {len(history)} decisions (all of them: the run's "
+        f"artifact {GATE_HISTORY}).\n\n```json\n" + json.dumps(record, indent=1, sort_keys=True) + "\n```"
+    )
+    description = _with_block(mv.description, "Promotion gate:", block)
+    c.update_model_version(model_name, str(mv.version), description=description)
+
+
 def promote_version(
     model_name: str,
-    version: str,
+    version: str | None,
     params: PromoteParams,
     force: bool = False,
     settings: Settings | None = None,
+    challenger_only: bool = False,
+    live_evidence: LiveEvidence | None = None,
 ) -> dict:
-    """Run the gate for `version` against the current champion on the challenger's
-    test split; move the aliases if it passes (or if `force`)."""
+    """Run the gate for `version` (None: the @challenger) against the current champion
+    on the challenger's test split, and, in promote.mode shadow or for the @challenger,
+    on the live traffic both scored (effects/serving/live_log.py); move the aliases if
+    it passes (or if `force`). `challenger_only` (the retrain flow in promote.mode
+    shadow): a version that passes becomes @challenger, not @champion. `live_evidence`
+    reads the live figures (effects.serving.live_log.live_evidence; needed where the
+    live half is judged)."""
     s = settings or get_settings()
     c = runs.client(s)
     with _registry_lock(s, model_name):
+        if version is None:
+            chal = alias_version(c, model_name, CHALLENGER)
+            if chal is None:
+                raise LeptonError(
+                    f"model {model_name!r} has no @{CHALLENGER}: name a version, or retrain with promote.mode=shadow"
+                )
+            version = str(chal.version)
         mv = source_version(c, model_name, version, "promote {source} (its variants follow it)")
         champ = alias_version(c, model_name, CHAMPION)
         if champ is not None and str(champ.version) == str(mv.version):
@@ -326,35 +427,27 @@ def promote_version(
             raise LeptonError(f"version {mv.version} has no data version tag; cannot evaluate it")
         prepared = read_prepared(dataset_path(data_version, s))
         decision = _judge(c, s, mv, champ, prepared, params)
-        forced = force and not decision.promote
-        if forced:
-            decision = replace(decision, promote=True, reason=f"forced over the gate: {decision.reason}")
+        live = None
+        if _wants_live(c, model_name, mv, champ, params, challenger_only):
+            live = _judge_live(mv, champ, params, s, live_evidence)
+        challenger = challenger_only and decision.promote and champ is not None
+        decision, forced = _settle(decision, live, challenger, force)
         gate = decision.as_tags()
         gate[tags.GATE_FORCED] = str(forced).lower()
         gate[tags.GATE_CHAMPION_VERSION] = str(champ.version) if champ is not None else ""
         gate[tags.GATE_TEST_DATA_VERSION] = data_version
-        record = {k.removeprefix(tags.GATE_PREFIX): v for k, v in gate.items()}
-        record["decided_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-        # every decision is kept, newest last, in the version's run (written first: if
-        # that fails, nothing below has changed)
-        history = [*gate_history(c, mv, s), record]
-        c.log_text(mv.run_id, json.dumps(history, indent=1, sort_keys=True), GATE_HISTORY)
-        # a few tags keep the versions table readable; the latest decision goes into
-        # the version's description, as JSON
-        for k in GATE_TAGS + REGRESSION_GATE_TAGS:
-            if k in gate:  # the regression gate has RMSEs where the classification gate has accuracies
-                c.set_model_version_tag(model_name, str(mv.version), k, gate[k])
-        block = (
-            f"Promotion gate:\n\nThe latest of {len(history)} decisions (all of them: the run's "
-            f"artifact {GATE_HISTORY}).\n\n```json\n" + json.dumps(record, indent=1, sort_keys=True) + "\n```"
-        )
-        c.update_model_version(
-            model_name, str(mv.version), description=_with_block(mv.description, "Promotion gate:", block)
-        )
+        gate.update({tags.GATE_CHALLENGER: "true"} if challenger else {})
+        gate.update(live.as_tags() if live is not None else {})
+        _record_decision(c, s, model_name, mv, gate)
+        if challenger:
+            c.set_registered_model_alias(model_name, CHALLENGER, str(mv.version))
         if decision.promote:
             if champ is not None:
                 c.set_registered_model_alias(model_name, PREVIOUS, str(champ.version))
             c.set_registered_model_alias(model_name, CHAMPION, str(mv.version))
+            waiting = alias_version(c, model_name, CHALLENGER)
+            if waiting is not None and str(waiting.version) == str(mv.version):
+                c.delete_registered_model_alias(model_name, CHALLENGER)
         return {
             "version": str(mv.version),
             "promoted": decision.promote,
@@ -362,6 +455,8 @@ def promote_version(
             "reason": decision.reason,
             **_figures(decision),
             "p_value": decision.p_value,
+            "challenger": str(mv.version) if challenger else None,
+            "live": None if live is None else asdict(live),
             "champion": str(mv.version) if decision.promote else _ver(champ),
             "previous": str(champ.version) if (decision.promote and champ is not None) else None,
         }

@@ -54,6 +54,8 @@ GATE_CHALLENGER_RMSE = GATE_PREFIX + "challenger_rmse"
 GATE_CHAMPION_VERSION = GATE_PREFIX + "champion_version"
 GATE_TEST_DATA_VERSION = GATE_PREFIX + "test_data_version"
 GATE_PROMOTED = GATE_PREFIX + "promoted"  # on a sweep's parent run
+GATE_CHALLENGER = GATE_PREFIX + "challenger"  # "true": passed the gate and became @challenger (promote.mode: shadow)
+GATE_LIVE_PREFIX = GATE_PREFIX + "live_"  # + a figure of the live half of `lepton promote` (lepton_core.live)
 
 # ---------------------------------------------------------------- sweeps
 SWEEP = "lepton.sweep"  # "parent" or "trial"

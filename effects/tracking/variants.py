@@ -365,10 +365,11 @@ def follow_champion(model_name: str, settings: Settings | None = None) -> dict[s
     return moved
 
 
-def variant_predictor(mv, settings: Settings | None = None) -> OnnxPredictor:
-    """The ONNX predictor of a variant version (its run's `variant/model.onnx`)."""
+def variant_predictor(mv, settings: Settings | None = None, threads: int | None = None) -> OnnxPredictor:
+    """The ONNX predictor of a variant version (its run's `variant/model.onnx`), with
+    `threads` intra-op threads (None: ONNX Runtime's default, all cores)."""
     s = settings or get_settings()
     c = runs.client(s)
     local = s.home / "runs" / mv.run_id / "variant" / "model.onnx"
     path = local if local.exists() else runs.run_artifact(c, mv.run_id, VARIANT_ARTIFACT, s.home)
-    return OnnxPredictor(path)
+    return OnnxPredictor(path, threads=threads)

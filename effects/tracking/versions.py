@@ -146,8 +146,9 @@ def gate_decision(mv) -> dict | None:
         return None
     promoted = str(record.get("promote", "")).lower() == "true"
     forced = str(record.get("forced", "")).lower() == "true"
+    challenger = str(record.get("challenger", "")).lower() == "true"  # promote.mode shadow: passed, now @challenger
     return {
-        "decision": "forced" if forced else "promoted" if promoted else "refused",
+        "decision": "forced" if forced else "promoted" if promoted else "challenger" if challenger else "refused",
         "promoted": promoted,
         "forced": forced,
         "reason": record.get("reason", ""),

@@ -41,6 +41,15 @@ def up(
     mlflow_port: int | None = PORT_OPTS["mlflow"],
     s3_port: int | None = PORT_OPTS["s3"],
     serve_port: int | None = PORT_OPTS["serve"],
+    serve_workers: int | None = typer.Option(
+        None,
+        "--serve-workers",
+        help="model server processes behind its port (default: serve.workers of params.yaml); "
+        "a running model server keeps its count until it is restarted",
+        min=1,
+        max=256,
+        show_default=False,
+    ),
     sse: str | None = typer.Option(
         None,
         "--sse",
@@ -92,6 +101,7 @@ def up(
         sse=sse,
         auth=auth,
         accept_data_loss=accept_data_loss,
+        serve_workers=serve_workers,
     )
     urls = dataclasses.asdict(stack.urls(state))
     backend = redact_uri(state["db_url"]) if state["db_url"] else ""

@@ -24,13 +24,17 @@ EXIT_GATE_SAID_NO = 3  # README, "Exit codes"
 
 
 def promote(
-    version: str = typer.Argument(..., help="model version number"),
+    version: str | None = typer.Argument(None, help="model version number (default: the @challenger)"),
     force: bool = typer.Option(False, "--force", help="promote even if the gate says no (recorded in tags)"),
     set_: list[str] = SetOpt,
     params_file: Path | None = ParamsOpt,
 ):
-    """Run the promotion gate for VERSION against the current champion."""
-    if not version.isdigit():
+    """Run the promotion gate for VERSION (default: the @challenger a retrain in
+    promote.mode shadow registered) against the current champion: on its test split and,
+    for the @challenger or in promote.mode shadow, on the live traffic both scored (the
+    prediction log, as `lepton compare --live` reads it; fewer than promote.min_live_pairs
+    labelled requests refuse it unless --force)."""
+    if version is not None and not version.isdigit():
         raise LeptonError(f"{version!r} is not a model version number")
     from effects.runtime.settings import configure_environment
 

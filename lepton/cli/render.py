@@ -502,6 +502,44 @@ def compare_summary(r: dict, shown: int = 6) -> list[str]:
     return lines
 
 
+def _figure(value: float | None, regression: bool) -> str:
+    if value is None:
+        return "-"
+    return f"RMSE {value:.4g}" if regression else f"accuracy {value:.4f}"
+
+
+def live_compare_summary(r: dict) -> list[str]:
+    """`lepton compare --live A B`: the requests both scored, their agreement, both
+    versions on the labelled ones with the paired test, and each on its own requests."""
+    regression = r["task"] == "regression"
+    key = "rmse" if regression else "accuracy"
+    p = r["paired"]
+    window = f"the last {r['since_hours']:g} hours of " if r["since_hours"] is not None else ""
+    lines = [
+        f"A  {r['registered_model']} {_who(r['a'])}",
+        f"B  {r['registered_model']} {_who(r['b'])}",
+        f"live traffic: {window}the prediction log {r['log']}",
+        "",
+    ]
+    if p["instances"]:
+        agree = f"mean |B - A| {p['mean_abs_diff']:.4g}" if regression else f"agreement {p['agreement']:.4f}"
+        lines.append(f"{'both scored':<16} {p['instances']} instances; {agree}; {p['labelled']} with a label")
+    else:
+        lines.append(f"{'both scored':<16} no request (a canary answers other requests; serve.shadow pairs them)")
+    if p["paired_test"] is not None:
+        lines += [
+            f"{'on those':<16} A {_figure(p['a'][key], regression)}   B {_figure(p['b'][key], regression)}",
+            f"{'paired test':<16} {paired_test_text({'paired_test': p['paired_test']})}",
+        ]
+    for side in ("a", "b"):
+        own = r[side]
+        lines.append(
+            f"{side.upper() + ' on its own':<16} {own['instances']} instances, {own['labelled']} with a label: "
+            f"{_figure(own[key], regression)}"
+        )
+    return lines
+
+
 # ---------------------------------------------------------------- explanations
 def explain_lines(r: dict) -> list[str]:
     """After `lepton explain`: what was explained, the features that weigh most (tables),

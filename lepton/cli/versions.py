@@ -48,14 +48,27 @@ def compare(
     html_file: Path | None = typer.Option(
         None, "--html", metavar="FILE", help="also write the comparison as a self-contained HTML page"
     ),
+    live: bool = typer.Option(
+        False, "--live", help="compare on served traffic (the prediction log: a shadow, a canary), not a test split"
+    ),
+    since: float | None = typer.Option(
+        None, "--since", metavar="HOURS", min=0, help="with --live: only the log's last HOURS hours"
+    ),
     params_file: Path | None = ParamsOpt,
 ):
     """Score versions A and B on the same test split (B's by default) and show them side by
     side: metrics, the gate's paired test (McNemar, or for regression the paired t-test on
     squared errors) with its discordant counts, per-class differences, both confusion
-    matrices and the samples one gets right and the other wrong."""
+    matrices and the samples one gets right and the other wrong. With --live, compare them
+    on served traffic instead: agreement on the requests both scored (a shadow beside the
+    champion), accuracy or RMSE on those with feedback and the same paired test, and each
+    version on all its own labelled requests (a canary)."""
     if data_of.upper() not in ("A", "B"):
         raise typer.BadParameter(f"{data_of!r} is not A or B", param_hint="--data-of")
+    if live:
+        return _compare_live(a, b, since, as_json, html_file, params_file)
+    if since is not None:
+        raise typer.BadParameter("--since goes with --live", param_hint="--since")
     if html_file is not None and html_file.is_dir():
         raise LeptonError(f"{html_file}: is a folder; --html takes a file name")
     from effects.runtime.settings import configure_environment
@@ -77,6 +90,24 @@ def compare(
     echo_lines(render.compare_summary(result))
     if html_file is not None:
         typer.echo(render.wrote_line(html_file))
+
+
+def _compare_live(a: str, b: str, since: float | None, as_json: bool, html_file: Path | None, params_file) -> None:
+    if html_file is not None:
+        raise typer.BadParameter("--html compares on a test split; it does not go with --live", param_hint="--html")
+    from effects.runtime.settings import configure_environment
+    from effects.serving.live_log import compare_live
+    from effects.tracking.versions import parse_pair
+    from lepton.cli.services import require
+
+    s = configure_environment()
+    ra, rb = parse_pair(a, b, load_params(params_file, [], s).registry.model_name)
+    require(s, ("mlflow", "s3") if s.prediction_log.startswith("s3://") else ("mlflow",))
+    result = compare_live(ra, rb, since, s)
+    if as_json:
+        echo_json(result)
+    else:
+        echo_lines(render.live_compare_summary(result))
 
 
 # ---------------------------------------------------------------- the HTML page

@@ -44,7 +44,8 @@ class _Held(nn.Module):
 
 def _server(tmp_path, model: nn.Module, token: str | None = None, **params):
     from effects.runtime.settings import get_settings
-    from lepton.serve import Loaded, ModelServer
+    from lepton.serving.core import Loaded
+    from lepton.serving.server import ModelServer
 
     predictor = Predictor(model, ModelConfig(kind="cnn", input_shape=(1, 2, 2), n_classes=3), IMAGES)
 
@@ -65,7 +66,7 @@ def home(tmp_path, monkeypatch):
 
 
 def _client(server) -> TestClient:
-    from lepton.serve import create_app
+    from lepton.serving.app import create_app
 
     return TestClient(create_app(server))
 

@@ -82,7 +82,8 @@ def test_the_pyfunc_answers_one_value_column_for_a_regression_model(predictor, t
 # ---------------------------------------------------------------- the server app, in-process
 def _server(tmp_path, predictor: Predictor):
     from effects.runtime.settings import get_settings
-    from lepton.serve import Loaded, ModelServer
+    from lepton.serving.core import Loaded
+    from lepton.serving.server import ModelServer
 
     class Stand(ModelServer):
         def refresh(self) -> bool:  # no registry: the regression predictor made above
@@ -108,7 +109,7 @@ def _post(c: TestClient, path: str, body) -> tuple[int, dict]:
 
 
 def test_the_server_answers_values_logs_them_and_stores_numeric_feedback(home, predictor, table):
-    from lepton.serve import create_app
+    from lepton.serving.app import create_app
 
     features = table.drop(columns="target").to_numpy()
     server = _server(home, predictor)
@@ -151,7 +152,7 @@ BAD_TARGETS = [
 
 @pytest.mark.parametrize("labels, words", [b[1:] for b in BAD_TARGETS], ids=[b[0] for b in BAD_TARGETS])
 def test_feedback_for_a_regression_model_refuses_anything_but_finite_numbers(home, predictor, labels, words):
-    from lepton.serve import create_app
+    from lepton.serving.app import create_app
 
     with TestClient(create_app(_server(home, predictor))) as c:
         status, out = _post(c, "/v1/feedback", {"request_id": "r", "labels": labels})
@@ -159,7 +160,7 @@ def test_feedback_for_a_regression_model_refuses_anything_but_finite_numbers(hom
 
 
 def test_feedback_refuses_non_finite_targets_and_too_many(home, predictor):
-    from lepton.serve import create_app
+    from lepton.serving.app import create_app
 
     with TestClient(create_app(_server(home, predictor))) as c:
         # tokens Python's JSON reader accepts, a float over the double range, an integer no float holds

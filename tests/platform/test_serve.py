@@ -39,7 +39,8 @@ class Running:
 
         from effects.runtime.procs import free_port
         from effects.runtime.settings import get_settings
-        from lepton.serve import ModelServer, create_app
+        from lepton.serving.app import create_app
+        from lepton.serving.server import ModelServer
 
         self.model = ModelServer(model, alias, params, get_settings(), token, log_folder or tmp_path / "predictions")
         self.port = free_port()
@@ -445,3 +446,65 @@ def test_the_s3_prediction_log_survives_an_s3_outage_without_a_failed_prediction
         assert prediction_log_window(s, min_rows=1) is None  # every part taken once
     finally:
         s3.kill() if s3.proc and s3.proc.poll() is None else None
+
+
+def test_a_shadow_and_a_canary_on_live_traffic_with_feedback(champion, lepton_env, tmp_path):
+    """A challenger (a retrain in promote.mode shadow) served beside the champion: as the
+    shadow, it scores the same 300 requests the champion answers, clients post the true
+    labels, and `lepton compare --live` reports both versions' accuracy on those same
+    requests; as a canary at 0.2 it answers 20% ± 5% of 1,000 requests."""
+    from flows.retrain import retrain
+    from lepton_core.params import PromoteParams
+    from tests.conftest import run_cli
+
+    _, env = lepton_env
+    x, y = champion[1].x["test"], champion[1].y["test"]
+    # another seed: a version as good as the champion by the gate, kept as @challenger
+    second = retrain(
+        data=DataParams(),
+        train=FAST.model_copy(update={"seed": 1}),
+        promote=PromoteParams(mode="shadow", min_accuracy=0, tolerance=1),
+        progress=False,
+    )
+    assert second["decision"]["challenger"] == second["version"], second["decision"]
+    log = tmp_path / "predictions"
+    n = min(300, len(x))
+    with Running(tmp_path, ServeParams(shadow="challenger", log_flush_seconds=0.2), log_folder=log) as srv:
+        champion_version = srv.request("GET", "/v1/model")[1]["version"]
+        assert champion_version != second["version"]
+        answers, ids = [], []
+        for i in range(n):
+            status, out = srv.predict(x[i][None])
+            assert status == 200 and out["version"] == champion_version, out
+            answers.append(out["labels"][0])
+            ids.append(out["request_id"])
+            body = json.dumps({"request_id": out["request_id"], "labels": [int(y[i])]}).encode()
+            assert srv.request("POST", "/v1/feedback", body)[0] == 200
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _metrics(srv).get("lepton_shadow_instances_total{}", 0) < n:
+            time.sleep(0.2)
+        assert _metrics(srv)["lepton_shadow_instances_total{}"] == n
+    r = run_cli(["compare", "--live", "@champion", "@challenger", "--json"], {**env, "LEPTON_PREDICTION_LOG": str(log)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["a"]["version"] == champion_version and out["b"]["version"] == second["version"]
+    paired = out["paired"]
+    assert paired["instances"] == n and paired["labelled"] == n  # the same requests, every one labelled
+    assert paired["a"]["accuracy"] == pytest.approx(float(np.mean(np.array(answers) == y[:n])))
+    import pandas as pd
+
+    shadow = pd.concat([pd.read_parquet(f) for f in sorted((log / "shadow").glob("*.parquet"))])
+    truth = dict(zip(ids, y[:n].tolist(), strict=True))
+    assert len(shadow) == n and set(shadow["model_version"].astype(str)) == {second["version"]}
+    shadow_right = np.mean(
+        [int(p) == truth[r] for p, r in zip(shadow["prediction"], shadow["request_id"], strict=True)]
+    )
+    assert paired["b"]["accuracy"] == pytest.approx(float(shadow_right))
+    assert paired["paired_test"]["test"] == "McNemar exact (two-sided)" and 0 <= paired["paired_test"]["p_value"] <= 1
+
+    canary = {"alias": "challenger", "share": 0.2}
+    with Running(tmp_path, ServeParams(canary=canary), log_folder=tmp_path / "canary-log") as srv:
+        versions = [srv.predict(x[i % len(x)][None])[1]["version"] for i in range(1000)]
+    share = versions.count(second["version"]) / len(versions)
+    assert set(versions) == {champion_version, second["version"]}
+    assert 0.15 <= share <= 0.25, share

@@ -47,7 +47,8 @@ class _Sums(BasePredictor):
 
 def _server(tmp_path, token: str | None = None, loaded: bool = True, fail: bool = False):
     from effects.runtime.settings import get_settings
-    from lepton.serve import Loaded, ModelServer
+    from lepton.serving.core import Loaded
+    from lepton.serving.server import ModelServer
 
     class Stand(ModelServer):
         def refresh(self) -> bool:  # no registry: the stand-in model, or none at all
@@ -69,7 +70,7 @@ def home(tmp_path, monkeypatch):
 
 
 def _client(server, **kw) -> TestClient:
-    from lepton.serve import create_app
+    from lepton.serving.app import create_app
 
     return TestClient(create_app(server), **kw)
 
@@ -152,15 +153,23 @@ def test_every_bad_feedback_body_is_a_one_line_refusal(home, body, status, words
         assert words in r.json()["error"] and "\n" not in r.json()["error"]
 
 
+def _issued(c: TestClient, instances: int = 1) -> str:
+    """The request id the server answers a prediction of `instances` instances with."""
+    r = _post(c, "/v1/predict", {"instances": [[[1, 2], [3, 4]]] * instances})
+    assert r.status_code == 200, r.text
+    request_id: str = r.json()["request_id"]
+    return request_id
+
+
 def test_feedback_takes_names_and_indices_and_ignores_other_keys(home):
     server = _server(home)
     with _client(server) as c:
-        r = _post(c, "/v1/feedback", {"request_id": "", "labels": ["c", 0, "b", 2], "note": "ignored"})
+        r = _post(c, "/v1/feedback", {"request_id": _issued(c, 4), "labels": ["c", 0, "b", 2], "note": "ignored"})
         assert (r.status_code, r.json()) == (200, {"accepted": 4})
         # any content type: the body is read as JSON whatever the header says, as before
         r = c.post(
             "/v1/feedback",
-            content=json.dumps({"request_id": "r", "labels": [1]}).encode(),
+            content=json.dumps({"request_id": _issued(c), "labels": [1]}).encode(),
             headers={"Content-Type": "text/plain"},
         )
         assert (r.status_code, r.json()) == (200, {"accepted": 1})
@@ -190,7 +199,7 @@ def test_feedback_before_a_model_loads_and_when_it_cannot_be_stored(home, monkey
 
     monkeypatch.setattr(server.log, "add_feedback", full_disk)
     with _client(server) as c:
-        r = _post(c, "/v1/feedback", {"request_id": "x", "labels": [0]})
+        r = _post(c, "/v1/feedback", {"request_id": _issued(c), "labels": [0]})
         assert (r.status_code, r.json()) == (503, {"error": "feedback not stored (OSError)"})
 
 

@@ -1,0 +1,88 @@
+"""The FastAPI app of `lepton serve`: every router, the refusals in one shape, the
+lifespan (batcher and model), and the app of one worker of `--workers N`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from lepton.serving import protocols
+from lepton.serving.core import BadRequest, ClientGone, _InstanceQueue
+from lepton.serving.metrics import _Timed
+from lepton.serving.routes import protected, public
+from lepton.serving.server import ModelServer
+from lepton_core.params import ServeParams
+
+WORKER_ENV = "LEPTON_SERVE_WORKER"  # with workers: what each process serves (JSON), from `lepton serve`
+
+
+def _error(request: Request, status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Every refusal: one line in {"error": ...}, counted by status."""
+    request.app.state.server.metrics.requests.labels(str(status)).inc()
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+async def _refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BadRequest)
+    if isinstance(exc, ClientGone):  # nobody to answer; counted apart, so no alert on 5xx sees it
+        request.app.state.server.metrics.aborted.inc()
+        return JSONResponse({"error": exc.reason}, status_code=exc.status)
+    return _error(request, exc.status, exc.reason, exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    return _error(request, 500, f"internal error ({exc.__class__.__name__})")
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The batcher runs for the app's life; the first model loads before it answers."""
+    server: ModelServer = app.state.server
+    server._queue = _InstanceQueue()
+    batcher = asyncio.create_task(server.batcher())
+    await asyncio.get_running_loop().run_in_executor(None, server.start)
+    try:
+        yield
+    finally:
+        batcher.cancel()
+        server.stop()
+
+
+def create_app(server: ModelServer) -> FastAPI:
+    app = FastAPI(title="Lepton model server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
+    app.state.server = server
+    app.add_exception_handler(BadRequest, _refused)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(protected)
+    app.include_router(public)
+    # the Open Inference Protocol (/v2) and MLflow's /invocations, through the same predict
+    app.include_router(protocols.protected)
+    app.include_router(protocols.public)
+    app.add_middleware(_Timed, metrics=server.metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker of `lepton serve --workers N`: uvicorn starts each worker
+    afresh and calls this (`factory=True`); what to serve comes from `WORKER_ENV`, set by
+    `lepton serve` before the workers start (the token too: the environment is readable
+    only by its user, unlike the command line)."""
+    from effects.runtime.settings import configure_environment
+
+    spec = json.loads(os.environ[WORKER_ENV])
+    server = ModelServer(
+        spec["model"],
+        spec["alias"],
+        ServeParams.model_validate(spec["params"]),
+        configure_environment(),
+        spec.get("token"),
+        spec.get("log_folder"),
+        multiprocess=True,
+    )
+    return create_app(server)

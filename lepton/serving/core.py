@@ -1,0 +1,112 @@
+"""What the model server's parts share: the loaded version, the refusals, the
+batcher's queue, and where the model runs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from effects.serving.prediction_log import PredictionLog
+from lepton_core.errors import LeptonError
+from lepton_core.predictor import BasePredictor
+
+
+def serve_device(pref: str) -> str:
+    """`serve.device` -> the torch device of the PyTorch model: auto is CUDA when torch
+    sees a GPU; cuda without one is a one-line error."""
+    import torch
+
+    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise LeptonError(
+                "serve.device=cuda but torch sees no CUDA device on this machine; use serve.device=auto or cpu"
+            )
+        return "cuda"
+    return "cpu"
+
+
+def serve_threads(threads: int, workers: int, cores: int | None = None) -> int | None:
+    """Intra-op threads per worker: `serve.threads` when set; else, with several workers,
+    the cores shared out among them (each worker's torch would take every core and they
+    would fight over them); else None, torch's own default."""
+    if threads:
+        return threads
+    if workers <= 1:
+        return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: str
+    run_id: str
+    data_version: str
+    predictor: BasePredictor  # PyTorch, or ONNX Runtime for a `lepton optimize` variant
+
+
+# a queued request: its checked samples, the future its answer goes to (the version
+# that scored it and its logits), its request id
+_Queued = tuple[np.ndarray, "asyncio.Future[tuple[Loaded, np.ndarray]]", str]
+
+
+class _InstanceQueue(asyncio.Queue[_Queued]):
+    """The batcher's queue, counting the instances it holds (`serve.max_queue` bounds them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.instances = 0
+
+    def _put(self, item: _Queued) -> None:
+        self.instances += len(item[0])
+        super()._put(item)
+
+    def _get(self) -> _Queued:
+        item: _Queued = super()._get()
+        self.instances -= len(item[0])
+        return item
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.headers = status, reason, headers
+
+
+class ClientGone(BadRequest):
+    """The client closed the connection before its body arrived: no answer reaches it, and
+    it is no server error (`lepton_requests_aborted_total`, not a 5xx)."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "the client closed the connection before its body arrived")
+
+
+def log_answers(
+    log: PredictionLog, loaded: Loaded, t: Any, logits: np.ndarray, requests: list[tuple[int, str]]
+) -> None:
+    """The rows of one forward pass into a prediction log (off the answers' path: the
+    log's own thread writes them): `t` the pass's input, `requests` its requests in
+    order, as (instances, request id)."""
+    x_log = loaded.predictor.log_input(t)  # images in [0, 1], tables raw: what the monitor reads
+    pre = loaded.predictor.preprocessing
+    values = pre.values(logits) if pre.regression else None
+    names = list(pre.feature_names)
+    start = 0
+    for n, request_id in requests:
+        end = start + n
+        part = None if values is None else values[start:end]
+        log.add(loaded.version, request_id, x_log[start:end], logits[start:end], pre.kind, names, part)
+        start = end

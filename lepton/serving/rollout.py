@@ -1,0 +1,218 @@
+"""Shadow and canary rollout for `lepton serve`: a second version beside the one that
+answers.
+
+- `serve.shadow: ALIAS` keeps that alias's version loaded (hot-swapped like the
+  champion) and scores every answered request again with it, or a share of them
+  (`serve.shadow_share`), after the answer has gone: the request only hands its
+  checked samples to a bounded queue and never waits on it. One thread of its own
+  scores what waits in batches and writes the shadow's rows into the `shadow/` part of
+  the prediction log, with the champion's request id and instance, so `lepton compare
+  --live` pairs the two versions on the same requests. A shadow that fails to load,
+  raises or is slow costs the answers nothing: its queue is bounded (a full queue
+  drops the shadow's copy and counts it), its errors are counted.
+- `serve.canary: {alias, share}` answers a share of requests with that alias's
+  version instead. With a request key (the `X-Request-Key` header) the choice is
+  sticky: the same key always gets the same version while the share stays the same.
+  A canary request is scored in a forward pass of its own and logged in the main log
+  under the canary's version (it is real served traffic: the monitor sees it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import random
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from prometheus_client import Counter
+
+from effects.serving.prediction_log import PredictionLog, open_store
+from effects.tracking import runs, tags
+from effects.tracking.registry import alias_version, predictor_of
+from effects.tracking.variants import variant_predictor
+from lepton.serving.core import Loaded, log_answers
+from lepton_core.params import ServeParams
+
+if TYPE_CHECKING:
+    from effects.runtime.settings import Settings
+    from lepton.serving.metrics import _Metrics
+
+
+class _Server(Protocol):
+    """What of the model server the rollout uses (lepton.serving.server.ModelServer)."""
+
+    model_name: str
+    params: ServeParams
+    settings: Settings
+    metrics: _Metrics
+    device: str
+
+    @property
+    def threads(self) -> int | None: ...
+
+
+SHADOW_QUEUE = 256  # requests waiting for the shadow at most; beyond, the shadow's copy is dropped
+SHADOW_LOG = "shadow"  # the shadow's rows: <log>/shadow/
+
+
+def load_alias(server: _Server, alias: str, current: Loaded | None) -> Loaded | None:
+    """The alias's version, loaded, when it is not `current`'s; None when unchanged.
+    LookupError when the alias points nowhere."""
+    mv = alias_version(runs.client(server.settings), server.model_name, alias)
+    if mv is None:
+        raise LookupError(f"model {server.model_name!r} has no @{alias}")
+    if current is not None and str(mv.version) == current.version:
+        return None
+    predictor = (  # where and how the champion runs: serve.device, serve.threads
+        variant_predictor(mv, server.settings, server.threads)
+        if mv.tags.get(tags.VARIANT)
+        else predictor_of(mv, server.settings, server.device)
+    )
+    return Loaded(str(mv.version), mv.run_id, mv.tags.get(tags.DATA_VERSION, ""), predictor)
+
+
+@dataclass
+class Slot:
+    """One more alias the server keeps loaded and follows."""
+
+    alias: str
+    current: Loaded | None = None
+    load_error: str | None = None
+
+    def refresh(self, server: _Server) -> None:
+        try:
+            new = load_alias(server, self.alias, self.current)
+            if new is not None:
+                self.current = new
+            self.load_error = None
+        except Exception as e:  # noqa: BLE001 - keep what is loaded; the answers never depend on it
+            self.load_error = f"{e.__class__.__name__}: {e}"
+
+
+def _share_of(key: str) -> float:
+    """A request key's fixed place in [0, 1)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+class Rollout:
+    def __init__(self, server: _Server, log_folder: Path | str):
+        p = server.params
+        self.server = server
+        self.shadow = Slot(p.shadow) if p.shadow else None
+        self.shadow_share = p.shadow_share
+        self.canary = Slot(p.canary.alias) if p.canary else None
+        self.canary_share = p.canary.share if p.canary else 0.0
+        self._random = random.Random()
+        r = server.metrics.registry
+        self.canary_answers = Counter("lepton_canary_answers", "requests the canary version answered", registry=r)
+        self.shadow_scored = Counter("lepton_shadow_instances", "instances the shadow version scored", registry=r)
+        self.shadow_dropped = Counter(
+            "lepton_shadow_dropped_requests", "requests the shadow skipped because its queue was full", registry=r
+        )
+        self.shadow_errors = Counter("lepton_shadow_errors", "shadow batches that raised", registry=r)
+        self.shadow_log: PredictionLog | None = None
+        self._queue: queue.Queue[tuple[np.ndarray, str] | None] = queue.Queue(SHADOW_QUEUE)
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        if self.shadow is not None:
+            store = open_store(f"{str(log_folder).rstrip('/')}/{SHADOW_LOG}", server.settings)
+            self.shadow_log = PredictionLog(
+                store,
+                server.settings.home / "serve" / "spool-shadow",
+                p.log_flush_seconds,
+                p.log_flush_rows,
+                # the same instances as the main log's (sampled by request id and instance),
+                # so that every logged champion row has its shadow row to pair with
+                sample_rate=p.log_sample_rate,
+            )
+
+    @property
+    def active(self) -> bool:
+        return self.shadow is not None or self.canary is not None
+
+    def refresh(self) -> None:
+        """Load what the shadow and canary aliases point at (the server's poller calls this)."""
+        for slot in (self.shadow, self.canary):
+            if slot is not None:
+                slot.refresh(self.server)
+
+    def start(self) -> None:
+        self.refresh()
+        if self.shadow is not None:
+            self._thread = threading.Thread(target=self._score_shadow, name="shadow", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stopping.set()  # what still waits is not scored
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self._thread.join(5)
+        if self.shadow_log is not None:
+            self.shadow_log.close()
+
+    # ------------------------------------------------------------ canary
+    def canary_for(self, key: str | None) -> Loaded | None:
+        """The canary's version when this request goes to it, else None."""
+        if self.canary is None or self.canary.current is None or self.canary_share <= 0:
+            return None
+        place = _share_of(key) if key else self._random.random()
+        return self.canary.current if place < self.canary_share else None
+
+    # ------------------------------------------------------------ shadow
+    def submit(self, raw: np.ndarray, request_id: str) -> None:
+        """Hand an answered request's samples to the shadow; never blocks."""
+        if self.shadow is None or self.shadow.current is None:
+            return
+        if self.shadow_share < 1 and _share_of(request_id) >= self.shadow_share:
+            return
+        try:
+            self._queue.put_nowait((raw, request_id))
+        except queue.Full:
+            self.shadow_dropped.inc()
+
+    def _score_shadow(self) -> None:
+        """The shadow's thread: what waits, in batches of at most serve.max_batch instances."""
+        assert self.shadow is not None and self.shadow_log is not None
+        max_batch = self.server.params.max_batch
+        while not self._stopping.is_set():
+            first = self._queue.get()
+            if first is None:
+                return
+            items = [first]
+            n = len(first[0])
+            while n < max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                items.append(item)
+                n += len(item[0])
+            loaded = self.shadow.current
+            if loaded is None:
+                continue
+            try:
+                self._score(loaded, items)
+            except Exception:  # noqa: BLE001 - a shadow that raises costs the answers nothing
+                self.shadow_errors.inc()
+
+    def _score(self, loaded: Loaded, items: list[tuple[np.ndarray, str]]) -> None:
+        assert self.shadow_log is not None
+        by_shape: dict[tuple, list[tuple[np.ndarray, str]]] = {}
+        for raw, request_id in items:
+            by_shape.setdefault(raw.shape[1:], []).append((raw, request_id))
+        for group in by_shape.values():
+            x = np.concatenate([raw for raw, _ in group])
+            t = loaded.predictor.to_input(x)
+            logits = loaded.predictor.forward(t)
+            log_answers(self.shadow_log, loaded, t, logits, [(len(raw), rid) for raw, rid in group])
+            self.shadow_scored.inc(len(x))
