@@ -320,7 +320,7 @@ class ServeParams(_Section):
         "auto", description="where the model runs: auto (the GPU when there is one), cpu or cuda"
     )
     threads: int = Field(
-        0, ge=0, le=1024, description="torch intra-op threads per worker (0: torch's default, or cores/workers)"
+        0, ge=0, le=1024, description="torch intra-op threads per worker (0: one; more cores: more --workers)"
     )
     log_flush_seconds: float = Field(5.0, gt=0, le=86_400, description="prediction log: write a part file this often")
     log_flush_rows: int = Field(2048, ge=1, le=10_000_000, description="prediction log: or when this many rows wait")

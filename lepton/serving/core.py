@@ -29,17 +29,13 @@ def serve_device(pref: str) -> str:
     return "cpu"
 
 
-def serve_threads(threads: int, workers: int, cores: int | None = None) -> int | None:
-    """Intra-op threads per worker: `serve.threads` when set; else, with several workers,
-    the cores shared out among them (each worker's torch would take every core and they
-    would fight over them); else None, torch's own default."""
-    if threads:
-        return threads
-    if workers <= 1:
-        return None
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // workers)
+def serve_threads(threads: int) -> int:
+    """Intra-op threads of each worker's forward passes: `serve.threads`, or one. A
+    server's passes are small, and torch's default (a thread per core) makes its
+    threads spin-wait for each other around every one of them: on 2 cores, at 32
+    concurrent requests, that cost five times the CPU per request of one thread. More
+    cores are better used by more workers (`--workers`); a big model may want more."""
+    return threads or 1
 
 
 def _rss_bytes() -> int:

@@ -62,7 +62,7 @@ from fastapi.responses import JSONResponse, Response
 
 from lepton.serving.bodies import BIG_BODY, read_body
 from lepton.serving.core import BadRequest, ClientGone, Loaded
-from lepton.serving.routes import Server, require_token
+from lepton.serving.routes import Server, check_token, require_token
 from lepton.serving.server import ModelServer
 from lepton_core.predictor import Predictor
 
@@ -94,6 +94,7 @@ T = TypeVar("T")
 
 public = APIRouter()
 protected = APIRouter(dependencies=[Depends(require_token)])
+hot = APIRouter()  # the inference routes: no dependency, the token checked first in each (see routes.hot)
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -400,10 +401,12 @@ def _infer_response(server: ModelServer, req: _InferRequest, answer: dict) -> Re
     )
 
 
-@protected.post("/v2/models/{name}/infer")
-@protected.post("/v2/models/{name}/versions/{version}/infer")
-async def v2_infer(server: Server, request: Request, name: str, version: str | None = None) -> Response:
+@hot.post("/v2/models/{name}/infer")
+@hot.post("/v2/models/{name}/versions/{version}/infer")
+async def v2_infer(request: Request, name: str, version: str | None = None) -> Response:
     t0 = time.perf_counter()
+    server: ModelServer = request.app.state.server
+    check_token(server, request)  # first, as the protected routes' dependency does
     cur = _model(server, name, version)
     body = await read_body(request, server.params)  # within serve.max_body_mb and serve.body_timeout_s
     header_length = request.headers.get(HEADER_LENGTH)
@@ -563,9 +566,11 @@ def _mlflow_error(server: ModelServer, e: BadRequest) -> JSONResponse:
     return JSONResponse({"error_code": code, "message": e.reason}, e.status, headers=e.headers)
 
 
-@protected.post("/invocations")
-async def invocations(server: Server, request: Request) -> Response:
+@hot.post("/invocations")
+async def invocations(request: Request) -> Response:
     t0 = time.perf_counter()
+    server: ModelServer = request.app.state.server
+    check_token(server, request)  # first, and in Lepton's error shape, as on every protected route
     try:
         cur = server.current
         if cur is None:

@@ -1,10 +1,9 @@
 """Where the model server's model runs (`serve.device`) and with how many threads
-(`serve.threads`, shared out among `serve.workers`); `lepton serve`'s refusals of both.
+(`serve.threads`, one per worker unless set); `lepton serve`'s refusals of both.
 Fast: no registry, a stand-in version and predictor."""
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -48,15 +47,11 @@ def test_cuda_without_a_gpu_is_one_line(monkeypatch):
     assert "\n" not in str(e.value)
 
 
-def test_threads_are_the_setting_else_the_cores_shared_among_workers():
+def test_threads_are_the_setting_else_one_per_worker():
     from lepton.serving.core import serve_threads
 
-    assert serve_threads(3, 1) == 3 and serve_threads(3, 8, cores=2) == 3  # asked for: as asked
-    assert serve_threads(0, 1, cores=16) is None  # one worker: torch's own default
-    assert serve_threads(0, 2, cores=16) == 8
-    assert serve_threads(0, 3, cores=16) == 5
-    assert serve_threads(0, 4, cores=2) == 1  # never none
-    assert serve_threads(0, 2) == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert serve_threads(3) == 3  # asked for: as asked
+    assert serve_threads(0) == 1  # the default: one (torch's thread per core spins around small passes)
 
 
 def _server(home, params: ServeParams):
@@ -87,7 +82,7 @@ def test_the_server_loads_the_model_on_its_device_and_a_variant_with_its_threads
         assert server.refresh()
     finally:
         server.stop()
-    assert loads == [("torch", "cuda"), ("onnx", max(1, len(os.sched_getaffinity(0)) // 2))]
+    assert loads == [("torch", "cuda"), ("onnx", 1)]  # the variant runs with the one thread a worker has
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     mv.version, mv.tags = "9", {}
@@ -107,13 +102,15 @@ def test_the_server_sets_torchs_threads_when_it_starts(home, monkeypatch):
     monkeypatch.setattr(serve.ModelServer, "refresh", lambda self: False)
     before = torch.get_num_threads()
     try:
-        server = _server(home, ServeParams(threads=1, poll_seconds=60))
-        server.start()
-        server.stop()
-        assert torch.get_num_threads() == 1
-        server = _server(home, ServeParams(poll_seconds=60))  # one worker, no setting: untouched
         torch.set_num_threads(2)
+        server = _server(home, ServeParams(threads=3, poll_seconds=60))
         server.start()
+        assert torch.get_num_threads() == 3  # as asked
+        server.stop()
+        assert torch.get_num_threads() == 2  # put back: a server inside another program leaves it as it was
+        server = _server(home, ServeParams(poll_seconds=60))  # no setting: one
+        server.start()
+        assert torch.get_num_threads() == 1
         server.stop()
         assert torch.get_num_threads() == 2
     finally:
