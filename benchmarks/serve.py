@@ -5,13 +5,16 @@ The same champion (trained here on the digits into a temporary home), the same
 its own process with one worker (and `lepton serve --workers 2` besides); the load
 generator runs in a process of its own (one asyncio loop, raw HTTP/1.1 keep-alive
 connections), at concurrency 1, 8, 32 and 64, for `--seconds` per cell after a
-warm-up. The floor is a bare FastAPI route under the same uvicorn that reads the body
-and answers Lepton's own answer, byte for byte (benchmarks/floor_app.py): what any
-Python model server spends at least. `lepton serve` is driven on `/v1/predict`, on the
-Open Inference Protocol's `/v2/models/lepton-digits/infer` and on MLflow's
-`/invocations`; the run ends with the ratios against the floor. Prints req/s, p50 and p99 latency and errors,
-then the latency of `POST /v1/explain` (Integrated Gradients, 32 steps) for the same
-digit on `lepton serve`, one client (the server runs one explanation at a time).
+warm-up; and once more with the champion as its own shadow (`serve.shadow`), for what
+scoring every answered request a second time costs the answers.
+
+The floor is a bare FastAPI route under the same uvicorn that reads the body and
+answers Lepton's own answer, byte for byte (benchmarks/floor_app.py): what any Python
+model server spends at least. `lepton serve` is driven on `/v1/predict`, on the Open
+Inference Protocol's `/v2/models/lepton-digits/infer` and on MLflow's `/invocations`.
+Prints req/s, p50 and p99 latency and errors, the latency of `POST /v1/explain`
+(Integrated Gradients, 32 steps) for the same digit on `lepton serve` with one client
+(the server runs one explanation at a time), and the ratios against the floor.
 
     .venv/bin/python benchmarks/serve.py [--seconds 8] [--concurrency 1 8 32 64] [--litserve] [--variants]
                                           [--regression] [--team]
@@ -285,6 +288,10 @@ def _targets(results: dict, concurrency: list[int]) -> None:
         if name in results:
             for c in concurrency:
                 print(f"c={c}: {name} at {results[name][c]['rps'] / v1[c]['rps']:.0%} of /v1's throughput")
+    if "lepton serve, shadow" in results:
+        for c in concurrency:
+            shadow = results["lepton serve, shadow"][c]
+            print(f"c={c}: with a shadow, p99 {shadow['p99'] / v1[c]['p99'] - 1:+.0%} against /v1 alone")
     if floor:
         busiest = max(
             (n for n in results if n != "floor (bare FastAPI)"),
@@ -469,6 +476,20 @@ def main() -> None:
             "/v1/predict",
             json.dumps({"instances": x.tolist()}).encode(),
         )
+    # the same version again as the shadow: what scoring every answered request twice costs the answers
+    sp2 = free_port()
+    procs["lepton serve, shadow"] = (
+        _spawn(
+            [str(BIN / "lepton"), "serve", "--port", str(sp2), "--set", "serve.shadow=champion"],
+            env,
+            ROOT,
+            tmp / "lepton-shadow.log",
+        ),
+        sp2,
+        "/readyz",
+        "/v1/predict",
+        json.dumps({"instances": x.tolist()}).encode(),
+    )
     headers = {"Content-Type": "application/json"}
     results: dict[str, dict[int, dict]] = {}
     explain: dict = {}

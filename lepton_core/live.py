@@ -141,6 +141,8 @@ def decide_live(figures: dict[str, Any], params: PromoteParams) -> LiveDecision:
         )
         return LiveDecision(False, why, *evidence)
     assert champ is not None and chal is not None and pv is not None  # labelled pairs exist
+    if not all(math.isfinite(v) for v in (champ, chal, pv)):  # inf > inf is False: never let it through
+        return LiveDecision(False, f"the live figures are not finite numbers ({champ}, {chal}, p={pv})", *evidence)
     if regression:
         if chal > champ * (1 + params.rmse_tolerance) + TOLERANCE_EPS:
             why = f"live RMSE {chal:.4g} > champion {champ:.4g} x (1 + tolerance {params.rmse_tolerance})"

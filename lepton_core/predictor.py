@@ -137,9 +137,12 @@ def check_samples(x: Any, pre: Preprocessing) -> np.ndarray:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise InputError("pixel values outside 0..255")
         return arr.astype(np.uint8, copy=False)
-    out = arr.astype(np.float32, copy=False)
-    if out.size and not np.isfinite(out).all():
+    if arr.size and np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise InputError("samples hold NaN or infinite values")
+    with np.errstate(over="ignore"):
+        out = arr.astype(np.float32, copy=False)
+    if out.size and not np.isfinite(out).all():  # finite above, so too big for float32
+        raise InputError("samples hold a value beyond float32's range (about 3.4e38 in magnitude)")
     return out
 
 

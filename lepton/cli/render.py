@@ -311,8 +311,9 @@ def rejected_line(b: dict) -> str:
 
 # ---------------------------------------------------------------- serving and data
 def serving_line(model_name: str, alias: str, host: str, port: int, auth: bool, log_folder) -> str:
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host  # an IPv6 address, as URLs write it
     return (
-        f"serving {model_name}@{alias} on http://{host}:{port}  (POST /v1/predict; "
+        f"serving {model_name}@{alias} on http://{shown}:{port}  (POST /v1/predict; "
         f"auth {'on' if auth else 'off'}; prediction log {log_folder})"
     )
 

@@ -27,8 +27,8 @@ def serve(
     token: str | None = typer.Option(
         None,
         "--token",
-        help="require this bearer token on /v1/* (other local users can read it in the process list: "
-        "prefer LEPTON_SERVE_TOKEN or --token-file)",
+        help="require this bearer token on /v1/*, /v2/* and /invocations (other local users can read it in the "
+        "process list: prefer LEPTON_SERVE_TOKEN or --token-file)",
         show_default=False,
     ),
     token_file: Path | None = typer.Option(
@@ -148,7 +148,13 @@ def _serve_workers(model: str, alias: str, params, s, token: str | None, host: s
     with tempfile.TemporaryDirectory(prefix="lepton-serve-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any worker imports prometheus_client
         os.environ[WORKER_ENV] = json.dumps(
-            {"model": model, "alias": alias, "params": params.model_dump(mode="json"), "token": token}
+            {
+                "model": model,
+                "alias": alias,
+                "params": params.model_dump(mode="json"),
+                "token": token,
+                "supervisor": os.getpid(),  # a worker ends when this process does, even killed
+            }
         )
         uvicorn.run(
             "lepton.serving.app:app_from_env",

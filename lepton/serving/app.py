@@ -4,14 +4,17 @@ lifespan (batcher and model), and the app of one worker of `--workers N`."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lepton.serving import protocols, routes
 from lepton.serving.core import BadRequest, ClientGone, _InstanceQueue
@@ -46,23 +49,37 @@ class _HotRoute:
     path: str  # what the latency metric labels it with, as the router would
 
 
+# the Open Inference Protocol's infer, with and without a version
+_V2_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+_V2_ROUTES = (_HotRoute("/v2/models/{name}/infer"), _HotRoute("/v2/models/{name}/versions/{version}/infer"))
+
+
 class _Hot:
-    """ASGI: the POSTs to the prediction routes with a fixed path (/v1/predict,
-    /invocations) go straight to their endpoint, past Starlette's routing and exception
-    middlewares and FastAPI's request handling, which cost a one-instance request about
-    a third of the server's time. The endpoint is the same as the router's, and its
-    refusals go through the app's own handlers."""
+    """ASGI: the POSTs to the prediction routes (/v1/predict, /invocations, /v2's infer)
+    go straight to their endpoint, past Starlette's routing and exception middlewares and
+    FastAPI's request handling, which cost a one-instance request about a third of the
+    server's time. The endpoints are the routers' own, and their refusals go through
+    the app's own handlers."""
 
     def __init__(self, app, endpoints: dict[str, Callable[[Request], Awaitable[Response]]]) -> None:  # type: ignore[no-untyped-def]
         self.app, self.endpoints = app, endpoints
         self.routes = {path: _HotRoute(path) for path in endpoints}
 
+    def _match(self, path: str) -> tuple[Callable[[Request], Awaitable[Response]], _HotRoute] | None:
+        endpoint = self.endpoints.get(path)
+        if endpoint is not None:
+            return endpoint, self.routes[path]
+        m = _V2_INFER.fullmatch(path) if path.startswith("/v2/models/") else None
+        if m is None:
+            return None
+        return functools.partial(protocols.v2_infer, name=m[1], version=m[2]), _V2_ROUTES[m[2] is not None]
+
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
-        endpoint = self.endpoints.get(scope["path"]) if scope["type"] == "http" else None
-        if endpoint is None or scope["method"] != "POST":
+        hit = self._match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if hit is None:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.routes[scope["path"]]
+        endpoint, scope["route"] = hit
         request = Request(scope, receive)
         try:
             response = await endpoint(request)
@@ -92,6 +109,12 @@ def create_app(server: ModelServer) -> FastAPI:
     app.state.server = server
     app.add_exception_handler(BadRequest, _refused)
     app.add_exception_handler(Exception, _unexpected)
+
+    async def _routing(request: Request, exc: Exception) -> JSONResponse:  # unknown path or method: 404, 405
+        assert isinstance(exc, StarletteHTTPException)
+        return _error(request, exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+
+    app.add_exception_handler(StarletteHTTPException, _routing)
     app.include_router(hot)
     app.include_router(protected)
     app.include_router(public)
@@ -105,6 +128,21 @@ def create_app(server: ModelServer) -> FastAPI:
     return app
 
 
+def _end_with(supervisor: int) -> None:
+    """This worker gets SIGTERM when its parent dies, even by SIGKILL (Linux's
+    PR_SET_PDEATHSIG), rather than serving on as an orphan that holds the port; and
+    ends at once when the parent is already gone."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still stops it
+        return
+    if os.getppid() != supervisor:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def app_from_env() -> FastAPI:
     """The app of one worker of `lepton serve --workers N`: uvicorn starts each worker
     afresh and calls this (`factory=True`); what to serve comes from `WORKER_ENV`, set by
@@ -113,6 +151,8 @@ def app_from_env() -> FastAPI:
     from effects.runtime.settings import configure_environment
 
     spec = json.loads(os.environ[WORKER_ENV])
+    if spec.get("supervisor"):
+        _end_with(int(spec["supervisor"]))
     server = ModelServer(
         spec["model"],
         spec["alias"],

@@ -92,6 +92,9 @@ async def read_body(request: Request, params: ServeParams) -> bytes:
     (413); and when it has not all arrived within `serve.body_timeout_s` (408). At most
     the cap is ever held. A client that leaves meanwhile raises `ClientGone`. Every route
     that reads a body reads it here."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):  # gzip, deflate...: the server does not inflate request bodies
+        raise BadRequest(415, f"Content-Encoding {encoding!r} on requests is not supported: send the body uncompressed")
     cap = int(params.max_body_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:

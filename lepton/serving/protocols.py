@@ -175,7 +175,10 @@ def _model(server: ModelServer, name: str, version: str | None = None) -> Loaded
     if cur is None:
         raise BadRequest(503, server.load_error or "no model loaded yet")
     if version is not None and version != cur.version:
-        raise BadRequest(404, f"model {name!r} version {version!r} is not loaded; this server serves {cur.version}")
+        canary = server.rollout.canary_loaded(version)  # the canary's version answers when asked for by name
+        if canary is None:
+            raise BadRequest(404, f"model {name!r} version {version!r} is not loaded; this server serves {cur.version}")
+        return canary
     return cur
 
 
@@ -293,13 +296,21 @@ def _infer_request(body: bytes, header_length: str | None, cur: Loaded) -> _Infe
             raise BadRequest(400, 'outputs must be a list of {"name": ...}')
         asked = []
         for o in outputs:
-            if o.get("name") not in known:
-                raise BadRequest(400, f"unknown output {o.get('name')!r}; the model answers {', '.join(known)}")
+            if not isinstance(o.get("name"), str) or o["name"] not in known:
+                raise BadRequest(400, f"unknown output {_shown(o.get('name'))}; the model answers {', '.join(known)}")
             p = o.get("parameters") or {}
-            if isinstance(p, dict) and p.get("classification"):
+            if not isinstance(p, dict):
+                raise BadRequest(400, f"the parameters of output {o['name']!r} must be an object")
+            if p.get("classification"):
                 raise BadRequest(400, "the classification extension is not served; ask for label and probabilities")
-            asked.append((o["name"], bool(p.get("binary_data", False)) if isinstance(p, dict) else False))
+            asked.append((o["name"], bool(p.get("binary_data", False))))
     return _InferRequest(x, asked, bool(params.get("binary_data_output", False)), rid)
+
+
+def _shown(value: Any) -> str:
+    """A client's value in an error line: its repr, cut short."""
+    r = repr(value)
+    return r if len(r) <= 60 else r[:60] + "..."
 
 
 def _tensor(inp: Any, binary: memoryview, cur: Loaded) -> tuple[np.ndarray, int]:
@@ -307,25 +318,27 @@ def _tensor(inp: Any, binary: memoryview, cur: Loaded) -> tuple[np.ndarray, int]
     if not isinstance(inp, dict):
         raise BadRequest(400, 'an input must be an object {"name", "shape", "datatype", "data"}')
     name, shape, datatype = inp.get("name"), inp.get("shape"), inp.get("datatype")
-    if name != INPUT:
-        raise BadRequest(400, f"unexpected input {name!r}; the model reads {INPUT!r}")
+    if not isinstance(name, str) or name != INPUT:
+        raise BadRequest(400, f"unexpected input {_shown(name)}; the model reads {INPUT!r}")
     if (
         not isinstance(shape, list)
         or not shape
         or len(shape) > MAX_DIMS
         or not all(type(s) is int and s >= 0 for s in shape)
     ):
-        raise BadRequest(400, f"input shape {shape!r} is not a list of sizes with the batch first")
+        raise BadRequest(400, f"input shape {_shown(shape)} is not a list of sizes with the batch first")
     want = _input_datatype(cur)
-    if datatype not in V2_DTYPES and datatype not in ("BYTES", "BF16"):
-        raise BadRequest(400, f"unknown datatype {datatype!r}")
+    if not isinstance(datatype, str) or (datatype not in V2_DTYPES and datatype not in ("BYTES", "BF16")):
+        raise BadRequest(400, f"unknown datatype {_shown(datatype)}")
     readable = V2_INTEGERS if want == "UINT8" else V2_INTEGERS | V2_FLOATS
     if datatype not in readable:
         raise BadRequest(400, f"input datatype {datatype}; the model reads {want}")
     dtype = V2_DTYPES[datatype]
     count = int(np.prod(shape, dtype=object))
     params = inp.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if not isinstance(params, dict):
+        raise BadRequest(400, "an input's parameters must be an object")
+    size = params.get("binary_data_size")
     if size is not None:
         if "data" in inp:
             raise BadRequest(400, "an input has both data and binary_data_size")
@@ -412,7 +425,7 @@ async def v2_infer(request: Request, name: str, version: str | None = None) -> R
     header_length = request.headers.get(HEADER_LENGTH)
     req = await _off_loop(len(body), lambda: _infer_request(body, header_length, cur))
     _check_count(server, req.x)
-    answer = await server.predict(req.x, request.headers.get("x-request-key"))
+    answer = await server.predict(req.x, request.headers.get("x-request-key"), version)  # a version in the URL pins it
     response = _infer_response(server, req, answer)
     _answered(server, t0)
     return response
@@ -537,7 +550,7 @@ def _csv_samples(body: bytes, cur: Loaded) -> np.ndarray:
     if cur.predictor.preprocessing.kind != "tabular":
         raise BadRequest(415, "text/csv is for table models; send an image model's pixels as JSON")
     try:
-        lines = list(csv.reader(io.StringIO(body.decode())))
+        lines = list(csv.reader(io.StringIO(body.decode().removeprefix("\ufeff"))))  # a BOM, as Excel writes
     except (UnicodeDecodeError, csv.Error) as e:
         raise BadRequest(400, f"malformed CSV: {e}") from None
     if len(lines) < 2:

@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import queue
 import random
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -56,6 +58,7 @@ class _Server(Protocol):
 
 
 SHADOW_QUEUE = 256  # requests waiting for the shadow at most; beyond, the shadow's copy is dropped
+SHADOW_GATHER_S = 0.05  # the shadow waits this long after a request for more to score with it
 SHADOW_LOG = "shadow"  # the shadow's rows: <log>/shadow/
 
 
@@ -83,14 +86,37 @@ class Slot:
     current: Loaded | None = None
     load_error: str | None = None
 
+    role: str = "shadow"  # serve.shadow or serve.canary: what the warnings name
+
     def refresh(self, server: _Server) -> None:
+        before = self.load_error
         try:
             new = load_alias(server, self.alias, self.current)
             if new is not None:
                 self.current = new
             self.load_error = None
-        except Exception as e:  # noqa: BLE001 - keep what is loaded; the answers never depend on it
+        except LookupError as e:  # the alias is gone (promoted, removed): nothing to score with until it is back
+            self.current = None
+            self.load_error = str(e)
+        except Exception as e:  # noqa: BLE001 - the registry unreachable: keep what is loaded
             self.load_error = f"{e.__class__.__name__}: {e}"
+        if self.load_error != before:  # said once per change, on the server's stderr
+            if self.load_error:
+                print(f"warning: serve.{self.role} @{self.alias}: {self.load_error}", file=sys.stderr, flush=True)
+            else:
+                print(
+                    f"serve.{self.role} @{self.alias}: v{self.current.version if self.current else '?'} loaded",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    def status(self) -> dict:
+        """What /v1/model says of it."""
+        return {
+            "alias": self.alias,
+            "version": self.current.version if self.current else None,
+            "error": self.load_error,
+        }
 
 
 def _share_of(key: str) -> float:
@@ -104,7 +130,7 @@ class Rollout:
         self.server = server
         self.shadow = Slot(p.shadow) if p.shadow else None
         self.shadow_share = p.shadow_share
-        self.canary = Slot(p.canary.alias) if p.canary else None
+        self.canary = Slot(p.canary.alias, role="canary") if p.canary else None
         self.canary_share = p.canary.share if p.canary else 0.0
         self._random = random.Random()
         r = server.metrics.registry
@@ -129,6 +155,10 @@ class Rollout:
                 # so that every logged champion row has its shadow row to pair with
                 sample_rate=p.log_sample_rate,
             )
+
+    def slots(self) -> dict[str, Slot]:
+        """The configured ones, by role."""
+        return {role: slot for role, slot in (("shadow", self.shadow), ("canary", self.canary)) if slot is not None}
 
     @property
     def active(self) -> bool:
@@ -158,6 +188,11 @@ class Rollout:
             self.shadow_log.close()
 
     # ------------------------------------------------------------ canary
+    def canary_loaded(self, version: str) -> Loaded | None:
+        """The canary's loaded version when it is `version` (a request pinned to it)."""
+        cur = self.canary.current if self.canary is not None else None
+        return cur if cur is not None and cur.version == version else None
+
     def canary_for(self, key: str | None) -> Loaded | None:
         """The canary's version when this request goes to it, else None."""
         if self.canary is None or self.canary.current is None or self.canary_share <= 0:
@@ -187,9 +222,12 @@ class Rollout:
                 return
             items = [first]
             n = len(first[0])
+            # gather for a moment: a pass for many requests costs the answers' thread far
+            # less of the interpreter than a pass for each
+            deadline = time.monotonic() + SHADOW_GATHER_S
             while n < max_batch:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:

@@ -23,6 +23,8 @@ from lepton.serving.core import BadRequest, Loaded
 from lepton.serving.server import ModelServer
 from lepton_core.params import ServeParams
 
+MAX_TARGET = 1e15  # the largest true value /v1/feedback takes for a regression model
+
 
 class FeedbackBody(BaseModel):
     """POST /v1/feedback: the true labels of an answered request, one per instance in
@@ -51,6 +53,8 @@ class FeedbackBody(BaseModel):
             if not math.isfinite(target):
                 shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:40] + "..."
                 raise BadRequest(400, f"label {shown} is not a finite number (the model predicts numbers)")
+            if abs(target) > MAX_TARGET:  # its square, in an RMSE, would be no number either
+                raise BadRequest(400, f"label {v!r} is beyond ±{MAX_TARGET:g}: no target of a model is that large")
             out.append(target)
         return out
 
@@ -215,6 +219,9 @@ async def model(server: Server) -> Response:
             "dtype": pre.dtype,
             "classes": list(pre.classes),
             "task": pre.task,
+            # with serve.shadow or serve.canary: its alias, the version it has loaded, and
+            # why none is (an alias that does not exist says so here, not by silence)
+            **{role: slot.status() for role, slot in server.rollout.slots().items()},
         }
     )
 

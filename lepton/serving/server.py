@@ -80,6 +80,7 @@ class ModelServer:
         self.rollout = Rollout(self, str(log_folder or settings.prediction_log))
         self._queue: _InstanceQueue | None = None  # made by the app's lifespan, before any request
         self._inflight = 0  # predict requests checked and not yet answered (event loop only)
+        self._canary_waiting = 0  # instances the canary is scoring (event loop only)
         # explanations: one worker thread, and whether it is busy (event loop only)
         self._explainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
         self._explaining = False
@@ -210,12 +211,24 @@ class ModelServer:
             return self.parse(content_type, body)
         return await asyncio.get_running_loop().run_in_executor(None, self.parse, content_type, body)
 
-    async def predict(self, x: np.ndarray, key: str | None = None) -> dict:
+    async def predict(self, x: np.ndarray, key: str | None = None, version: str | None = None) -> dict:
         """The answer for `x`; `key` (the X-Request-Key header) keeps a client on one
-        version while a canary answers a share of the requests."""
-        canary = self.rollout.canary_for(key)
+        version while a canary answers a share of the requests; `version` pins the
+        answer to that loaded version (the champion's or the canary's; else 404)."""
+        if version is not None:
+            canary = self.rollout.canary_loaded(version)
+            if canary is None and (self.current is None or self.current.version != version):
+                serving = self.current.version if self.current else "none"
+                raise BadRequest(404, f"version {version!r} is not loaded; this server serves {serving}")
+        else:
+            canary = self.rollout.canary_for(key)
         if canary is not None:
-            return await self._predict_alone(canary, x)
+            self._make_room(len(x))  # the canary's requests count against serve.max_queue too
+            self._canary_waiting += len(x)
+            try:
+                return await self._predict_alone(canary, x)
+            finally:
+                self._canary_waiting -= len(x)
         loaded = self.current
         self._inflight += 1  # counted from here until answered (see batcher)
         try:
@@ -275,19 +288,25 @@ class ModelServer:
         }
 
     def _enqueue(self, item: _Queued) -> None:
-        """Into the batcher's queue, or 503 with Retry-After while `serve.max_queue`
-        instances wait already (a lone request over the bound still goes in): overload
-        answers at once instead of as ever longer waits."""
+        """Into the batcher's queue, if there is room (`_make_room`)."""
         q = self._queue
         assert q is not None  # the app's lifespan makes it before it takes requests
-        if q.instances and q.instances + len(item[0]) > self.params.max_queue:
+        self._make_room(len(item[0]))
+        q.put_nowait(item)
+
+    def _make_room(self, n: int) -> None:
+        """503 with Retry-After while `serve.max_queue` instances wait already (in the
+        batcher's queue or for the canary; a lone request over the bound still goes in):
+        overload answers at once instead of as ever longer waits."""
+        q = self._queue
+        waiting = (q.instances if q is not None else 0) + self._canary_waiting
+        if waiting and waiting + n > self.params.max_queue:
             self.metrics.shed.inc()
             raise BadRequest(
                 503,
-                f"overloaded: {q.instances} instances wait already (serve.max_queue {self.params.max_queue}); retry",
+                f"overloaded: {waiting} instances wait already (serve.max_queue {self.params.max_queue}); retry",
                 {"Retry-After": "1"},
             )
-        q.put_nowait(item)
 
     async def batcher(self) -> None:
         """Gather queued requests into one forward pass."""

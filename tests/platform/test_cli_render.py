@@ -290,6 +290,7 @@ def test_drift_batch_serving_predict_and_restore_lines():
         "serving lepton-digits@champion-onnx on http://127.0.0.1:8000  (POST /v1/predict; auth on; prediction log /h/p)"
     )
     assert "auth off" in render.serving_line("m", "champion", "0.0.0.0", 80, False, "s3://b/p")
+    assert "on http://[::1]:8000  (" in render.serving_line("m", "champion", "::1", 8000, True, "/h/p")  # IPv6
     r = {"rows": 10, "model": "lepton-digits", "version": "3", "quarantined": 1, "out": "/o.parquet"}
     assert render.predict_line(r) == "scored 10 samples with lepton-digits v3 (1 quarantined) -> /o.parquet"
     assert render.predict_line({**r, "accuracy": 0.9}) == (

@@ -181,6 +181,12 @@ def test_live_figures_for_regression_and_the_live_decision():
     assert not worse.promote and worse.reason.startswith("live RMSE 1.732 > champion 1")
     same = live_figures(frame([1.0, 1.0, 1.0, 1.0]), frame([1.0, 1.0, 1.0, 1.0]), fb, regression=True)
     assert decide_live(same, PromoteParams(min_live_pairs=3)).promote
+    # a label so large that both RMSEs overflow: inf > inf is False, but nothing non-finite promotes
+    huge = fb.assign(label=[0.0, 0.0, 1e200])
+    bad = decide_live(
+        live_figures(frame([1.0] * 4), frame([50.0] * 4), huge, regression=True), PromoteParams(min_live_pairs=3)
+    )
+    assert not bad.promote and "not finite" in bad.reason
     # classification: McNemar finds B worse even within a wide tolerance
     idx = np.arange(200)
     keys = {"request_id": [f"r{i}" for i in idx], "instance": np.zeros(200, np.int64)}

@@ -147,6 +147,8 @@ BAD_TARGETS = [
     ("a boolean", [True], "label True is not a finite number"),
     ("null", [1.0, None], "label None is not a finite number"),
     ("a list", [[1.0]], "label [1.0] is not a finite number"),
+    ("a number whose square overflows", [1e200], "label 1e+200 is beyond ±1e+15"),
+    ("a huge negative", [-1e308], "label -1e+308 is beyond ±1e+15"),
 ]
 
 

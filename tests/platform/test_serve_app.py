@@ -210,6 +210,20 @@ def test_an_unexpected_error_is_a_one_line_500_and_counted(home):
         assert 'lepton_requests_total{code="500"} 1.0' in c.get("/metrics").text
 
 
+def test_unknown_routes_and_methods_answer_in_the_one_error_shape_and_are_counted(home):
+    with _client(_server(home)) as c:
+        r = c.get("/v1/nope")
+        assert (r.status_code, r.json()) == (404, {"error": "Not Found"})
+        r = c.get("/v1/predict")  # a POST route
+        assert (r.status_code, r.json()) == (405, {"error": "Method Not Allowed"})
+        assert "POST" in r.headers["allow"]
+        r = c.delete("/invocations")  # past the hot path, through the router
+        assert (r.status_code, r.json()) == (405, {"error": "Method Not Allowed"})
+        text = c.get("/metrics").text
+        assert _sample(text, "lepton_requests_total", code="404") == 1
+        assert _sample(text, "lepton_requests_total", code="405") == 2
+
+
 def test_no_deprecation_warning_from_lepton_code(home):
     """FastAPI's `on_event` is deprecated (the lifespan replaces it); nothing the
     server's own code calls may warn. (Run this file with -W error::DeprecationWarning

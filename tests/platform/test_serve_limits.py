@@ -325,6 +325,46 @@ def test_headers_over_64_kb_are_refused(srv):
         assert srv.request("GET", "/healthz")[0] == 200
 
 
+def test_headers_over_64_kb_in_one_read_are_refused(srv):
+    """All the headers at once (one read): the cap holds as it does for a trickle."""
+    big = "".join(f"X-Big-{i}: {'b' * 1000}\r\n" for i in range(100)).encode()
+    with srv.connect() as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + big + b"\r\n")
+        status, _, body = _response(_read_all(s))
+    assert status == 431 and _error_of(body) == "request headers over 64 KB"
+    small = "".join(f"X-Ok-{i}: {'b' * 1000}\r\n" for i in range(50)).encode()  # 50 KB: under the cap
+    with srv.connect() as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + small + b"\r\n")
+        assert _response(_read_all(s))[0] == 200
+
+
+@pytest.mark.parametrize(
+    "path, headers, status",
+    [
+        ("/v2/models/nope/infer", {}, 404),  # refused before its body is read
+        ("/v1/predict", {"Authorization": "Bearer wrong"}, 401),
+        ("/invocations", {"Authorization": "Bearer wrong"}, 401),
+    ],
+)
+def test_a_big_body_refused_unread_does_not_count_as_the_next_requests_headers(home, path, headers, status):
+    """On one kept-alive connection, a 600 KB body answered before it is read (uvicorn
+    drains it afterwards), then a good request: the good request is answered, not 431."""
+    with Server(home, token=TOKEN) as srv:
+        big = b" " * 600_000 + GOOD
+        head = {"Host": "t", "Content-Type": "application/json", "Content-Length": str(len(big)), **BEARER}
+        good = {"Host": "t", "Content-Type": "application/json", "Content-Length": str(len(GOOD)), **BEARER}
+        with srv.connect(timeout=20) as s:
+            s.sendall(_head("POST", path, {**head, **headers}) + big)
+            s.sendall(_head("POST", "/v1/predict", {**good, "Connection": "close"}) + GOOD)
+            raw = _read_all(s)
+        first, _, rest = raw.partition(b"HTTP/1.1 ")[2].partition(b"HTTP/1.1 ")
+        assert int(first.split()[0]) == status, raw[:300]
+        assert rest, f"the connection closed after the refusal: {raw[:300]!r}"
+        second, _, body = _response(b"HTTP/1.1 " + rest)
+        assert second == 200, body
+        assert json.loads(body)["labels"] == [2]
+
+
 # ------------------------------------------------------------ overload
 def test_an_overload_beyond_max_queue_gets_503_with_retry_after_not_timeouts(home):
     with Server(home, delay=0.3, max_batch=1, max_queue=2) as srv:
@@ -543,6 +583,19 @@ def test_serving_beyond_loopback_without_a_token_is_refused_in_one_line(home):
     p = _lepton(home, "serve", "--no-auth", "--token", "t")
     _, err = p.communicate(timeout=60)
     assert p.returncode != 0 and len(err.strip().splitlines()) == 1 and "--no-auth" in err
+
+
+def test_the_token_help_names_every_route_it_guards():
+    out = subprocess.run(
+        [sys.executable, "-c", "from lepton.cli import main; main()", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "300", "PYTHONPATH": str(ROOT)},
+    ).stdout
+    token_help = " ".join(out.split()).partition("--token ")[2]
+    assert "/v1/*, /v2/* and /invocations" in token_help[:300], token_help[:300]
 
 
 def test_the_token_rules_of_lepton_serve(tmp_path):

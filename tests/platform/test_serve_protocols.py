@@ -317,6 +317,43 @@ V2_BAD = [
         400,
         "the classification extension is not served",
     ),
+    ("datatype a list", {"inputs": [_tensor([0] * 4, [1, 1, 2, 2], ["UINT8"])]}, 400, "unknown datatype ['UINT8']"),
+    ("datatype an object", {"inputs": [_tensor([0] * 4, [1, 1, 2, 2], {"a": 1})]}, 400, "unknown datatype"),
+    ("shape of strings", {"inputs": [_tensor([0] * 4, ["1", 1, 2, 2])]}, 400, "is not a list of sizes"),
+    ("shape of booleans", {"inputs": [_tensor([0] * 4, [True, 1, 2, 2])]}, 400, "is not a list of sizes"),
+    ("shape an object", {"inputs": [_tensor([0] * 4, {"a": 1})]}, 400, "is not a list of sizes"),
+    ("name a list", {"inputs": [_tensor([0] * 4, [1, 1, 2, 2], name=["input"])]}, 400, "unexpected input ['input']"),
+    (
+        "input parameters a list",
+        {"inputs": [{**_tensor([0] * 4, [1, 1, 2, 2]), "parameters": [1]}]},
+        400,
+        "an input's parameters must be an object",
+    ),
+    (
+        "request parameters a list",
+        {"inputs": [_tensor([0] * 4, [1, 1, 2, 2])], "parameters": [1]},
+        400,
+        "the request's parameters must be an object",
+    ),
+    ("outputs not objects", {"inputs": [_tensor([0] * 4, [1, 1, 2, 2])], "outputs": ["label"]}, 400, "outputs must"),
+    (
+        "output name a list",
+        {"inputs": [_tensor([0] * 4, [1, 1, 2, 2])], "outputs": [{"name": ["label"]}]},
+        400,
+        "unknown output ['label']",
+    ),
+    (
+        "output name an object",
+        {"inputs": [_tensor([0] * 4, [1, 1, 2, 2])], "outputs": [{"name": {"a": 1}}]},
+        400,
+        "unknown output {'a': 1}",
+    ),
+    (
+        "output parameters a list",
+        {"inputs": [_tensor([0] * 4, [1, 1, 2, 2])], "outputs": [{"name": "label", "parameters": [1]}]},
+        400,
+        "the parameters of output 'label' must be an object",
+    ),
     ("not an object", [1, 2], 400, '{"inputs": [...]}'),
     ("id not a string", {"id": 7, "inputs": [_tensor([0] * 4, [1, 1, 2, 2])]}, 400, "id must be a string"),
     ("malformed JSON", b'{"inputs": [', 400, "malformed JSON"),
@@ -414,6 +451,20 @@ def test_invocations_reads_every_mlflow_format_by_column_name(home):
         r = _post(c, "/invocations", b"b,a\n2,1\n1,2\n", ctype="text/csv")
         assert r.status_code == 200, r.text
         assert r.json() == expected
+        r = _post(c, "/invocations", "\ufeffb,a\n2,1\n1,2\n".encode(), ctype="text/csv")  # a BOM, as Excel writes
+        assert r.status_code == 200, r.text
+        assert r.json() == expected
+
+
+def test_a_float64_value_beyond_float32_is_refused_as_an_overflow_not_as_nan(home):
+    with _client(_server(home, _Larger())) as c:
+        r = _post(c, "/v2/models/m/infer", {"inputs": [_tensor([[1e300, 1.0]], [1, 2], "FP64")]})
+        assert r.status_code == 400, r.text
+        assert "beyond float32's range" in r.json()["error"] and "NaN" not in r.json()["error"], r.text
+        r = _post(c, "/invocations", {"inputs": [[1e300, 1.0]]})
+        assert r.status_code == 400 and "beyond float32's range" in r.json()["message"], r.text
+        r = _post(c, "/invocations", b'{"inputs": [[NaN, 1.0]]}')
+        assert r.status_code == 400 and "NaN or infinite" in r.json()["message"], r.text
 
 
 def test_invocations_answers_a_regression_models_values(home):
@@ -497,6 +548,21 @@ def test_invocations_content_types_token_and_probes(home):
     with _client(_server(home, None)) as c:
         r = _post(c, "/invocations", {"inputs": [[1, 2]]})
         assert r.status_code == 503 and r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+
+
+def test_a_compressed_request_body_is_refused_with_a_one_line_415(home):
+    import gzip
+
+    with _client(_server(home, _Larger())) as c:
+        body = gzip.compress(json.dumps({"inputs": [[1, 2]]}).encode())
+        r = _post(c, "/invocations", body, {"Content-Encoding": "gzip"})
+        assert r.status_code == 415 and "Content-Encoding 'gzip'" in r.json()["message"], r.text
+        v2 = gzip.compress(json.dumps({"inputs": [_tensor([[1.0, 2.0]], [1, 2], "FP32")]}).encode())
+        r = _post(c, "/v2/models/m/infer", v2, {"Content-Encoding": "gzip"})
+        assert r.status_code == 415 and "not supported" in r.json()["error"], r.text
+        r = _post(c, "/v1/predict", b"x", {"Content-Encoding": "deflate"})
+        assert r.status_code == 415 and "\n" not in r.json()["error"], r.text
+        assert _post(c, "/invocations", {"inputs": [[1, 2]]}, {"Content-Encoding": "identity"}).status_code == 200
 
 
 def test_invocations_answers_as_mlflows_own_scoring_server(home, tmp_path, monkeypatch):

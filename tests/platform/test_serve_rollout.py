@@ -158,3 +158,63 @@ def test_canary_and_shadow_params_are_checked(home):
         parse_params({"serve": {"shadow_share": 0}})
     p = parse_params({"serve": {"canary": {"alias": "challenger", "share": 0.2}, "shadow": "challenger"}})
     assert p.serve.canary.share == 0.2 and p.serve.shadow == "challenger"
+
+
+def test_an_alias_that_does_not_exist_or_goes_away_is_said_not_silent(home, monkeypatch, capsys):
+    server, client = _app(home, monkeypatch, load_fails=True, shadow="nosuch", canary={"alias": "gone", "share": 0.5})
+    with client as c:
+        model = c.get("/v1/model").json()
+        assert model["shadow"] == {"alias": "nosuch", "version": None, "error": "model 'm' has no @nosuch"}
+        assert model["canary"]["alias"] == "gone" and model["canary"]["version"] is None
+        assert {c.post("/v1/predict", json=DIGIT).json()["version"] for _ in range(20)} == {"3"}
+    err = capsys.readouterr().err
+    assert "warning: serve.shadow @nosuch: model 'm' has no @nosuch" in err
+    assert "warning: serve.canary @gone: model 'm' has no @gone" in err
+
+
+def test_a_shadow_whose_alias_is_removed_stops(home, monkeypatch):
+    from lepton.serving import rollout as serve_rollout
+
+    server, client = _app(home, monkeypatch, shadow="challenger")
+    with client as c:
+        assert c.get("/v1/model").json()["shadow"]["version"] == "4"
+
+        def gone(server, alias, current):
+            raise LookupError(f"model 'm' has no @{alias}")
+
+        monkeypatch.setattr(serve_rollout, "load_alias", gone)  # `lepton promote` took @challenger away
+        server.rollout.refresh()
+        assert c.get("/v1/model").json()["shadow"] == {
+            "alias": "challenger",
+            "version": None,
+            "error": "model 'm' has no @challenger",
+        }
+        before = server.rollout.shadow_scored._value.get()
+        for _ in range(10):
+            assert c.post("/v1/predict", json=DIGIT).status_code == 200
+        time.sleep(0.3)
+        assert (
+            server.rollout.shadow_scored._value.get() == before
+        )  # no shadow scoring with a version it no longer names
+
+
+def test_a_version_in_the_v2_url_pins_the_answer_to_it(home, monkeypatch):
+    server, client = _app(home, monkeypatch, canary={"alias": "challenger", "share": 1.0})
+    body = {"inputs": [{"name": "input", "shape": [1, 1, 2, 2], "datatype": "UINT8", "data": [10, 20, 30, 40]}]}
+    with client as c:
+        assert c.post("/v2/models/m/infer", json=body).json()["model_version"] == "4"  # the canary takes all
+        assert c.post("/v2/models/m/versions/3/infer", json=body).json()["model_version"] == "3"
+        assert c.post("/v2/models/m/versions/4/infer", json=body).json()["model_version"] == "4"
+        r = c.post("/v2/models/m/versions/9/infer", json=body)
+        assert r.status_code == 404 and "not loaded" in r.json()["error"]
+
+
+def test_the_canarys_requests_count_against_max_queue(home, monkeypatch):
+    server, client = _app(home, monkeypatch, canary={"alias": "challenger", "share": 1.0}, max_queue=4)
+    with client as c:
+        assert c.post("/v1/predict", json=DIGIT).status_code == 200
+        server._canary_waiting = 4  # four instances in the canary's passes already
+        r = c.post("/v1/predict", json=DIGIT)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"]
+        server._canary_waiting = 0
+        assert c.post("/v1/predict", json=DIGIT).status_code == 200

@@ -292,6 +292,15 @@ def test_a_killed_worker_is_replaced_and_only_its_requests_in_flight_fail(champi
         time.sleep(0.5)
         load.__exit__()
         m = srv.metrics()
+        # the supervisor itself killed outright: its workers end with it, none serves on as an orphan
+        workers = [int(p) for p in srv.versions()]
+        assert srv.proc is not None
+        srv.proc.kill()
+        srv.proc.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(pid_alive(p) for p in workers):
+            time.sleep(0.1)
+        assert not [p for p in workers if pid_alive(p)], "workers outlived their killed supervisor"
     assert _answered_by(m).get(newcomer, 0) > 0
     assert victim in _answered_by(m)  # a dead worker's counts stay in the sums
     # each client had at most one request in flight on the killed worker
