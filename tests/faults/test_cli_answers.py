@@ -62,8 +62,11 @@ def test_every_documented_exit_code(registered, tmp_path):
     assert bad.returncode == 2  # (tests/faults/test_bad_inputs.py holds 80 more)
     one_error_line(bad, "promote.alpha")
 
-    usage = run_cli(["promote"], env, timeout=60)  # a usage error (click's own): also 2
-    assert usage.returncode == 2 and "Missing argument" in usage.stderr
+    usage = run_cli(["promote", "1", "2"], env, timeout=60)  # a usage error (click's own): also 2
+    assert usage.returncode == 2 and "unexpected extra argument" in usage.stderr
+    nothing = run_cli(["promote"], env, timeout=60)  # no VERSION, and no @challenger to take: bad input
+    assert nothing.returncode == 2
+    one_error_line(nothing, "has no @challenger")
 
     yes = run_cli(["promote", "1", "--set", "promote.min_accuracy=0"], env)
     assert yes.returncode == 0, yes.stderr[-2000:]
