@@ -332,7 +332,13 @@ def test_lepton_up_starts_the_model_server_with_its_workers(tmp_path, monkeypatc
     go.serve_workers = 2
     pid = go.serve()
     try:
-        assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-3:-1] == [b"--workers", b"2"]
+        # read once the child has exec'd `lepton serve` (between fork and exec it reads as
+        # the parent, and empty while exec replaces it)
+        until, cmdline = time.monotonic() + 10, [b""]
+        while time.monotonic() < until and b"serve" not in cmdline:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            time.sleep(0.05)
+        assert cmdline[-3:-1] == [b"--workers", b"2"], cmdline
         srv = Workers.__new__(Workers)
         srv.url = f"http://127.0.0.1:{ports['serve']}"
         deadline, memory = time.monotonic() + 120, set()
