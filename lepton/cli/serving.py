@@ -3,6 +3,9 @@ scoring of a file or folder)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -125,14 +128,34 @@ def _loopback(host: str) -> bool:
         return False
 
 
+@contextmanager
+def _metrics_dir(home: Path) -> Iterator[str]:
+    """A private folder for the workers' metrics, `<home>/serve/metrics/<pid>`: removed
+    when `lepton serve` ends; one a killed server left is removed by the next start."""
+    import shutil
+
+    from effects.runtime.procs import pid_alive
+
+    base = home / "serve" / "metrics"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for old in base.iterdir():
+        if not (old.name.isdigit() and pid_alive(int(old.name))):
+            shutil.rmtree(old, ignore_errors=True)
+    mine = base / str(os.getpid())
+    shutil.rmtree(mine, ignore_errors=True)
+    mine.mkdir(mode=0o700)
+    try:
+        yield str(mine)
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
+
+
 def _serve_workers(model: str, alias: str, params, s, token: str | None, host: str, port: int) -> None:
     """`serve.workers` processes behind one port: uvicorn's supervisor binds the port,
     starts each worker afresh (`lepton.serving.app.app_from_env`, told what to serve through the
     environment) and replaces one that dies. Their metrics meet in a fresh private folder
     that a scrape of any worker sums (prometheus_client's multiprocess mode)."""
     import json
-    import os
-    import tempfile
 
     import uvicorn
 
@@ -145,7 +168,7 @@ def _serve_workers(model: str, alias: str, params, s, token: str | None, host: s
     folder = str(open_store(str(s.prediction_log), s))
     typer.echo(render.serving_line(model, alias, host, port, bool(token), folder), err=True)
     typer.echo(f"{params.workers} workers", err=True)
-    with tempfile.TemporaryDirectory(prefix="lepton-serve-metrics-") as metrics_dir:
+    with _metrics_dir(s.home) as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before any worker imports prometheus_client
         os.environ[WORKER_ENV] = json.dumps(
             {

@@ -301,6 +301,15 @@ def test_a_killed_worker_is_replaced_and_only_its_requests_in_flight_fail(champi
         while time.monotonic() < deadline and any(pid_alive(p) for p in workers):
             time.sleep(0.1)
         assert not [p for p in workers if pid_alive(p)], "workers outlived their killed supervisor"
+        # its metrics folder is left behind (nothing ran to remove it) until the next start removes it
+        from lepton.cli.serving import _metrics_dir
+
+        home = Path(lepton_env[1]["LEPTON_HOME"])
+        left = home / "serve" / "metrics" / str(srv.proc.pid)
+        assert left.is_dir()
+        with _metrics_dir(home) as fresh:
+            assert not left.exists() and Path(fresh).is_dir()
+        assert not Path(fresh).exists()
     assert _answered_by(m).get(newcomer, 0) > 0
     assert victim in _answered_by(m)  # a dead worker's counts stay in the sums
     # each client had at most one request in flight on the killed worker
