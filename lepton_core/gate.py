@@ -40,6 +40,20 @@ def mcnemar_exact(champion_correct: np.ndarray, challenger_correct: np.ndarray) 
     return b, c, float(min(1.0, 2 * tail))
 
 
+def mcnemar_report(a_right: np.ndarray, b_right: np.ndarray) -> dict[str, int | float | str]:
+    """McNemar's exact test of A against B (A in the champion's place), as `lepton
+    compare` reports it: the discordant and concordant counts and the p-value."""
+    only_a, only_b, p = mcnemar_exact(a_right, b_right)
+    return {
+        "test": "McNemar exact (two-sided)",
+        "only_a_right": only_a,
+        "only_b_right": only_b,
+        "both_right": int((a_right & b_right).sum()),
+        "both_wrong": int((~a_right & ~b_right).sum()),
+        "p_value": p,
+    }
+
+
 TOLERANCE_EPS = 1e-9
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lepton_core.gate import TOLERANCE_EPS, mcnemar_exact, paired_t_worse
+from lepton_core.gate import TOLERANCE_EPS, mcnemar_report, paired_t_worse
 from lepton_core.params import PromoteParams
 
 KEY = ["request_id", "instance"]
@@ -62,15 +62,7 @@ def _paired_test(a: np.ndarray, b: np.ndarray, y: np.ndarray, regression: bool) 
             "p_value": p,
         }
     a_right, b_right = a.astype(np.int64) == y.astype(np.int64), b.astype(np.int64) == y.astype(np.int64)
-    only_a, only_b, p = mcnemar_exact(a_right, b_right)  # A in the champion's place
-    return {
-        "test": "McNemar exact (two-sided)",
-        "only_a_right": only_a,
-        "only_b_right": only_b,
-        "both_right": int((a_right & b_right).sum()),
-        "both_wrong": int((~a_right & ~b_right).sum()),
-        "p_value": p,
-    }
+    return mcnemar_report(a_right, b_right)
 
 
 def paired_figures(a: pd.DataFrame, b: pd.DataFrame, feedback: pd.DataFrame, regression: bool) -> dict[str, Any]:

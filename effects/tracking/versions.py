@@ -29,7 +29,7 @@ from effects.tracking.registry import gate_record, predictor_of
 from lepton_core.data.prepare import read_prepared
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.evaluate import REGRESSION_KEYS, SUMMARY_KEYS, classification_metrics, regression_metrics
-from lepton_core.gate import mcnemar_exact, paired_t_worse
+from lepton_core.gate import mcnemar_report, paired_t_worse
 from lepton_core.predictor import BasePredictor
 
 LISTED = 1000  # samples listed per side in a comparison (the counts are always whole)
@@ -249,7 +249,6 @@ def _classification(a: _Side, b: _Side, y: np.ndarray, classes: list[str]) -> di
     ma = classification_metrics(y, a.answers, classes)
     mb = classification_metrics(y, b.answers, classes)
     a_right, b_right = a.answers == y, b.answers == y  # what correct_mask gives the gate
-    only_a, only_b, p = mcnemar_exact(a_right, b_right)  # A in the champion's place
 
     def rows(mask: np.ndarray) -> list[dict]:
         return [
@@ -273,14 +272,7 @@ def _classification(a: _Side, b: _Side, y: np.ndarray, classes: list[str]) -> di
     }
     return {
         "metrics": (ma, mb),
-        "paired_test": {
-            "test": "McNemar exact (two-sided)",
-            "only_a_right": only_a,
-            "only_b_right": only_b,
-            "both_right": int((a_right & b_right).sum()),
-            "both_wrong": int((~a_right & ~b_right).sum()),
-            "p_value": p,
-        },
+        "paired_test": mcnemar_report(a_right, b_right),  # A in the champion's place
         "per_class": per_class,
         "only_a_right": rows(a_right & ~b_right),
         "only_b_right": rows(~a_right & b_right),

@@ -32,9 +32,9 @@ def serve_device(pref: str) -> str:
 def serve_threads(threads: int) -> int:
     """Intra-op threads of each worker's forward passes: `serve.threads`, or one. A
     server's passes are small, and torch's default (a thread per core) makes its
-    threads spin-wait for each other around every one of them: on 2 cores, at 32
-    concurrent requests, that cost five times the CPU per request of one thread. More
-    cores are better used by more workers (`--workers`); a big model may want more."""
+    threads spin-wait for each other around every one of them, spending CPU the
+    requests need. More cores are better used by more workers (`--workers`); a big
+    model may want more."""
     return threads or 1
 
 

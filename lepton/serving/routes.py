@@ -148,8 +148,8 @@ async def _feedback_body(
 protected = APIRouter(dependencies=[Depends(require_token)])
 public = APIRouter()
 # The prediction routes take no dependency: FastAPI resolves dependencies anew on every
-# request, which cost a small request some 15% of the server's time. They check the
-# token themselves, first.
+# request, a large share of a small request's time. They check the token themselves,
+# first.
 hot = APIRouter()
 
 
