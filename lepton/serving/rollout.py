@@ -160,10 +160,6 @@ class Rollout:
         """The configured ones, by role."""
         return {role: slot for role, slot in (("shadow", self.shadow), ("canary", self.canary)) if slot is not None}
 
-    @property
-    def active(self) -> bool:
-        return self.shadow is not None or self.canary is not None
-
     def refresh(self) -> None:
         """Load what the shadow and canary aliases point at (the server's poller calls this)."""
         for slot in (self.shadow, self.canary):
