@@ -27,6 +27,7 @@ run on a thread of their own, every `upkeep_every_s`.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import os
@@ -38,7 +39,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import EllipsisType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -235,15 +235,24 @@ def read_feedback(folder: Path | None) -> pd.DataFrame | None:
 
 @dataclass
 class _Entry:
+    """The answered requests of one forward pass (or one request)."""
+
     timestamp: float
     version: str
-    request_id: str
+    request_ids: list[str]  # the requests in order
+    counts: list[int]  # how many of the N instances are each request's
     x: np.ndarray  # model input of the instances (N, ...)
     logits: np.ndarray  # (N, K)
     kind: str
     feature_names: list[str]
     values: np.ndarray | None = None  # (N,) float64 predicted targets (a regression model)
-    instances: np.ndarray | None = None  # (N,) the instances' indices in the request (None: 0..N-1)
+    instances: np.ndarray | None = None  # (N,) the instances' indices in their request (None: all, in order)
+
+    def instance_index(self) -> np.ndarray:
+        if self.instances is not None:
+            return self.instances
+        counts = np.asarray(self.counts)
+        return np.arange(len(self.x)) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 @dataclass
@@ -263,6 +272,37 @@ def _regression_frame(x: np.ndarray, logits: np.ndarray, values: np.ndarray, kin
     return df
 
 
+class _Inbox:
+    """The writer thread's queue. A put never wakes the writer (it looks twice a second
+    on its own), except once `wake_rows` rows wait, or on close: a server answering
+    thousands of requests a second pays no thread switch per request."""
+
+    def __init__(self, maxsize: int, wake_rows: int):
+        self.maxsize, self.wake_rows = maxsize, wake_rows
+        self._items: collections.deque[_Entry | _Feedback | None] = collections.deque()
+        self._rows = 0  # rows put since the last take (a hint for the wake-up; races only delay it)
+        self._wake = threading.Event()
+
+    def put_nowait(self, item: _Entry | _Feedback | None, rows: int = 0) -> None:
+        """Queue `item` (queue.Full when `maxsize` items wait); None wakes the writer to stop."""
+        if item is not None and len(self._items) >= self.maxsize:
+            raise queue.Full
+        self._items.append(item)  # deque appends and pops are atomic
+        self._rows += rows
+        if item is None or self._rows >= self.wake_rows:
+            self._wake.set()
+
+    def take(self, timeout: float) -> list[_Entry | _Feedback | None]:
+        """Everything queued, once woken or after `timeout` seconds (maybe nothing)."""
+        self._wake.wait(timeout)
+        self._wake.clear()
+        self._rows = 0
+        out = []
+        while self._items:
+            out.append(self._items.popleft())
+        return out
+
+
 class PredictionLog:
     def __init__(
         self,
@@ -280,7 +320,7 @@ class PredictionLog:
         self.spool = Path(spool) if spool is not None and not isinstance(store, LocalStore) else None
         self.flush_seconds, self.flush_rows = flush_seconds, flush_rows
         self.sample_rate = sample_rate
-        self._queue: queue.Queue[_Entry | _Feedback | None] = queue.Queue(maxsize=max_queued)
+        self._queue = _Inbox(max_queued, flush_rows)
         self.written = 0  # rows that reached the store
         self.dropped = 0  # rows lost (no store and no spool would take them, or the queue was full)
         self.unsampled = 0  # instances left out by sample_rate
@@ -317,19 +357,35 @@ class PredictionLog:
         """Queue the instances of one answered request (never blocks); `values`, the
         predicted targets of a regression model, are logged in place of the class.
         Below a sample rate of 1, only the sampled instances (`sampled`)."""
+        self.add_many(version, [(len(x), request_id)], x, logits, kind, feature_names, values)
+
+    def add_many(
+        self,
+        version: str,
+        requests: list[tuple[int, str]],
+        x: np.ndarray,
+        logits: np.ndarray,
+        kind: str,
+        feature_names: list[str],
+        values: np.ndarray | None = None,
+    ) -> None:
+        """`add` for the requests of one forward pass at once: `requests` as (instances,
+        request id) in the order of the rows of `x` (one queued entry for all)."""
+        ids, counts = [rid for _, rid in requests], [n for n, _ in requests]
         instances = None
         if self.sample_rate < 1:
-            keep = sampled(request_id, len(x), self.sample_rate)
-            instances = np.flatnonzero(keep)
+            kept = [np.flatnonzero(sampled(rid, n, self.sample_rate)) for n, rid in requests]
+            rows = np.concatenate([k + start for k, start in zip(kept, np.cumsum([0, *counts[:-1]]), strict=True)])
             with self._lock:
-                self.unsampled += len(x) - len(instances)
-            if len(instances) == 0:
+                self.unsampled += len(x) - len(rows)
+            if len(rows) == 0:
                 return
-            x, logits = x[instances], logits[instances]
-            values = None if values is None else values[instances]
-        entry = _Entry(time.time(), version, request_id, x, logits, kind, feature_names, values, instances)
+            counts, instances = [len(k) for k in kept], np.concatenate(kept)
+            x, logits = x[rows], logits[rows]
+            values = None if values is None else values[rows]
+        entry = _Entry(time.time(), version, ids, counts, x, logits, kind, feature_names, values, instances)
         try:
-            self._queue.put_nowait(entry)
+            self._queue.put_nowait(entry, len(x))
         except queue.Full:
             self._drop(len(x))
 
@@ -347,7 +403,7 @@ class PredictionLog:
             received = self._received
         item = _Feedback(request_id, instances, np.asarray(labels, dtype=dtype)[instances], received)
         try:
-            self._queue.put_nowait(item)
+            self._queue.put_nowait(item, len(instances))
         except queue.Full:
             raise OSError("the prediction log's queue is full") from None
 
@@ -358,7 +414,7 @@ class PredictionLog:
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop the writer (and the upkeep)."""
         self._closing.set()
-        self._queue.put(None)
+        self._queue.put_nowait(None)
         self._thread.join(timeout)
         if self._upkeeper is not None:
             self._upkeeper.join(timeout)
@@ -424,24 +480,25 @@ class PredictionLog:
         rows = 0
         last = time.monotonic()
         while True:
-            entry: _Entry | _Feedback | EllipsisType | None  # ...: nothing arrived in time
-            try:
-                entry = self._queue.get(timeout=min(0.5, self.flush_seconds))
-            except queue.Empty:
-                entry = ...
-            if entry is None:
-                self._flush(pending)
-                self.drain()
-                return
-            if entry is not ...:
+            for entry in self._queue.take(min(0.5, self.flush_seconds)):
+                if entry is None:
+                    self._flush(pending)
+                    self.drain()
+                    return
                 pending.append(entry)
                 rows += len(entry.x) if isinstance(entry, _Entry) else len(entry.labels)
-            if time.monotonic() - last >= self.flush_seconds or rows >= self.flush_rows:
-                if self.spooled or self._spooled():
-                    self.drain()
-                if pending:
-                    self._flush(pending)
+                if rows >= self.flush_rows:  # a part of at most about flush_rows rows
+                    self._write_pending(pending)
+                    pending, rows, last = [], 0, time.monotonic()
+            if time.monotonic() - last >= self.flush_seconds:
+                self._write_pending(pending)
                 pending, rows, last = [], 0, time.monotonic()
+
+    def _write_pending(self, pending: list[_Entry | _Feedback]) -> None:
+        if self.spooled or self._spooled():
+            self.drain()
+        if pending:
+            self._flush(pending)
 
     def _flush(self, pending: list[_Entry | _Feedback]) -> None:
         self._flush_feedback([e for e in pending if isinstance(e, _Feedback)])
@@ -468,14 +525,12 @@ class PredictionLog:
                     df = _regression_frame(x, logits, values, kind, names)
                 else:
                     df = feature_frame(x, logits, kind, names, None)
-                counts = [len(e.x) for e in group]
-                index = [np.arange(len(e.x)) if e.instances is None else e.instances for e in group]
-                df.insert(0, "instance", np.concatenate(index).astype(np.int64))
-                df.insert(0, "request_id", np.repeat([e.request_id for e in group], counts))
+                df.insert(0, "instance", np.concatenate([e.instance_index() for e in group]).astype(np.int64))
+                ids = np.concatenate([np.repeat(np.array(e.request_ids, dtype=object), e.counts) for e in group])
+                df.insert(0, "request_id", ids)
                 df.insert(0, "model_version", version)
-                df.insert(
-                    0, "timestamp", pd.to_datetime(np.repeat([e.timestamp for e in group], counts), unit="s", utc=True)
-                )
+                stamps = np.repeat([e.timestamp for e in group], [len(e.x) for e in group])
+                df.insert(0, "timestamp", pd.to_datetime(stamps, unit="s", utc=True))
                 frames.append(df)
             table = pd.concat(frames, ignore_index=True)
             buf = io.BytesIO()

@@ -255,6 +255,9 @@ class OnnxPredictor(BasePredictor):
         """Checked raw samples (the graph scales them itself)."""
         return torch.from_numpy(np.ascontiguousarray(self.check(x)))
 
+    def checked_input(self, raw: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(raw))
+
     def log_input(self, t: torch.Tensor) -> np.ndarray:
         """What the monitor's features read: the same scaled input as `Predictor`'s."""
         from lepton_core.models import ModelConfig

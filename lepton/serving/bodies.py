@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import math
+from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
@@ -44,6 +47,22 @@ def _read_npy(body: bytes) -> np.ndarray:
         )
     x = np.frombuffer(data, dtype=dtype, count=count)
     return x.reshape(shape, order="F" if fortran else "C")
+
+
+def loads_json(body: bytes | memoryview) -> Any:
+    """A JSON body as Python's json module reads it (NaN and Infinity, which clients
+    written in Python send, included), parsed by orjson when it can (a small body several
+    times faster); a malformed one is a 400 with the json module's reason."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:  # malformed, or what only Python's JSON takes: its verdict
+        pass
+    try:
+        return json.loads(bytes(body))
+    except RecursionError:
+        raise BadRequest(400, "malformed JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(400, f"malformed JSON: {str(e).splitlines()[0]}") from None
 
 
 _NUMBERS = frozenset((int, float))

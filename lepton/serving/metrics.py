@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -29,6 +30,8 @@ class _Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("lepton_requests", "requests answered, by HTTP status", ["code"], registry=r)
+        self.answered = self.requests.labels("200")  # the one every answer counts in
+        self._http_children: dict[tuple[str, int], Any] = {}  # `observe_http`
         self.latency = Histogram(
             "lepton_request_seconds",
             "predict request latency",
@@ -114,6 +117,14 @@ class _Metrics:
         )
         self._pid = str(os.getpid())
 
+    def observe_http(self, route: str, status: int, seconds: float) -> None:
+        """A request's latency into `lepton_http_request_seconds` (its labelled series looked
+        up once: a label lookup per request is a visible share of a small one's time)."""
+        child = self._http_children.get((route, status))
+        if child is None:
+            child = self._http_children[(route, status)] = self.http.labels(route, str(status))
+        child.observe(seconds)
+
     def count_worker_request(self) -> None:
         if self.multiprocess:
             self.worker_requests.labels(self._pid).inc()
@@ -167,5 +178,5 @@ class _Timed:
             await self.app(scope, receive, sent)
         finally:
             route = getattr(scope.get("route"), "path", None) or "other"  # set by the router on a match
-            self.metrics.http.labels(route, str(status[0])).observe(time.perf_counter() - t0)
+            self.metrics.observe_http(route, status[0], time.perf_counter() - t0)
             self.metrics.count_worker_request()

@@ -49,7 +49,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import struct
 import time
 from collections.abc import Callable
@@ -57,11 +56,12 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from lepton.serving.bodies import BIG_BODY, read_body
-from lepton.serving.core import BadRequest, ClientGone, Loaded
+from lepton.serving.bodies import BIG_BODY, loads_json, read_body
+from lepton.serving.core import BadRequest, ClientGone, Loaded, json_response
 from lepton.serving.routes import Server, check_token, require_token
 from lepton.serving.server import ModelServer
 from lepton_core.predictor import Predictor
@@ -138,13 +138,7 @@ def _array(flat: list, dtype: np.dtype, what: str) -> np.ndarray:
         raise BadRequest(400, f"{what} hold a value out of range for {dtype}") from None
 
 
-def _loads(body: bytes | memoryview) -> Any:
-    try:
-        return json.loads(bytes(body))
-    except RecursionError:
-        raise BadRequest(400, "malformed JSON: nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest(400, f"malformed JSON: {str(e).splitlines()[0]}") from None
+_loads = loads_json
 
 
 async def _off_loop(size: int, fn: Callable[[], T]) -> T:
@@ -164,7 +158,7 @@ def _check_count(server: ModelServer, x: np.ndarray) -> None:
 
 def _answered(server: ModelServer, t0: float) -> None:
     server.metrics.latency.observe(time.perf_counter() - t0)
-    server.metrics.requests.labels("200").inc()
+    server.metrics.answered.inc()
 
 
 # ---------------------------------------------------------------- Open Inference Protocol
@@ -404,7 +398,7 @@ def _infer_response(server: ModelServer, req: _InferRequest, answer: dict) -> Re
         doc["id"] = req.id
     doc["parameters"] = {"request_id": answer["request_id"]}
     doc["outputs"] = outputs
-    head = json.dumps(doc, separators=(",", ":")).encode()
+    head = orjson.dumps(doc)
     if not chunks:
         return Response(head, media_type="application/json")
     return Response(
@@ -606,7 +600,7 @@ async def invocations(request: Request) -> Response:
     except BadRequest as e:
         return _mlflow_error(server, e)
     _answered(server, t0)
-    return JSONResponse(
+    return json_response(
         {"predictions": _predictions(answer)},
         headers={"X-Request-Id": answer["request_id"], "X-Model-Version": answer["version"]},
     )

@@ -34,9 +34,8 @@ from prometheus_client import Counter
 
 from effects.serving.prediction_log import PredictionLog, open_store
 from effects.tracking import runs, tags
-from effects.tracking.registry import alias_version, predictor_of
-from effects.tracking.variants import variant_predictor
-from lepton.serving.core import Loaded, log_answers
+from effects.tracking.registry import alias_version
+from lepton.serving.core import Loaded, log_answers, serving_predictor
 from lepton_core.params import ServeParams
 
 if TYPE_CHECKING:
@@ -70,11 +69,8 @@ def load_alias(server: _Server, alias: str, current: Loaded | None) -> Loaded | 
         raise LookupError(f"model {server.model_name!r} has no @{alias}")
     if current is not None and str(mv.version) == current.version:
         return None
-    predictor = (  # where and how the champion runs: serve.device, serve.threads
-        variant_predictor(mv, server.settings, server.threads)
-        if mv.tags.get(tags.VARIANT)
-        else predictor_of(mv, server.settings, server.device)
-    )
+    # where and how the champion runs: serve.device, serve.threads
+    predictor = serving_predictor(mv, server.settings, server.device, server.threads)
     return Loaded(str(mv.version), mv.run_id, mv.tags.get(tags.DATA_VERSION, ""), predictor)
 
 

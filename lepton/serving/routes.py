@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, JsonValue, StrictStr, ValidationError
 
 from effects.serving.request_ids import RefusedId
 from lepton.serving.bodies import BIG_BODY, read_body
-from lepton.serving.core import BadRequest, Loaded
+from lepton.serving.core import BadRequest, Loaded, json_response
 from lepton.serving.server import ModelServer
 from lepton_core.params import ServeParams
 
@@ -161,8 +161,8 @@ async def predict(request: Request) -> Response:
     x = await server.parse_request(request)
     out = await server.predict(x, request.headers.get("x-request-key"))
     server.metrics.latency.observe(time.perf_counter() - t0)
-    server.metrics.requests.labels("200").inc()
-    return JSONResponse(out)
+    server.metrics.answered.inc()
+    return json_response(out)
 
 
 @protected.post("/v1/explain")
@@ -172,7 +172,7 @@ async def explain(server: Server, request: Request) -> Response:
     x = await server.parse_request(request)
     out = await server.explain(x)
     server.metrics.explain_latency.observe(time.perf_counter() - t0)
-    server.metrics.requests.labels("200").inc()
+    server.metrics.answered.inc()
     return JSONResponse(out)
 
 
@@ -198,7 +198,7 @@ async def feedback(
         server.log.add_feedback(body.request_id, labels)
     except OSError as e:
         raise BadRequest(503, f"feedback not stored ({e.__class__.__name__})") from None
-    server.metrics.requests.labels("200").inc()
+    server.metrics.answered.inc()
     return JSONResponse({"accepted": len(labels)})
 
 

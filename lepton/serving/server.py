@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import os
 import threading
 import time
@@ -20,9 +19,8 @@ from effects.serving import log_upkeep
 from effects.serving.prediction_log import PredictionLog, open_store
 from effects.serving.request_ids import RequestIds, server_key
 from effects.tracking import runs, tags
-from effects.tracking.registry import alias_version, predictor_of
-from effects.tracking.variants import variant_predictor
-from lepton.serving.bodies import BIG_BODY, JSON_TYPES, NPY_TYPES, _read_npy, instances_array, read_body
+from effects.tracking.registry import alias_version
+from lepton.serving.bodies import BIG_BODY, JSON_TYPES, NPY_TYPES, _read_npy, instances_array, loads_json, read_body
 from lepton.serving.core import (
     BadRequest,
     Loaded,
@@ -32,6 +30,7 @@ from lepton.serving.core import (
     log_answers,
     serve_device,
     serve_threads,
+    serving_predictor,
 )
 from lepton.serving.metrics import _Metrics
 from lepton.serving.rollout import Rollout
@@ -40,9 +39,10 @@ from lepton_core.params import ServeParams
 from lepton_core.predictor import Predictor, softmax
 
 EXPLAIN_CHUNK = 4  # instances explained between two looks at the deadline
-# a lone request's forward pass runs on the event loop itself when the last pass took
-# less than this (the loop must stay free for probes and other requests otherwise)
-INLINE_PASS_S = 0.002
+# a forward pass runs on the event loop itself when the last pass's time per instance
+# says it takes less than this (the loop must stay free for probes and other requests
+# otherwise)
+INLINE_PASS_S = 0.005
 PUBLISH_SECONDS = 1.0  # with workers: how often each sets its own gauges for a scrape to read
 
 
@@ -88,7 +88,8 @@ class ModelServer:
         self._poller: threading.Thread | None = None
         self.load_error: str | None = None
         self._torch_threads = 0  # torch's threads before start, put back by stop
-        self._last_pass_s = 1.0  # the last forward pass's seconds (a lone request's runs inline when short)
+        # the last forward pass's seconds and instances (a pass expected to be short runs inline)
+        self._last_pass_s, self._last_pass_n = 1.0, 1
 
     # ------------------------------------------------------------ the model
     def refresh(self) -> bool:
@@ -100,11 +101,7 @@ class ModelServer:
         if str(mv.version) == c_version:
             return False
         # a variant version (`lepton optimize`) is served through ONNX Runtime (on the CPU)
-        predictor = (
-            variant_predictor(mv, self.settings, self.threads)
-            if mv.tags.get(tags.VARIANT)
-            else predictor_of(mv, self.settings, self.device)
-        )
+        predictor = serving_predictor(mv, self.settings, self.device, self.threads)
         # loaded beside the old one; one assignment swaps it in
         self.current = Loaded(str(mv.version), mv.run_id, mv.tags.get(tags.DATA_VERSION, ""), predictor)
         self.metrics.version.labels(self.model_name, self.alias).set(int(mv.version))
@@ -182,12 +179,7 @@ class ModelServer:
             raise BadRequest(413, f"body of {len(body)} bytes is over the {p.max_body_mb:g} MB cap")
         kind = content_type.split(";")[0].strip().lower()
         if kind in JSON_TYPES:
-            try:
-                doc = json.loads(body)
-            except RecursionError:
-                raise BadRequest(400, "malformed JSON: nested too deeply") from None
-            except (ValueError, UnicodeDecodeError) as e:
-                raise BadRequest(400, f"malformed JSON: {str(e).splitlines()[0]}") from None
+            doc = loads_json(body)
             if not isinstance(doc, dict) or "instances" not in doc or not isinstance(doc["instances"], list):
                 raise BadRequest(400, 'expected a JSON object {"instances": [...]}')
             x = instances_array(doc["instances"], p.max_instances)
@@ -245,12 +237,12 @@ class ModelServer:
             raise BadRequest(400, str(e)) from None
         request_id = self.ids.issue(len(raw))  # feedback on a canary's answer is taken too
         predictor = loaded.predictor
-        t = predictor.to_input(raw)
+        t = predictor.checked_input(raw)
         logits = await asyncio.get_running_loop().run_in_executor(None, predictor.forward, t)
         log_answers(self.log, loaded, t, logits, [(len(raw), request_id)])
         self.metrics.instances.inc(len(raw))
         self.rollout.canary_answers.inc()
-        return self._answer(loaded, logits, request_id)
+        return self._answer(loaded, _scored(loaded, logits), request_id)
 
     async def _predict(self, loaded: Loaded | None, x: np.ndarray) -> dict:
         if loaded is None:
@@ -260,32 +252,24 @@ class ModelServer:
         except InputError as e:
             raise BadRequest(400, str(e)) from None
         assert self._queue is not None  # the app's lifespan makes it before it takes requests
-        fut: asyncio.Future[tuple[Loaded, np.ndarray]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[Loaded, Scored]] = asyncio.get_running_loop().create_future()
         request_id = self.ids.issue(len(raw))
         self._enqueue((raw, fut, request_id))
-        answered, logits = await fut  # the version whose batch this request was in
+        answered, scored = await fut  # the version whose batch this request was in, its rows
         self.rollout.submit(raw, request_id)  # the shadow scores it after the answer, off its path
-        return self._answer(answered, logits, request_id)
+        return self._answer(answered, scored, request_id)
 
-    def _answer(self, answered: Loaded, logits: np.ndarray, request_id: str) -> dict:
+    def _answer(self, answered: Loaded, scored: Scored, request_id: str) -> dict:
+        out = {"model": self.model_name, "version": answered.version, "request_id": request_id}
         if answered.predictor.regression:
-            return {
-                "model": self.model_name,
-                "version": answered.version,
-                "request_id": request_id,
-                "values": answered.predictor.preprocessing.values(logits).tolist(),
-            }
-        p = softmax(logits)
-        labels = p.argmax(1)
+            out["values"] = scored[0].tolist()
+            return out
+        labels, p = scored
         classes = answered.predictor.classes
-        return {
-            "model": self.model_name,
-            "version": answered.version,
-            "request_id": request_id,
-            "labels": labels.tolist(),
-            "class_names": [classes[i] for i in labels],
-            "probabilities": p.astype(np.float64).round(6).tolist(),
-        }
+        out["labels"] = labels.tolist()
+        out["class_names"] = [classes[i] for i in out["labels"]]
+        out["probabilities"] = p.tolist()
+        return out
 
     def _enqueue(self, item: _Queued) -> None:
         """Into the batcher's queue, if there is room (`_make_room`)."""
@@ -316,6 +300,10 @@ class ModelServer:
         while True:
             items = [await self._queue.get()]
             n = len(items[0][0])
+            if self._last_pass_n > 1 and self._queue.empty():
+                # the last pass was a batch: let the requests whose bytes have arrived
+                # meanwhile (tasks ready to run) reach the queue before this one is scored
+                await asyncio.sleep(0)
             deadline = loop.time() + p.max_wait_ms / 1000
             while n < p.max_batch:
                 if not self._queue.empty():
@@ -338,24 +326,26 @@ class ModelServer:
                 assert loaded is not None
                 groups = _by_shape(items)
                 for group in groups:
-                    x = np.concatenate([raw for raw, _, _ in group])
-                    t = loaded.predictor.to_input(x)
+                    x = np.concatenate([raw for raw, _, _ in group]) if len(group) > 1 else group[0][0]
+                    t = loaded.predictor.checked_input(x)  # each request was checked on arrival
                     t0 = time.perf_counter()
-                    if self._inflight <= 1 and len(items) == 1 and self._last_pass_s < INLINE_PASS_S:
-                        # a lone request, nobody else in flight, a quick model: scored here,
-                        # without the hop to a thread and back (a tenth of a millisecond)
-                        # that would only keep the loop free for requests that are not there
+                    if self._last_pass_s * len(x) / self._last_pass_n < INLINE_PASS_S:
+                        # a quick pass (as the last one's time per instance says): scored
+                        # here, on the event loop, without the hop to a thread and back,
+                        # whose cost and whose contention for the interpreter lock are
+                        # larger than such a pass
                         logits = loaded.predictor.forward(t)
                     else:
                         logits = await loop.run_in_executor(None, loaded.predictor.forward, t)
-                    self._last_pass_s = time.perf_counter() - t0
+                    self._last_pass_s, self._last_pass_n = time.perf_counter() - t0, len(x)
                     self.metrics.batch.observe(len(x))
                     self.metrics.instances.inc(len(x))
+                    scored = _scored(loaded, logits)  # for the whole batch: each request gets its rows
                     start = 0
                     for raw, fut, _ in group:
                         end = start + len(raw)
                         if not fut.done():
-                            fut.set_result((loaded, logits[start:end]))
+                            fut.set_result((loaded, (scored[0][start:end], scored[1][start:end])))
                         start = end
                     log_answers(self.log, loaded, t, logits, [(len(raw), rid) for raw, _, rid in group])
             except Exception as e:  # noqa: BLE001 - answer every waiting request
@@ -422,6 +412,22 @@ def _explain_until(predictor: Predictor, x: np.ndarray, deadline: float) -> tupl
     else:
         answers = {"labels": pred.labels.tolist(), "class_names": pred.names}
     return np.concatenate(parts), answers
+
+
+# a batch's answers, row by row: (labels, probabilities rounded to 6 digits) of a
+# classifier, (values, values) of a regression model
+Scored = tuple[np.ndarray, np.ndarray]
+
+
+def _scored(loaded: Loaded, logits: np.ndarray) -> Scored:
+    """The answers of a forward pass's rows (row-wise, so a request's rows of a batch's
+    answers are its own answers)."""
+    pre = loaded.predictor.preprocessing
+    if pre.regression:
+        values = pre.values(logits)
+        return values, values
+    p = softmax(logits)
+    return p.argmax(1), p.astype(np.float64).round(6)
 
 
 def _by_shape(items: list) -> list[list]:

@@ -62,6 +62,7 @@ def _server(home, params: ServeParams):
 
 
 def test_the_server_loads_the_model_on_its_device_and_a_variant_with_its_threads(home, monkeypatch):
+    import lepton.serving.core as core
     import lepton.serving.server as serve
     from effects.tracking import tags
     from lepton_core.predictor import Preprocessing
@@ -71,8 +72,8 @@ def test_the_server_loads_the_model_on_its_device_and_a_variant_with_its_threads
     mv = SimpleNamespace(version="7", run_id="r7", tags={})
     monkeypatch.setattr(serve.runs, "client", lambda s: None)
     monkeypatch.setattr(serve, "alias_version", lambda c, name, alias: mv)
-    monkeypatch.setattr(serve, "predictor_of", lambda m, s, device: loads.append(("torch", device)) or pre)
-    monkeypatch.setattr(serve, "variant_predictor", lambda m, s, threads: loads.append(("onnx", threads)) or pre)
+    monkeypatch.setattr(core, "predictor_of", lambda m, s, device: loads.append(("torch", device)) or pre)
+    monkeypatch.setattr(core, "variant_predictor", lambda m, s, threads: loads.append(("onnx", threads)) or pre)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
     server = _server(home, ServeParams(device="auto", workers=2, threads=0))
