@@ -55,6 +55,19 @@ def serving_predictor(mv: Any, settings: Any, device: str, threads: int) -> Base
     return predictor
 
 
+def yield_cpu(niceness: int = 10) -> None:
+    """Lower the calling thread's CPU priority (Linux: a thread's own nice value) so
+    that the threads answering requests get the cores first when they are short; no
+    privilege is needed to lower one's own priority. Elsewhere, nothing."""
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
+    except (OSError, AttributeError):
+        pass
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import math
 import struct
 import time
 from collections.abc import Callable
@@ -328,7 +329,7 @@ def _tensor(inp: Any, binary: memoryview, cur: Loaded) -> tuple[np.ndarray, int]
     if datatype not in readable:
         raise BadRequest(400, f"input datatype {datatype}; the model reads {want}")
     dtype = V2_DTYPES[datatype]
-    count = int(np.prod(shape, dtype=object))
+    count = math.prod(shape)  # Python ints: no overflow
     params = inp.get("parameters") or {}
     if not isinstance(params, dict):
         raise BadRequest(400, "an input's parameters must be an object")

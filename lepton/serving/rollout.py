@@ -19,12 +19,11 @@ answers.
 
 from __future__ import annotations
 
+import collections
 import hashlib
-import queue
 import random
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -35,7 +34,7 @@ from prometheus_client import Counter
 from effects.serving.prediction_log import PredictionLog, open_store
 from effects.tracking import runs, tags
 from effects.tracking.registry import alias_version
-from lepton.serving.core import Loaded, log_answers, serving_predictor
+from lepton.serving.core import Loaded, log_answers, serving_predictor, yield_cpu
 from lepton_core.params import ServeParams
 
 if TYPE_CHECKING:
@@ -137,7 +136,9 @@ class Rollout:
         )
         self.shadow_errors = Counter("lepton_shadow_errors", "shadow batches that raised", registry=r)
         self.shadow_log: PredictionLog | None = None
-        self._queue: queue.Queue[tuple[np.ndarray, str] | None] = queue.Queue(SHADOW_QUEUE)
+        # what waits for the shadow; its thread takes it every SHADOW_GATHER_S (a put wakes
+        # nobody: a thread switch per request would cost the answers' thread more)
+        self._waiting: collections.deque[tuple[np.ndarray, str]] = collections.deque()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         if self.shadow is not None:
@@ -171,10 +172,6 @@ class Rollout:
     def stop(self) -> None:
         if self._thread is not None:
             self._stopping.set()  # what still waits is not scored
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                pass
             self._thread.join(5)
         if self.shadow_log is not None:
             self.shadow_log.close()
@@ -199,41 +196,32 @@ class Rollout:
             return
         if self.shadow_share < 1 and _share_of(request_id) >= self.shadow_share:
             return
-        try:
-            self._queue.put_nowait((raw, request_id))
-        except queue.Full:
+        if len(self._waiting) >= SHADOW_QUEUE:
             self.shadow_dropped.inc()
+        else:
+            self._waiting.append((raw, request_id))  # atomic
 
     def _score_shadow(self) -> None:
         """The shadow's thread: what waits, in batches of at most serve.max_batch instances."""
         assert self.shadow is not None and self.shadow_log is not None
-        max_batch = self.server.params.max_batch
-        while not self._stopping.is_set():
-            first = self._queue.get()
-            if first is None:
-                return
-            items = [first]
-            n = len(first[0])
-            # gather for a moment: a pass for many requests costs the answers' thread far
-            # less of the interpreter than a pass for each
-            deadline = time.monotonic() + SHADOW_GATHER_S
-            while n < max_batch:
+        max_batch = min(16, self.server.params.max_batch)
+        yield_cpu()  # the answers come first: on a busy machine the shadow takes the leftover CPU
+        # every SHADOW_GATHER_S, what came meanwhile, in passes of at most serve.max_batch
+        # instances: a pass for many requests costs the answers' thread far less of the
+        # interpreter than a pass for each
+        while not self._stopping.wait(SHADOW_GATHER_S):
+            while self._waiting and not self._stopping.is_set():
+                items, n = [], 0
+                while self._waiting and n < max_batch:
+                    items.append(self._waiting.popleft())
+                    n += len(items[-1][0])
+                loaded = self.shadow.current
+                if loaded is None:
+                    continue
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                items.append(item)
-                n += len(item[0])
-            loaded = self.shadow.current
-            if loaded is None:
-                continue
-            try:
-                self._score(loaded, items)
-            except Exception:  # noqa: BLE001 - a shadow that raises costs the answers nothing
-                self.shadow_errors.inc()
+                    self._score(loaded, items)
+                except Exception:  # noqa: BLE001 - a shadow that raises costs the answers nothing
+                    self.shadow_errors.inc()
 
     def _score(self, loaded: Loaded, items: list[tuple[np.ndarray, str]]) -> None:
         assert self.shadow_log is not None

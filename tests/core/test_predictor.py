@@ -101,3 +101,54 @@ def test_checkpoint_round_trip_carries_the_preprocessing(tmp_path):
     state = torch.load(path, weights_only=True)
     del state["preprocessing"]
     assert Predictor.from_checkpoint(state).preprocessing == IMG
+
+
+# ---------------------------------------------------------------- serving: traced networks
+@pytest.mark.parametrize(
+    "cfg, pre",
+    [
+        (ModelConfig(kind="cnn", input_shape=(1, 4, 4), n_classes=3, width=4, depth=1), IMG),
+        (ModelConfig(kind="mlp", input_shape=(3,), n_classes=2), TAB),
+    ],
+)
+def test_a_built_in_network_is_traced_for_serving_with_the_eager_models_logits(cfg, pre):
+    torch.manual_seed(0)
+    p = Predictor(build_model(cfg).eval(), cfg, pre)
+    rng = np.random.default_rng(1)
+    x = (
+        rng.integers(0, 256, (7, *pre.input_shape), dtype=np.uint8)
+        if pre.kind == "image"
+        else rng.normal(size=(7, 3)).astype(np.float32)
+    )
+    eager = p.forward(p.to_input(x))
+    eager_one = p.forward(p.to_input(x[:1]))  # a pass of one may take other kernels than a pass of seven
+    assert p.trace_for_serving() is True and p._traced is not None
+    traced = p.forward(p.checked_input(p.check(x)))
+    assert np.array_equal(traced, eager)  # the same kernels on the same weights: equal, not close
+    assert np.array_equal(p.forward(p.checked_input(p.check(x[:1]))), eager_one)  # at any batch size
+
+
+def test_a_model_that_branches_on_its_input_stays_eager(monkeypatch):
+    """A team's model (kind custom) may branch on its input, which a trace would freeze:
+    it is never traced. A built-in network whose trace gives other logits than the
+    eager model (checked on two batch sizes) keeps running eagerly."""
+
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) if x.sum() > 0 else -self.lin(x)
+
+    custom = ModelConfig(kind="custom", input_shape=(3,), n_classes=2, class_path="team.Branchy")
+    p = Predictor(Branchy().eval(), custom, TAB)
+    assert p.trace_for_serving() is False and p._traced is None
+    x = np.array([[-1.0, -1.0, -1.0]], np.float32)
+    with torch.no_grad():
+        assert np.array_equal(p.forward(p.to_input(x)), -p.model.lin(torch.from_numpy(x)).numpy())
+
+    mlp = ModelConfig(kind="mlp", input_shape=(3,), n_classes=2)
+    p = Predictor(build_model(mlp).eval(), mlp, TAB)
+    monkeypatch.setattr(torch.jit, "trace", lambda model, example: lambda t: model(t) + 1e-3)
+    assert p.trace_for_serving() is False and p._traced is None

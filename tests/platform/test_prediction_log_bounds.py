@@ -450,3 +450,45 @@ def test_the_server_keeps_its_log_bounded_on_its_own(home):
         while store.list() and name in store.list() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert name not in store.list() and not store.list("feedback")
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.5])
+def test_a_batchs_requests_logged_at_once_are_the_rows_each_logged_alone(tmp_path, rate):
+    """The server logs a forward pass's requests as one entry (`add_many`): the rows, their
+    request ids and instance indices, sampled or not, are those of each request logged
+    by itself (`add`)."""
+    from effects.serving.prediction_log import LocalStore, PredictionLog
+
+    rng = np.random.default_rng(0)
+    requests = [(n, rng.bytes(10).hex()) for n in (3, 1, 5, 2)]  # fixed ids: a fixed sample
+    x = rng.uniform(size=(11, 1, 2, 2)).astype(np.float32)
+    logits = rng.normal(size=(11, 3)).astype(np.float32)
+    one, many = (PredictionLog(LocalStore(tmp_path / d), sample_rate=rate) for d in ("one", "many"))
+    start = 0
+    for n, rid in requests:
+        one.add("3", rid, x[start : start + n], logits[start : start + n], "image", [])
+        start += n
+    many.add_many("3", requests, x, logits, "image", [])
+    one.close()
+    many.close()
+
+    def rows(d: str) -> pd.DataFrame:
+        df = pd.concat([pd.read_parquet(p) for p in (tmp_path / d).glob("*.parquet")]).drop(columns="timestamp")
+        return df.sort_values(["request_id", "instance"]).reset_index(drop=True)
+
+    a, b = rows("one"), rows("many")
+    pd.testing.assert_frame_equal(a, b)
+    assert (len(a) == 11) if rate == 1 else (0 < len(a) < 11)
+    assert one.unsampled == many.unsampled == 11 - len(a)
+    if rate == 1:
+        assert a.groupby("request_id")["instance"].apply(list).to_dict() == {rid: list(range(n)) for n, rid in requests}
+    assert many.files == 1  # one part for the four requests
+
+
+def test_request_ids_from_the_random_pool_are_unique_and_checkable():
+    from effects.serving.request_ids import RequestIds
+
+    ids = RequestIds(b"k" * 32, 24)
+    issued = [ids.issue(2) for _ in range(2000)]  # past the pool's 512: refilled
+    assert len(set(issued)) == 2000 and len({i[:20] for i in issued}) == 2000
+    assert all(ids.check(i, 2) == 2 for i in issued[::97])

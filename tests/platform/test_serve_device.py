@@ -140,3 +140,25 @@ def test_lepton_serve_refuses_a_worker_count_below_one(home):
     assert r.returncode == 2 and "--workers" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = run_cli(["serve", "--set", "serve.workers=0"], env, timeout=60)
     assert r.returncode != 0 and "serve.workers" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_the_shadows_thread_yields_the_cpu_to_the_answers():
+    """`yield_cpu` (run by the shadow's thread) lowers that thread's own priority, not the
+    process's: the threads that answer keep theirs."""
+    import os
+    import threading
+
+    from lepton.serving.core import yield_cpu
+
+    seen: dict[str, int] = {}
+
+    def shadow() -> None:
+        yield_cpu()
+        seen["shadow"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=shadow)
+    t.start()
+    t.join()
+    assert seen["shadow"] >= 10 and seen["shadow"] > before
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

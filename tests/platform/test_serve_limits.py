@@ -661,3 +661,30 @@ def test_token_file_guards_the_server_and_stays_off_the_command_line(home):
     finally:
         p.terminate()
         p.communicate(timeout=30)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": [[1, 2.5, -3e-7]]}',
+        b'{"a": "\\u00e9", "b": [true, null]}',
+        b"[[[0]]]",
+    ],
+)
+def test_json_bodies_read_as_pythons_json_reads_them(body):
+    """The prediction routes parse with orjson, falling back on Python's json for what
+    only it takes (NaN, Infinity) and for its reasons on a malformed body. (An integer
+    beyond 64 bits reads as the float of its value: a model reads floats anyway.)"""
+    import json
+
+    from lepton.serving.bodies import loads_json
+    from lepton.serving.core import BadRequest
+
+    assert loads_json(body) == json.loads(body)
+    assert loads_json(b"[12345678901234567890123]") == [float(12345678901234567890123)]
+    nan = loads_json(b"[NaN, Infinity]")
+    assert nan[0] != nan[0] and nan[1] == float("inf")
+    for bad, reason in ((b'{"a": ', "malformed JSON: Expecting value"), (b"[" * 100_000, "nested too deeply")):
+        with pytest.raises(BadRequest, match=reason) as e:
+            loads_json(bad)
+        assert e.value.status == 400
