@@ -16,8 +16,12 @@ Prints req/s, p50 and p99 latency and errors, the latency of `POST /v1/explain`
 (Integrated Gradients, 32 steps) for the same digit on `lepton serve` with one client
 (the server runs one explanation at a time), and the ratios against the floor.
 
-    .venv/bin/python benchmarks/serve.py [--seconds 8] [--concurrency 1 8 32 64] [--litserve] [--variants]
-                                          [--regression] [--team]
+    .venv/bin/python benchmarks/serve.py [--seconds 8] [--rounds 1] [--concurrency 1 8 32 64] [--litserve]
+                                          [--variants] [--regression] [--team]
+
+`--rounds N` measures every cell N times, the servers taking turns (a machine whose
+speed drifts during the run then weighs on every server alike), and reports each
+figure's median.
 
 `--variants` also runs `lepton optimize` on the champion and serves its ONNX and int8
 variants (`lepton serve --variant onnx|int8`, through ONNX Runtime): a column each.
@@ -110,6 +114,12 @@ def _load(port: int, path: str, body: bytes, headers: dict, concurrency: int, se
         "errors": errors,
         "n": len(all_lat),
     }
+
+
+def _median(cells: list[dict]) -> dict:
+    """One cell over the rounds: the median of each figure, the errors summed."""
+    out = {k: float(np.median([c[k] for c in cells])) for k in ("rps", "p50", "p99")}
+    return {**out, "errors": sum(c["errors"] for c in cells), "n": sum(c["n"] for c in cells)}
 
 
 def _wait(port: int, path: str, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -309,6 +319,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell (default 8)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every cell this many times, the servers taking turns, and report each figure's median",
+    )
+    ap.add_argument(
         "--litserve",
         action="store_true",
         help="also serve it with LitServe (benchmarks/litserve_app.py): the library comparison",
@@ -501,18 +517,22 @@ def main() -> None:
         for proc, port, ready, _path, _body in procs.values():
             _wait(port, ready, proc)
         width = max(len("lepton serve /v1/explain"), *(len(name) for name in procs))
+        runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in args.concurrency} for name in procs}
         with ctx.Pool(1) as pool:
-            for name, (_proc, port, _ready, path, body) in procs.items():
-                pool.apply(_load, (port, path, body, headers, 4, 2.0))  # warm-up
-                results[name] = {}
-                for c in args.concurrency:
-                    results[name][c] = pool.apply(_load, (port, path, body, headers, c, args.seconds))
-                    res = results[name][c]
-                    print(
-                        f"{name:<{width}} c={c:<3} {res['rps']:8.1f} req/s  p50 {res['p50']:7.2f} ms  "
-                        f"p99 {res['p99']:8.2f} ms  errors {res['errors']}",
-                        flush=True,
-                    )
+            for round_ in range(args.rounds):
+                if args.rounds > 1:
+                    print(f"round {round_ + 1} of {args.rounds}", flush=True)
+                for name, (_proc, port, _ready, path, body) in procs.items():
+                    pool.apply(_load, (port, path, body, headers, 4, 2.0))  # warm-up
+                    for c in args.concurrency:
+                        res = pool.apply(_load, (port, path, body, headers, c, args.seconds))
+                        runs[name][c].append(res)
+                        print(
+                            f"{name:<{width}} c={c:<3} {res['rps']:8.1f} req/s  p50 {res['p50']:7.2f} ms  "
+                            f"p99 {res['p99']:8.2f} ms  errors {res['errors']}",
+                            flush=True,
+                        )
+            results = {name: {c: _median(cells) for c, cells in by_c.items()} for name, by_c in runs.items()}
             explain = _explain_latency(pool, procs["lepton serve"], headers, args.seconds, width)
     finally:
         for proc, *_ in procs.values():
@@ -520,7 +540,7 @@ def main() -> None:
 
     print(
         f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"{args.seconds:g} s per cell; 1-instance JSON requests\n"
+        f"{args.seconds:g} s per cell, median of {args.rounds} round(s); 1-instance JSON requests\n"
     )
     print("| concurrency | server | req/s | p50 ms | p99 ms | errors |")  # a row per server
     print("|---|---|---:|---:|---:|---:|")

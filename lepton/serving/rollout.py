@@ -55,8 +55,9 @@ class _Server(Protocol):
     def threads(self) -> int | None: ...
 
 
+SHADOW_PASS = 16  # instances per shadow pass at most: short passes hold the interpreter briefly
 SHADOW_QUEUE = 256  # requests waiting for the shadow at most; beyond, the shadow's copy is dropped
-SHADOW_GATHER_S = 0.05  # the shadow waits this long after a request for more to score with it
+SHADOW_GATHER_S = 0.05  # the shadow's thread looks for requests to score this often
 SHADOW_LOG = "shadow"  # the shadow's rows: <log>/shadow/
 
 
@@ -204,7 +205,7 @@ class Rollout:
     def _score_shadow(self) -> None:
         """The shadow's thread: what waits, in batches of at most serve.max_batch instances."""
         assert self.shadow is not None and self.shadow_log is not None
-        max_batch = min(16, self.server.params.max_batch)
+        max_batch = min(SHADOW_PASS, self.server.params.max_batch)
         yield_cpu()  # the answers come first: on a busy machine the shadow takes the leftover CPU
         # every SHADOW_GATHER_S, what came meanwhile, in passes of at most serve.max_batch
         # instances: a pass for many requests costs the answers' thread far less of the
