@@ -300,7 +300,8 @@ class Predictor(BasePredictor):
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TorchScript's notices about its own future
-                traced = torch.jit.trace(self.model, torch.rand((3, *shape), generator=gen).to(self.device))
+                example = torch.rand((3, *shape), generator=gen).to(self.device)
+                traced = torch.jit.trace(self.model, example)  # type: ignore[no-untyped-call]
                 for n in (1, 5):
                     x = torch.rand((n, *shape), generator=gen).to(self.device)
                     if not torch.equal(traced(x), self.model(x)):

@@ -43,7 +43,7 @@ def serve_threads(threads: int) -> int:
     return threads or 1
 
 
-def serving_predictor(mv: Any, settings: Any, device: str, threads: int) -> BasePredictor:
+def serving_predictor(mv: Any, settings: Any, device: str, threads: int | None) -> BasePredictor:
     """A model version loaded to serve: a variant (`lepton optimize`) through ONNX
     Runtime on the CPU with `threads`; a PyTorch model on `device`, Lepton's own
     networks traced (`Predictor.trace_for_serving`)."""

@@ -10,6 +10,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from fastapi import Request
@@ -260,14 +261,14 @@ class ModelServer:
         return self._answer(answered, scored, request_id)
 
     def _answer(self, answered: Loaded, scored: Scored, request_id: str) -> dict:
-        out = {"model": self.model_name, "version": answered.version, "request_id": request_id}
+        out: dict[str, Any] = {"model": self.model_name, "version": answered.version, "request_id": request_id}
         if answered.predictor.regression:
             out["values"] = scored[0].tolist()
             return out
-        labels, p = scored
+        labels, p = scored[0].tolist(), scored[1]
         classes = answered.predictor.classes
-        out["labels"] = labels.tolist()
-        out["class_names"] = [classes[i] for i in out["labels"]]
+        out["labels"] = labels
+        out["class_names"] = [classes[i] for i in labels]
         out["probabilities"] = p.tolist()
         return out
 
