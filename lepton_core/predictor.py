@@ -289,10 +289,10 @@ class Predictor(BasePredictor):
         the model: the same kernels on the same weights, without the Python dispatch of
         each layer, which is most of a small pass's time. Kept only when the trace gives
         the eager model's logits exactly on samples of two batch sizes; a team's own
-        model (which may branch on its input, and a trace would not follow) stays eager.
-        True when traced."""
-        if self.model_config.kind not in TRACED_KINDS:
-            return False
+        model (which may branch on its input, and a trace would not follow) stays eager,
+        and so does a model on CUDA. True when traced."""
+        if self.model_config.kind not in TRACED_KINDS or self.device.type != "cpu":
+            return False  # on CUDA, TorchScript may fuse kernels on later calls: not checked here
         import warnings
 
         gen = torch.Generator().manual_seed(0)

@@ -273,19 +273,20 @@ def _regression_frame(x: np.ndarray, logits: np.ndarray, values: np.ndarray, kin
 
 
 class _Inbox:
-    """The writer thread's queue. A put never wakes the writer (it looks twice a second
-    on its own), except once `wake_rows` rows wait, or on close: a server answering
-    thousands of requests a second pays no thread switch per request."""
+    """The writer thread's queue, of at most `max_rows` rows (beyond, a put is refused and
+    its rows are counted as dropped). A put never wakes the writer (it looks twice a
+    second on its own), except once `wake_rows` rows wait, or on close: a server
+    answering thousands of requests a second pays no thread switch per request."""
 
-    def __init__(self, maxsize: int, wake_rows: int):
-        self.maxsize, self.wake_rows = maxsize, wake_rows
+    def __init__(self, max_rows: int, wake_rows: int):
+        self.max_rows, self.wake_rows = max_rows, wake_rows
         self._items: collections.deque[_Entry | _Feedback | None] = collections.deque()
-        self._rows = 0  # rows put since the last take (a hint for the wake-up; races only delay it)
+        self._rows = 0  # rows put since the last take (their sum races only with a take: a bound within a pass)
         self._wake = threading.Event()
 
     def put_nowait(self, item: _Entry | _Feedback | None, rows: int = 0) -> None:
-        """Queue `item` (queue.Full when `maxsize` items wait); None wakes the writer to stop."""
-        if item is not None and len(self._items) >= self.maxsize:
+        """Queue `item` (queue.Full when `max_rows` would be passed); None wakes the writer to stop."""
+        if item is not None and self._items and self._rows + rows > self.max_rows:
             raise queue.Full
         self._items.append(item)  # deque appends and pops are atomic
         self._rows += rows
@@ -310,7 +311,7 @@ class PredictionLog:
         spool: Path | None = None,
         flush_seconds: float = 5.0,
         flush_rows: int = 2048,
-        max_queued: int = 1000,
+        max_queued_rows: int = 65_536,
         sample_rate: float = 1.0,
         upkeep: Callable[[], object] | None = None,
         upkeep_every_s: float = 600.0,
@@ -320,7 +321,7 @@ class PredictionLog:
         self.spool = Path(spool) if spool is not None and not isinstance(store, LocalStore) else None
         self.flush_seconds, self.flush_rows = flush_seconds, flush_rows
         self.sample_rate = sample_rate
-        self._queue = _Inbox(max_queued, flush_rows)
+        self._queue = _Inbox(max_queued_rows, flush_rows)
         self.written = 0  # rows that reached the store
         self.dropped = 0  # rows lost (no store and no spool would take them, or the queue was full)
         self.unsampled = 0  # instances left out by sample_rate

@@ -256,7 +256,8 @@ class OnnxPredictor(BasePredictor):
         return torch.from_numpy(np.ascontiguousarray(self.check(x)))
 
     def checked_input(self, raw: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(raw))
+        x = np.ascontiguousarray(raw)
+        return torch.from_numpy(x if x.flags.writeable else x.copy())  # a .npy body is read in place
 
     def log_input(self, t: torch.Tensor) -> np.ndarray:
         """What the monitor's features read: the same scaled input as `Predictor`'s."""

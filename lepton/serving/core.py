@@ -55,19 +55,6 @@ def serving_predictor(mv: Any, settings: Any, device: str, threads: int | None) 
     return predictor
 
 
-def yield_cpu(niceness: int = 10) -> None:
-    """Lower the calling thread's CPU priority (Linux: a thread's own nice value) so
-    that the threads answering requests get the cores first when they are short; no
-    privilege is needed to lower one's own priority. Elsewhere, nothing."""
-    import threading
-
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), niceness))
-    except (OSError, AttributeError):
-        pass
-
-
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -85,8 +72,9 @@ class Loaded:
 
 
 # a queued request: its checked samples, the future its answer goes to (the version
-# that scored it and its rows of the batch's answers, `server.Scored`), its request id
-_Queued = tuple[np.ndarray, "asyncio.Future[tuple[Loaded, tuple[np.ndarray, np.ndarray]]]", str]
+# that scored it and its rows of the batch's answers, `server.Scored`), its request id,
+# and the version that checked it
+_Queued = tuple[np.ndarray, "asyncio.Future[tuple[Loaded, tuple[np.ndarray, np.ndarray]]]", str, "Loaded"]
 
 
 class _InstanceQueue(asyncio.Queue[_Queued]):

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import math
 import struct
 import time
@@ -399,7 +400,10 @@ def _infer_response(server: ModelServer, req: _InferRequest, answer: dict) -> Re
         doc["id"] = req.id
     doc["parameters"] = {"request_id": answer["request_id"]}
     doc["outputs"] = outputs
-    head = orjson.dumps(doc)
+    try:
+        head = orjson.dumps(doc)
+    except TypeError:  # what orjson will not write (a lone surrogate in the client's id): escaped
+        head = json.dumps(doc, separators=(",", ":")).encode()
     if not chunks:
         return Response(head, media_type="application/json")
     return Response(

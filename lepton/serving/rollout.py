@@ -34,7 +34,7 @@ from prometheus_client import Counter
 from effects.serving.prediction_log import PredictionLog, open_store
 from effects.tracking import runs, tags
 from effects.tracking.registry import alias_version
-from lepton.serving.core import Loaded, log_answers, serving_predictor, yield_cpu
+from lepton.serving.core import Loaded, log_answers, serving_predictor
 from lepton_core.params import ServeParams
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class _Server(Protocol):
 
 
 SHADOW_PASS = 16  # instances per shadow pass at most: short passes hold the interpreter briefly
-SHADOW_QUEUE = 256  # requests waiting for the shadow at most; beyond, the shadow's copy is dropped
+SHADOW_QUEUE = 4096  # requests waiting for the shadow at most; beyond, the shadow's copy is dropped
 SHADOW_GATHER_S = 0.05  # the shadow's thread looks for requests to score this often
 SHADOW_LOG = "shadow"  # the shadow's rows: <log>/shadow/
 
@@ -206,7 +206,6 @@ class Rollout:
         """The shadow's thread: what waits, in batches of at most serve.max_batch instances."""
         assert self.shadow is not None and self.shadow_log is not None
         max_batch = min(SHADOW_PASS, self.server.params.max_batch)
-        yield_cpu()  # the answers come first: on a busy machine the shadow takes the leftover CPU
         # every SHADOW_GATHER_S, what came meanwhile, in passes of at most serve.max_batch
         # instances: a pass for many requests costs the answers' thread far less of the
         # interpreter than a pass for each

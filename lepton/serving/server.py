@@ -104,6 +104,7 @@ class ModelServer:
         # a variant version (`lepton optimize`) is served through ONNX Runtime (on the CPU)
         predictor = serving_predictor(mv, self.settings, self.device, self.threads)
         # loaded beside the old one; one assignment swaps it in
+        self._last_pass_s, self._last_pass_n = 1.0, 1  # the new model's first pass runs off the loop
         self.current = Loaded(str(mv.version), mv.run_id, mv.tags.get(tags.DATA_VERSION, ""), predictor)
         self.metrics.version.labels(self.model_name, self.alias).set(int(mv.version))
         if c_version is not None:
@@ -255,13 +256,15 @@ class ModelServer:
         assert self._queue is not None  # the app's lifespan makes it before it takes requests
         fut: asyncio.Future[tuple[Loaded, Scored]] = asyncio.get_running_loop().create_future()
         request_id = self.ids.issue(len(raw))
-        self._enqueue((raw, fut, request_id))
+        self._enqueue((raw, fut, request_id, loaded))
         answered, scored = await fut  # the version whose batch this request was in, its rows
         self.rollout.submit(raw, request_id)  # the shadow scores it after the answer, off its path
         return self._answer(answered, scored, request_id)
 
     def _answer(self, answered: Loaded, scored: Scored, request_id: str) -> dict:
         out: dict[str, Any] = {"model": self.model_name, "version": answered.version, "request_id": request_id}
+        if not np.isfinite(scored[1]).all():  # JSON has no such number: an error, as it always was
+            raise ValueError("the model's answer is not a finite number")
         if answered.predictor.regression:
             out["values"] = scored[0].tolist()
             return out
@@ -325,12 +328,13 @@ class ModelServer:
             try:
                 # a request is queued only once a model is loaded, and none is ever unloaded
                 assert loaded is not None
-                groups = _by_shape(items)
+                groups = _by_shape(_checked_by(loaded, items))
                 for group in groups:
-                    x = np.concatenate([raw for raw, _, _ in group]) if len(group) > 1 else group[0][0]
-                    t = loaded.predictor.checked_input(x)  # each request was checked on arrival
+                    x = np.concatenate([raw for raw, *_ in group]) if len(group) > 1 else group[0][0]
+                    t = loaded.predictor.checked_input(x)  # each request was checked by this version
                     t0 = time.perf_counter()
-                    if self._last_pass_s * len(x) / self._last_pass_n < INLINE_PASS_S:
+                    inline = self._last_pass_s * len(x) / self._last_pass_n < INLINE_PASS_S
+                    if inline:
                         # a quick pass (as the last one's time per instance says): scored
                         # here, on the event loop, without the hop to a thread and back,
                         # whose cost and whose contention for the interpreter lock are
@@ -343,14 +347,17 @@ class ModelServer:
                     self.metrics.instances.inc(len(x))
                     scored = _scored(loaded, logits)  # for the whole batch: each request gets its rows
                     start = 0
-                    for raw, fut, _ in group:
+                    for raw, fut, *_ in group:
                         end = start + len(raw)
                         if not fut.done():
                             fut.set_result((loaded, (scored[0][start:end], scored[1][start:end])))
                         start = end
-                    log_answers(self.log, loaded, t, logits, [(len(raw), rid) for raw, _, rid in group])
+                    log_answers(self.log, loaded, t, logits, [(len(raw), rid) for raw, _, rid, _ in group])
+                    if inline:
+                        # the answers go out, and other requests are read, before the next pass
+                        await asyncio.sleep(0)
             except Exception as e:  # noqa: BLE001 - answer every waiting request
-                for _, fut, _ in items:
+                for _, fut, *_ in items:
                     if not fut.done():
                         fut.set_exception(e)
 
@@ -429,6 +436,23 @@ def _scored(loaded: Loaded, logits: np.ndarray) -> Scored:
         return values, values
     p = softmax(logits)
     return p.argmax(1), p.astype(np.float64).round(6)
+
+
+def _checked_by(loaded: Loaded, items: list[_Queued]) -> list[_Queued]:
+    """The requests checked by `loaded` (all but those that arrived before a swap); those
+    checked by the version before are checked again by this one, and a request this one
+    refuses gets its 400 alone."""
+    out = []
+    for raw, fut, rid, checker in items:
+        if checker is not loaded:
+            try:
+                raw = loaded.predictor.check(raw)
+            except InputError as e:
+                if not fut.done():
+                    fut.set_exception(BadRequest(400, str(e)))
+                continue
+        out.append((raw, fut, rid, loaded))
+    return out
 
 
 def _by_shape(items: list) -> list[list]:

@@ -492,3 +492,25 @@ def test_request_ids_from_the_random_pool_are_unique_and_checkable():
     issued = [ids.issue(2) for _ in range(2000)]  # past the pool's 512: refilled
     assert len(set(issued)) == 2000 and len({i[:20] for i in issued}) == 2000
     assert all(ids.check(i, 2) == 2 for i in issued[::97])
+
+
+def test_the_writers_queue_is_bounded_in_rows_and_wakes_it_only_when_rows_pile_up():
+    """Rows wait for the log's thread in a queue bounded in rows (a pass of many requests
+    is one entry): beyond the bound a put is refused (the log counts the rows dropped).
+    A put wakes the writer only once `wake_rows` rows wait, or to stop."""
+    import queue
+
+    from effects.serving.prediction_log import _Inbox
+
+    inbox = _Inbox(max_rows=10, wake_rows=6)
+    first, second, third = object(), object(), object()
+    inbox.put_nowait(first, 4)
+    assert not inbox._wake.is_set()  # 4 rows: no wake-up
+    inbox.put_nowait(second, 4)
+    assert inbox._wake.is_set()  # 8 rows: the writer is woken
+    with pytest.raises(queue.Full):
+        inbox.put_nowait(third, 4)  # 12 rows would pass the bound
+    assert inbox.take(0) == [first, second]
+    inbox.put_nowait(third, 40)  # an empty queue takes one entry of any size
+    inbox.put_nowait(None)  # close: always queued, always wakes
+    assert inbox._wake.is_set() and inbox.take(0) == [third, None]

@@ -142,23 +142,44 @@ def test_lepton_serve_refuses_a_worker_count_below_one(home):
     assert r.returncode != 0 and "serve.workers" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_the_shadows_thread_yields_the_cpu_to_the_answers():
-    """`yield_cpu` (run by the shadow's thread) lowers that thread's own priority, not the
-    process's: the threads that answer keep theirs."""
-    import os
-    import threading
+def test_a_request_checked_by_the_version_before_a_swap_is_checked_again_by_the_new_one():
+    """The batcher scores each request with the version loaded when its batch forms; one
+    checked by the version before is checked again by that one, and a request the new
+    version refuses gets its own 400 while the rest of the batch is scored."""
+    import asyncio
 
-    from lepton.serving.core import yield_cpu
+    import numpy as np
 
-    seen: dict[str, int] = {}
+    from lepton.serving.core import BadRequest, Loaded
+    from lepton.serving.server import _checked_by
+    from lepton_core.errors import InputError
 
-    def shadow() -> None:
-        yield_cpu()
-        seen["shadow"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    class Checks:
+        def __init__(self, refuse: bool) -> None:
+            self.refuse, self.seen = refuse, 0
 
-    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    t = threading.Thread(target=shadow)
-    t.start()
-    t.join()
-    assert seen["shadow"] >= 10 and seen["shadow"] > before
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+        def check(self, x):
+            self.seen += 1
+            if self.refuse and x.dtype != np.uint8:
+                raise InputError("images of dtype float64; the model reads uint8 pixels 0..255")
+            return x
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        old = Loaded("1", "r1", "d", Checks(False))
+        new = Loaded("2", "r2", "d", Checks(True))
+        futs = [loop.create_future() for _ in range(3)]
+        items = [
+            (np.zeros((1, 2), np.uint8), futs[0], "a", new),  # checked by the new version already
+            (np.zeros((1, 2), np.uint8), futs[1], "b", old),  # before the swap, and fine for the new one
+            (np.zeros((1, 2), np.float64), futs[2], "c", old),  # before the swap, refused by the new one
+        ]
+        kept = _checked_by(new, items)
+        assert [rid for _, _, rid, _ in kept] == ["a", "b"] and all(checker is new for *_, checker in kept)
+        assert new.predictor.seen == 2  # b and c checked again; a not
+        assert not futs[0].done() and not futs[1].done()
+        with pytest.raises(BadRequest) as e:
+            futs[2].result()
+        assert e.value.status == 400 and "uint8" in e.value.reason
+
+    asyncio.run(run())

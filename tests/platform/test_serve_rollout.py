@@ -127,7 +127,10 @@ def test_a_shadow_share_scores_that_share(home, monkeypatch):
 
 @pytest.mark.parametrize("shadow", ["slow", "raises", "never loads"])
 def test_a_broken_shadow_costs_the_answers_nothing(home, monkeypatch, shadow):
+    import lepton.serving.rollout as rollout
+
     second = {"slow": _Reversed(sleep=0.5), "raises": _Reversed(fail=True)}.get(shadow)
+    monkeypatch.setattr(rollout, "SHADOW_QUEUE", 100)  # 300 requests fill it while the slow shadow scores few
     # one instance per forward pass: a 0.5 s shadow scores 2 requests a second, far fewer than are answered
     server, client = _app(
         home, monkeypatch, second, load_fails=shadow == "never loads", shadow="challenger", max_batch=1
