@@ -42,6 +42,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -563,6 +564,9 @@ def main() -> None:
                 f"{tag} c={c}: throughput {a['rps'] / b['rps']:.2f}x, p99 {a['p99'] / b['p99']:.2f}x "
                 "of mlflow models serve"
             )
+    # the temporary home (models, registry, logs) goes with a run that got this far; a run
+    # that stopped on a server that would not start keeps it, for that server's log
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
