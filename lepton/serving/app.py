@@ -64,12 +64,13 @@ class _App(FastAPI):
     through the app's own handlers, and their latency and status into the same series
     `_Timed` records for every other request."""
 
-    hot_endpoints: dict[str, Callable[[Request], Awaitable[Response]]] = {}
+    # path -> its endpoint and the route its latency is labelled with (set by create_app)
+    hot_routes: dict[str, tuple[Callable[[Request], Awaitable[Response]], _HotRoute]]
 
     def _match(self, path: str) -> tuple[Callable[[Request], Awaitable[Response]], _HotRoute] | None:
-        endpoint = self.hot_endpoints.get(path)
-        if endpoint is not None:
-            return endpoint, _HotRoute(path)
+        hit = self.hot_routes.get(path)
+        if hit is not None:
+            return hit
         m = _V2_INFER.fullmatch(path) if path.startswith("/v2/models/") else None
         if m is None:
             return None
@@ -117,7 +118,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(server: ModelServer) -> FastAPI:
     app = _App(title="Lepton model server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
     app.state.server = server
-    app.hot_endpoints = {"/v1/predict": routes.predict, "/invocations": protocols.invocations}
+    app.hot_routes = {
+        path: (endpoint, _HotRoute(path))
+        for path, endpoint in (("/v1/predict", routes.predict), ("/invocations", protocols.invocations))
+    }
     app.add_exception_handler(BadRequest, _refused)
     app.add_exception_handler(Exception, _unexpected)
 
