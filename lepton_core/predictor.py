@@ -15,6 +15,7 @@ Raw samples, as the prepared dataset stores them:
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,9 +161,13 @@ def model_input(x_raw: np.ndarray, pre: Preprocessing, model_config: ModelConfig
     return t
 
 
-# the model kinds `Predictor.trace_for_serving` traces: Lepton's own networks, which do
-# not branch on their input
+# the model kinds `Predictor.compile_for_serving` compiles: Lepton's own networks, which
+# do not branch on their input
 TRACED_KINDS = ("cnn", "fastcnn", "mlp")
+# how far a compiled module's logits may be from the eager model's (folded BatchNorm and
+# oneDNN's kernels round differently: about 1e-8 on Lepton's networks)
+LOGITS_TOLERANCE: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-5}
+WARM_S = 1.0  # `compile_for_serving` runs the batch sizes within this many seconds
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -250,7 +255,8 @@ class Predictor(BasePredictor):
         self.model_config = model_config
         self.preprocessing = preprocessing
         self.batch_size = batch_size
-        self._traced: torch.jit.ScriptModule | None = None  # `trace_for_serving`
+        # `compile_for_serving`: the modules for a pass of one instance and of more
+        self._compiled: tuple[torch.jit.ScriptModule, torch.jit.ScriptModule] | None = None
 
     @classmethod
     def from_checkpoint(
@@ -272,7 +278,9 @@ class Predictor(BasePredictor):
         return t.numpy()
 
     def forward(self, t: torch.Tensor) -> np.ndarray:
-        run = self._traced or self.model
+        run = self.model
+        if self._compiled is not None:  # `compile_for_serving`: one module for one instance, one for more
+            run = self._compiled[0] if len(t) == 1 else self._compiled[1]
         with torch.no_grad():
             if len(t) <= self.batch_size:  # one pass (a served batch): no list, no cat
                 return run(t.to(self.device)).float().cpu().numpy() if len(t) else self._no_logits()
@@ -284,13 +292,19 @@ class Predictor(BasePredictor):
     def _no_logits(self) -> np.ndarray:
         return np.zeros((0, self.model_config.n_classes), np.float32)
 
-    def trace_for_serving(self) -> bool:
-        """Run Lepton's own networks (cnn, fastcnn, mlp) through a TorchScript trace of
-        the model: the same kernels on the same weights, without the Python dispatch of
-        each layer, which is most of a small pass's time. Kept only when the trace gives
-        the eager model's logits exactly on samples of two batch sizes; a team's own
-        model (which may branch on its input, and a trace would not follow) stays eager,
-        and so does a model on CUDA. True when traced."""
+    def compile_for_serving(self, max_batch: int = 64, warm_s: float = WARM_S) -> bool:
+        """Run Lepton's own networks (cnn, fastcnn, mlp) through TorchScript: a trace of
+        the model, frozen (BatchNorm folded into the convolutions' weights) for a pass of
+        one instance, and also put on oneDNN's kernels with their weights prepacked
+        (`torch.jit.optimize_for_inference`) for a pass of more, where those kernels are
+        the quicker ones. Both skip Python's dispatch of each layer, most of a small
+        pass's time. Folding and other kernels round differently, so each is kept only
+        when its logits agree with the eager model's within LOGITS_TOLERANCE, on samples
+        of one, two and five instances; a team's own model (which may branch on its
+        input, and a trace would not follow) stays eager, and so does a model on CUDA.
+        Then each batch size up to `max_batch` is run twice (within `warm_s` seconds), so
+        that the first requests do not pay for TorchScript's and oneDNN's first calls of
+        a shape. True when compiled."""
         if self.model_config.kind not in TRACED_KINDS or self.device.type != "cpu":
             return False  # on CUDA, TorchScript may fuse kernels on later calls: not checked here
         import warnings
@@ -300,15 +314,25 @@ class Predictor(BasePredictor):
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TorchScript's notices about its own future
-                example = torch.rand((3, *shape), generator=gen).to(self.device)
-                traced = torch.jit.trace(self.model, example)  # type: ignore[no-untyped-call]
-                for n in (1, 5):
-                    x = torch.rand((n, *shape), generator=gen).to(self.device)
-                    if not torch.equal(traced(x), self.model(x)):
+                traced = torch.jit.trace(self.model, torch.rand((3, *shape), generator=gen))  # type: ignore[no-untyped-call]
+                one = torch.jit.freeze(traced.eval())
+                many = torch.jit.optimize_for_inference(traced)
+                for n, run in ((1, one), (2, many), (5, many)):
+                    x = torch.rand((n, *shape), generator=gen)
+                    ref = self.model(x)
+                    got = run(x)
+                    if got.shape != ref.shape or not torch.allclose(got, ref, **LOGITS_TOLERANCE):
                         return False
-        except Exception:  # noqa: BLE001 - whatever TorchScript cannot trace runs eagerly
+                deadline = time.monotonic() + warm_s
+                for n in range(1, max_batch + 1):
+                    if time.monotonic() > deadline:
+                        break
+                    x = torch.rand((n, *shape), generator=gen)
+                    for _ in range(2):
+                        (one if n == 1 else many)(x)
+        except Exception:  # noqa: BLE001 - whatever TorchScript cannot compile runs eagerly
             return False
-        self._traced = traced
+        self._compiled = (one, many)
         return True
 
 

@@ -45,7 +45,7 @@ import numpy as np
 
 from effects.runtime import s3
 from effects.runtime.settings import Settings
-from lepton_core.drift import feature_frame
+from lepton_core.drift import VALUE_COLUMN, feature_frame, output_features
 from lepton_core.fileio import atomic_write
 
 if TYPE_CHECKING:
@@ -248,11 +248,40 @@ class _Entry:
     values: np.ndarray | None = None  # (N,) float64 predicted targets (a regression model)
     instances: np.ndarray | None = None  # (N,) the instances' indices in their request (None: all, in order)
 
-    def instance_index(self) -> np.ndarray:
-        if self.instances is not None:
-            return self.instances
-        counts = np.asarray(self.counts)
-        return np.arange(len(self.x)) - np.repeat(np.cumsum(counts) - counts, counts)
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    """`frame.to_parquet(index=False)`, converted on this thread: pyarrow's pool of
+    threads for the conversion costs more than it saves on a part this size, and its
+    threads too would contend with the answers for Python's interpreter lock."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False, nthreads=1), buf)
+    return buf.getvalue()
+
+
+def _group_index(group: list[_Entry]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows' instance in their request, request id and timestamp, for the entries of
+    one part: a few array operations for the whole part, not a few for each entry (a
+    part may hold thousands of one-request entries, and the log's thread holds Python's
+    interpreter lock, which the answers need, while it builds the part)."""
+    ids: list[str] = []
+    counts: list[int] = []
+    for e in group:
+        ids += e.request_ids
+        counts += e.counts
+    n = np.asarray(counts, dtype=np.int64)
+    # each row's index in its request: the row's position minus where its request starts
+    instance = np.arange(int(n.sum()), dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
+    sampled = [(i, e) for i, e in enumerate(group) if e.instances is not None]
+    if sampled:  # a log below sample rate 1 keeps some instances of each request: theirs
+        rows = np.cumsum([0] + [len(e.x) for e in group])
+        for i, e in sampled:
+            assert e.instances is not None
+            instance[rows[i] : rows[i + 1]] = e.instances
+    stamps = np.repeat(np.array([e.timestamp for e in group]), [len(e.x) for e in group])
+    return instance, np.repeat(np.array(ids, dtype=object), n), stamps
 
 
 @dataclass
@@ -261,6 +290,16 @@ class _Feedback:
     instances: np.ndarray  # (N,) int64 indices in the request
     labels: np.ndarray  # (N,) int64 class indices, or float64 targets
     received: int  # ns since the epoch, increasing within the process
+
+
+def _answers_frame(logits: np.ndarray, values: np.ndarray | None) -> pd.DataFrame:
+    """The answers of a log without features: a regression model's `value`, a
+    classifier's prediction and confidence."""
+    import pandas as pd
+
+    if values is not None:
+        return pd.DataFrame({VALUE_COLUMN: values.astype(np.float64)})
+    return pd.DataFrame(output_features(logits))
 
 
 def _regression_frame(x: np.ndarray, logits: np.ndarray, values: np.ndarray, kind: str, names: list[str]):
@@ -315,8 +354,12 @@ class PredictionLog:
         sample_rate: float = 1.0,
         upkeep: Callable[[], object] | None = None,
         upkeep_every_s: float = 600.0,
+        features: bool = True,
     ):
         self.store = store
+        # the input's features in every row (what the monitor reads); without, the answers
+        # only (a shadow's log: `lepton compare --live` pairs answers, no window reads it)
+        self.features = features
         # parts S3 could not take wait here (a local store needs no spool)
         self.spool = Path(spool) if spool is not None and not isinstance(store, LocalStore) else None
         self.flush_seconds, self.flush_rows = flush_seconds, flush_rows
@@ -518,25 +561,23 @@ class PredictionLog:
                 key = (e.version, e.kind, e.x.shape[1:], e.logits.shape[1], e.values is not None)
                 groups.setdefault(key, []).append(e)
             for (version, kind, _, _, regression), group in groups.items():
-                x = np.concatenate([e.x for e in group])
+                x = np.concatenate([e.x for e in group]) if self.features else np.empty(0)
                 logits = np.concatenate([e.logits for e in group])
                 names = group[0].feature_names
-                if regression:
-                    values = np.concatenate([e.values for e in group if e.values is not None])
+                values = np.concatenate([e.values for e in group if e.values is not None]) if regression else None
+                if not self.features:
+                    df = _answers_frame(logits, values)
+                elif values is not None:
                     df = _regression_frame(x, logits, values, kind, names)
                 else:
                     df = feature_frame(x, logits, kind, names, None)
-                df.insert(0, "instance", np.concatenate([e.instance_index() for e in group]).astype(np.int64))
-                ids = np.concatenate([np.repeat(np.array(e.request_ids, dtype=object), e.counts) for e in group])
+                instance, ids, stamps = _group_index(group)
+                df.insert(0, "instance", instance)
                 df.insert(0, "request_id", ids)
                 df.insert(0, "model_version", version)
-                stamps = np.repeat([e.timestamp for e in group], [len(e.x) for e in group])
                 df.insert(0, "timestamp", pd.to_datetime(stamps, unit="s", utc=True))
                 frames.append(df)
-            table = pd.concat(frames, ignore_index=True)
-            buf = io.BytesIO()
-            table.to_parquet(buf, index=False)
-            data = buf.getvalue()
+            data = _parquet(pd.concat(frames, ignore_index=True))
         except Exception:  # noqa: BLE001 - a log that cannot be written never fails a prediction
             self._drop(n)
             return

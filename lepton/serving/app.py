@@ -103,15 +103,17 @@ class _App(FastAPI):
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The batcher runs for the app's life; the first model loads before it answers."""
+    """The batcher and the shadow's scorer run for the app's life; the first model loads
+    before it answers."""
     server: ModelServer = app.state.server
     server._queue = _InstanceQueue()
-    batcher = asyncio.create_task(server.batcher())
+    tasks = [asyncio.create_task(server.batcher()), asyncio.create_task(server.rollout.run())]
     await asyncio.get_running_loop().run_in_executor(None, server.start)
     try:
         yield
     finally:
-        batcher.cancel()
+        for task in tasks:
+            task.cancel()
         server.stop()
 
 

@@ -43,15 +43,16 @@ def serve_threads(threads: int) -> int:
     return threads or 1
 
 
-def serving_predictor(mv: Any, settings: Any, device: str, threads: int | None) -> BasePredictor:
+def serving_predictor(mv: Any, settings: Any, device: str, threads: int | None, max_batch: int) -> BasePredictor:
     """A model version loaded to serve: a variant (`lepton optimize`) through ONNX
     Runtime on the CPU with `threads`; a PyTorch model on `device`, Lepton's own
-    networks traced (`Predictor.trace_for_serving`)."""
+    networks compiled for passes of up to `max_batch` instances
+    (`Predictor.compile_for_serving`)."""
     if mv.tags.get(tags.VARIANT):
         return variant_predictor(mv, settings, threads)
     predictor = predictor_of(mv, settings, device)
     if isinstance(predictor, Predictor):
-        predictor.trace_for_serving()
+        predictor.compile_for_serving(max_batch)
     return predictor
 
 

@@ -4,12 +4,15 @@ answers.
 - `serve.shadow: ALIAS` keeps that alias's version loaded (hot-swapped like the
   champion) and scores every answered request again with it, or a share of them
   (`serve.shadow_share`), after the answer has gone: the request only hands its
-  checked samples to a bounded queue and never waits on it. One thread of its own
-  scores what waits in batches and writes the shadow's rows into the `shadow/` part of
-  the prediction log, with the champion's request id and instance, so `lepton compare
-  --live` pairs the two versions on the same requests. A shadow that fails to load,
-  raises or is slow costs the answers nothing: its queue is bounded (a full queue
-  drops the shadow's copy and counts it), its errors are counted.
+  checked samples to a bounded queue and never waits on it. A task of the event loop
+  scores what came, every SHADOW_GATHER_S, and writes the shadow's answers into the
+  `shadow/` part of the prediction log, with the champion's request id and instance,
+  so `lepton compare --live` pairs the two versions on the same requests. The forward
+  pass runs on a thread of the shadow's own, the rest on the loop (a thread that also
+  ran the Python code around the pass would make the answers wait for Python's
+  interpreter lock, milliseconds at a time). A shadow that fails to load, raises or is
+  slow costs the answers nothing: its queue is bounded (a full queue drops the
+  shadow's copy and counts it), its errors are counted.
 - `serve.canary: {alias, share}` answers a share of requests with that alias's
   version instead. With a request key (the `X-Request-Key` header) the choice is
   sticky: the same key always gets the same version while the share stays the same.
@@ -19,11 +22,12 @@ answers.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 import random
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -55,9 +59,9 @@ class _Server(Protocol):
     def threads(self) -> int | None: ...
 
 
-SHADOW_PASS = 16  # instances per shadow pass at most: short passes hold the interpreter briefly
+SHADOW_PASS = 64  # instances per shadow pass at most
+SHADOW_GATHER_S = 0.005  # the shadow scores what came meanwhile this often (not once per request)
 SHADOW_QUEUE = 4096  # requests waiting for the shadow at most; beyond, the shadow's copy is dropped
-SHADOW_GATHER_S = 0.05  # the shadow's thread looks for requests to score this often
 SHADOW_LOG = "shadow"  # the shadow's rows: <log>/shadow/
 
 
@@ -70,7 +74,7 @@ def load_alias(server: _Server, alias: str, current: Loaded | None) -> Loaded | 
     if current is not None and str(mv.version) == current.version:
         return None
     # where and how the champion runs: serve.device, serve.threads
-    predictor = serving_predictor(mv, server.settings, server.device, server.threads)
+    predictor = serving_predictor(mv, server.settings, server.device, server.threads, server.params.max_batch)
     return Loaded(str(mv.version), mv.run_id, mv.tags.get(tags.DATA_VERSION, ""), predictor)
 
 
@@ -137,11 +141,12 @@ class Rollout:
         )
         self.shadow_errors = Counter("lepton_shadow_errors", "shadow batches that raised", registry=r)
         self.shadow_log: PredictionLog | None = None
-        # what waits for the shadow; its thread takes it every SHADOW_GATHER_S (a put wakes
-        # nobody: a thread switch per request would cost the answers' thread more)
+        # what waits for the shadow (`run` scores it); set on the event loop
         self._waiting: collections.deque[tuple[np.ndarray, str]] = collections.deque()
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._wake: asyncio.Event | None = None  # set by the first request of a round (made by `run`)
+        # the shadow's forward passes run here (never on the threads the champion's long
+        # passes and big bodies use: a slow shadow holds only its own)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
         if self.shadow is not None:
             store = open_store(f"{str(log_folder).rstrip('/')}/{SHADOW_LOG}", server.settings)
             self.shadow_log = PredictionLog(
@@ -152,6 +157,7 @@ class Rollout:
                 # the same instances as the main log's (sampled by request id and instance),
                 # so that every logged champion row has its shadow row to pair with
                 sample_rate=p.log_sample_rate,
+                features=False,  # its answers only: the monitor reads the champion's rows
             )
 
     def slots(self) -> dict[str, Slot]:
@@ -166,14 +172,11 @@ class Rollout:
 
     def start(self) -> None:
         self.refresh()
-        if self.shadow is not None:
-            self._thread = threading.Thread(target=self._score_shadow, name="shadow", daemon=True)
-            self._thread.start()
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._stopping.set()  # what still waits is not scored
-            self._thread.join(5)
+        """After the app has cancelled `run`: what still waits is not scored."""
+        self._waiting.clear()
+        self._thread.shutdown(wait=False, cancel_futures=True)
         if self.shadow_log is not None:
             self.shadow_log.close()
 
@@ -200,37 +203,51 @@ class Rollout:
         if len(self._waiting) >= SHADOW_QUEUE:
             self.shadow_dropped.inc()
         else:
-            self._waiting.append((raw, request_id))  # atomic
+            self._waiting.append((raw, request_id))
+            if len(self._waiting) == 1 and self._wake is not None:
+                self._wake.set()  # the first of a round
 
-    def _score_shadow(self) -> None:
-        """The shadow's thread: what waits, in batches of at most serve.max_batch instances."""
-        assert self.shadow is not None and self.shadow_log is not None
+    async def run(self) -> None:
+        """The shadow's scorer, a task on the event loop for the app's life (none
+        without serve.shadow): every SHADOW_GATHER_S, what came meanwhile, in passes of
+        at most SHADOW_PASS instances. Short, frequent rounds: a round's forward pass
+        shares the machine with the answers, and a long one would slow every answer
+        that overlaps it. The input is made and the rows logged here, on the loop; the
+        forward pass runs on the shadow's own thread, with Python's interpreter lock
+        released, so a slow shadow never holds the loop."""
+        if self.shadow is None:
+            return
         max_batch = min(SHADOW_PASS, self.server.params.max_batch)
-        # every SHADOW_GATHER_S, what came meanwhile, in passes of at most serve.max_batch
-        # instances: a pass for many requests costs the answers' thread far less of the
-        # interpreter than a pass for each
-        while not self._stopping.wait(SHADOW_GATHER_S):
-            while self._waiting and not self._stopping.is_set():
+        self._wake = asyncio.Event()
+        while True:
+            if not self._waiting:  # an idle server does not wake every round
+                self._wake.clear()
+                await self._wake.wait()
+            await asyncio.sleep(SHADOW_GATHER_S)
+            todo = len(self._waiting)  # what came meanwhile (what comes during its passes waits)
+            while todo:
                 items, n = [], 0
-                while self._waiting and n < max_batch:
+                while todo and n < max_batch:
                     items.append(self._waiting.popleft())
-                    n += len(items[-1][0])
+                    n, todo = n + len(items[-1][0]), todo - 1
                 loaded = self.shadow.current
                 if loaded is None:
                     continue
                 try:
-                    self._score(loaded, items)
+                    await self._score(loaded, items)
                 except Exception:  # noqa: BLE001 - a shadow that raises costs the answers nothing
                     self.shadow_errors.inc()
 
-    def _score(self, loaded: Loaded, items: list[tuple[np.ndarray, str]]) -> None:
+    async def _score(self, loaded: Loaded, items: list[tuple[np.ndarray, str]]) -> None:
+        """One pass of the shadow over `items`, logged."""
         assert self.shadow_log is not None
+        loop = asyncio.get_running_loop()
         by_shape: dict[tuple, list[tuple[np.ndarray, str]]] = {}
         for raw, request_id in items:
             by_shape.setdefault(raw.shape[1:], []).append((raw, request_id))
         for group in by_shape.values():
-            x = np.concatenate([raw for raw, _ in group])
+            x = np.concatenate([raw for raw, _ in group]) if len(group) > 1 else group[0][0]
             t = loaded.predictor.to_input(x)
-            logits = loaded.predictor.forward(t)
+            logits = await loop.run_in_executor(self._thread, loaded.predictor.forward, t)
             log_answers(self.shadow_log, loaded, t, logits, [(len(raw), rid) for raw, rid in group])
             self.shadow_scored.inc(len(x))

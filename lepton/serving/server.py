@@ -102,7 +102,7 @@ class ModelServer:
         if str(mv.version) == c_version:
             return False
         # a variant version (`lepton optimize`) is served through ONNX Runtime (on the CPU)
-        predictor = serving_predictor(mv, self.settings, self.device, self.threads)
+        predictor = serving_predictor(mv, self.settings, self.device, self.threads, self.params.max_batch)
         # loaded beside the old one; one assignment swaps it in
         self._last_pass_s, self._last_pass_n = 1.0, 1  # the new model's first pass runs off the loop
         self.current = Loaded(str(mv.version), mv.run_id, mv.tags.get(tags.DATA_VERSION, ""), predictor)

@@ -11,7 +11,7 @@ import torch
 from lepton_core.errors import InputError
 from lepton_core.models import ModelConfig, build_model
 from lepton_core.params import TrainParams
-from lepton_core.predictor import Predictor, Preprocessing, check_samples
+from lepton_core.predictor import LOGITS_TOLERANCE, Predictor, Preprocessing, check_samples
 from lepton_core.train import TrainResult, save_trained_model
 
 IMG = Preprocessing(kind="image", input_shape=(1, 4, 4), dtype="uint8", scale=1 / 255, classes=("a", "b", "c"))
@@ -103,7 +103,7 @@ def test_checkpoint_round_trip_carries_the_preprocessing(tmp_path):
     assert Predictor.from_checkpoint(state).preprocessing == IMG
 
 
-# ---------------------------------------------------------------- serving: traced networks
+# ---------------------------------------------------------------- serving: compiled networks
 @pytest.mark.parametrize(
     "cfg, pre",
     [
@@ -111,9 +111,14 @@ def test_checkpoint_round_trip_carries_the_preprocessing(tmp_path):
         (ModelConfig(kind="mlp", input_shape=(3,), n_classes=2), TAB),
     ],
 )
-def test_a_built_in_network_is_traced_for_serving_with_the_eager_models_logits(cfg, pre):
+def test_a_built_in_network_is_compiled_for_serving_with_the_eager_models_logits(cfg, pre):
     torch.manual_seed(0)
-    p = Predictor(build_model(cfg).eval(), cfg, pre)
+    model = build_model(cfg).eval()
+    for m in model.modules():  # BatchNorm statistics as training leaves them, not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    p = Predictor(model, cfg, pre)
     rng = np.random.default_rng(1)
     x = (
         rng.integers(0, 256, (7, *pre.input_shape), dtype=np.uint8)
@@ -121,17 +126,24 @@ def test_a_built_in_network_is_traced_for_serving_with_the_eager_models_logits(c
         else rng.normal(size=(7, 3)).astype(np.float32)
     )
     eager = p.forward(p.to_input(x))
-    eager_one = p.forward(p.to_input(x[:1]))  # a pass of one may take other kernels than a pass of seven
-    assert p.trace_for_serving() is True and p._traced is not None
-    traced = p.forward(p.checked_input(p.check(x)))
-    assert np.array_equal(traced, eager)  # the same kernels on the same weights: equal, not close
-    assert np.array_equal(p.forward(p.checked_input(p.check(x[:1]))), eager_one)  # at any batch size
+    eager_one = p.forward(p.to_input(x[:1]))
+    assert p.compile_for_serving(max_batch=8) is True and p._compiled is not None
+    one, many = p._compiled
+    calls: list[str] = []
+    p._compiled = (lambda t: calls.append("one") or one(t), lambda t: calls.append("many") or many(t))  # type: ignore[assignment]
+    compiled = p.forward(p.checked_input(p.check(x)))
+    compiled_one = p.forward(p.checked_input(p.check(x[:1])))
+    assert calls == ["many", "one"]  # a pass of one instance and a pass of more each take their module
+    # folded BatchNorm and other kernels round differently: close, at every batch size
+    np.testing.assert_allclose(compiled, eager, **LOGITS_TOLERANCE)
+    np.testing.assert_allclose(compiled_one, eager_one, **LOGITS_TOLERANCE)
+    assert (compiled.argmax(1) == eager.argmax(1)).all()
 
 
 def test_a_model_that_branches_on_its_input_stays_eager(monkeypatch):
     """A team's model (kind custom) may branch on its input, which a trace would freeze:
-    it is never traced. A built-in network whose trace gives other logits than the
-    eager model (checked on two batch sizes) keeps running eagerly."""
+    it is never compiled. A built-in network whose compiled modules give other logits
+    than the eager model (checked on three batch sizes) keeps running eagerly."""
 
     class Branchy(torch.nn.Module):
         def __init__(self) -> None:
@@ -143,12 +155,15 @@ def test_a_model_that_branches_on_its_input_stays_eager(monkeypatch):
 
     custom = ModelConfig(kind="custom", input_shape=(3,), n_classes=2, class_path="team.Branchy")
     p = Predictor(Branchy().eval(), custom, TAB)
-    assert p.trace_for_serving() is False and p._traced is None
+    assert p.compile_for_serving() is False and p._compiled is None
     x = np.array([[-1.0, -1.0, -1.0]], np.float32)
     with torch.no_grad():
         assert np.array_equal(p.forward(p.to_input(x)), -p.model.lin(torch.from_numpy(x)).numpy())
 
     mlp = ModelConfig(kind="mlp", input_shape=(3,), n_classes=2)
     p = Predictor(build_model(mlp).eval(), mlp, TAB)
-    monkeypatch.setattr(torch.jit, "trace", lambda model, example: lambda t: model(t) + 1e-3)
-    assert p.trace_for_serving() is False and p._traced is None
+    # the module for passes of many is off by more than the tolerance
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda module: lambda t: module(t) + 1e-3)
+    assert p.compile_for_serving() is False and p._compiled is None
+    monkeypatch.setattr(torch.jit, "trace", lambda model, example: lambda t: model(t))  # not a module: no freeze
+    assert p.compile_for_serving() is False and p._compiled is None
