@@ -485,6 +485,29 @@ def test_a_batchs_requests_logged_at_once_are_the_rows_each_logged_alone(tmp_pat
     assert many.files == 1  # one part for the four requests
 
 
+def test_a_log_without_features_keeps_the_answers_a_comparison_pairs(tmp_path):
+    """A shadow's log (`features=False`): each row's request id, instance and answer (a
+    classifier's prediction and confidence, a regression model's value), no features."""
+    from effects.serving.prediction_log import LocalStore, PredictionLog
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(5, 1, 2, 2)).astype(np.float32)
+    logits = rng.normal(size=(5, 3)).astype(np.float32)
+    log = PredictionLog(LocalStore(tmp_path / "cls"), features=False)
+    log.add_many("4", [(2, "a"), (3, "b")], x, logits, "image", [])
+    log.close()
+    df = pd.read_parquet(next((tmp_path / "cls").glob("*.parquet")))
+    assert list(df.columns) == ["timestamp", "model_version", "request_id", "instance", "prediction", "confidence"]
+    assert df["prediction"].tolist() == logits.argmax(1).tolist() and df["instance"].tolist() == [0, 1, 0, 1, 2]
+    values = rng.normal(size=5)
+    log = PredictionLog(LocalStore(tmp_path / "reg"), features=False)
+    log.add_many("4", [(5, "c")], x.reshape(5, -1), logits[:, :1], "tabular", ["a", "b", "c", "d"], values)
+    log.close()
+    df = pd.read_parquet(next((tmp_path / "reg").glob("*.parquet")))
+    assert list(df.columns) == ["timestamp", "model_version", "request_id", "instance", "value"]
+    np.testing.assert_allclose(df["value"], values)
+
+
 def test_request_ids_from_the_random_pool_are_unique_and_checkable():
     from effects.serving.request_ids import RequestIds
 

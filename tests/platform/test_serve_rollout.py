@@ -112,6 +112,9 @@ def test_the_shadow_scores_the_same_requests_into_its_own_log(home, monkeypatch)
     assert set(main["model_version"].astype(str)) == {"3"} and set(shadow["model_version"].astype(str)) == {"4"}
     assert set(shadow["request_id"]) == set(main["request_id"]) == {a["request_id"] for a in answers}
     assert set(shadow["prediction"]) == {0}  # its own answer, beside the champion's 2
+    # the shadow's rows carry its answers, not the input's features (no window reads them)
+    assert {"prediction", "confidence", "instance", "timestamp"} <= set(shadow.columns)
+    assert not [c for c in shadow.columns if c.startswith("f_")] and [c for c in main.columns if c.startswith("f_")]
     # the monitor's windows read the main log only (parts at the top level)
     assert not list((home / "predictions").glob("shadow*.parquet"))
 
