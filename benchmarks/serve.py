@@ -139,6 +139,10 @@ def _wait(port: int, path: str, proc: subprocess.Popen, timeout: float = 180) ->
     raise SystemExit(f"server on port {port} did not answer {path} in {timeout:.0f} s")
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _pause(procs: list[subprocess.Popen], stop: bool) -> None:
     """Stop (SIGSTOP) or continue (SIGCONT) each process's group."""
     for proc in procs:
@@ -355,6 +359,10 @@ def main() -> None:
         help="also train and serve the team's model (examples/team_model), with lepton serve and mlflow models serve",
     )
     args = ap.parse_args()
+    # a SIGTERM or SIGHUP ends the run through its clean-up too (the servers stopped, and
+    # continued first when stopped), as Ctrl-C does
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
     sys.path.insert(0, str(ROOT))
     from effects.runtime.procs import free_port
 

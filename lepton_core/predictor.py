@@ -278,16 +278,18 @@ class Predictor(BasePredictor):
         return t.numpy()
 
     def forward(self, t: torch.Tensor) -> np.ndarray:
-        run = self.model
-        if self._compiled is not None:  # `compile_for_serving`: one module for one instance, one for more
-            run = self._compiled[0] if len(t) == 1 else self._compiled[1]
         with torch.no_grad():
             if len(t) <= self.batch_size:  # one pass (a served batch): no list, no cat
-                return run(t.to(self.device)).float().cpu().numpy() if len(t) else self._no_logits()
-            out = [
-                run(t[i : i + self.batch_size].to(self.device)).float().cpu() for i in range(0, len(t), self.batch_size)
-            ]
+                return self._pass(t).numpy() if len(t) else self._no_logits()
+            out = [self._pass(t[i : i + self.batch_size]) for i in range(0, len(t), self.batch_size)]
         return torch.cat(out).numpy()
+
+    def _pass(self, t: torch.Tensor) -> torch.Tensor:
+        """One forward pass on the CPU's logits: compiled (`compile_for_serving`, one
+        module for one instance and one for more), else the model itself."""
+        run = self.model if self._compiled is None else self._compiled[0 if len(t) == 1 else 1]
+        out: torch.Tensor = run(t.to(self.device))
+        return out.float().cpu()
 
     def _no_logits(self) -> np.ndarray:
         return np.zeros((0, self.model_config.n_classes), np.float32)
@@ -300,11 +302,16 @@ class Predictor(BasePredictor):
         the quicker ones. Both skip Python's dispatch of each layer, most of a small
         pass's time. Folding and other kernels round differently, so each is kept only
         when its logits agree with the eager model's within LOGITS_TOLERANCE, on samples
-        of one, two and five instances; a team's own model (which may branch on its
-        input, and a trace would not follow) stays eager, and so does a model on CUDA.
-        Then each batch size up to `max_batch` is run twice (within `warm_s` seconds), so
-        that the first requests do not pay for TorchScript's and oneDNN's first calls of
+        of one, two and five instances, before the warm-up and after it (an instance's
+        answer may then differ in the last digits between a pass alone and a pass in a
+        batch); a team's own model (which may branch on its input, and a trace would
+        not follow) stays eager, and so does a model on CUDA. The warm-up runs each
+        batch size up to `max_batch` twice (within `warm_s` seconds), so that the first
+        requests do not pay for TorchScript's and oneDNN's first calls of a shape and the
+        check after it sees the plans TorchScript settled on. True when compiled. The
+        model itself is left as it was (explanations use it).
         a shape. True when compiled."""
+        self._compiled = None  # eager unless compiled below
         if self.model_config.kind not in TRACED_KINDS or self.device.type != "cpu":
             return False  # on CUDA, TorchScript may fuse kernels on later calls: not checked here
         import warnings
@@ -317,12 +324,8 @@ class Predictor(BasePredictor):
                 traced = torch.jit.trace(self.model, torch.rand((3, *shape), generator=gen))  # type: ignore[no-untyped-call]
                 one = torch.jit.freeze(traced.eval())
                 many = torch.jit.optimize_for_inference(traced)
-                for n, run in ((1, one), (2, many), (5, many)):
-                    x = torch.rand((n, *shape), generator=gen)
-                    ref = self.model(x)
-                    got = run(x)
-                    if got.shape != ref.shape or not torch.allclose(got, ref, **LOGITS_TOLERANCE):
-                        return False
+                if not self._agrees(one, many, gen):
+                    return False
                 deadline = time.monotonic() + warm_s
                 for n in range(1, max_batch + 1):
                     if time.monotonic() > deadline:
@@ -330,9 +333,23 @@ class Predictor(BasePredictor):
                     x = torch.rand((n, *shape), generator=gen)
                     for _ in range(2):
                         (one if n == 1 else many)(x)
+                # and again once TorchScript has settled on its plan for each (after a few calls)
+                if not self._agrees(one, many, gen):
+                    return False
         except Exception:  # noqa: BLE001 - whatever TorchScript cannot compile runs eagerly
             return False
         self._compiled = (one, many)
+        return True
+
+    def _agrees(self, one: Any, many: Any, gen: torch.Generator) -> bool:
+        """Whether `one` on one instance and `many` on one, two and five give the eager
+        model's logits within LOGITS_TOLERANCE."""
+        shape = tuple(self.model_config.input_shape)
+        for n, run in ((1, one), (1, many), (2, many), (5, many)):
+            x = torch.rand((n, *shape), generator=gen)
+            ref, got = self.model(x), run(x)
+            if got.shape != ref.shape or not torch.allclose(got, ref, **LOGITS_TOLERANCE):
+                return False
         return True
 
 

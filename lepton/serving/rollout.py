@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import queue
 import random
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from prometheus_client import Counter
@@ -144,9 +146,7 @@ class Rollout:
         # what waits for the shadow (`run` scores it); set on the event loop
         self._waiting: collections.deque[tuple[np.ndarray, str]] = collections.deque()
         self._wake: asyncio.Event | None = None  # set by the first request of a round (made by `run`)
-        # the shadow's forward passes run here (never on the threads the champion's long
-        # passes and big bodies use: a slow shadow holds only its own)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow")
+        self._thread: _Runner | None = None  # the shadow's forward passes (made by `run`)
         if self.shadow is not None:
             store = open_store(f"{str(log_folder).rstrip('/')}/{SHADOW_LOG}", server.settings)
             self.shadow_log = PredictionLog(
@@ -176,7 +176,6 @@ class Rollout:
     def stop(self) -> None:
         """After the app has cancelled `run`: what still waits is not scored."""
         self._waiting.clear()
-        self._thread.shutdown(wait=False, cancel_futures=True)
         if self.shadow_log is not None:
             self.shadow_log.close()
 
@@ -219,15 +218,25 @@ class Rollout:
             return
         max_batch = min(SHADOW_PASS, self.server.params.max_batch)
         self._wake = asyncio.Event()
+        # never the threads the champion's long passes and big bodies use: a slow shadow
+        # holds only its own
+        self._thread = _Runner("shadow")
+        try:
+            await self._rounds(max_batch)
+        finally:
+            self._thread.close()
+
+    async def _rounds(self, max_batch: int) -> None:
+        assert self.shadow is not None and self._wake is not None
         while True:
             if not self._waiting:  # an idle server does not wake every round
                 self._wake.clear()
                 await self._wake.wait()
             await asyncio.sleep(SHADOW_GATHER_S)
             todo = len(self._waiting)  # what came meanwhile (what comes during its passes waits)
-            while todo:
+            while todo and self._waiting:
                 items, n = [], 0
-                while todo and n < max_batch:
+                while todo and self._waiting and n < max_batch:
                     items.append(self._waiting.popleft())
                     n, todo = n + len(items[-1][0]), todo - 1
                 loaded = self.shadow.current
@@ -241,13 +250,57 @@ class Rollout:
     async def _score(self, loaded: Loaded, items: list[tuple[np.ndarray, str]]) -> None:
         """One pass of the shadow over `items`, logged."""
         assert self.shadow_log is not None
-        loop = asyncio.get_running_loop()
         by_shape: dict[tuple, list[tuple[np.ndarray, str]]] = {}
         for raw, request_id in items:
             by_shape.setdefault(raw.shape[1:], []).append((raw, request_id))
         for group in by_shape.values():
             x = np.concatenate([raw for raw, _ in group]) if len(group) > 1 else group[0][0]
             t = loaded.predictor.to_input(x)
-            logits = await loop.run_in_executor(self._thread, loaded.predictor.forward, t)
+            assert self._thread is not None  # made by `run`, which alone calls this
+            logits = await self._thread.call(loaded.predictor.forward, t)
             log_answers(self.shadow_log, loaded, t, logits, [(len(raw), rid) for raw, rid in group])
             self.shadow_scored.inc(len(x))
+
+
+class _Runner:
+    """One daemon thread that runs calls for the event loop (the shadow's forward
+    passes). Unlike a ThreadPoolExecutor's thread, it never keeps the process from
+    exiting: a shadow whose pass hangs cannot hold up the server's shutdown."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """`fn(*args)` on the thread; the future is settled on the calling loop."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._calls.put((loop, fut, fn, args))
+        return fut
+
+    def close(self) -> None:
+        """The thread ends after the call it is running (what is queued is not run)."""
+        self._calls.put(None)
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            loop, fut, fn, args = item
+            if fut.cancelled():
+                continue
+            try:
+                result, error = fn(*args), None
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                result, error = None, e
+            try:
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits for it
+                return
+
+
+def _settle(fut: asyncio.Future, result: Any, error: Exception | None) -> None:
+    if fut.done():  # cancelled meanwhile (the app stopping)
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)

@@ -127,13 +127,20 @@ def test_a_built_in_network_is_compiled_for_serving_with_the_eager_models_logits
     )
     eager = p.forward(p.to_input(x))
     eager_one = p.forward(p.to_input(x[:1]))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
     assert p.compile_for_serving(max_batch=8) is True and p._compiled is not None
+    # the eager model (which explanations use) is left as it was
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items()) and not model.training
     one, many = p._compiled
     calls: list[str] = []
     p._compiled = (lambda t: calls.append("one") or one(t), lambda t: calls.append("many") or many(t))  # type: ignore[assignment]
     compiled = p.forward(p.checked_input(p.check(x)))
     compiled_one = p.forward(p.checked_input(p.check(x[:1])))
     assert calls == ["many", "one"]  # a pass of one instance and a pass of more each take their module
+    calls.clear()
+    p.batch_size = 3
+    p.forward(p.checked_input(p.check(x)))  # 7 instances in chunks of 3, 3 and 1
+    assert calls == ["many", "many", "one"]
     # folded BatchNorm and other kernels round differently: close, at every batch size
     np.testing.assert_allclose(compiled, eager, **LOGITS_TOLERANCE)
     np.testing.assert_allclose(compiled_one, eager_one, **LOGITS_TOLERANCE)
@@ -162,8 +169,26 @@ def test_a_model_that_branches_on_its_input_stays_eager(monkeypatch):
 
     mlp = ModelConfig(kind="mlp", input_shape=(3,), n_classes=2)
     p = Predictor(build_model(mlp).eval(), mlp, TAB)
-    # the module for passes of many is off by more than the tolerance
-    monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda module: lambda t: module(t) + 1e-3)
-    assert p.compile_for_serving() is False and p._compiled is None
+    # the module for passes of many, then the one for a single instance, off by more than the tolerance
+    with monkeypatch.context() as m:
+        m.setattr(torch.jit, "optimize_for_inference", lambda module: lambda t: module(t) + 1e-3)
+        assert p.compile_for_serving() is False and p._compiled is None
+    with monkeypatch.context() as m:
+        m.setattr(torch.jit, "freeze", lambda module: lambda t: module(t) + 1e-3)
+        assert p.compile_for_serving() is False and p._compiled is None
+    # one that agrees at first and drifts once TorchScript settles on a plan (the check after the warm-up)
+    calls = {"n": 0}
+
+    def drifting(module):
+        def run(t):
+            calls["n"] += 1
+            return module(t) + (1e-3 if calls["n"] > 6 else 0.0)
+
+        return run
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.jit, "optimize_for_inference", drifting)
+        assert p.compile_for_serving(max_batch=4) is False and p._compiled is None
+    assert p.compile_for_serving(max_batch=4) is True  # the real ones agree
     monkeypatch.setattr(torch.jit, "trace", lambda model, example: lambda t: model(t))  # not a module: no freeze
     assert p.compile_for_serving() is False and p._compiled is None

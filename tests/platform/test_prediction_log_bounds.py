@@ -499,6 +499,7 @@ def test_a_log_without_features_keeps_the_answers_a_comparison_pairs(tmp_path):
     df = pd.read_parquet(next((tmp_path / "cls").glob("*.parquet")))
     assert list(df.columns) == ["timestamp", "model_version", "request_id", "instance", "prediction", "confidence"]
     assert df["prediction"].tolist() == logits.argmax(1).tolist() and df["instance"].tolist() == [0, 1, 0, 1, 2]
+    assert df["request_id"].tolist() == ["a", "a", "b", "b", "b"] and set(df["model_version"]) == {"4"}
     values = rng.normal(size=5)
     log = PredictionLog(LocalStore(tmp_path / "reg"), features=False)
     log.add_many("4", [(5, "c")], x.reshape(5, -1), logits[:, :1], "tabular", ["a", "b", "c", "d"], values)
@@ -506,6 +507,18 @@ def test_a_log_without_features_keeps_the_answers_a_comparison_pairs(tmp_path):
     df = pd.read_parquet(next((tmp_path / "reg").glob("*.parquet")))
     assert list(df.columns) == ["timestamp", "model_version", "request_id", "instance", "value"]
     np.testing.assert_allclose(df["value"], values)
+    assert df["request_id"].tolist() == ["c"] * 5 and df["instance"].tolist() == list(range(5))
+    # sampled as the main log samples (a shadow's log takes serve.log_sample_rate): the same instances
+    from effects.serving.prediction_log import sampled
+
+    ids = [(3, rng.bytes(8).hex()) for _ in range(40)]
+    x, logits = rng.uniform(size=(120, 1, 2, 2)).astype(np.float32), rng.normal(size=(120, 3)).astype(np.float32)
+    log = PredictionLog(LocalStore(tmp_path / "half"), sample_rate=0.5, features=False)
+    log.add_many("4", ids, x, logits, "image", [])
+    log.close()
+    df = pd.read_parquet(next((tmp_path / "half").glob("*.parquet")))
+    want = {(rid, int(i)) for n, rid in ids for i in np.flatnonzero(sampled(rid, n, 0.5))}
+    assert set(zip(df["request_id"], df["instance"].astype(int), strict=True)) == want and 0 < len(want) < 120
 
 
 def test_request_ids_from_the_random_pool_are_unique_and_checkable():

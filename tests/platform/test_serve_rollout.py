@@ -155,6 +155,21 @@ def test_a_broken_shadow_costs_the_answers_nothing(home, monkeypatch, shadow):
         assert server.rollout.shadow.load_error and "no @challenger" in server.rollout.shadow.load_error
 
 
+def test_a_shadow_pass_that_hangs_holds_up_neither_the_answers_nor_the_shutdown(home, monkeypatch):
+    import threading
+
+    server, client = _app(home, monkeypatch, _Reversed(sleep=20), shadow="challenger")
+    with client as c:
+        t0 = time.perf_counter()
+        assert [c.post("/v1/predict", json=DIGIT).status_code for _ in range(20)] == [200] * 20
+        assert time.perf_counter() - t0 < 10
+        time.sleep(0.3)  # a round has begun its 20 s pass
+        stopping = time.perf_counter()
+    assert time.perf_counter() - stopping < 10  # the app stopped without waiting for the pass
+    shadow = [t for t in threading.enumerate() if t.name == "shadow"]
+    assert shadow and all(t.daemon for t in shadow)  # and Python's exit will not wait for it either
+
+
 def test_canary_and_shadow_params_are_checked(home):
     from lepton_core.params import parse_params
 
