@@ -537,7 +537,7 @@ def main() -> None:
             _wait(port, ready, proc)
         width = max(len("lepton serve /v1/explain"), *(len(name) for name in procs))
         runs: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in args.concurrency} for name in procs}
-        # LitServe's processes poll while idle (about a tenth of a core here), which would
+        # LitServe's processes poll while idle, spending CPU time, which would
         # slow every server measured beside them: they are stopped but for their own cells
         paused += [proc for name, (proc, *_) in procs.items() if name == "litserve"]
         _pause(paused, True)

@@ -165,7 +165,7 @@ def model_input(x_raw: np.ndarray, pre: Preprocessing, model_config: ModelConfig
 # do not branch on their input
 TRACED_KINDS = ("cnn", "fastcnn", "mlp")
 # how far a compiled module's logits may be from the eager model's (folded BatchNorm and
-# oneDNN's kernels round differently: about 1e-8 on Lepton's networks)
+# oneDNN's kernels round differently, far below this on Lepton's networks)
 LOGITS_TOLERANCE: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-5}
 WARM_S = 1.0  # `compile_for_serving` runs the batch sizes within this many seconds
 

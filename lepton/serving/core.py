@@ -125,3 +125,13 @@ def log_answers(
     pre = loaded.predictor.preprocessing
     values = pre.values(logits) if pre.regression else None
     log.add_many(loaded.version, requests, x_log, logits, pre.kind, list(pre.feature_names), values)
+
+
+def by_shape(items: list) -> list[list]:
+    """Requests (tuples, their samples first) grouped by the shape of one sample: those
+    that share it score together ((N,H,W) and (N,1,H,W) are both checked to (N,1,H,W),
+    so in practice this is one group)."""
+    groups: dict[tuple, list] = {}
+    for item in items:
+        groups.setdefault(item[0].shape[1:], []).append(item)
+    return list(groups.values())

@@ -40,7 +40,7 @@ from prometheus_client import Counter
 from effects.serving.prediction_log import PredictionLog, open_store
 from effects.tracking import runs, tags
 from effects.tracking.registry import alias_version
-from lepton.serving.core import Loaded, log_answers, serving_predictor
+from lepton.serving.core import Loaded, by_shape, log_answers, serving_predictor
 from lepton_core.params import ServeParams
 
 if TYPE_CHECKING:
@@ -250,10 +250,7 @@ class Rollout:
     async def _score(self, loaded: Loaded, items: list[tuple[np.ndarray, str]]) -> None:
         """One pass of the shadow over `items`, logged."""
         assert self.shadow_log is not None
-        by_shape: dict[tuple, list[tuple[np.ndarray, str]]] = {}
-        for raw, request_id in items:
-            by_shape.setdefault(raw.shape[1:], []).append((raw, request_id))
-        for group in by_shape.values():
+        for group in by_shape(items):
             x = np.concatenate([raw for raw, _ in group]) if len(group) > 1 else group[0][0]
             t = loaded.predictor.to_input(x)
             assert self._thread is not None  # made by `run`, which alone calls this

@@ -28,6 +28,7 @@ from lepton.serving.core import (
     _InstanceQueue,
     _Queued,
     _rss_bytes,
+    by_shape,
     log_answers,
     serve_device,
     serve_threads,
@@ -328,7 +329,7 @@ class ModelServer:
             try:
                 # a request is queued only once a model is loaded, and none is ever unloaded
                 assert loaded is not None
-                groups = _by_shape(_checked_by(loaded, items))
+                groups = by_shape(_checked_by(loaded, items))
                 for group in groups:
                     x = np.concatenate([raw for raw, *_ in group]) if len(group) > 1 else group[0][0]
                     t = loaded.predictor.checked_input(x)  # each request was checked by this version
@@ -453,12 +454,3 @@ def _checked_by(loaded: Loaded, items: list[_Queued]) -> list[_Queued]:
                 continue
         out.append((raw, fut, rid, loaded))
     return out
-
-
-def _by_shape(items: list) -> list[list]:
-    """Requests whose samples share a shape score together ((N,H,W) and (N,1,H,W)
-    are both checked to (N,1,H,W), so in practice this is one group)."""
-    groups: dict[tuple, list] = {}
-    for item in items:
-        groups.setdefault(item[0].shape[1:], []).append(item)
-    return list(groups.values())
