@@ -309,8 +309,7 @@ class Predictor(BasePredictor):
         batch size up to `max_batch` twice (within `warm_s` seconds), so that the first
         requests do not pay for TorchScript's and oneDNN's first calls of a shape and the
         check after it sees the plans TorchScript settled on. True when compiled. The
-        model itself is left as it was (explanations use it).
-        a shape. True when compiled."""
+        model itself is left as it was (explanations use it)."""
         self._compiled = None  # eager unless compiled below
         if self.model_config.kind not in TRACED_KINDS or self.device.type != "cpu":
             return False  # on CUDA, TorchScript may fuse kernels on later calls: not checked here

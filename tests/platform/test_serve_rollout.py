@@ -4,6 +4,7 @@ a shadow that is slow, raises or never loads costing the answers nothing."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -156,8 +157,6 @@ def test_a_broken_shadow_costs_the_answers_nothing(home, monkeypatch, shadow):
 
 
 def test_a_shadow_pass_that_hangs_holds_up_neither_the_answers_nor_the_shutdown(home, monkeypatch):
-    import threading
-
     server, client = _app(home, monkeypatch, _Reversed(sleep=20), shadow="challenger")
     with client as c:
         t0 = time.perf_counter()
