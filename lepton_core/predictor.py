@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -128,17 +129,18 @@ def check_samples(x: Any, pre: Preprocessing) -> np.ndarray:
     if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
         shown = "(N, " + ", ".join(map(str, want)) + ")"
         raise InputError(f"samples of shape {tuple(arr.shape)}; the model reads {shown}")
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    kind = arr.dtype.kind  # i, u: integers; f: floats (bool is b, complex c: neither)
+    if kind not in "iuf":
         raise InputError(f"samples of dtype {arr.dtype}; the model reads {pre.dtype}")
     if pre.dtype == "uint8":
-        if not np.issubdtype(arr.dtype, np.integer):
+        if kind == "f":
             # Floats here are almost always already-scaled or differently scaled
             # pixels (scikit-learn's digits are 0..16): refuse rather than guess.
             raise InputError(f"images of dtype {arr.dtype}; the model reads uint8 pixels 0..255")
-        if arr.size and (arr.min() < 0 or arr.max() > 255):
+        if arr.dtype != np.uint8 and arr.size and (arr.min() < 0 or arr.max() > 255):
             raise InputError("pixel values outside 0..255")
         return arr.astype(np.uint8, copy=False)
-    if arr.size and np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+    if arr.size and kind == "f" and not np.isfinite(arr).all():
         raise InputError("samples hold NaN or infinite values")
     with np.errstate(over="ignore"):
         out = arr.astype(np.float32, copy=False)
@@ -168,6 +170,9 @@ TRACED_KINDS = ("cnn", "fastcnn", "mlp")
 # oneDNN's kernels round differently, far below this on Lepton's networks)
 LOGITS_TOLERANCE: dict[str, Any] = {"rtol": 1e-5, "atol": 1e-5}
 WARM_S = 1.0  # `compile_for_serving` runs the batch sizes within this many seconds
+# a forward pass of a compiled network: model input in, logits out (a TorchScript module,
+# or another runtime's copy of the network)
+Pass = Callable[[torch.Tensor], torch.Tensor]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -255,8 +260,8 @@ class Predictor(BasePredictor):
         self.model_config = model_config
         self.preprocessing = preprocessing
         self.batch_size = batch_size
-        # `compile_for_serving`: the modules for a pass of one instance and of more
-        self._compiled: tuple[torch.jit.ScriptModule, torch.jit.ScriptModule] | None = None
+        # `compile_for_serving` or `serve_through`: what runs a pass of one instance and of more
+        self._compiled: tuple[Pass, Pass] | None = None
 
     @classmethod
     def from_checkpoint(
@@ -294,25 +299,27 @@ class Predictor(BasePredictor):
     def _no_logits(self) -> np.ndarray:
         return np.zeros((0, self.model_config.n_classes), np.float32)
 
+    @property
+    def compilable(self) -> bool:
+        """Whether the network may run through a trace of it (TorchScript, an ONNX export):
+        Lepton's own networks on the CPU, which do not branch on their input. A team's own
+        model may, and a trace would not follow; on CUDA, TorchScript may fuse kernels on
+        later calls, which no check here would see."""
+        return self.model_config.kind in TRACED_KINDS and self.device.type == "cpu"
+
     def compile_for_serving(self, max_batch: int = 64, warm_s: float = WARM_S) -> bool:
         """Run Lepton's own networks (cnn, fastcnn, mlp) through TorchScript: a trace of
         the model, frozen (BatchNorm folded into the convolutions' weights) for a pass of
         one instance, and also put on oneDNN's kernels with their weights prepacked
         (`torch.jit.optimize_for_inference`) for a pass of more, where those kernels are
         the quicker ones. Both skip Python's dispatch of each layer, most of a small
-        pass's time. Folding and other kernels round differently, so each is kept only
-        when its logits agree with the eager model's within LOGITS_TOLERANCE, on samples
-        of one, two and five instances, before the warm-up and after it (an instance's
-        answer may then differ in the last digits between a pass alone and a pass in a
-        batch); a team's own model (which may branch on its input, and a trace would
-        not follow) stays eager, and so does a model on CUDA. The warm-up runs each
-        batch size up to `max_batch` twice (within `warm_s` seconds), so that the first
-        requests do not pay for TorchScript's and oneDNN's first calls of a shape and the
-        check after it sees the plans TorchScript settled on. True when compiled. The
-        model itself is left as it was (explanations use it)."""
+        pass's time. Kept only as `_adopt` checks them (the eager model's logits within
+        LOGITS_TOLERANCE, before and after the warm-up); a team's own model and a model
+        on CUDA stay eager (`compilable`). True when compiled. The model itself is left
+        as it was (explanations use it)."""
         self._compiled = None  # eager unless compiled below
-        if self.model_config.kind not in TRACED_KINDS or self.device.type != "cpu":
-            return False  # on CUDA, TorchScript may fuse kernels on later calls: not checked here
+        if not self.compilable:
+            return False
         import warnings
 
         gen = torch.Generator().manual_seed(0)
@@ -323,24 +330,49 @@ class Predictor(BasePredictor):
                 traced = torch.jit.trace(self.model, torch.rand((3, *shape), generator=gen))  # type: ignore[no-untyped-call]
                 one = torch.jit.freeze(traced.eval())
                 many = torch.jit.optimize_for_inference(traced)
-                if not self._agrees(one, many, gen):
-                    return False
-                deadline = time.monotonic() + warm_s
-                for n in range(1, max_batch + 1):
-                    if time.monotonic() > deadline:
-                        break
-                    x = torch.rand((n, *shape), generator=gen)
-                    for _ in range(2):
-                        (one if n == 1 else many)(x)
-                # and again once TorchScript has settled on its plan for each (after a few calls)
-                if not self._agrees(one, many, gen):
-                    return False
+                return self._adopt(one, many, gen, max_batch, warm_s)
         except Exception:  # noqa: BLE001 - whatever TorchScript cannot compile runs eagerly
+            return False
+
+    def serve_through(self, run: Pass, max_batch: int = 64, warm_s: float = WARM_S) -> bool:
+        """Run every forward pass through `run` (model input in, logits out): the same
+        network in another runtime, made outside this package (ONNX Runtime's copy of
+        it, `effects.tracking.onnx_variants.onnx_runner`). Kept only as `_adopt` checks
+        it; True when kept, else the model runs as it did."""
+        if not self.compilable:
+            return False
+        try:
+            with torch.no_grad():
+                return self._adopt(run, run, torch.Generator().manual_seed(0), max_batch, warm_s)
+        except Exception:  # noqa: BLE001 - a runtime that fails on a pass is not kept
+            return False
+
+    def _adopt(self, one: Pass, many: Pass, gen: torch.Generator, max_batch: int, warm_s: float) -> bool:
+        """Take `one` for passes of one instance and `many` for passes of more when they
+        give the eager model's logits within LOGITS_TOLERANCE, on samples of one, two and
+        five instances, before the warm-up and after it (another runtime folds BatchNorm
+        and picks other kernels, so an instance's answer may differ in the last digits
+        between a pass alone and a pass in a batch). The warm-up runs each batch size up
+        to `max_batch` twice (within `warm_s` seconds), so that the first requests do not
+        pay for a runtime's first calls of a shape, and the check after it sees the plans
+        the runtime settled on."""
+        if not self._agrees(one, many, gen):
+            return False
+        shape = tuple(self.model_config.input_shape)
+        deadline = time.monotonic() + warm_s
+        for n in range(1, max_batch + 1):
+            if time.monotonic() > deadline:
+                break
+            x = torch.rand((n, *shape), generator=gen)
+            for _ in range(2):
+                (one if n == 1 else many)(x)
+        # and again once the runtime has settled on its plan for each (after a few calls)
+        if not self._agrees(one, many, gen):
             return False
         self._compiled = (one, many)
         return True
 
-    def _agrees(self, one: Any, many: Any, gen: torch.Generator) -> bool:
+    def _agrees(self, one: Pass, many: Pass, gen: torch.Generator) -> bool:
         """Whether `one` on one instance and `many` on one, two and five give the eager
         model's logits within LOGITS_TOLERANCE."""
         shape = tuple(self.model_config.input_shape)

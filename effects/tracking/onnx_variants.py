@@ -50,7 +50,7 @@ from torch import nn
 
 from lepton_core.errors import InputError, LeptonError
 from lepton_core.models import ModelKind
-from lepton_core.predictor import BasePredictor, Predictor, Preprocessing, model_input
+from lepton_core.predictor import BasePredictor, Pass, Predictor, Preprocessing, model_input
 
 VARIANTS: tuple[str, ...] = ("onnx", "int8")
 OUTPUTS: tuple[str, ...] = ("logits", "probabilities", "label")
@@ -129,6 +129,47 @@ def export_onnx(predictor: Predictor, path: str | Path, example: np.ndarray) -> 
     except Exception as e:  # noqa: BLE001  (any exporter failure is the model's refusal, in one line)
         raise ExportRefused(export_error_line(e)) from e
     return _save(program, path, predictor)
+
+
+def onnx_runner(predictor: Predictor, threads: int | None = None) -> Pass | None:
+    """The predictor's network through ONNX Runtime on the CPU, for the model server
+    (`Predictor.serve_through` checks it against the eager model before it serves):
+    model input in, logits out, as the network itself. On the small passes of a server
+    ONNX Runtime spends a fraction of TorchScript's time around the arithmetic, and it
+    lets go of the interpreter lock for the whole pass. Exported by torch's TorchScript-
+    based exporter, in memory (a tenth of a second, where the dynamo exporter a variant
+    uses takes seconds, at every load and hot swap); None when it refuses the model, or
+    when this torch no longer has it. `threads`: ONNX Runtime's intra-op threads, which
+    do not spin between passes."""
+    import onnxruntime as ort
+
+    shape = tuple(predictor.model_config.input_shape)
+    buf = io.BytesIO()
+    try:
+        with _quiet_exporter(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notice that it is the older one
+            torch.onnx.export(
+                predictor.model.eval(),
+                (torch.rand((2, *shape)),),
+                buf,  # type: ignore[arg-type]  # the TorchScript-based exporter writes to a file object too
+                dynamo=False,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            )
+    except Exception:  # noqa: BLE001 - the server then compiles it with TorchScript, or runs it eagerly
+        return None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads or 1
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"x": t.numpy()})[0])
+
+    return run
 
 
 # the exporter announces every missing optional op set, and torch.export logs (and

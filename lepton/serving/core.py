@@ -14,6 +14,7 @@ from fastapi.responses import Response
 
 from effects.serving.prediction_log import PredictionLog
 from effects.tracking import tags
+from effects.tracking.onnx_variants import onnx_runner
 from effects.tracking.registry import predictor_of
 from effects.tracking.variants import variant_predictor
 from lepton_core.errors import LeptonError
@@ -46,13 +47,17 @@ def serve_threads(threads: int) -> int:
 def serving_predictor(mv: Any, settings: Any, device: str, threads: int | None, max_batch: int) -> BasePredictor:
     """A model version loaded to serve: a variant (`lepton optimize`) through ONNX
     Runtime on the CPU with `threads`; a PyTorch model on `device`, Lepton's own
-    networks compiled for passes of up to `max_batch` instances
-    (`Predictor.compile_for_serving`)."""
+    networks on the CPU run through ONNX Runtime (`onnx_runner`, the quickest on a
+    server's small passes) or else TorchScript (`Predictor.compile_for_serving`), each
+    kept only when it gives the eager model's logits, for passes of up to `max_batch`
+    instances."""
     if mv.tags.get(tags.VARIANT):
         return variant_predictor(mv, settings, threads)
     predictor = predictor_of(mv, settings, device)
-    if isinstance(predictor, Predictor):
-        predictor.compile_for_serving(max_batch)
+    if isinstance(predictor, Predictor) and predictor.compilable:
+        run = onnx_runner(predictor, threads)
+        if run is None or not predictor.serve_through(run, max_batch):
+            predictor.compile_for_serving(max_batch)
     return predictor
 
 

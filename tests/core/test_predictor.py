@@ -56,6 +56,9 @@ def test_images_are_checked_scaled_and_answered():
         (np.zeros((2, 1, 4, 4), np.float32), "dtype"),  # already-scaled or 0..16 floats: refused
         (np.full((2, 1, 4, 4), 300, np.int64), "0..255"),
         (np.array(["a", "b"]), "dtype|shape"),
+        (np.zeros((2, 1, 4, 4), np.bool_), "dtype bool"),
+        (np.zeros((2, 1, 4, 4), np.complex64), "dtype complex64"),
+        (np.zeros((2, 1, 4, 4), "m8[s]"), "dtype timedelta64"),  # numpy counts it an integer; no pixel is one
     ],
 )
 def test_bad_image_input_is_one_clear_error(bad, why):

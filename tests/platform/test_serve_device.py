@@ -183,3 +183,120 @@ def test_a_request_checked_by_the_version_before_a_swap_is_checked_again_by_the_
         assert e.value.status == 400 and "uint8" in e.value.reason
 
     asyncio.run(run())
+
+
+# ------------------------------------------------------------ what runs the network
+def _built_in(kind: str):
+    """A small built-in network of `kind` with BatchNorm statistics as training leaves
+    them (not the identity), and its preprocessing."""
+    from lepton_core.models import ModelConfig, build_model
+    from lepton_core.predictor import Predictor, Preprocessing
+
+    torch.manual_seed(0)
+    if kind == "cnn":
+        cfg = ModelConfig(kind="cnn", input_shape=(1, 4, 4), n_classes=3, width=4, depth=1)
+        pre = Preprocessing(kind="image", input_shape=(1, 4, 4), dtype="uint8", scale=1 / 255, classes=("a", "b", "c"))
+    else:
+        cfg = ModelConfig(kind="mlp", input_shape=(3,), n_classes=2)
+        pre = Preprocessing(
+            kind="tabular",
+            input_shape=(3,),
+            dtype="float32",
+            scale=1.0,
+            classes=("x", "y"),
+            feature_names=("f1", "f2", "f3"),
+        )
+    model = build_model(cfg).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return Predictor(model, cfg, pre)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_a_built_in_network_is_served_through_onnx_runtime_with_the_eager_models_logits(kind, monkeypatch):
+    """Lepton's own networks run through ONNX Runtime (`serve.threads` its intra-op
+    threads), for passes of one instance and of many, within LOGITS_TOLERANCE of the
+    eager model's logits; the eager model (which explanations use) is left as it was."""
+    import numpy as np
+    import onnxruntime as ort
+
+    import lepton.serving.core as core
+    from lepton_core.predictor import LOGITS_TOLERANCE
+
+    p = _built_in(kind)
+    rng = np.random.default_rng(1)
+    x = (
+        rng.integers(0, 256, (7, 1, 4, 4), dtype=np.uint8)
+        if kind == "cnn"
+        else rng.normal(size=(7, 3)).astype(np.float32)
+    )
+    eager, eager_one = p.forward(p.to_input(x)), p.forward(p.to_input(x[:1]))
+    weights = {k: v.clone() for k, v in p.model.state_dict().items()}
+    sessions: list[ort.SessionOptions] = []
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda m, opts, **kw: sessions.append(opts) or real(m, opts, **kw))
+    monkeypatch.setattr(core, "predictor_of", lambda mv, s, device: p)
+    served = core.serving_predictor(SimpleNamespace(tags={}), None, "cpu", 2, 8)
+
+    assert served is p and p._compiled is not None and len(sessions) == 1
+    assert sessions[0].intra_op_num_threads == 2
+    with monkeypatch.context() as m:  # no TorchScript module runs a pass: ONNX Runtime does
+        m.setattr(torch.jit.ScriptModule, "__call__", lambda *a, **k: pytest.fail("TorchScript ran a pass"))
+        many, one = p.forward(p.checked_input(p.check(x))), p.forward(p.checked_input(p.check(x[:1])))
+    np.testing.assert_allclose(many, eager, **LOGITS_TOLERANCE)
+    np.testing.assert_allclose(one, eager_one, **LOGITS_TOLERANCE)
+    assert all(torch.equal(v, weights[k]) for k, v in p.model.state_dict().items()) and not p.model.training
+
+
+def test_a_network_onnx_runtime_cannot_run_as_the_eager_model_does_falls_back_to_torchscript(monkeypatch):
+    """When torch's exporter refuses the network, or ONNX Runtime's logits are not the
+    eager model's, the server compiles it with TorchScript instead; a team's own model
+    (which may branch on its input) is neither exported nor compiled."""
+    import lepton.serving.core as core
+    from effects.tracking import onnx_variants
+    from lepton_core.models import ModelConfig
+    from lepton_core.predictor import Predictor, Preprocessing
+
+    compiled: list[int] = []
+    real_compile = Predictor.compile_for_serving
+    monkeypatch.setattr(Predictor, "compile_for_serving", lambda self, n: compiled.append(n) or real_compile(self, n))
+
+    p = _built_in("mlp")
+    monkeypatch.setattr(core, "predictor_of", lambda mv, s, device: p)
+    with monkeypatch.context() as m:
+        m.setattr(torch.onnx, "export", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("unsupported op")))
+        assert onnx_variants.onnx_runner(p) is None
+        core.serving_predictor(SimpleNamespace(tags={}), None, "cpu", 1, 4)
+    assert compiled == [4] and isinstance(p._compiled[0], torch.jit.ScriptModule)
+
+    real_runner = onnx_variants.onnx_runner
+    p = _built_in("mlp")
+
+    def off(pr, threads):  # a runtime whose logits are off by more than the tolerance
+        run = real_runner(pr, threads)
+        return lambda t: run(t) + 1e-3
+
+    with monkeypatch.context() as m:
+        m.setattr(core, "onnx_runner", off)
+        core.serving_predictor(SimpleNamespace(tags={}), None, "cpu", 1, 4)
+    assert compiled == [4, 4] and isinstance(p._compiled[0], torch.jit.ScriptModule)
+
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) if x.sum() > 0 else -self.lin(x)
+
+    pre = Preprocessing(kind="tabular", input_shape=(3,), dtype="float32", scale=1.0, classes=("x", "y"))
+    custom = Predictor(
+        Branchy().eval(), ModelConfig(kind="custom", input_shape=(3,), n_classes=2, class_path="t.B"), pre
+    )
+    monkeypatch.setattr(core, "onnx_runner", lambda pr, threads: pytest.fail("a team's model was exported"))
+    assert not custom.serve_through(lambda t: custom.model(t))
+    monkeypatch.setattr(core, "predictor_of", lambda mv, s, device: custom)
+    assert core.serving_predictor(SimpleNamespace(tags={}), None, "cpu", 1, 4) is custom
+    assert custom._compiled is None and compiled == [4, 4]

@@ -698,3 +698,65 @@ def test_json_bodies_read_as_pythons_json_reads_them(body):
         with pytest.raises(BadRequest, match=reason) as e:
             loads_json(bad)
         assert e.value.status == 400
+
+
+class _WholeBody:
+    """A request cycle as uvicorn's holds one once the body has arrived whole: its
+    receive() answers without waiting (the event set, no more body to come)."""
+
+    def __init__(self, body: bytes, *, disconnected: bool = False) -> None:
+        import asyncio
+
+        self.body, self.more_body, self.disconnected = body, False, disconnected
+        self.waiting_for_100_continue = False
+        self.message_event = asyncio.Event()
+        self.message_event.set()
+
+    async def receive(self) -> dict:
+        if self.disconnected:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": self.body, "more_body": False}
+
+
+def _read(receive, headers: dict[str, str], **params) -> bytes:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from lepton.serving.bodies import read_body
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/predict",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
+    return asyncio.run(read_body(Request(scope, receive), ServeParams(**params)))
+
+
+def test_a_body_that_arrived_whole_is_read_within_the_same_limits():
+    """The body uvicorn already holds whole is taken as it is, without a timer: under the
+    cap it is the body; a chunked one (no Content-Length to refuse it from) over the cap
+    is a 413 all the same; a client gone before it was read is `ClientGone`, as on the
+    path that streams the body."""
+    from lepton.serving.core import BadRequest, ClientGone
+
+    body = b'{"instances": [[1, 2, 3]]}'
+    assert _read(_WholeBody(body).receive, {"Content-Length": str(len(body))}) == body
+    big = b"7" * 20_000  # over a cap of 0.01 MB (10,485 bytes)
+    with pytest.raises(BadRequest, match="body over the 0.01 MB cap") as e:
+        _read(_WholeBody(big).receive, {"Transfer-Encoding": "chunked"}, max_body_mb=0.01)
+    assert e.value.status == 413 and e.value.headers == {"Connection": "close"}
+    with pytest.raises(ClientGone):
+        _read(_WholeBody(body, disconnected=True).receive, {})
+
+    # any other ASGI server's receive: streamed, under the body's timer, to the same ends
+    messages = [
+        {"type": "http.request", "body": body[:5], "more_body": True},
+        {"type": "http.request", "body": body[5:]},
+    ]
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    assert _read(receive, {}) == body
