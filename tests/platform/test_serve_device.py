@@ -300,3 +300,50 @@ def test_a_network_onnx_runtime_cannot_run_as_the_eager_model_does_falls_back_to
     monkeypatch.setattr(core, "predictor_of", lambda mv, s, device: custom)
     assert core.serving_predictor(SimpleNamespace(tags={}), None, "cpu", 1, 4) is custom
     assert custom._compiled is None and compiled == [4, 4]
+
+
+def test_a_lone_request_scores_itself_while_the_batcher_waits(home):
+    """A request alone in the server, with the batcher waiting for one and a pass the last
+    one's time says is quick, is scored in its own task (no hop to the batcher and back),
+    and counted and logged as the batcher would; with the batcher busy, or a pass that may
+    be slow (the first of a new version), it is queued for the batcher."""
+    import asyncio
+
+    import numpy as np
+
+    from lepton.serving.core import Loaded, _InstanceQueue
+
+    server = _server(home, ServeParams())
+    p = _built_in("mlp")
+    server.current = Loaded("1", "r1", "d", p)
+    x = np.array([[0.5, -1.0, 2.0]], np.float32)
+
+    async def run():
+        server._queue = _InstanceQueue()
+        server._batcher_idle, server._last_pass_s = True, 0.0001  # waiting, after a quick pass
+        out = await asyncio.wait_for(server.predict(x), 5)  # no batcher runs: it scored itself
+        assert out["version"] == "1" and out["labels"] == p.predict(x).labels.tolist()
+        assert server._queue.empty() and server._inflight == 0
+
+        for idle, last in ((False, 0.0001), (True, 1.0)):  # the batcher busy; a pass that may be slow
+            server._batcher_idle, server._last_pass_s = idle, last
+            task = asyncio.ensure_future(server.predict(x))
+            await asyncio.sleep(0.05)
+            assert not task.done() and server._queue.qsize() == 1
+            task.cancel()
+            server._queue.get_nowait()
+
+    try:
+        asyncio.run(run())
+        assert _count(server.metrics, "lepton_batch_size_count") == 1
+        assert _count(server.metrics, "lepton_instances_total") == 1
+    finally:
+        server.stop()
+    assert server.log.written == 1  # its row reached the prediction log
+
+
+def _count(metrics, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [s for f in text_string_to_metric_families(metrics.scrape().decode()) for s in f.samples]
+    return next(s.value for s in samples if s.name == name)
