@@ -82,7 +82,6 @@ class ModelServer:
         self.rollout = Rollout(self, str(log_folder or settings.prediction_log))
         self._queue: _InstanceQueue | None = None  # made by the app's lifespan, before any request
         self._inflight = 0  # predict requests checked and not yet answered (event loop only)
-        self._batcher_idle = False  # the batcher waits for a request (event loop only)
         self._canary_waiting = 0  # instances the canary is scoring (event loop only)
         # explanations: one worker thread, and whether it is busy (event loop only)
         self._explainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
@@ -258,12 +257,7 @@ class ModelServer:
         assert self._queue is not None  # the app's lifespan makes it before it takes requests
         fut: asyncio.Future[tuple[Loaded, Scored]] = asyncio.get_running_loop().create_future()
         request_id = self.ids.issue(len(raw))
-        if self._batcher_idle and self._inflight == 1 and self._queue.empty() and self._quick(len(raw)):
-            # alone, with the batcher waiting and a quick pass: scored here at once, as the
-            # batcher would score it, without the hop to the batcher's task and back
-            self._score_inline(loaded, [(raw, fut, request_id, loaded)], raw)
-        else:
-            self._enqueue((raw, fut, request_id, loaded))
+        self._enqueue((raw, fut, request_id, loaded))
         answered, scored = await fut  # the version whose batch this request was in, its rows
         self.rollout.submit(raw, request_id)  # the shadow scores it after the answer, off its path
         return self._answer(answered, scored, request_id)
@@ -309,9 +303,7 @@ class ModelServer:
         p = self.params
         assert self._queue is not None  # the app's lifespan makes it before it starts the batcher
         while True:
-            self._batcher_idle = self._queue.empty()  # (then a lone request may score itself)
             items = [await self._queue.get()]
-            self._batcher_idle = False
             n = len(items[0][0])
             if self._last_pass_n > 1 and self._queue.empty():
                 # the last pass was a batch: let the requests whose bytes have arrived
@@ -340,49 +332,35 @@ class ModelServer:
                 groups = by_shape(_checked_by(loaded, items))
                 for group in groups:
                     x = np.concatenate([raw for raw, *_ in group]) if len(group) > 1 else group[0][0]
-                    if self._quick(len(x)):
+                    t = loaded.predictor.checked_input(x)  # each request was checked by this version
+                    t0 = time.perf_counter()
+                    inline = self._last_pass_s * len(x) / self._last_pass_n < INLINE_PASS_S
+                    if inline:
                         # a quick pass (as the last one's time per instance says): scored
                         # here, on the event loop, without the hop to a thread and back,
                         # whose cost and whose contention for the interpreter lock are
                         # larger than such a pass
-                        self._score_inline(loaded, group, x)
+                        logits = loaded.predictor.forward(t)
+                    else:
+                        logits = await loop.run_in_executor(None, loaded.predictor.forward, t)
+                    self._last_pass_s, self._last_pass_n = time.perf_counter() - t0, len(x)
+                    self.metrics.batch.observe(len(x))
+                    self.metrics.instances.inc(len(x))
+                    scored = _scored(loaded, logits)  # for the whole batch: each request gets its rows
+                    start = 0
+                    for raw, fut, *_ in group:
+                        end = start + len(raw)
+                        if not fut.done():
+                            fut.set_result((loaded, (scored[0][start:end], scored[1][start:end])))
+                        start = end
+                    log_answers(self.log, loaded, t, logits, [(len(raw), rid) for raw, _, rid, _ in group])
+                    if inline:
                         # the answers go out, and other requests are read, before the next pass
                         await asyncio.sleep(0)
-                    else:
-                        t = loaded.predictor.checked_input(x)  # each request was checked by this version
-                        t0 = time.perf_counter()
-                        logits = await loop.run_in_executor(None, loaded.predictor.forward, t)
-                        self._deliver(loaded, group, t, logits, time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - answer every waiting request
                 for _, fut, *_ in items:
                     if not fut.done():
                         fut.set_exception(e)
-
-    def _quick(self, n: int) -> bool:
-        """Whether a pass of `n` instances runs on the event loop: the last pass's time
-        per instance says it takes under INLINE_PASS_S."""
-        return self._last_pass_s * n / self._last_pass_n < INLINE_PASS_S
-
-    def _score_inline(self, loaded: Loaded, group: list[_Queued], x: np.ndarray) -> None:
-        """One pass of `group`'s samples `x` (checked by `loaded`) on the event loop."""
-        t = loaded.predictor.checked_input(x)
-        t0 = time.perf_counter()
-        logits = loaded.predictor.forward(t)
-        self._deliver(loaded, group, t, logits, time.perf_counter() - t0)
-
-    def _deliver(self, loaded: Loaded, group: list[_Queued], t: Any, logits: np.ndarray, seconds: float) -> None:
-        """A pass's answers to its requests (each its rows), counted and logged."""
-        self._last_pass_s, self._last_pass_n = seconds, len(logits)
-        self.metrics.batch.observe(len(logits))
-        self.metrics.instances.inc(len(logits))
-        scored = _scored(loaded, logits)  # for the whole batch: each request gets its rows
-        start = 0
-        for raw, fut, *_ in group:
-            end = start + len(raw)
-            if not fut.done():
-                fut.set_result((loaded, (scored[0][start:end], scored[1][start:end])))
-            start = end
-        log_answers(self.log, loaded, t, logits, [(len(raw), rid) for raw, _, rid, _ in group])
 
     # ------------------------------------------------------------ explanations
     async def explain(self, x: np.ndarray) -> dict:
