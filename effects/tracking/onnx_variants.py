@@ -138,9 +138,9 @@ def onnx_runner(predictor: Predictor, threads: int | None = None) -> Pass | None
     ONNX Runtime spends a fraction of TorchScript's time around the arithmetic, and it
     lets go of the interpreter lock for the whole pass. Exported by torch's TorchScript-
     based exporter, in memory (a tenth of a second, where the dynamo exporter a variant
-    uses takes seconds, at every load and hot swap); None when it refuses the model, or
-    when this torch no longer has it. `threads`: ONNX Runtime's intra-op threads, which
-    do not spin between passes."""
+    uses takes seconds, at every load and hot swap); None when it refuses the model, when
+    this torch no longer has it, or when ONNX Runtime cannot load what it exported.
+    `threads`: ONNX Runtime's intra-op threads, which do not spin between passes."""
     import onnxruntime as ort
 
     shape = tuple(predictor.model_config.input_shape)
@@ -157,14 +157,14 @@ def onnx_runner(predictor: Predictor, threads: int | None = None) -> Pass | None
                 output_names=["logits"],
                 dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
             )
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads or 1
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - the server then compiles it with TorchScript, or runs it eagerly
         return None
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads or 1
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
     def run(t: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"x": t.numpy()})[0])

@@ -270,6 +270,11 @@ def test_a_network_onnx_runtime_cannot_run_as_the_eager_model_does_falls_back_to
         assert onnx_variants.onnx_runner(p) is None
         core.serving_predictor(SimpleNamespace(tags={}), None, "cpu", 1, 4)
     assert compiled == [4] and isinstance(p._compiled[0], torch.jit.ScriptModule)
+    import onnxruntime as ort
+
+    with monkeypatch.context() as m:  # what it exported, ONNX Runtime cannot load
+        m.setattr(ort, "InferenceSession", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no kernel")))
+        assert onnx_variants.onnx_runner(p) is None
 
     real_runner = onnx_variants.onnx_runner
     p = _built_in("mlp")
