@@ -7,8 +7,9 @@ classes; the weights need no training for a timing). Each runtime is set up exac
 the server sets it up, with one thread (`serve.threads`' default), and timed on
 `Predictor.forward` (the server's call) at the batch sizes of a server under load;
 the figure is the best of `--rounds` medians, in microseconds per pass and per
-instance. The runtimes take turns within each round. Nothing is asserted: the numbers
-are for the docs.
+instance. The runtimes take turns within each round. Also prints how long the export
+into ONNX Runtime took (what a server pays when a version loads, beside the warm-up).
+Nothing is asserted: the numbers are for the docs.
 
     .venv/bin/python benchmarks/runtimes.py [--rounds 5] [--calls 200] [--batches 1 4 16 32]
 """
@@ -48,7 +49,9 @@ def _predictors() -> dict:
     if not out["TorchScript"].compile_for_serving():
         raise SystemExit("TorchScript did not compile the network")
     out["ONNX Runtime"] = Predictor(model, cfg, pre)
+    t0 = time.perf_counter()
     run = onnx_runner(out["ONNX Runtime"], 1)
+    print(f"exported and loaded into ONNX Runtime in {time.perf_counter() - t0:.2f} s", flush=True)
     if run is None or not out["ONNX Runtime"].serve_through(run):
         raise SystemExit("ONNX Runtime did not take the network")
     return out
