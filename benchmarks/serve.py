@@ -378,27 +378,31 @@ def main() -> None:
     }
     for k in ("PREFECT_API_URL", "LEPTON_SERVE_TOKEN"):
         env.pop(k, None)
-    print("training the champion ...", flush=True)
-    r = subprocess.run(
-        [str(BIN / "lepton"), "retrain", "--no-progress", "--set", "train.epochs=8"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        raise SystemExit(r.stderr[-3000:])
-    x = np.load(next((tmp / "home" / "datasets").iterdir()) / "x_test.npy")[:1]  # (1, 1, 8, 8) uint8
-    if args.variants:
-        print("building the ONNX and int8 variants ...", flush=True)
-        r = subprocess.run([str(BIN / "lepton"), "optimize"], env=env, cwd=ROOT, capture_output=True, text=True)
-        print(r.stdout, end="", flush=True)
+    try:
+        print("training the champion ...", flush=True)
+        r = subprocess.run(
+            [str(BIN / "lepton"), "retrain", "--no-progress", "--set", "train.epochs=8"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise SystemExit(r.stderr[-3000:])
-    if args.regression:
-        names, row = _regression_model(tmp, env)
-    if args.team:
-        _train(env, ["--params", str(ROOT / "examples" / "team_model" / "params.yaml")], "the team model")
+        x = np.load(next((tmp / "home" / "datasets").iterdir()) / "x_test.npy")[:1]  # (1, 1, 8, 8) uint8
+        if args.variants:
+            print("building the ONNX and int8 variants ...", flush=True)
+            r = subprocess.run([str(BIN / "lepton"), "optimize"], env=env, cwd=ROOT, capture_output=True, text=True)
+            print(r.stdout, end="", flush=True)
+            if r.returncode != 0:
+                raise SystemExit(r.stderr[-3000:])
+        if args.regression:
+            names, row = _regression_model(tmp, env)
+        if args.team:
+            _train(env, ["--params", str(ROOT / "examples" / "team_model" / "params.yaml")], "the team model")
+    except (OSError, SystemExit):  # nothing was served yet: no server's log to keep
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
     lp, mp, sp = free_port(), free_port(), free_port()
     procs = {

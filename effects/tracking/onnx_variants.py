@@ -137,7 +137,7 @@ def onnx_runner(predictor: Predictor, threads: int | None = None) -> Pass | None
     model input in, logits out, as the network itself. On the small passes of a server
     ONNX Runtime spends a fraction of TorchScript's time around the arithmetic, and it
     lets go of the interpreter lock for the whole pass. Exported by torch's TorchScript-
-    based exporter, in memory (a tenth of a second, where the dynamo exporter a variant
+    based exporter, in memory (a fraction of a second, where the dynamo exporter a variant
     uses takes seconds, at every load and hot swap); None when it refuses the model, when
     this torch no longer has it, or when ONNX Runtime cannot load what it exported.
     `threads`: ONNX Runtime's intra-op threads, which do not spin between passes."""
