@@ -190,22 +190,14 @@ def _built_in(kind: str):
     """A small built-in network of `kind` with BatchNorm statistics as training leaves
     them (not the identity), and its preprocessing."""
     from lepton_core.models import ModelConfig, build_model
-    from lepton_core.predictor import Predictor, Preprocessing
+    from lepton_core.predictor import Predictor
+    from tests.core.test_predictor import IMG, TAB
 
     torch.manual_seed(0)
     if kind == "cnn":
-        cfg = ModelConfig(kind="cnn", input_shape=(1, 4, 4), n_classes=3, width=4, depth=1)
-        pre = Preprocessing(kind="image", input_shape=(1, 4, 4), dtype="uint8", scale=1 / 255, classes=("a", "b", "c"))
+        cfg, pre = ModelConfig(kind="cnn", input_shape=(1, 4, 4), n_classes=3, width=4, depth=1), IMG
     else:
-        cfg = ModelConfig(kind="mlp", input_shape=(3,), n_classes=2)
-        pre = Preprocessing(
-            kind="tabular",
-            input_shape=(3,),
-            dtype="float32",
-            scale=1.0,
-            classes=("x", "y"),
-            feature_names=("f1", "f2", "f3"),
-        )
+        cfg, pre = ModelConfig(kind="mlp", input_shape=(3,), n_classes=2), TAB
     model = build_model(cfg).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
