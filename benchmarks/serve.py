@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -301,24 +302,48 @@ def _floor_and_protocols(tmp: Path, env: dict, lepton: tuple, x: np.ndarray) -> 
     return out
 
 
-def _targets(results: dict, concurrency: list[int]) -> None:
-    """Lepton against the floor and its protocols against each other, as ratios of one run."""
-    floor, v1 = results.get("floor (bare FastAPI)"), results["lepton serve"]
+FLOOR, V1, SHADOW = "floor (bare FastAPI)", "lepton serve", "lepton serve, shadow"
+
+
+def _measuring_order(names: list[str]) -> list[str]:
+    """The servers in the order each concurrency's cells are measured: the shadow, /v1, /v2
+    and the floor side by side, as the targets compare them, then the rest."""
+    first = [n for n in (FLOOR, SHADOW, V1, "lepton serve /v2") if n in names]
+    return first + [n for n in names if n not in first]
+
+
+def _paired(runs: dict, a: str, b: str, c: int, figure: Callable[[dict, dict], float]) -> tuple[float, str]:
+    """`figure(cell of a, cell of b)` in each round (the two cells measured seconds
+    apart), as the median over the rounds, and every round's when there are several."""
+    values = [figure(x, y) for x, y in zip(runs[a][c], runs[b][c], strict=True)]
+    median = float(np.median(values))
+    return median, "" if len(values) == 1 else " (rounds: " + ", ".join(f"{v:.2f}" for v in values) + ")"
+
+
+def _targets(runs: dict, concurrency: list[int]) -> None:
+    """Lepton against the floor and its protocols against each other: each ratio taken
+    in every round between cells measured back to back, and its median over the rounds
+    (a machine whose speed drifts between rounds then moves both sides of a ratio)."""
+    results = {name: {c: _median(cells) for c, cells in by_c.items()} for name, by_c in runs.items()}
+    floor = results.get(FLOOR)
     if floor and 32 in concurrency:
-        print(f"c=32: lepton serve /v1 at {v1[32]['rps'] / floor[32]['rps']:.0%} of the floor's throughput")
+        r, each = _paired(runs, V1, FLOOR, 32, lambda a, b: a["rps"] / b["rps"])
+        print(f"c=32: lepton serve /v1 at {r:.0%} of the floor's throughput{each}")
     if floor and 1 in concurrency:
-        print(f"c=1: lepton serve /v1 p50 {v1[1]['p50'] - floor[1]['p50']:+.2f} ms over the floor's")
+        d, each = _paired(runs, V1, FLOOR, 1, lambda a, b: a["p50"] - b["p50"])
+        print(f"c=1: lepton serve /v1 p50 {d:+.2f} ms over the floor's{each}")
     for name in ("lepton serve /v2", "lepton serve /invocations", "lepton serve, 2 workers"):
-        if name in results:
+        if name in runs:
             for c in concurrency:
-                print(f"c={c}: {name} at {results[name][c]['rps'] / v1[c]['rps']:.0%} of /v1's throughput")
-    if "lepton serve, shadow" in results:
+                r, each = _paired(runs, name, V1, c, lambda a, b: a["rps"] / b["rps"])
+                print(f"c={c}: {name} at {r:.0%} of /v1's throughput{each}")
+    if SHADOW in runs:
         for c in concurrency:
-            shadow = results["lepton serve, shadow"][c]
-            print(f"c={c}: with a shadow, p99 {shadow['p99'] / v1[c]['p99'] - 1:+.0%} against /v1 alone")
+            r, each = _paired(runs, SHADOW, V1, c, lambda a, b: a["p99"] / b["p99"] - 1)
+            print(f"c={c}: with a shadow, p99 {r:+.0%} against /v1 alone{each}")
     if floor:
         busiest = max(
-            (n for n in results if n != "floor (bare FastAPI)"),
+            (n for n in results if n != FLOOR),
             key=lambda n: max(r["rps"] for r in results[n].values()),
         )
         top = max(r["rps"] for r in results[busiest].values())
@@ -546,13 +571,22 @@ def main() -> None:
         paused += [proc for name, (proc, *_) in procs.items() if name == "litserve"]
         _pause(paused, True)
         with ctx.Pool(1) as pool:
+            order = _measuring_order(list(procs))
+            for name in order:  # a first warm-up of each (imports, first passes, the answer's caches)
+                proc, port, _ready, path, body = procs[name]
+                _pause([proc] if proc in paused else [], False)
+                pool.apply(_load, (port, path, body, headers, 4, 2.0))
+                _pause([proc] if proc in paused else [], True)
             for round_ in range(args.rounds):
                 if args.rounds > 1:
                     print(f"round {round_ + 1} of {args.rounds}", flush=True)
-                for name, (proc, port, _ready, path, body) in procs.items():
-                    _pause([proc] if proc in paused else [], False)
-                    pool.apply(_load, (port, path, body, headers, 4, 2.0))  # warm-up
-                    for c in args.concurrency:
+                for c in args.concurrency:
+                    # every server in turn at this concurrency, so that the cells a ratio compares
+                    # are measured seconds apart; the order reversed every other round
+                    for name in order if round_ % 2 == 0 else order[::-1]:
+                        proc, port, _ready, path, body = procs[name]
+                        _pause([proc] if proc in paused else [], False)
+                        pool.apply(_load, (port, path, body, headers, c, 0.5))  # warm again, at this concurrency
                         res = pool.apply(_load, (port, path, body, headers, c, args.seconds))
                         runs[name][c].append(res)
                         print(
@@ -560,7 +594,7 @@ def main() -> None:
                             f"p99 {res['p99']:8.2f} ms  errors {res['errors']}",
                             flush=True,
                         )
-                    _pause([proc] if proc in paused else [], True)
+                        _pause([proc] if proc in paused else [], True)
             results = {name: {c: _median(cells) for c, cells in by_c.items()} for name, by_c in runs.items()}
             explain = _explain_latency(pool, procs["lepton serve"], headers, args.seconds, width)
     finally:
@@ -582,7 +616,7 @@ def main() -> None:
         f"\nPOST /v1/explain, one digit, one client: {explain['rps']:.1f} req/s  p50 {explain['p50']:.1f} ms  "
         f"p99 {explain['p99']:.1f} ms  errors {explain['errors']}\n"
     )
-    _targets(results, args.concurrency)
+    _targets(runs, args.concurrency)
     for c in args.concurrency:
         a, b = results["lepton serve"][c], results["mlflow models serve"][c]
         print(f"c={c}: throughput {a['rps'] / b['rps']:.2f}x, p99 {a['p99'] / b['p99']:.2f}x of mlflow models serve")

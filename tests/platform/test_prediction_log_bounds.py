@@ -521,6 +521,35 @@ def test_a_log_without_features_keeps_the_answers_a_comparison_pairs(tmp_path):
     assert set(zip(df["request_id"], df["instance"].astype(int), strict=True)) == want and 0 < len(want) < 120
 
 
+def test_a_part_of_two_layouts_holds_every_column_with_the_types_the_readers_expect(tmp_path):
+    """One part with the rows of two versions whose columns differ (a classifier's image
+    features, then a regression model's table features, as after a swap): every column,
+    null where a version has none; the UTC timestamps of when they were added, the ids
+    as strings, the instances as int64 (the part is built as Arrow arrays, not through a
+    DataFrame, and must read back as the frames the monitor and `compare --live` read)."""
+    from effects.serving.prediction_log import LocalStore, PredictionLog
+
+    rng = np.random.default_rng(1)
+    log = PredictionLog(LocalStore(tmp_path / "mixed"), flush_seconds=3600, flush_rows=10**6)
+    t0 = pd.Timestamp.now(tz="UTC")
+    x, logits = rng.uniform(size=(3, 1, 2, 2)).astype(np.float32), rng.normal(size=(3, 4)).astype(np.float32)
+    log.add_many("1", [(2, "a"), (1, "b")], x, logits, "image", [])
+    values = rng.normal(size=2)
+    log.add_many("2", [(2, "c")], rng.normal(size=(2, 3)), rng.normal(size=(2, 1)), "tabular", ["u", "v", "w"], values)
+    log.close()
+    t1 = pd.Timestamp.now(tz="UTC")
+    (part,) = (tmp_path / "mixed").glob("*.parquet")
+    df = pd.read_parquet(part)
+    assert list(df.columns[:4]) == ["timestamp", "model_version", "request_id", "instance"]
+    assert {"prediction", "confidence", "f_u", "value"} <= set(df.columns)
+    assert str(df["timestamp"].dtype) == "datetime64[ns, UTC]" and df["timestamp"].between(t0, t1).all()
+    assert df["instance"].dtype == np.int64 and df["instance"].tolist() == [0, 1, 0, 0, 1]
+    assert df["request_id"].tolist() == ["a", "a", "b", "c", "c"] and df["model_version"].tolist() == list("11122")
+    assert df["prediction"].iloc[:3].tolist() == logits.argmax(1).tolist() and df["prediction"].iloc[3:].isna().all()
+    np.testing.assert_allclose(df["value"].iloc[3:], values)
+    assert df["value"].iloc[:3].isna().all() and df["f_u"].iloc[:3].isna().all()
+
+
 def test_request_ids_from_the_random_pool_are_unique_and_checkable():
     from effects.serving.request_ids import RequestIds
 
