@@ -19,9 +19,12 @@ Prints req/s, p50 and p99 latency and errors, the latency of `POST /v1/explain`
     .venv/bin/python benchmarks/serve.py [--seconds 8] [--rounds 1] [--concurrency 1 8 32 64] [--litserve]
                                           [--variants] [--regression] [--team]
 
-`--rounds N` measures every cell N times, the servers taking turns (a machine whose
-speed drifts during the run then weighs on every server alike), and reports each
-figure's median.
+Every server is measured in turn at one concurrency before the next (the order reversed
+every other round), so the cells that a ratio compares are taken seconds apart.
+`--rounds N` measures every cell N times and reports each figure's median; each target
+(/v1 against the floor, /v2 against /v1, /v1 with a shadow against /v1 alone) is the
+ratio of each round's two cells, and its median over the rounds, each round's printed
+beside it.
 
 `--variants` also runs `lepton optimize` on the champion and serves its ONNX and int8
 variants (`lepton serve --variant onnx|int8`, through ONNX Runtime): a column each.
@@ -361,7 +364,7 @@ def main() -> None:
         "--rounds",
         type=int,
         default=1,
-        help="measure every cell this many times, the servers taking turns, and report each figure's median",
+        help="measure every cell this many times and report each figure's median (and each target's per round)",
     )
     ap.add_argument(
         "--litserve",
