@@ -283,7 +283,8 @@ def _part_table(version: str, group: list[_Entry], answers: dict[str, np.ndarray
     if isinstance(answers, dict):
         columns.update(answers)
         return pa.table(columns)
-    features = pa.Table.from_pandas(answers, preserve_index=False, nthreads=1)  # one conversion thread: see above
+    # converted on this thread: pyarrow's pool of threads costs more than it saves on a part this size
+    features = pa.Table.from_pandas(answers, preserve_index=False, nthreads=1)
     columns.update(zip(features.column_names, features.columns, strict=True))
     return pa.table(columns)
 
@@ -598,8 +599,9 @@ class PredictionLog:
                 else:
                     answers = feature_frame(x, logits, kind, names, None)
                 tables.append(_part_table(version, group, answers))
-            # groups of other layouts (another version's kind, after a swap): every column, nulls where absent
-            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="default")
+            # groups of other layouts (another version's kind, after a swap): every column, null where
+            # absent, and a column whose type differs between them widened (int64 and double: double)
+            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables, promote_options="permissive")
             data = _parquet(table)
         except Exception:  # noqa: BLE001 - a log that cannot be written never fails a prediction
             self._drop(n)
