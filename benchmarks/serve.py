@@ -20,7 +20,8 @@ Prints req/s, p50 and p99 latency and errors, the latency of `POST /v1/explain`
                                           [--variants] [--regression] [--team]
 
 Every server is measured in turn at one concurrency before the next (the order reversed
-every other round), so the cells that a ratio compares are taken seconds apart.
+every other round, the floor, the shadow, /v1 and /v2 first), so the cells each target
+compares are taken seconds apart.
 `--rounds N` measures every cell N times and reports each figure's median; each target
 (/v1 against the floor, /v2 against /v1, /v1 with a shadow against /v1 alone) is the
 ratio of each round's two cells, and its median over the rounds, each round's printed
