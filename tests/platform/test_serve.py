@@ -219,9 +219,11 @@ def test_metrics_and_batching_under_concurrency(champion, tmp_path):
     x = champion[1].x["test"]
     with Running(tmp_path, ServeParams(max_wait_ms=20, max_batch=64)) as srv:
         errors = []
+        together = threading.Barrier(16, timeout=60)  # each round's 16 requests sent at once: some share a pass
 
         def client(k: int) -> None:
             for i in range(10):
+                together.wait()
                 status, _ = srv.predict(x[(k * 10 + i) % len(x)][None])
                 if status != 200:
                     errors.append(status)
