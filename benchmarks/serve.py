@@ -324,11 +324,10 @@ def _paired(runs: dict, a: str, b: str, c: int, figure: Callable[[dict, dict], f
     return median, "" if len(values) == 1 else " (rounds: " + ", ".join(f"{v:.2f}" for v in values) + ")"
 
 
-def _targets(runs: dict, concurrency: list[int]) -> None:
+def _targets(runs: dict, results: dict, concurrency: list[int]) -> None:
     """Lepton against the floor and its protocols against each other: each ratio taken
     in every round between cells measured back to back, and its median over the rounds
     (a machine whose speed drifts between rounds then moves both sides of a ratio)."""
-    results = {name: {c: _median(cells) for c, cells in by_c.items()} for name, by_c in runs.items()}
     floor = results.get(FLOOR)
     if floor and 32 in concurrency:
         r, each = _paired(runs, V1, FLOOR, 32, lambda a, b: a["rps"] / b["rps"])
@@ -620,7 +619,7 @@ def main() -> None:
         f"\nPOST /v1/explain, one digit, one client: {explain['rps']:.1f} req/s  p50 {explain['p50']:.1f} ms  "
         f"p99 {explain['p99']:.1f} ms  errors {explain['errors']}\n"
     )
-    _targets(runs, args.concurrency)
+    _targets(runs, results, args.concurrency)
     for c in args.concurrency:
         a, b = results["lepton serve"][c], results["mlflow models serve"][c]
         print(f"c={c}: throughput {a['rps'] / b['rps']:.2f}x, p99 {a['p99'] / b['p99']:.2f}x of mlflow models serve")
