@@ -55,6 +55,14 @@ _V2_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 _V2_ROUTES = (_HotRoute("/v2/models/{name}/infer"), _HotRoute("/v2/models/{name}/versions/{version}/infer"))
 
 
+@functools.lru_cache(maxsize=64)  # the few paths clients call, each matched once (any other path only costs a miss)
+def _v2_infer_route(path: str) -> tuple[Callable[[Request], Awaitable[Response]], _HotRoute] | None:
+    m = _V2_INFER.fullmatch(path)
+    if m is None:
+        return None
+    return functools.partial(protocols.v2_infer, name=m[1], version=m[2]), _V2_ROUTES[m[2] is not None]
+
+
 class _App(FastAPI):
     """The server's FastAPI app, with the POSTs to the prediction routes (/v1/predict,
     /invocations, /v2's infer) sent straight to their endpoint, ahead of Starlette's
@@ -71,10 +79,7 @@ class _App(FastAPI):
         hit = self.hot_routes.get(path)
         if hit is not None:
             return hit
-        m = _V2_INFER.fullmatch(path) if path.startswith("/v2/models/") else None
-        if m is None:
-            return None
-        return functools.partial(protocols.v2_infer, name=m[1], version=m[2]), _V2_ROUTES[m[2] is not None]
+        return _v2_infer_route(path) if path.startswith("/v2/models/") else None
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         hit = self._match(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None

@@ -292,6 +292,9 @@ V2_BAD = [
         "pixel values outside 0..255",
     ),
     ("negative size", {"inputs": [_tensor([], [-1, 1, 2, 2])]}, 400, "is not a list of sizes"),
+    ("a size that is a boolean", {"inputs": [_tensor([0] * 4, [True, 1, 2, 2])]}, 400, "is not a list of sizes"),
+    ("a size that is a float", {"inputs": [_tensor([0] * 4, [1.0, 1, 2, 2])]}, 400, "is not a list of sizes"),
+    ("null in the data", {"inputs": [_tensor([0, 0, None, 0], [1, 1, 2, 2])]}, 400, "must be numbers, not None"),
     ("no batch", {"inputs": [_tensor([], [0, 1, 2, 2])]}, 400, "no instances"),
     ("too many instances", {"inputs": [_tensor([0] * 20, [5, 1, 2, 2])]}, 413, "5 instances is over the limit of 4"),
     (
