@@ -24,10 +24,12 @@ included. Nothing is asserted: the numbers are for the README.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -37,7 +39,10 @@ from pathlib import Path
 # Cold compiles, before torch reads its configuration.
 os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
 os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="lepton-bench-inductor-"))
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # a fresh cache, removed at exit (--help too)
+    _CACHE = tempfile.mkdtemp(prefix="lepton-bench-inductor-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _CACHE
 os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], "triton"))
 
 import numpy as np  # noqa: E402
