@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,9 +85,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(name)
 
 
+_STATE: list[Path] = []  # the session's private state folder (removed when pytest ends)
+
+
 def pytest_configure(config):
     # Before anything imports Prefect or MLflow: private state, no telemetry.
     state = Path(tempfile.mkdtemp(prefix="lepton-tests-"))
+    _STATE.append(state)
     os.environ["PREFECT_HOME"] = str(state / "prefect")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -95,6 +100,12 @@ def pytest_configure(config):
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.pop("PREFECT_API_URL", None)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def pytest_unconfigure(config):
+    # after every fixture's teardown (the session's servers are stopped by then)
+    while _STATE:
+        shutil.rmtree(_STATE.pop(), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
