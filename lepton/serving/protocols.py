@@ -101,7 +101,7 @@ hot = APIRouter()  # the inference routes: no dependency, the token checked firs
 
 # ---------------------------------------------------------------- shared pieces
 _NUMBER_TYPES = frozenset((int, float))  # bool is neither: type(True) is bool
-_INT_TYPE = {int}
+_INT_TYPE = frozenset((int,))
 
 
 def _numbers(value: Any, what: str) -> tuple[list, tuple[int, ...], bool]:
